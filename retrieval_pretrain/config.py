@@ -1,0 +1,245 @@
+"""Typed configuration for stage 1, and the YAML loader every `vcap` command uses.
+
+A config file maps one-to-one onto nested dataclasses. An unknown key - in the file or in a
+``key=value`` override on the command line - is an error that lists the valid keys, never
+silently ignored. Overrides use dotted keys (``pretrain.lr=1e-4``) and YAML values
+(``data.split_files.train=a.txt``, ``video.num_frames=8``, ``run.mixed_precision=bf16``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    """Where a caption dataset lives and how its annotations are laid out.
+
+    Args:
+        format: one of ``msrvtt``, ``msrvtt-clip4clip``, ``msvd``, ``vatex``, ``jsonl``.
+        annotations: the annotation file (for ``msvd`` the raw-captions pickle).
+        videos: the folder holding the video files.
+        split_files: for formats that keep splits in separate files, ``split -> file``.
+        train_split / val_split / test_split: split names used by training and evaluation.
+        video_ext: extensions tried, in order, when an annotation names a video id only.
+    """
+
+    format: str = "jsonl"
+    annotations: str = ""
+    videos: str = ""
+    split_files: dict[str, str] = field(default_factory=dict)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    video_ext: list[str] = field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"])
+
+
+@dataclass
+class VideoConfig:
+    """Frame sampling. ``num_frames`` frames per video; ``train_sampling`` while training
+    (``tsn``: random frame inside each segment), ``eval_sampling`` otherwise (``uniform``:
+    segment centres, or ``fps``: CLIP4Clip's one frame per second thinned to ``num_frames``)."""
+
+    num_frames: int = 12
+    train_sampling: str = "tsn"
+    eval_sampling: str = "uniform"
+
+
+@dataclass
+class ClipConfig:
+    """The CLIP backbone: an open_clip name + pretrained tag or local checkpoint file, or - with
+    ``custom`` set - an open_clip architecture dict (``embed_dim``, ``vision_cfg``,
+    ``text_cfg``) built from scratch (the tiny test/demo model)."""
+
+    model: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    custom: dict[str, Any] | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """Stage 1: the temporal head and contrastive training (CLIP4Clip's recipe)."""
+
+    head: str = "seqTransf"
+    head_layers: int = 4
+    max_words: int = 32
+    batch_size: int = 128
+    epochs: int = 5
+    lr: float = 1e-4
+    clip_lr: float = 1e-7
+    weight_decay: float = 0.2
+    warmup_ratio: float = 0.1
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 64
+    save_every: int = 500
+    allow_eval_overlap: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Settings shared by every long job."""
+
+    seed: int = 42
+    mixed_precision: str = "no"
+    num_workers: int = 4
+    log_every: int = 10
+    device: str = "auto"
+
+
+@dataclass
+class RetrievalConfig:
+    """Everything stage 1 reads. The full ``vcap`` config (``caption.config.Config``) extends it."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Coerce ``value`` to the annotated type ``tp`` where that is lossless; raise otherwise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, varg = typing.get_args(tp) or (Any, Any)
+        return {str(k): _check_type(v, varg, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'; valid keys here: {', '.join(names)}")
+        tp = hints[key]
+        if _is_dataclass_type(tp):
+            kwargs[key] = _build(tp, value or {}, path)
+        else:
+            kwargs[key] = _check_type(value, tp, path)
+    return cls(**kwargs)
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=x"]`` -> ``[("a.b", 1), ("c", "x")]`` with YAML-typed values."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        out.append((key, yaml.safe_load(text) if text.strip() else ""))
+    return out
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Read a YAML file (optional) into the dataclass ``cls`` and apply dotted overrides.
+
+    Relative paths in ``data.*`` stay as written; they are resolved against the current directory
+    by the readers, as a user typing them expects.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        raw = loaded
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(raw, key, value)
+    try:
+        return _build(cls, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict (for logs and model folders)."""
+    return dataclasses.asdict(cfg)

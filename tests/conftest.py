@@ -1,0 +1,18 @@
+"""Shared fixtures: the real test material in ../shared/data (skipped, with the reason, if absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real clips, annotations and metric references nobody on the team wrote."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test material not found at {SHARED_DATA} (see DESIGN.md: ../shared/data)")
+    return SHARED_DATA
