@@ -1,0 +1,100 @@
+"""Caption a split and score it: ``vcap evaluate --model RUN2/model --config C [--features FEATS]``.
+
+From cached features when ``--features`` is given (the stage-1 tower fingerprint must match the one
+the caption model was trained on), otherwise from the video files through the whole pipeline.
+Writes ``predictions.json`` ({video_id: caption}) and ``metrics.json`` (BLEU-1..4, METEOR,
+ROUGE-L, CIDEr via pycocoevalcap with the PTB tokenizer, as the papers report them).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from caption.config import Config, DecodeConfig
+from caption.data import VideoFeatures, collate_videos
+from caption.metrics import score_captions
+from caption.tokenizer import CaptionTokenizer, normalize_caption
+from retrieval_pretrain.annotations import load_annotations
+from retrieval_pretrain.evaluate import pick_device
+from retrieval_pretrain.features import FeatureStore
+from retrieval_pretrain.runtime import atomic_write_json
+
+
+def decode_kwargs(decode: DecodeConfig, num_beams: int | None = None) -> dict[str, Any]:
+    """Generation settings for ``CaptionModel.generate_captions``."""
+    return {"num_beams": num_beams or decode.num_beams, "max_new_tokens": decode.max_new_tokens,
+            "length_penalty": decode.length_penalty, "no_repeat_ngram_size": decode.no_repeat_ngram_size}
+
+
+@torch.no_grad()
+def caption_features(model: Any, tokenizer: CaptionTokenizer, store: FeatureStore, video_ids: Sequence[str],
+                     decode: DecodeConfig, device: torch.device, num_workers: int = 0,
+                     progress: bool = True) -> dict[str, str]:
+    """Batched beam-search captions for cached features: ``{video_id: caption}``."""
+    loader = DataLoader(VideoFeatures(store, video_ids, model.config.max_frames), batch_size=decode.batch_size,
+                        num_workers=num_workers, collate_fn=collate_videos)
+    model.eval()
+    out: dict[str, str] = {}
+    for batch in tqdm(loader, desc="caption", file=sys.stderr, disable=not progress, unit="batch"):
+        ids = model.generate_captions(batch["frame_features"].to(device), batch["frame_mask"].to(device),
+                                      **decode_kwargs(decode))
+        out.update(zip(batch["video_ids"], tokenizer.decode_batch(ids.tolist())))
+    return out
+
+
+def check_features_match(model: Any, store: FeatureStore) -> None:
+    """Refuse features made by a video tower other than the one the caption model was trained on."""
+    want = (model.config.video_tower or {}).get("fingerprint")
+    have = store.meta().get("tower_fingerprint")
+    if want and have and want != have:
+        raise ValueError(
+            f"{store.folder} was extracted with another stage-1 tower ({have}) than this caption model "
+            f"was trained on ({want}); extract features with the model's own tower"
+        )
+
+
+def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: str | None = None,
+             output: Path | None = None) -> dict[str, Any]:
+    """Caption ``split`` and score it; writes predictions.json and metrics.json; returns the metrics."""
+    from caption.pipeline import CaptionPipeline  # the pipeline loads the video tower lazily
+
+    split = split or cfg.data.test_split
+    device = pick_device(cfg.run.device)
+    ann = load_annotations(cfg.data)
+    entries = ann.split(split)
+    if not entries:
+        raise ValueError(f"split '{split}' has no videos in {cfg.data.annotations} (splits: {', '.join(ann.splits())})")
+    pipe = CaptionPipeline.from_pretrained(model_dir, device=device, load_tower=features is None)
+    missing: list[dict[str, str]] = []
+    if features is not None:
+        store = FeatureStore(features)
+        check_features_match(pipe.model, store)
+        have = [e for e in entries if store.has(e.video_id)]
+        missing = [{"video_id": e.video_id, "reason": "no cached features"} for e in entries if not store.has(e.video_id)]
+        predictions = caption_features(pipe.model, pipe.tokenizer, store, [e.video_id for e in have], cfg.decode,
+                                       device, cfg.run.num_workers)
+    else:
+        results = pipe.caption_videos([(e.video_id, Path(e.path)) for e in entries], decode=cfg.decode,
+                                      num_workers=cfg.run.num_workers)
+        predictions = {vid: r for vid, r in results.items() if r is not None and not isinstance(r, Exception)}
+        missing = [{"video_id": vid, "reason": str(r)} for vid, r in results.items() if isinstance(r, Exception)]
+    for m in missing:
+        print(f"warning: not captioned: {m['video_id']}: {m['reason']}", file=sys.stderr)
+    if not predictions:
+        raise RuntimeError(f"no video of split '{split}' could be captioned")
+    refs = {e.video_id: [normalize_caption(c) for c in e.captions] for e in entries if e.video_id in predictions}
+    metrics: dict[str, Any] = score_captions(predictions, refs)
+    metrics.update({"split": split, "videos": len(predictions), "not_captioned": len(missing),
+                    "num_beams": cfg.decode.num_beams})
+    out_dir = Path(output) if output else Path(model_dir).parent / f"eval_{split}"
+    atomic_write_json(out_dir / "predictions.json", predictions)
+    if missing:
+        atomic_write_json(out_dir / "not_captioned.json", missing)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,145 @@
+"""The end-to-end pipeline: video files in, captions out.
+
+    video -> frame sampling (decord, in DataLoader workers) -> CLIP preprocessing -> stage-1 video
+      tower -> per-frame features -> caption model (beam search) -> caption
+
+A caption model folder is self-contained: ``config.json`` + ``model.safetensors`` (the caption
+model), ``tokenizer.model`` (sentencepiece) and ``video_tower/`` (the stage-1 model it was trained
+on), so ``CaptionPipeline.from_pretrained(folder)`` needs nothing else::
+
+    pipe = CaptionPipeline.from_pretrained("runs/caption/model")
+    pipe.caption(["a.mp4", "b.mp4"])   # -> {"a.mp4": "a man is cooking", ...}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from caption.config import DecodeConfig
+from caption.tokenizer import CaptionTokenizer
+from decoders.model import CaptionModel
+from retrieval_pretrain.data import Preprocess
+from retrieval_pretrain.evaluate import encode_video_batches, pick_device
+from retrieval_pretrain.hub import from_pretrained as load_tower
+
+TOWER_DIR = "video_tower"
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+
+
+def expand_videos(items: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders become their video files (recursively, sorted)."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            if not found:
+                print(f"warning: no video files ({', '.join(VIDEO_EXTENSIONS)}) in folder {p}", file=sys.stderr)
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+class CaptionPipeline:
+    """A caption model with its tokenizer and stage-1 video tower, ready to caption video files."""
+
+    def __init__(self, model: CaptionModel, tokenizer: CaptionTokenizer, tower: Any | None,
+                 tower_info: dict[str, Any] | None, device: torch.device):
+        self.model, self.tokenizer, self.tower, self.tower_info, self.device = model, tokenizer, tower, tower_info, device
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "auto",
+                        load_tower: bool = True) -> "CaptionPipeline":
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a caption model folder (no config.json)")
+        device = pick_device(device) if isinstance(device, str) else device
+        model = CaptionModel.from_pretrained(folder).to(device).eval()
+        tok_path = folder / CaptionTokenizer.FILENAME
+        if not tok_path.is_file():
+            raise FileNotFoundError(f"{folder} has no {CaptionTokenizer.FILENAME}: not a complete caption model folder")
+        tokenizer = CaptionTokenizer.load(tok_path)
+        tower = info = None
+        if load_tower:
+            tower_dir = folder / TOWER_DIR
+            if not tower_dir.is_dir():
+                source = (model.config.video_tower or {}).get("source")
+                if not source or not Path(source).is_dir():
+                    raise FileNotFoundError(
+                        f"{folder} has no {TOWER_DIR}/ and the stage-1 model it was trained on "
+                        f"({source or 'unknown'}) is not there either"
+                    )
+                tower_dir = Path(source)
+            tower, info = load_tower(tower_dir, device=device)
+            tower.eval()
+        return cls(model, tokenizer, tower, info, device)
+
+    def default_decode(self) -> DecodeConfig:
+        """The decoding the model was validated with (stored in its config), else the defaults."""
+        saved = getattr(self.model.config, "decode", None) or {}
+        return DecodeConfig(**{k: v for k, v in saved.items() if k in DecodeConfig.__dataclass_fields__})
+
+    @torch.no_grad()
+    def caption_videos(self, videos: Sequence[tuple[str, Path]], decode: DecodeConfig | None = None,
+                       num_workers: int = 2, batch_size: int | None = None) -> dict[str, str | Exception]:
+        """``{id: caption}``; a video that cannot be read maps to the exception naming it."""
+        if self.tower is None:
+            raise RuntimeError("this pipeline was loaded without its video tower")
+        decode = decode or self.default_decode()
+        pre = Preprocess(self.tower_info["num_frames"], self.tower.image_size, self.tower.image_mean,
+                         self.tower.image_std)
+        results: dict[str, str | Exception] = {}
+        path_to_id = {str(Path(p)): vid for vid, p in videos}
+        batches = encode_video_batches(self.tower, list(videos), pre, self.device, batch_size or decode.batch_size,
+                                       num_workers, method=self.tower_info.get("eval_sampling", "uniform"),
+                                       desc="caption")
+        for ids, seq, mask, failed in batches:
+            for path, reason in failed:
+                results[path_to_id[path]] = RuntimeError(reason)
+            if not ids:
+                continue
+            # Stage 2 trained on fp16-cached features: round the same way so captions match `evaluate`.
+            feats = seq.half().float()  # (B, T, D)
+            tokens = self.model.generate_captions(
+                feats, mask, num_beams=decode.num_beams, max_new_tokens=decode.max_new_tokens,
+                length_penalty=decode.length_penalty, no_repeat_ngram_size=decode.no_repeat_ngram_size,
+            )
+            results.update(zip(ids, self.tokenizer.decode_batch(tokens.tolist())))
+        return {vid: results[vid] for vid, _ in videos if vid in results}
+
+    def caption(self, paths: Sequence[str | Path], num_beams: int | None = None, batch_size: int = 8,
+                num_workers: int = 2) -> dict[str, str | Exception]:
+        """Caption video files: ``{path: caption or exception}`` in input order."""
+        decode = self.default_decode()
+        if num_beams is not None:
+            decode.num_beams = num_beams
+        videos = [(str(p), Path(p)) for p in paths]
+        return self.caption_videos(videos, decode, num_workers=num_workers, batch_size=batch_size)
+
+
+def caption_main(items: Sequence[str], model: Path, beam: int | None = None, batch_size: int = 8,
+                 as_json: bool = False, device: str = "auto") -> int:
+    """``vcap caption``: prints ``path<TAB>caption`` per video (or one JSON object with --json).
+    Unreadable videos are reported on stderr; the exit code is 1 if any failed."""
+    paths = expand_videos(items)
+    if not paths:
+        print("vcap caption: no video files given", file=sys.stderr)
+        return 1
+    pipe = CaptionPipeline.from_pretrained(model, device=device)
+    results = pipe.caption(paths, num_beams=beam, batch_size=batch_size)
+    captions = {p: r for p, r in results.items() if isinstance(r, str)}
+    failed = {p: str(r) for p, r in results.items() if not isinstance(r, str)}
+    for p, reason in failed.items():
+        print(f"error: {reason}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"captions": captions, "failed": failed}))
+    else:
+        for p, c in captions.items():
+            print(f"{p}\t{c}")
+    return 1 if failed else 0

@@ -1,0 +1,102 @@
+"""The per-frame feature cache that stage 1 writes and stage 2 reads.
+
+Layout of a feature folder ``FEATS``::
+
+    FEATS/meta.json           tower fingerprint, frames per video, feature dim, dtype (written first)
+    FEATS/features/<key>.npy  fp16 [n_real_frames, dim] per video (memory-mappable)
+    FEATS/failures.json       videos that could not be read, with the reason (last run)
+
+Each ``.npy`` is written to a temporary name and renamed, so a file that exists is complete and a
+rerun simply skips it. ``<key>`` is the video id made filename-safe (see ``feature_key``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval_pretrain.runtime import atomic_write_json
+
+
+def feature_key(video_id: str) -> str:
+    """A filename for a video id: safe characters kept, anything else (and '/') replaced, plus a
+    short hash of the id whenever it was changed, so two ids never share a file."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", video_id)
+    if safe != video_id or safe.startswith("."):
+        safe = f"{safe}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
+    return safe
+
+
+class FeatureMismatchError(ValueError):
+    """A feature folder made by another video tower (or frame setting) than the one in use."""
+
+
+class FeatureStore:
+    """Read/write access to a feature folder."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.dir = self.folder / "features"
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def meta_path(self) -> Path:
+        return self.folder / "meta.json"
+
+    def meta(self) -> dict[str, Any]:
+        if not self.meta_path.is_file():
+            raise FileNotFoundError(f"{self.folder} is not a feature folder (no meta.json); run 'vcap extract' first")
+        return json.loads(self.meta_path.read_text())
+
+    def init(self, meta: dict[str, Any]) -> None:
+        """Create the folder for ``meta``, or check that an existing one was made the same way."""
+        if self.meta_path.is_file():
+            old = self.meta()
+            keys = ("tower_fingerprint", "num_frames", "dim")
+            if any(old.get(k) != meta.get(k) for k in keys):
+                raise FeatureMismatchError(
+                    f"{self.folder} holds features from another tower or setting "
+                    f"({ {k: old.get(k) for k in keys} } vs { {k: meta.get(k) for k in keys} }); "
+                    "use a new --output folder"
+                )
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.meta_path, meta)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ entries
+    def path(self, video_id: str) -> Path:
+        return self.dir / f"{feature_key(video_id)}.npy"
+
+    def has(self, video_id: str) -> bool:
+        return self.path(video_id).is_file()
+
+    def write(self, video_id: str, features: np.ndarray) -> None:
+        """Store ``features`` [n, dim] as fp16, atomically."""
+        final = self.path(video_id)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".npy")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, np.ascontiguousarray(features, dtype=np.float16))
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self, video_id: str, mmap: bool = True) -> np.ndarray:
+        """The fp16 features [n, dim] of a video (memory-mapped by default)."""
+        path = self.path(video_id)
+        if not path.is_file():
+            raise KeyError(f"no features for video '{video_id}' in {self.folder} (expected {path})")
+        return np.load(path, mmap_mode="r" if mmap else None)
+
+    def failures(self) -> list[dict[str, str]]:
+        path = self.folder / "failures.json"
+        return json.loads(path.read_text()) if path.is_file() else []

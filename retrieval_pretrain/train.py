@@ -1,0 +1,220 @@
+"""Stage 1: fine-tune CLIP into a video-text model by contrastive video-text retrieval.
+
+The CLIP4Clip recipe (Luo et al., 2021) as CLIP4Caption's first stage (Tang et al., 2021): TSN-
+sampled frames through CLIP's image tower and a temporal head, one caption per video per epoch
+through the text tower, symmetric InfoNCE over the batch (the global batch across processes),
+AdamW with a small learning rate for CLIP and a larger one for new layers, warm-up then cosine.
+
+``vcap pretrain --config C --output RUN [--resume]`` writes ``RUN/log.jsonl``,
+``RUN/checkpoints/step_N`` (Accelerate ``save_state``) and the model folder ``RUN/model``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from retrieval_pretrain.annotations import Annotations, load_annotations
+from retrieval_pretrain.config import RetrievalConfig, config_to_dict
+from retrieval_pretrain.data import (
+    ContrastiveTrainSet,
+    EpochShuffleSampler,
+    Preprocess,
+    collate_videos,
+    steps_per_epoch,
+)
+from retrieval_pretrain.hub import build_model, build_tokenizer, save_pretrained
+from retrieval_pretrain.loss import info_nce
+from retrieval_pretrain.model import param_groups
+from retrieval_pretrain.runtime import (
+    JsonlLogger,
+    StepTimer,
+    atomic_write_json,
+    load_checkpoint,
+    make_accelerator,
+    save_checkpoint,
+)
+
+
+class SplitOverlapError(ValueError):
+    """Stage 1 was asked to train on videos of an evaluation split."""
+
+
+def training_entries(ann: Annotations, cfg: RetrievalConfig) -> tuple[list[Any], list[dict[str, str]]]:
+    """The train split's entries whose video file exists, plus the skipped ones (with reasons).
+
+    Refuses (``SplitOverlapError``) when a training video is also in the val or test split:
+    stage 1 for captioning must never see evaluation videos (e.g. CLIP4Clip's 9k retrieval-train
+    list overlaps MSR-VTT's caption test split). ``pretrain.allow_eval_overlap=true`` overrides.
+    """
+    train = ann.split(cfg.data.train_split)
+    if not train:
+        raise ValueError(
+            f"no videos in split '{cfg.data.train_split}' of {cfg.data.annotations} "
+            f"(splits found: {', '.join(ann.splits()) or 'none'})"
+        )
+    held_out = {cfg.data.val_split, cfg.data.test_split} - {cfg.data.train_split}
+    eval_keys = {}
+    for split in held_out:
+        for e in ann.split(split):
+            eval_keys[e.video_id] = split
+            eval_keys[str(Path(e.path).resolve())] = split
+    overlap = [e.video_id for e in train
+               if e.video_id in eval_keys or str(Path(e.path).resolve()) in eval_keys]
+    if overlap and not cfg.pretrain.allow_eval_overlap:
+        raise SplitOverlapError(
+            f"{len(overlap)} training videos are also in an evaluation split (e.g. {', '.join(overlap[:5])}); "
+            "stage 1 for captioning must train on the caption-train split only. Fix the split files, or set "
+            "pretrain.allow_eval_overlap=true if you really mean it (retrieval-only experiments)."
+        )
+    kept, skipped = [], []
+    for e in train:
+        if Path(e.path).is_file():
+            kept.append(e)
+        else:
+            skipped.append({"video_id": e.video_id, "path": str(e.path), "reason": "video file not found"})
+    return kept, skipped
+
+
+def _optimizer(model: torch.nn.Module, cfg: RetrievalConfig) -> torch.optim.Optimizer:
+    """AdamW with CLIP at ``clip_lr`` and the new layers at ``lr``; no decay on biases, norms,
+    embeddings and the logit scale (as CLIP and CLIP4Clip)."""
+    clip_params, new_params = param_groups(model)
+    groups = []
+    for params, lr in ((clip_params, cfg.pretrain.clip_lr), (new_params, cfg.pretrain.lr)):
+        decay = [p for p in params if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in params if p.requires_grad and p.ndim < 2]
+        groups.append({"params": decay, "lr": lr, "weight_decay": cfg.pretrain.weight_decay})
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.98), eps=1e-6)
+
+
+def train(cfg: RetrievalConfig, output: Path, resume: bool = False, max_steps: int | None = None) -> Path:
+    """Run stage 1 and write ``output/model``; returns that folder.
+
+    ``max_steps`` stops after that many optimizer steps (for tests of interruption and resume);
+    the model folder is then not written.
+    """
+    output = Path(output)
+    p = cfg.pretrain
+    accelerator = make_accelerator(cfg.run.mixed_precision, p.grad_accum, cfg.run.device, cfg.run.seed)
+    main = accelerator.is_main_process
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(output / "config.json", config_to_dict(cfg))
+
+    ann = load_annotations(cfg.data)
+    entries, skipped = training_entries(ann, cfg)
+    if ann.problems or skipped:
+        if main:
+            atomic_write_json(output / "skipped.json", {
+                "annotation_problems": [vars(q) for q in ann.problems], "missing_videos": skipped})
+        print(f"warning: skipping {len(ann.problems)} malformed annotation entries and {len(skipped)} "
+              f"missing videos (listed in {output / 'skipped.json'})", file=sys.stderr)
+    if len(entries) < 2:
+        raise ValueError(f"stage 1 needs at least 2 training videos with files, found {len(entries)}")
+
+    model = build_model(cfg)
+    tokenize = build_tokenizer(cfg)
+    pre = Preprocess(cfg.video.num_frames, model.image_size, model.image_mean, model.image_std)
+    dataset = ContrastiveTrainSet(entries, pre, tokenize, method=cfg.video.train_sampling, seed=cfg.run.seed)
+    sampler = EpochShuffleSampler(len(dataset), seed=cfg.run.seed)
+    loader = DataLoader(dataset, batch_size=p.batch_size, sampler=sampler, num_workers=cfg.run.num_workers,
+                        collate_fn=collate_videos, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=False, prefetch_factor=4 if cfg.run.num_workers else None)
+    optimizer = _optimizer(model, cfg)
+    per_epoch = steps_per_epoch(len(dataset), p.batch_size, p.grad_accum, accelerator.num_processes)
+    total = per_epoch * p.epochs
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(p.warmup_ratio * total), total)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    start_epoch, skip_batches, global_step = 0, 0, 0
+    if resume:
+        state = load_checkpoint(accelerator, output)
+        if state is None:
+            print(f"--resume: no checkpoint in {output / 'checkpoints'}; starting fresh", file=sys.stderr)
+        else:
+            start_epoch, skip_batches, global_step = state["epoch"], state["batches_done"], state["global_step"]
+    log = JsonlLogger(output / "log.jsonl", enabled=main)
+    failures: list[tuple[str, str]] = []
+    timer = StepTimer()
+    bar = tqdm(total=total, initial=global_step, desc="stage 1", disable=not main, file=sys.stderr)
+    t0 = time.perf_counter()
+    seen = 0
+    stop = False
+    for epoch in range(start_epoch, p.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+        batches_done = skip_batches
+        skip_batches = 0
+        timer.reset()
+        for batch in batches:
+            timer.data_ready()
+            batches_done += 1
+            if batch["failures"]:
+                failures.extend(batch["failures"])
+                for path, reason in batch["failures"]:
+                    print(f"warning: skipped unreadable video {reason}", file=sys.stderr)
+            if batch["frames"].shape[0] < 2:  # nothing to contrast
+                continue
+            with accelerator.accumulate(model):
+                out = model(frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"])
+                loss = info_nce(out["video"], out["text"], out["logit_scale"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and p.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), p.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            seen += batch["frames"].shape[0]
+            timer.step_done()
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+            if global_step % cfg.run.log_every == 0 or global_step == 1:
+                data_s, compute_s = timer.reset()
+                elapsed = time.perf_counter() - t0
+                log.log(step=global_step, epoch=epoch, loss=loss.item(),
+                        lr_new=scheduler.get_last_lr()[-1], lr_clip=scheduler.get_last_lr()[0],
+                        logit_scale=float(out["logit_scale"]), data_s=round(data_s, 4),
+                        compute_s=round(compute_s, 4), videos_per_s=round(seen / max(elapsed, 1e-9), 3))
+            if p.save_every > 0 and global_step % p.save_every == 0:
+                save_checkpoint(accelerator, output, global_step, {"epoch": epoch, "batches_done": batches_done})
+            if max_steps is not None and global_step >= max_steps:
+                stop = True
+                break
+        if stop:
+            break
+    bar.close()
+    if failures and main:
+        atomic_write_json(output / "failures.json", [{"path": pth, "reason": r} for pth, r in failures])
+        print(f"warning: {len(failures)} unreadable videos were skipped (listed in {output / 'failures.json'})",
+              file=sys.stderr)
+    if stop:
+        save_checkpoint(accelerator, output, global_step, {"epoch": epoch, "batches_done": batches_done})
+        return output / "checkpoints"
+    accelerator.wait_for_everyone()
+    model_dir = output / "model"
+    if main:
+        save_pretrained(accelerator.unwrap_model(model), model_dir, extra={
+            "num_frames": cfg.video.num_frames, "eval_sampling": cfg.video.eval_sampling,
+            "trained_on": {"annotations": cfg.data.annotations, "split": cfg.data.train_split,
+                           "videos": len(entries), "steps": global_step},
+        })
+        summary = {"steps": global_step, "videos": len(entries), "skipped": len(skipped),
+                   "unreadable": len(failures), "seconds": round(time.perf_counter() - t0, 1),
+                   "model": str(model_dir)}
+        print(f"stage 1 done: {json.dumps(summary)}", file=sys.stderr)
+    accelerator.wait_for_everyone()
+    return model_dir

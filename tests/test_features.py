@@ -1,0 +1,35 @@
+"""The feature cache: fp16, memory-mapped, atomic, and tied to the tower that wrote it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval_pretrain.features import FeatureMismatchError, FeatureStore, feature_key
+
+
+def test_keys_are_safe_and_distinct():
+    assert feature_key("video7010") == "video7010"
+    a, b = feature_key("videos/a_b"), feature_key("videos_a/b")
+    assert "/" not in a and a != b
+    assert feature_key("..") != ".."
+
+
+def test_round_trip_fp16_mmap(tmp_path):
+    store = FeatureStore(tmp_path)
+    store.init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    store.write("videos/x1", x)
+    got = store.load("videos/x1")
+    assert isinstance(got, np.memmap) and got.dtype == np.float16 and got.shape == (4, 3)
+    np.testing.assert_allclose(got, x.astype(np.float16))
+    assert not list(store.dir.glob(".tmp-*"))
+    with pytest.raises(KeyError, match="no features for video 'missing'"):
+        store.load("missing")
+
+
+def test_refuses_features_of_another_tower(tmp_path):
+    FeatureStore(tmp_path).init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})
+    FeatureStore(tmp_path).init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})  # same: fine
+    with pytest.raises(FeatureMismatchError, match="another tower"):
+        FeatureStore(tmp_path).init({"tower_fingerprint": "zzz", "num_frames": 4, "dim": 3})
