@@ -1,0 +1,164 @@
+"""``vcap data check``: what a caption dataset holds, and what is wrong with it, before a long run.
+
+Per split: videos, captions, captions per video and caption length in words. Then everything that
+would make a run skip something: malformed annotation entries (from ``load_annotations``), entries
+whose video file is missing, and - with ``probe`` - video files that exist but cannot be opened.
+The summary is one JSON-able dict; ``main`` prints a short human report to stderr and the JSON as
+the last line of stdout, and exits 0 only when nothing is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from retrieval_pretrain.annotations import AnnotationError, Annotations, load_annotations
+from retrieval_pretrain.config import DataConfig
+
+MAX_LISTED_MISSING = 20
+
+
+def _stats(values: list[float], mean: bool = True) -> dict[str, float]:
+    if not values:
+        return {}
+    out = {"min": min(values), "median": statistics.median(values), "max": max(values)}
+    if mean:
+        out["mean"] = round(statistics.fmean(values), 3)
+    return out
+
+
+def split_summary(ann: Annotations) -> dict[str, dict[str, Any]]:
+    """Per split: ``videos``, ``captions``, ``captions_per_video`` (min/median/max/mean) and
+    ``caption_words`` (min/median/max, whitespace-separated words)."""
+    out = {}
+    for name in ann.splits():
+        entries = ann.split(name)
+        per_video = [len(e.captions) for e in entries]
+        words = [len(c.split()) for e in entries for c in e.captions]
+        out[name] = {
+            "videos": len(entries),
+            "captions": sum(per_video),
+            "captions_per_video": _stats(per_video),
+            "caption_words": _stats(words, mean=False),
+        }
+    return out
+
+
+def _reason(path: Path, err: Exception) -> str:
+    """One line ``path: reason``: the error's own message when it starts with the path
+    (``VideoReadError``), else ``path: Type: message`` (first line; decord appends a C++ trace)."""
+    text = str(err).strip()
+    if text.startswith(str(path)):
+        return text.splitlines()[0]
+    first = text.splitlines()[0] if text else ""
+    return f"{path}: {type(err).__name__}" + (f": {first}" if first else "")
+
+
+def probe_videos(paths: list[Path], probe_fn: Callable[[Path], Any], progress: bool = True) -> list[dict[str, str]]:
+    """Open each file with ``probe_fn``; return ``[{path, reason}]`` for those that raise."""
+    from tqdm import tqdm
+
+    bad = []
+    for path in tqdm(paths, desc="probing videos", unit="video", file=sys.stderr, disable=not progress):
+        try:
+            probe_fn(path)
+        except Exception as e:  # a bad file is reported, never fatal
+            bad.append({"path": str(path), "reason": _reason(path, e)})
+    return bad
+
+
+def check_dataset(data: DataConfig, probe: bool = False, probe_fn: Callable[[Path], Any] | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Summarise the dataset ``data`` describes (a JSON-able dict).
+
+    Args:
+        data: the dataset section of a config.
+        probe: also open every existing video file.
+        probe_fn: ``probe_fn(path)`` raises when a file is unreadable; default
+            ``retrieval_pretrain.video.probe_video``.
+        progress: show a tqdm bar on stderr while probing.
+
+    Returns:
+        ``format``, ``annotations``, ``videos_dir``, ``splits`` (see ``split_summary``),
+        ``total`` ({videos, captions}), ``problems`` ([{source, reason}]) and ``problem_count``,
+        ``missing_videos`` ({count, total, paths: the first 20}), ``unreadable_videos``
+        ({count, probed, items: [{path, reason}]}, ``None`` without ``probe``), and ``ok``:
+        no problems, no missing and no unreadable videos.
+
+    Raises:
+        AnnotationError: an annotation file that cannot be read at all.
+    """
+    ann = load_annotations(data)
+    paths = list(dict.fromkeys(Path(e.path) for e in ann.entries))  # unique, in table order
+    missing = [p for p in paths if not p.is_file()]
+    unreadable = None
+    if probe:
+        if probe_fn is None:
+            from retrieval_pretrain.video import probe_video as probe_fn
+        missing_set = set(missing)
+        existing = [p for p in paths if p not in missing_set]
+        items = probe_videos(existing, probe_fn, progress=progress)
+        unreadable = {"count": len(items), "probed": len(existing), "items": items}
+    summary = {
+        "format": data.format,
+        "annotations": str(data.annotations),
+        "split_files": dict(data.split_files),
+        "videos_dir": str(data.videos),
+        "splits": split_summary(ann),
+        "total": {"videos": len(ann.entries), "captions": sum(len(e.captions) for e in ann.entries)},
+        "problem_count": len(ann.problems),
+        "problems": [{"source": q.source, "reason": q.reason} for q in ann.problems],
+        "missing_videos": {"count": len(missing), "total": len(paths),
+                           "paths": [str(p) for p in missing[:MAX_LISTED_MISSING]]},
+        "unreadable_videos": unreadable,
+    }
+    summary["ok"] = not ann.problems and not missing and not (unreadable and unreadable["count"])
+    return summary
+
+
+def _report(s: dict[str, Any]) -> str:
+    """A few lines for a person."""
+    lines = [f"dataset: format {s['format']}, annotations {s['annotations'] or '-'}, videos {s['videos_dir'] or '.'}"]
+    for name, sp in s["splits"].items():
+        cpv, words = sp["captions_per_video"], sp["caption_words"]
+        lines.append(f"  {name:<6} {sp['videos']:>7} videos {sp['captions']:>8} captions | captions/video "
+                     f"{cpv['min']}-{cpv['max']} (mean {cpv['mean']}) | words/caption {words['min']}-"
+                     f"{words['max']} (median {words['median']:g})")
+    lines.append(f"annotation problems: {s['problem_count']}")
+    for q in s["problems"][:10]:
+        lines.append(f"  {q['source']}: {q['reason']}")
+    if s["problem_count"] > 10:
+        lines.append(f"  ... and {s['problem_count'] - 10} more (see the JSON)")
+    m = s["missing_videos"]
+    lines.append(f"missing video files: {m['count']} of {m['total']}")
+    lines.extend(f"  {p}" for p in m["paths"][:5])
+    if m["count"] > 5:
+        lines.append(f"  ... and {m['count'] - 5} more")
+    u = s["unreadable_videos"]
+    if u is None:
+        lines.append("unreadable video files: not probed (use --probe)")
+    else:
+        lines.append(f"unreadable video files: {u['count']} of {u['probed']} probed")
+        lines.extend(f"  {it['reason']}" for it in u["items"][:10])
+        if u["count"] > 10:
+            lines.append(f"  ... and {u['count'] - 10} more (see the JSON)")
+    lines.append("OK" if s["ok"] else "NOT OK")
+    return "\n".join(lines)
+
+
+def main(cfg_data: DataConfig, probe: bool, probe_fn: Callable[[Path], Any] | None = None) -> int:
+    """``vcap data check``: human report on stderr, summary JSON as the last stdout line.
+    Returns 0 when the dataset is ok, 1 otherwise (also when an annotation file is unreadable)."""
+    try:
+        summary = check_dataset(cfg_data, probe=probe, probe_fn=probe_fn)
+    except AnnotationError as e:
+        print(f"vcap data check: {e}", file=sys.stderr)
+        print(json.dumps({"ok": False, "error": str(e), "format": cfg_data.format,
+                          "annotations": str(cfg_data.annotations)}))
+        return 1
+    print(_report(summary), file=sys.stderr)
+    print(json.dumps(summary))
+    return 0 if summary["ok"] else 1

@@ -1,0 +1,94 @@
+"""Symmetric InfoNCE over video-text pairs (CLIP, Radford et al. 2021; CLIP4Clip, Luo et al. 2021).
+
+For a batch of B matching (video, caption) pairs with L2-normalised embeddings, the logits are
+``scale * video @ text.T``; the loss is the mean of the video-to-text and the text-to-video
+cross-entropies with the diagonal as targets.
+
+With ``torch.distributed`` initialised and more than one process, negatives span the global
+batch: each process gathers every process's embeddings (gradients flow back to the process that
+owns them: the gather's backward is a reduce-scatter), and computes the loss of its
+own rows - its videos against all captions and its captions against all videos - with targets
+offset by the sizes of the lower ranks (open_clip's ``local_loss`` with ``gather_with_grad``).
+Each process's value is weighted by its share of the global batch, so the mean over processes
+(DDP's gradient mean) is exactly the loss - and the gradient - over the global batch, also when
+per-process batch sizes differ (a process may drop an unreadable video).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class _AllGather(torch.autograd.Function):
+    """``all_gather`` whose backward sums every process's gradient for each block and hands each
+    owner its block (a reduce-scatter), so a process's embeddings learn from all losses."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        world, rank = _world()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        return torch.cat(parts)  # (world * rows, D)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # sum over processes
+        return grad[ctx.rank * ctx.rows: (ctx.rank + 1) * ctx.rows]
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All processes' rows of ``x`` (N_global, D), and where this process's rows start.
+
+    Rows are padded to the largest per-process count for the collective and cut back after, so
+    processes may hold different numbers of rows.
+    """
+    world, rank = _world()
+    size = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    rows = max(counts)
+    if rows > x.shape[0]:
+        x = torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])])  # (rows, D)
+    gathered = _AllGather.apply(x)  # (world * rows, D)
+    out = torch.cat([gathered[r * rows: r * rows + n] for r, n in enumerate(counts)])  # (N_global, D)
+    return out, sum(counts[:rank])
+
+
+def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE: ``(CE(video -> text) + CE(text -> video)) / 2``.
+
+    Args:
+        video: (B, D) L2-normalised video embeddings; row i matches ``text`` row i.
+        text: (B, D) L2-normalised caption embeddings.
+        logit_scale: the multiplier of the cosine similarities (``exp`` of CLIP's learned
+            log-temperature, already clamped), a scalar tensor or float.
+    Returns:
+        a scalar; over the global batch when ``torch.distributed`` runs several processes.
+    """
+    if video.shape != text.shape:
+        raise ValueError(f"video {tuple(video.shape)} and text {tuple(text.shape)} embeddings differ in shape")
+    world, _ = _world()
+    if world == 1:
+        logits = logit_scale * video @ text.T  # (B, B) video rows, text columns
+        labels = torch.arange(video.shape[0], device=video.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    all_video, offset = gather_with_grad(video)  # (N, D)
+    all_text, _ = gather_with_grad(text)  # (N, D)
+    labels = torch.arange(video.shape[0], device=video.device) + offset
+    v2t = logit_scale * video @ all_text.T  # (B, N) local videos against every caption
+    t2v = logit_scale * text @ all_video.T  # (B, N) local captions against every video
+    local = (F.cross_entropy(v2t, labels) + F.cross_entropy(t2v, labels)) / 2
+    # Weight by this process's share of the global batch: DDP's mean over processes of these
+    # values (and of their gradients) is then exactly the global-batch loss, sizes equal or not.
+    return local * (video.shape[0] * world / all_video.shape[0])

@@ -1,0 +1,115 @@
+"""``vcap data check`` logic on the real MSR-VTT annotations and on small jsonl datasets built from
+real clips (plus a text file posing as a video)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from retrieval_pretrain.config import DataConfig
+from retrieval_pretrain.data_check import check_dataset, main
+
+
+def decord_probe(path: Path) -> None:
+    """Open the file and decode its first frame with decord (what the real probe does, minus
+    the error wrapping)."""
+    from decord import VideoReader
+
+    vr = VideoReader(str(path))
+    if len(vr) == 0:
+        raise ValueError(f"{path}: no frames")
+    vr[0]
+
+
+def test_msrvtt_all_videos_missing(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    empty = tmp_path / "videos"
+    empty.mkdir()
+    data = DataConfig(format="msrvtt", videos=str(empty),
+                      annotations=str(shared_data / "annotations/msrvtt/msrvtt_val_test_videodatainfo.json"))
+    code = main(data, probe=False)
+    out, err = capsys.readouterr()
+    s = json.loads(out.strip().splitlines()[-1])
+    assert code == 1 and s["ok"] is False
+    assert s["splits"]["val"]["videos"] == 497 and s["splits"]["test"]["videos"] == 2990
+    assert s["splits"]["val"]["captions"] == 9940 and s["splits"]["test"]["captions"] == 59800
+    assert s["total"] == {"videos": 3487, "captions": 69740}
+    assert s["splits"]["test"]["captions_per_video"] == {"min": 20, "median": 20, "max": 20, "mean": 20.0}
+    words = s["splits"]["val"]["caption_words"]
+    assert 1 <= words["min"] <= words["median"] <= words["max"]
+    assert s["problem_count"] == 0 and s["problems"] == []
+    assert s["missing_videos"]["count"] == s["missing_videos"]["total"] == 3487
+    assert len(s["missing_videos"]["paths"]) == 20
+    assert s["missing_videos"]["paths"][0] == str(empty / "video6513.mp4")
+    assert s["unreadable_videos"] is None
+    assert "missing video files: 3487 of 3487" in err and "NOT OK" in err
+
+
+def test_unreadable_annotation_file_exits_1_with_json(tmp_path: Path, capsys: pytest.CaptureFixture):
+    missing = tmp_path / "none.jsonl"
+    assert main(DataConfig(format="jsonl", annotations=str(missing)), probe=False) == 1
+    out, err = capsys.readouterr()
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["ok"] is False and str(missing) in s["error"] and str(missing) in err
+
+
+def make_dataset(root: Path, shared_data: Path, bad: bool) -> DataConfig:
+    videos = root / "videos"
+    (videos / "sub").mkdir(parents=True)
+    shutil.copy(shared_data / "videos/mmaction2/test.mp4", videos / "pool.mp4")
+    shutil.copy(shared_data / "videos/mmaction2/rawvideo_part_0.mp4", videos / "sub" / "pool_cut.mp4")
+    rows = [{"video": "pool.mp4", "split": "train",
+             "captions": ["A person is cleaning a swimming pool",
+                          "A person is using a cleaning machine to clean the swimming pool"]},
+            {"video": "sub/pool_cut.mp4", "captions": ["a pool is cleaned"], "split": "test"}]
+    if bad:
+        (videos / "bad.mp4").write_text("this is a text file, not a video\n")
+        rows.append({"video": "bad.mp4", "captions": ["nothing to see"], "split": "test"})
+    ann = root / "ann.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return DataConfig(format="jsonl", annotations=str(ann), videos=str(videos))
+
+
+def test_probe_lists_unreadable_video(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    data = make_dataset(tmp_path, shared_data, bad=True)
+    code = main(data, probe=True, probe_fn=decord_probe)
+    out, err = capsys.readouterr()
+    s = json.loads(out.strip().splitlines()[-1])
+    assert code == 1 and s["ok"] is False
+    assert s["missing_videos"]["count"] == 0
+    u = s["unreadable_videos"]
+    assert (u["count"], u["probed"]) == (1, 3)
+    assert u["items"][0]["path"] == data.videos + "/bad.mp4"
+    assert u["items"][0]["reason"].startswith(data.videos + "/bad.mp4: ")  # path: Type: message
+    assert len(u["items"][0]["reason"]) > len(data.videos + "/bad.mp4: ")
+    assert s["splits"]["train"] == {"videos": 1, "captions": 2,
+                                    "captions_per_video": {"min": 2, "median": 2, "max": 2, "mean": 2.0},
+                                    "caption_words": {"min": 7, "median": 9.5, "max": 12}}
+    assert s["splits"]["test"]["videos"] == 2
+    assert "unreadable video files: 1 of 3 probed" in err
+
+
+def test_all_good_dataset_exits_0(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    data = make_dataset(tmp_path, shared_data, bad=False)
+    assert main(data, probe=True, probe_fn=decord_probe) == 0
+    out, _ = capsys.readouterr()
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["ok"] is True and s["unreadable_videos"] == {"count": 0, "probed": 2, "items": []}
+    # without probing, the same dataset is summarised the same way
+    s2 = check_dataset(data, probe=False, progress=False)
+    assert s2["ok"] is True and s2["splits"] == s["splits"] and s2["unreadable_videos"] is None
+
+
+def test_default_probe_is_the_video_module(shared_data: Path, tmp_path: Path):
+    """``probe_fn=None`` uses ``retrieval_pretrain.video.probe_video`` (skipped until it exists)."""
+    pytest.importorskip("retrieval_pretrain.video", reason="retrieval_pretrain/video.py not written yet")
+    from retrieval_pretrain import video
+
+    if not hasattr(video, "probe_video"):
+        pytest.skip("retrieval_pretrain.video has no probe_video yet")
+    data = make_dataset(tmp_path, shared_data, bad=True)
+    s = check_dataset(data, probe=True, progress=False)
+    assert s["unreadable_videos"]["count"] == 1 and s["ok"] is False
+    assert s["unreadable_videos"]["items"][0]["reason"].startswith(str(Path(data.videos) / "bad.mp4"))
