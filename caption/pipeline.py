@@ -25,7 +25,7 @@ from caption.tokenizer import CaptionTokenizer
 from decoders.model import CaptionModel
 from retrieval_pretrain.data import Preprocess
 from retrieval_pretrain.evaluate import encode_video_batches, pick_device
-from retrieval_pretrain.hub import from_pretrained as load_tower
+from retrieval_pretrain.hub import from_pretrained as load_video_tower
 
 TOWER_DIR = "video_tower"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
@@ -76,7 +76,7 @@ class CaptionPipeline:
                         f"({source or 'unknown'}) is not there either"
                     )
                 tower_dir = Path(source)
-            tower, info = load_tower(tower_dir, device=device)
+            tower, info = load_video_tower(tower_dir, device=device)
             tower.eval()
         return cls(model, tokenizer, tower, info, device)
 

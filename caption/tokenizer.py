@@ -20,6 +20,7 @@ model folder it is called ``tokenizer.model`` (``CaptionTokenizer.FILENAME``).
 from __future__ import annotations
 
 import os
+import sys
 import re
 import tempfile
 import unicodedata
@@ -87,7 +88,7 @@ class CaptionTokenizer:
         model = _BytesSink()
         with open(os.devnull, "w") as quiet:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(texts), model_writer=model, logstream=quiet,
+                sentence_iterator=iter(texts), model_writer=model, logstream=quiet if _stderr_is_a_file() else None,
                 vocab_size=vocab_size, model_type=model_type, hard_vocab_limit=False,
                 character_coverage=1.0, normalization_rule_name="identity",
                 pad_id=cls.PAD, unk_id=cls.UNK, bos_id=cls.BOS, eos_id=cls.EOS,
@@ -156,6 +157,16 @@ class CaptionTokenizer:
         if isinstance(batch, torch.Tensor):
             batch = batch.tolist()
         return [self.decode(row) for row in batch]
+
+
+def _stderr_is_a_file() -> bool:
+    """sentencepiece's ``logstream`` redirects the stderr file descriptor; under Jupyter or pytest's
+    capture ``sys.stderr`` has none, and passing it would fail (``minloglevel`` still quiets it)."""
+    try:
+        sys.stderr.fileno()
+        return True
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class _BytesSink:

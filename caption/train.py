@@ -172,7 +172,7 @@ def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_
     bar = tqdm(total=total, initial=global_step, desc="stage 2", disable=not main, file=sys.stderr)
     t0, stop = time.perf_counter(), False
     for epoch in range(start_epoch, c.epochs):
-        sampler.set_epoch(epoch)
+        sampler.use_epoch(epoch)
         model.train()
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         batches_done, skip = skip, 0

@@ -117,12 +117,14 @@ class ContrastiveTrainSet(Dataset):
 
 class EpochShuffleSampler(Sampler[int]):
     """A seeded permutation per epoch, yielding ``epoch * n + i`` so the dataset knows the epoch
-    inside worker processes. ``set_epoch`` is called by the trainer before each epoch."""
+    inside worker processes. The trainer calls ``use_epoch`` before each epoch. (Deliberately not
+    named ``set_epoch``: Accelerate's prepared loader calls ``sampler.set_epoch(n)`` with its own
+    count of passes, which restarts at 0 after a resume and would replay epoch 0's order.)"""
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:

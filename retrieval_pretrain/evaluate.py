@@ -108,7 +108,7 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
                                "unreadable_videos": len(failures)}
     metrics.update(retrieval_metrics(sim.numpy(), np.asarray(text_to_video)))
     if dsl:
-        scale = float(model.logit_scale.exp().clamp(max=100)) if hasattr(model, "logit_scale") else 100.0
+        scale = float(model.logit_scale.detach().exp().clamp(max=100)) if hasattr(model, "logit_scale") else 100.0
         re = dual_softmax(sim, scale)
         metrics.update({f"dsl_{k}": v for k, v in retrieval_metrics(np.asarray(re), np.asarray(text_to_video)).items()})
     out_dir = Path(output) if output else Path(model_dir).parent / f"eval_retrieval_{split}"

@@ -151,7 +151,7 @@ def train(cfg: RetrievalConfig, output: Path, resume: bool = False, max_steps: i
     seen = 0
     stop = False
     for epoch in range(start_epoch, p.epochs):
-        sampler.set_epoch(epoch)
+        sampler.use_epoch(epoch)
         model.train()
         batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
         batches_done = skip_batches
@@ -187,7 +187,7 @@ def train(cfg: RetrievalConfig, output: Path, resume: bool = False, max_steps: i
                 elapsed = time.perf_counter() - t0
                 log.log(step=global_step, epoch=epoch, loss=loss.item(),
                         lr_new=scheduler.get_last_lr()[-1], lr_clip=scheduler.get_last_lr()[0],
-                        logit_scale=float(out["logit_scale"]), data_s=round(data_s, 4),
+                        logit_scale=float(out["logit_scale"].detach()), data_s=round(data_s, 4),
                         compute_s=round(compute_s, 4), videos_per_s=round(seen / max(elapsed, 1e-9), 3))
             if p.save_every > 0 and global_step % p.save_every == 0:
                 save_checkpoint(accelerator, output, global_step, {"epoch": epoch, "batches_done": batches_done})

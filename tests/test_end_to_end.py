@@ -1,0 +1,154 @@
+"""End to end through the `vcap` command line on real mp4 files: stage 1 -> extract (interrupted and
+resumed) -> stage 2 (memorises 8 captions) -> evaluate -> caption real clips and a bad file.
+Also: stage 1 resumed after k steps gives the same next-step loss as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caption import demo_data
+from caption.cli import main
+from caption.config import load
+from retrieval_pretrain.extract import extract_features
+from retrieval_pretrain.features import FeatureStore
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_demo.yaml"
+TINY = ["video.num_frames=4", "pretrain.batch_size=4", "pretrain.epochs=1", "run.num_workers=0", "run.log_every=1",
+        "clip.custom.vision_cfg.layers=1", "clip.custom.text_cfg.layers=1", "pretrain.head_layers=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """8 training videos with ONE distinct caption each (so memorisation is well defined) and 4 test
+    videos, rendered as real H.264 mp4 files by the demo generator."""
+    folder = tmp_path_factory.mktemp("tiny")
+    spec = demo_data.DemoSpec(num_train=8, num_val=0, num_test=4, frames=8, size=64, seed=3, captions_per_video=1)
+    ann = demo_data.generate_dataset(folder, spec, progress=False)
+    lines = [json.loads(x) for x in ann.read_text().splitlines()]
+    assert len({tuple(x["captions"]) for x in lines if x["split"] == "train"}) == 8
+    return folder
+
+
+def _args(data: Path, extra: list[str] = ()) -> list[str]:
+    return ["--config", str(CONFIG), f"data.annotations={data / 'annotations.jsonl'}", f"data.videos={data}", *TINY, *extra]
+
+
+def _losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r}
+
+
+def test_stage1_resume_gives_the_same_next_step_loss(tiny_data, tmp_path):
+    from retrieval_pretrain.train import train
+
+    cfg = load(CONFIG, _args(tiny_data)[2:] + ["pretrain.epochs=2", "pretrain.save_every=0"])
+    train(cfg, tmp_path / "straight", max_steps=3)
+    train(cfg, tmp_path / "cut", max_steps=2)
+    assert (tmp_path / "cut" / "checkpoints" / "step_2" / "trainer_state.json").is_file()
+    train(cfg, tmp_path / "cut", resume=True, max_steps=3)
+    straight, cut = _losses(tmp_path / "straight"), _losses(tmp_path / "cut")
+    assert straight[3] == pytest.approx(cut[3], rel=1e-5, abs=1e-6)
+    assert straight[1] == pytest.approx(cut[1], rel=1e-6)
+    assert straight[3] != pytest.approx(straight[2], rel=1e-3)  # step 3 really differs from step 2
+
+
+def test_whole_pipeline_from_the_command_line(tiny_data, tmp_path, shared_data, capsys):
+    s1 = tmp_path / "s1"
+    assert main(["pretrain", "--output", str(s1), *_args(tiny_data, ["pretrain.epochs=2"])]) == 0
+    assert sorted(p.name for p in (s1 / "model").iterdir()) == ["config.json", "model.safetensors"]
+
+    assert main(["eval-retrieval", "--model", str(s1 / "model"), "--dsl", "--output", str(tmp_path / "r"),
+                 *_args(tiny_data)]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["videos"] == 4 and 0 <= metrics["t2v_R@1"] <= 1 and "dsl_t2v_R@1" in metrics
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text()) == metrics
+
+    # Extraction interrupted after 3 videos, then rerun: equals a clean run, recomputes nothing.
+    cfg = load(CONFIG, _args(tiny_data)[2:])
+    feats, clean = tmp_path / "feats", tmp_path / "feats_clean"
+    extract_features(s1 / "model", cfg, feats, limit=3)
+    store = FeatureStore(feats)
+    first = sorted(store.dir.glob("*.npy"))
+    assert len(first) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in first}
+    report = extract_features(s1 / "model", cfg, feats)
+    assert (report["done_before"], report["extracted"], report["failed"]) == (3, 9, 0)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert main(["extract", "--model", str(s1 / "model"), "--output", str(clean), *_args(tiny_data)]) == 0
+    for p in sorted(FeatureStore(clean).dir.glob("*.npy")):
+        a, b = np.load(p), np.load(store.dir / p.name)
+        assert a.dtype == np.float16 and a.shape == (4, store.meta()["dim"])
+        np.testing.assert_array_equal(a, b)
+    assert not list(store.dir.glob(".tmp*"))
+
+    # Stage 2 memorises the 8 training captions (greedy decoding).
+    s2 = tmp_path / "s2"
+    stage2 = ["caption.epochs=120", "caption.batch_size=8", "caption.lr=2e-3", "caption.dropout=0.0",
+              "caption.label_smoothing=0.0", "caption.warmup_ratio=0.02", "caption.vocab_size=120",
+              "caption.max_length=40", "decode.max_new_tokens=38",
+              "decode.num_beams=1", "caption.save_every=0"]
+    assert main(["train", "--features", str(feats), "--output", str(s2), *_args(tiny_data, stage2)]) == 0
+    model = s2 / "model"
+    assert {"config.json", "model.safetensors", "tokenizer.model", "video_tower"} <= {p.name for p in model.iterdir()}
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model), "--features", str(feats), "--split", "train",
+                 "--output", str(tmp_path / "ev"), *_args(tiny_data, stage2)]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(scores) >= {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
+    preds = json.loads((tmp_path / "ev" / "predictions.json").read_text())
+    refs = {json.loads(x)["video"].rsplit(".", 1)[0]: json.loads(x)["captions"][0]
+            for x in (tiny_data / "annotations.jsonl").read_text().splitlines() if json.loads(x)["split"] == "train"}
+    from caption.tokenizer import normalize_caption
+
+    exact = sum(preds[v] == normalize_caption(c) for v, c in refs.items())
+    assert exact >= 7, f"memorised {exact}/8: {preds}"
+
+    # The same model from the video files (no feature cache) gives the same captions.
+    capsys.readouterr()
+    train_videos = [str(tiny_data / f"{v}.mp4") for v in sorted(refs)]
+    assert main(["caption", *train_videos, "--model", str(model), "--beam", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [out["captions"][p] for p in train_videos] == [preds[v] for v in sorted(refs)]
+
+    # A real clip, a folder, and a bad file: captions for the good ones, the bad one named, exit 1.
+    bad = tmp_path / "notavideo.mp4"
+    bad.write_text("hello")
+    real = shared_data / "videos" / "swinbert" / "G0mjFqytJt4_000152_000162.mp4"
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(shared_data / "videos" / "mmaction2" / "test.mp4", folder / "pool.mp4")
+    code = main(["caption", str(real), str(folder), str(bad), "--model", str(model)])
+    captured = capsys.readouterr()
+    assert code == 1
+    lines = dict(line.split("\t") for line in captured.out.strip().splitlines())
+    assert set(lines) == {str(real), str(folder / "pool.mp4")} and all(lines.values())
+    assert str(bad) in captured.err
+
+    # The model folder is self-contained: it still works after the stage-1 run is gone.
+    shutil.rmtree(s1)
+    moved = tmp_path / "moved"
+    shutil.move(str(model), moved)
+    assert main(["caption", str(real), "--model", str(moved), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["captions"][str(real)]
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path, capsys):
+    assert main(["demo", "--quick", "--output", str(tmp_path)]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for stage in ("stage1/model/model.safetensors", "features/meta.json", "stage2/model/tokenizer.model",
+                  "eval_retrieval/metrics.json", "eval_caption/predictions.json", "metrics.json"):
+        assert (tmp_path / stage).is_file(), stage
+    values = [*metrics["retrieval"].values(), *metrics["caption"].values()]
+    assert all(np.isfinite(v) for v in values)
+    # Better than an untrained model (chance level) on retrieval and on attributes.
+    assert metrics["retrieval"]["t2v_R@1"] > 2 * metrics["chance"]["t2v_R@1"]
+    assert metrics["retrieval"]["t2v_R@5"] > metrics["chance"]["t2v_R@5"]
+    for key in ("colour", "shape", "motion"):
+        assert metrics["attributes"][key] > metrics["chance"][key], key
+    assert metrics["caption"]["CIDEr"] > 0.1
