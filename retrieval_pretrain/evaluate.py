@@ -19,7 +19,7 @@ from retrieval_pretrain.annotations import load_annotations
 from retrieval_pretrain.config import RetrievalConfig
 from retrieval_pretrain.data import Preprocess, VideoClipDataset, collate_videos
 from retrieval_pretrain.hub import build_tokenizer_from_info, from_pretrained
-from retrieval_pretrain.retrieval_metrics import dual_softmax, retrieval_metrics
+from retrieval_pretrain.retrieval_metrics import dsl_retrieval_metrics, retrieval_metrics
 from retrieval_pretrain.runtime import atomic_write_json
 
 
@@ -109,8 +109,8 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
     metrics.update(retrieval_metrics(sim.numpy(), np.asarray(text_to_video)))
     if dsl:
         scale = float(model.logit_scale.detach().exp().clamp(max=100)) if hasattr(model, "logit_scale") else 100.0
-        re = dual_softmax(sim, scale)
-        metrics.update({f"dsl_{k}": v for k, v in retrieval_metrics(np.asarray(re), np.asarray(text_to_video)).items()})
+        dsl_metrics = dsl_retrieval_metrics(sim.numpy(), np.asarray(text_to_video), scale)
+        metrics.update({f"dsl_{k}": v for k, v in dsl_metrics.items()})
     out_dir = Path(output) if output else Path(model_dir).parent / f"eval_retrieval_{split}"
     atomic_write_json(out_dir / "metrics.json", metrics)
     if failures:

@@ -115,3 +115,20 @@ def retrieval_metrics(sim: Any, text_to_video: Any) -> dict[str, float]:
         raise ValueError("the similarity matrix contains NaN")
     t2v, v2t = _ranks(sim, t2v_index)
     return {**_summary(t2v, "t2v"), **_summary(v2t, "v2t")}
+
+
+def dsl_retrieval_metrics(sim: Any, text_to_video: Any, temperature: float = 100.0) -> dict[str, float]:
+    """Retrieval metrics after dual-softmax re-weighting, each direction with its own softmax axis.
+
+    Text-to-video ranks videos for a text query, so the re-weighting normalises over the *texts*
+    of each video (``dim=0``: a hub video close to many captions is scaled down); video-to-text
+    ranks texts for a video query and normalises over the *videos* of each text (``dim=1``).
+    Returns the keys of ``retrieval_metrics``: ``t2v_*`` from the first, ``v2t_*`` from the second.
+    """
+    if isinstance(sim, torch.Tensor):
+        sim = sim.detach().float().cpu().numpy()
+    sim = np.asarray(sim, dtype=np.float64)
+    t2v = retrieval_metrics(dual_softmax(sim, temperature, dim=0), text_to_video)
+    v2t = retrieval_metrics(dual_softmax(sim, temperature, dim=1), text_to_video)
+    return {**{k: v for k, v in t2v.items() if k.startswith("t2v_")},
+            **{k: v for k, v in v2t.items() if k.startswith("v2t_")}}

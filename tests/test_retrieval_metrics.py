@@ -119,3 +119,27 @@ def test_bad_inputs_are_named():
         retrieval_metrics(np.zeros((2, 2)), [0, 2])
     with pytest.raises(ValueError, match="NaN"):
         retrieval_metrics(np.array([[np.nan, 0.0], [0.0, 1.0]]), [0, 1])
+
+
+def test_dual_softmax_video_to_text_normalises_over_videos():
+    """t0 is a hub text, close to both videos. sim (texts x videos) = [[0.60, 0.55], [0.10, 0.50]].
+    Plain video-to-text: v1's column ranks t0 (0.55) above its own t1 (0.50): rank 2, R@1 = 1/2.
+    Dual softmax for video-to-text normalises over the videos of each text row (temperature 100):
+      row t0: softmax(60, 55) = (1/(1+e^-5), 1/(1+e^5)) = (0.993307, 0.006693) -> (0.595984, 0.003681)
+      row t1: softmax(10, 50) = (e^-40, ~1)                                     -> (~4e-19, 0.5)
+    v1's column is now t1 (0.5) > t0 (0.003681): rank 1, R@1 = 1. (Normalising over the texts of
+    each column instead, the text-to-video form, keeps t0 ahead: 0.55 * 0.993307 vs 0.5 * 0.006693.)"""
+    from retrieval_pretrain.retrieval_metrics import dsl_retrieval_metrics
+
+    sim = np.array([[0.60, 0.55], [0.10, 0.50]])
+    plain = retrieval_metrics(sim, [0, 1])
+    assert plain["v2t_R@1"] == 0.5 and plain["v2t_MeanR"] == 1.5
+    row_t0 = dual_softmax(sim, 100.0, dim=1)[0]
+    np.testing.assert_allclose(row_t0, [0.6 / (1 + math.exp(-5)), 0.55 / (1 + math.exp(5))], rtol=1e-12)
+    np.testing.assert_allclose(row_t0, [0.595984, 0.003681], atol=1e-6)
+    dsl = dsl_retrieval_metrics(sim, [0, 1], temperature=100.0)
+    assert dsl["v2t_R@1"] == 1.0 and dsl["v2t_MeanR"] == 1.0
+    assert dsl["t2v_R@1"] == 1.0
+    wrong_axis = retrieval_metrics(dual_softmax(sim, 100.0, dim=0), [0, 1])
+    assert wrong_axis["v2t_R@1"] == 0.5
+    assert set(dsl) == set(plain)
