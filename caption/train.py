@@ -44,6 +44,7 @@ from retrieval_pretrain.runtime import (
     load_checkpoint,
     make_accelerator,
     save_checkpoint,
+    scheduler_length,
 )
 
 
@@ -157,8 +158,8 @@ def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=c.lr, betas=(0.9, 0.98))
     per_epoch = max(1, math.ceil(math.ceil(len(train_set) / (c.batch_size * accelerator.num_processes)) / c.grad_accum))
-    total = per_epoch * c.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(c.warmup_ratio * total), total)
+    total = per_epoch * c.epochs  # optimizer steps of this run
+    scheduler = get_linear_schedule_with_warmup(optimizer, *scheduler_length(total, c.warmup_ratio, accelerator))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     start_epoch, skip, global_step, best = 0, 0, 0, {"cider": -1.0, "epoch": -1}

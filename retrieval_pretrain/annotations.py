@@ -58,12 +58,18 @@ def normalize_split(name: str) -> str:
 
 @dataclass
 class VideoEntry:
-    """One video: its dataset id, its file (which may not exist), its captions and split."""
+    """One video: its dataset id, its file (which may not exist), its captions and split.
+
+    ``official_split`` is the video's split in the benchmark's own caption splits when the format
+    knows it and the split files may differ from it: MSR-VTT videos ``video0-6512`` are train,
+    ``6513-7009`` val, ``7010-9999`` test, whatever retrieval list (e.g. CLIP4Clip's 9k) puts them
+    in. Stage 1 uses it to refuse training on caption-evaluation videos."""
 
     video_id: str
     path: Path
     captions: list[str]
     split: str
+    official_split: str | None = None
 
 
 class AnnotationError(Exception):
@@ -106,7 +112,8 @@ class _Table:
     def problem(self, source: str, reason: str) -> None:
         self.ann.problems.append(AnnotationProblem(source, reason))
 
-    def add(self, video_id: str, path: Path, captions: list[str], split: str, source: str) -> None:
+    def add(self, video_id: str, path: Path, captions: list[str], split: str, source: str,
+            official_split: str | None = None) -> None:
         split = normalize_split(split)
         if not captions:
             self.problem(source, f"video '{video_id}' has no captions; skipped")
@@ -115,7 +122,7 @@ class _Table:
                                  f"'{self._seen[video_id]}'); skipped")
         else:
             self._seen[video_id] = split
-            self.ann.entries.append(VideoEntry(video_id, Path(path), captions, split))
+            self.ann.entries.append(VideoEntry(video_id, Path(path), captions, split, official_split))
 
 
 # ----------------------------------------------------------------------------- file helpers
@@ -218,6 +225,16 @@ def _load_msrvtt(data: DataConfig, table: _Table) -> None:
         table.problem(f"{path} ({vid})", f"{len(captions[vid])} captions for a video id not in 'videos'; skipped")
 
 
+def msrvtt_official_split(video_id: str) -> str | None:
+    """MSR-VTT's official caption split of ``videoN`` (train 0-6512, val 6513-7009, test 7010-9999,
+    Xu et al., CVPR 2016); None for ids outside that scheme."""
+    digits = video_id[len("video"):] if video_id.startswith("video") else ""
+    if not digits.isdigit():
+        return None
+    n = int(digits)
+    return "train" if n <= 6512 else "val" if n <= 7009 else "test" if n <= 9999 else None
+
+
 def _load_msrvtt_clip4clip(data: DataConfig, table: _Table) -> None:
     fmt = "msrvtt-clip4clip"
     splits = _split_files(data, fmt)
@@ -252,7 +269,8 @@ def _load_msrvtt_clip4clip(data: DataConfig, table: _Table) -> None:
                 json_captions = _sentences(path, _read_json(path), table)
             per_video = {vid: list(json_captions.get(vid, [])) for vid in per_video}
         for vid, caps in per_video.items():
-            table.add(vid, _video_path(data, vid), caps, split, f"{csv_path}:{first_line[vid]}")
+            table.add(vid, _video_path(data, vid), caps, split, f"{csv_path}:{first_line[vid]}",
+                      official_split=msrvtt_official_split(vid))
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -59,10 +59,24 @@ def make_accelerator(mixed_precision: str, grad_accum: int, device: str, seed: i
         raise ValueError(f"run.device must be auto, cpu or cuda, got {device!r}")
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if cpu and mixed_precision == "fp16":
-        mixed_precision = "no"  # fp16 autocast needs a GPU; bf16 works on CPU
+        print("warning: run.mixed_precision=fp16 needs a GPU; training in fp32 on the CPU "
+              "(run.mixed_precision=bf16 works on CPUs)", file=sys.stderr)
+        mixed_precision = "no"
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
     set_seed(seed)
     return accelerator
+
+
+def scheduler_length(optimizer_steps: int, warmup_ratio: float, accelerator: Accelerator) -> tuple[int, int]:
+    """``(warmup, total)`` for a learning-rate schedule that will be passed to ``accelerator.prepare``.
+
+    Accelerate's wrapped scheduler steps once *per process* at every optimizer step (it assumes
+    the schedule was sized for the single-process batch count), so a schedule of
+    ``optimizer_steps`` real steps must be ``optimizer_steps * num_processes`` long; otherwise
+    warm-up and decay would end after 1/num_processes of training on several GPUs.
+    """
+    total = max(1, optimizer_steps) * accelerator.num_processes
+    return int(warmup_ratio * total), total
 
 
 def latest_checkpoint(run: Path) -> Path | None:

@@ -41,6 +41,7 @@ from retrieval_pretrain.runtime import (
     load_checkpoint,
     make_accelerator,
     save_checkpoint,
+    scheduler_length,
 )
 
 
@@ -69,11 +70,20 @@ def training_entries(ann: Annotations, cfg: RetrievalConfig) -> tuple[list[Any],
             eval_keys[str(Path(e.path).resolve())] = split
     overlap = [e.video_id for e in train
                if e.video_id in eval_keys or str(Path(e.path).resolve()) in eval_keys]
-    if overlap and not cfg.pretrain.allow_eval_overlap:
+    official = [e.video_id for e in train if e.official_split in held_out and e.video_id not in overlap]
+    if (overlap or official) and not cfg.pretrain.allow_eval_overlap:
+        parts = []
+        if overlap:
+            parts.append(f"{len(overlap)} training videos are also in an evaluation split of this config "
+                         f"(e.g. {', '.join(overlap[:5])})")
+        if official:
+            parts.append(f"{len(official)} training videos belong to the benchmark's official caption val/test "
+                         f"splits (e.g. {', '.join(official[:5])}; CLIP4Clip's MSRVTT_train.9k.csv includes "
+                         "1,990 caption-test and 497 val videos)")
         raise SplitOverlapError(
-            f"{len(overlap)} training videos are also in an evaluation split (e.g. {', '.join(overlap[:5])}); "
-            "stage 1 for captioning must train on the caption-train split only. Fix the split files, or set "
-            "pretrain.allow_eval_overlap=true if you really mean it (retrieval-only experiments)."
+            "; ".join(parts) + ". Stage 1 for captioning must train on the caption-train split only: use the "
+            "caption splits (e.g. data.format=msrvtt with the official videodatainfo file), or set "
+            "pretrain.allow_eval_overlap=true for retrieval-only experiments."
         )
     kept, skipped = [], []
     for e in train:
@@ -82,6 +92,16 @@ def training_entries(ann: Annotations, cfg: RetrievalConfig) -> tuple[list[Any],
         else:
             skipped.append({"video_id": e.video_id, "path": str(e.path), "reason": "video file not found"})
     return kept, skipped
+
+
+def _enough_to_contrast(accelerator: Any, local_videos: int) -> bool:
+    """Whether every process can take this step: InfoNCE needs 2 videos in the global batch, and
+    a process left with none (all its videos unreadable) cannot run the forward pass. Decided
+    together (one tiny all-gather), so no process waits in a collective the others skipped."""
+    if accelerator.num_processes == 1:
+        return local_videos >= 2
+    counts = accelerator.gather(torch.tensor([local_videos], device=accelerator.device))
+    return int(counts.min()) > 0 and int(counts.sum()) >= 2
 
 
 def _optimizer(model: torch.nn.Module, cfg: RetrievalConfig) -> torch.optim.Optimizer:
@@ -132,8 +152,8 @@ def train(cfg: RetrievalConfig, output: Path, resume: bool = False, max_steps: i
                         persistent_workers=False, prefetch_factor=4 if cfg.run.num_workers else None)
     optimizer = _optimizer(model, cfg)
     per_epoch = steps_per_epoch(len(dataset), p.batch_size, p.grad_accum, accelerator.num_processes)
-    total = per_epoch * p.epochs
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(p.warmup_ratio * total), total)
+    total = per_epoch * p.epochs  # optimizer steps of this run
+    scheduler = get_cosine_schedule_with_warmup(optimizer, *scheduler_length(total, p.warmup_ratio, accelerator))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     start_epoch, skip_batches, global_step = 0, 0, 0
@@ -164,7 +184,7 @@ def train(cfg: RetrievalConfig, output: Path, resume: bool = False, max_steps: i
                 failures.extend(batch["failures"])
                 for path, reason in batch["failures"]:
                     print(f"warning: skipped unreadable video {reason}", file=sys.stderr)
-            if batch["frames"].shape[0] < 2:  # nothing to contrast
+            if not _enough_to_contrast(accelerator, batch["frames"].shape[0]):
                 continue
             with accelerator.accumulate(model):
                 out = model(frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"])
