@@ -20,6 +20,13 @@ Choices, and why:
 * **No LayerNorm after the projection**: BART's encoder already normalises
   ``projection + position`` (``layernorm_embedding``) before dropout, which is exactly UniVL's
   ``LayerNorm(Linear(video) + position)``; a second norm would add nothing.
+* **Known limit, frame order**: the frame positions are BART's learned table (std ``init_std``)
+  while projected CLIP features are 10-100x larger, so ``layernorm_embedding`` keeps mostly their
+  direction and a model trained briefly is nearly blind to frame order (the decoder's
+  cross-attention averages frames). Measured on the demo: reversing the frames changed 4 of 40
+  captions. Normalising the features and matching the two scales at initialisation (tried)
+  raised motion accuracy only from 0.40 to 0.44 and slowed learning to use the features at all
+  (memorising 8 captions failed), so the paper's form is kept; see BENCHMARKS.md.
 * Post-LN layers, GELU, no embedding scaling (``scale_embedding=False``), attention dropout equal to
   ``dropout``; BART's ``forced_eos_token_id`` is switched off (a caption ends when the model says so).
 * Token ids: PAD 0, BOS 2 (the decoder start token), EOS 3 (the tokenizer's ids).
@@ -152,7 +159,7 @@ class CaptionModel(BartForConditionalGeneration):
                 decoder_input_ids: torch.LongTensor | None = None, labels: torch.LongTensor | None = None,
                 *, attention_mask: torch.Tensor | None = None, encoder_outputs: Any = None,
                 inputs_embeds: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-                past_key_values: Any = None, use_cache: bool | None = None, **kwargs: Any):
+                use_cache: bool | None = None, **kwargs: Any):
         """Teacher-forced logits for captions given frames (BART's ``Seq2SeqLMOutput``).
 
         Args:
@@ -162,7 +169,9 @@ class CaptionModel(BartForConditionalGeneration):
             labels: (B, L) next tokens; PAD (and -100) positions are ignored by the returned
                 ``loss`` (plain CE; training uses ``decoders.loss.caption_loss`` on ``logits``).
             The keyword-only arguments are BART's, used by ``generate`` (``encoder_outputs`` and
-            ``attention_mask`` = frame mask, ``past_key_values`` ...).
+            ``attention_mask`` = frame mask). The KV cache travels in ``kwargs`` untouched, under
+            whichever name the installed transformers uses (``past_key_values`` before 5.x's
+            ``cache``), so this forward works with both.
 
         Returns:
             ``Seq2SeqLMOutput`` with ``logits`` (B, L, V) (and ``loss`` when ``labels`` are given).
@@ -180,7 +189,7 @@ class CaptionModel(BartForConditionalGeneration):
         return super().forward(
             attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
+            inputs_embeds=inputs_embeds, labels=labels,
             use_cache=use_cache, **kwargs)
 
     def _generation_config(self, num_beams: int, max_new_tokens: int, length_penalty: float,
