@@ -13,7 +13,9 @@ Three ways to pick ``num_frames`` frame indices from a clip of ``n`` frames (``s
   variable-frame-rate clip ``fps`` is the average rate, so "per second" holds on average.
 
 Short clips (fewer real frames than asked for, any method): every frame once, in order, then the
-last index repeated with ``mask`` False. A 1-frame video is valid: one real frame, the rest padding.
+last index repeated with ``mask`` False. A file with a single frame is not a video (a still image
+in a video container: nothing moves, and a captioner would describe a picture); ``read_frames``
+and ``probe_video`` reject it with ``VideoReadError`` (``MIN_VIDEO_FRAMES``).
 
 ``read_frames`` opens one decord ``VideoReader`` per call (safe in DataLoader worker processes)
 and decodes only the sampled indices with ``get_batch``. Facts about decord 0.6 it relies on
@@ -48,6 +50,7 @@ from typing import Any
 import numpy as np
 
 METHODS = ("uniform", "fps", "tsn")
+MIN_VIDEO_FRAMES = 2  # fewer is a still image, rejected (see the module docstring)
 _REENCODE = "re-encode to H.264, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
 
 
@@ -223,6 +226,9 @@ def _open(path: str, num_threads: int, width: int = -1, height: int = -1) -> Any
         raise VideoReadError(path, _diagnose_open(path, e)) from None
     if len(reader) < 1:
         raise VideoReadError(path, "no video frames")
+    if len(reader) < MIN_VIDEO_FRAMES:
+        raise VideoReadError(path, f"only {len(reader)} frame: a still image, not a video "
+                                   f"(at least {MIN_VIDEO_FRAMES} frames are needed)")
     return reader
 
 

@@ -265,12 +265,13 @@ def test_result_types(videos):
 # ------------------------------------------------------------------ synthetic clips
 
 
-def test_one_frame_video_is_read_with_padding(tmp_path):
-    path = write_clip(tmp_path / "one.mp4", 1)
+def test_one_frame_video_is_rejected_two_frames_are_padded(tmp_path):
+    assert_read_error(write_clip(tmp_path / "one.mp4", 1), "only 1 frame: a still image, not a video")
+    path = write_clip(tmp_path / "two.mp4", 2)
     out = read_frames(path, 4, short_side=24)
-    assert out.num_video_frames == 1 and out.indices.tolist() == [0, 0, 0, 0]
-    assert out.mask.tolist() == [True, False, False, False] and out.frames.shape == (4, 24, 32, 3)
-    assert probe_video(path)["num_frames"] == 1
+    assert out.num_video_frames == 2 and out.indices.tolist() == [0, 1, 1, 1]
+    assert out.mask.tolist() == [True, True, False, False] and out.frames.shape == (4, 24, 32, 3)
+    assert probe_video(path)["num_frames"] == 2
 
 
 def test_short_clip_pads_by_repeating_last_frame(tmp_path):
@@ -339,6 +340,22 @@ def test_bad_files_written_here(tmp_path):
     front = write_clip(tmp_path / "front.mp4", 30, faststart=True, noise=True).read_bytes()
     (tmp_path / "front_cut.mp4").write_bytes(front[: len(front) * 2 // 3])
     assert_read_error(tmp_path / "front_cut.mp4", "truncated")
+
+
+def test_audio_only_mp4_written_here(tmp_path):
+    path = tmp_path / "speech.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        t = np.arange(16000) / 16000
+        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]  # (1, samples), 1 s
+        for start in range(0, tone.shape[1], 1024):
+            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]), format="fltp",
+                                               layout="mono")
+            chunk.sample_rate, chunk.pts = 16000, start
+            out.mux(stream.encode(chunk))
+        out.mux(stream.encode(None))
+    assert_read_error(path, "no video stream (audio only)")
 
 
 def test_bad_real_files(videos, tmp_path):
