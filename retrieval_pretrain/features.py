@@ -56,7 +56,13 @@ class FeatureStore:
         return json.loads(self.meta_path.read_text())
 
     def init(self, meta: dict[str, Any]) -> None:
-        """Create the folder for ``meta``, or check that an existing one was made the same way."""
+        """Create the folder for ``meta``, or check that an existing one was made the same way.
+
+        Temporary files left by a run that was killed mid-write (``.tmp-*.npy``) are removed: they
+        were never renamed into place, so no video counts as done because of them."""
+        if self.dir.is_dir():
+            for stale in self.dir.glob(".tmp-*.npy"):
+                stale.unlink(missing_ok=True)
         if self.meta_path.is_file():
             old = self.meta()
             keys = ("tower_fingerprint", "num_frames", "dim")

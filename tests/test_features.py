@@ -33,3 +33,28 @@ def test_refuses_features_of_another_tower(tmp_path):
     FeatureStore(tmp_path).init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})  # same: fine
     with pytest.raises(FeatureMismatchError, match="another tower"):
         FeatureStore(tmp_path).init({"tower_fingerprint": "zzz", "num_frames": 4, "dim": 3})
+
+
+def test_interrupted_write_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    store = FeatureStore(tmp_path)
+    store.init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})
+
+    def save_half_then_die(f, arr):  # the process is interrupted half-way through the file
+        f.write(b"\x93NUMPY half a header")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", save_half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        store.write("v1", np.zeros((4, 3), np.float32))
+    assert not store.has("v1") and list(store.dir.iterdir()) == []
+
+
+def test_stale_temporaries_of_a_killed_run_are_cleared(tmp_path):
+    """A SIGKILL gives no chance to clean up: the next run's init removes the leftovers."""
+    store = FeatureStore(tmp_path)
+    store.init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})
+    store.write("done", np.ones((4, 3), np.float32))
+    (store.dir / ".tmp-k1ll3d.npy").write_bytes(b"\x93NUMPY partial")
+    FeatureStore(tmp_path).init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})
+    assert sorted(p.name for p in store.dir.iterdir()) == ["done.npy"]
+    assert store.has("done") and not store.has("k1ll3d")
