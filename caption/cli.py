@@ -132,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="RUN2/model", help="caption model folder")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's; 1 = greedy)")
     p.add_argument("--batch-size", type=int, default=8, help="videos per batch")
-    p.add_argument("--json", action="store_true", help="print one JSON object {video: caption} as the last line")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object {"captions": {video: caption}, "failed": {video: reason}} '
+                        "as the last line (default: one 'video<TAB>caption' line per video)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
     p = sub.add_parser(

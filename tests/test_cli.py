@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,5 +38,10 @@ def test_config_error_exits_2_with_message(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "caption.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "vcap" in out.stdout
+    """The `vcap` entry point pip wrote next to this interpreter (what users type), not the module."""
+    vcap = Path(sys.executable).with_name("vcap")
+    assert vcap.is_file(), f"no vcap console script beside {sys.executable}; is the package installed?"
+    out = subprocess.run([str(vcap), "score", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("usage: vcap score")
+    out = subprocess.run([str(vcap), "no-such-command"], capture_output=True, text=True)
+    assert out.returncode == 2 and "invalid choice: 'no-such-command'" in out.stderr

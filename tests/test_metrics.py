@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from caption import metrics as M
+from caption.cli import main as cli_main
 from caption.metrics import (
     load_predictions,
     load_references,
@@ -24,7 +25,6 @@ from caption.metrics import (
     per_caption_cider,
     ptb_tokenize_approx,
     score_captions,
-    score_main,
     tokenize_captions,
 )
 
@@ -73,7 +73,10 @@ def nlg(corpus, tmp_path_factory) -> dict:
         proc = M._sessions[-1].proc
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            result["main"] = score_main(out_dir / "p.json", out_dir / "r.json", tokenize="none", output=out_dir / "o")
+            # through the command line users type: vcap score --predictions P --references R
+            result["exit_code"] = cli_main(["score", "--predictions", str(out_dir / "p.json"), "--references",
+                                            str(out_dir / "r.json"), "--tokenize", "none", "--output",
+                                            str(out_dir / "o")])
         result["stdout"] = buf.getvalue()
         result["alive_in_session"] = proc.poll() is None
     result["exit_code_after"] = proc.poll()
@@ -95,10 +98,10 @@ def test_meteor_java_process_is_reused_then_closed(nlg):
     assert M._sessions == []
 
 
-def test_score_main_prints_json_last_and_writes_metrics(nlg):
+def test_vcap_score_prints_json_last_and_writes_metrics(nlg):
+    assert nlg["exit_code"] == 0
     last = nlg["stdout"].strip().splitlines()[-1]
     printed = json.loads(last)
-    assert printed == nlg["main"]
     assert json.loads((nlg["out_dir"] / "metrics.json").read_text()) == printed
     _assert_close({k: printed[k] for k in TWO_LINE}, TWO_LINE)
     assert printed["count"] == 2 and printed["tokenize"] == "none"
