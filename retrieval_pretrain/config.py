@@ -73,6 +73,7 @@ class PretrainConfig:
 
     head: str = "seqTransf"
     head_layers: int = 4
+    head_input_norm: bool = False  # layer-normalise frame features before seqTransf (from-scratch towers)
     max_words: int = 32
     batch_size: int = 128
     epochs: int = 5

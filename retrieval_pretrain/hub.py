@@ -41,7 +41,7 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "vcap-video-text-model"
 FORMAT_VERSION = 1
 # Keys of config.json that define the network; ``extra`` may repeat them but never change them.
-_ARCH_KEYS = ("format", "format_version", "clip", "head", "head_layers", "num_frames", "embed_dim",
+_ARCH_KEYS = ("format", "format_version", "clip", "head", "head_layers", "head_input_norm", "num_frames", "embed_dim",
               "image_size", "image_mean", "image_std", "tokenizer", "context_length", "max_words")
 
 
@@ -232,7 +232,8 @@ def build_model(cfg: Any) -> VideoTextModel:
         "image_resize_mode": pre.get("resize_mode", "shortest"),
     }
     return VideoTextModel(clip, cfg.pretrain.head, cfg.pretrain.head_layers, cfg.video.num_frames,
-                          image_mean=mean, image_std=std, build_info=info)
+                          image_mean=mean, image_std=std, build_info=info,
+                          head_input_norm=cfg.pretrain.head_input_norm)
 
 
 def model_config(model: VideoTextModel) -> dict[str, Any]:
@@ -246,6 +247,7 @@ def model_config(model: VideoTextModel) -> dict[str, Any]:
         "clip": b["clip"],
         "head": model.head_kind,
         "head_layers": model.head_layers,
+        "head_input_norm": model.head.input_norm,
         "head_heads": model.head.heads,
         "head_init_from_text": b.get("head_init_from_text", model.head_from_text),
         "num_frames": model.num_frames,
@@ -340,7 +342,8 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> t
                                            "image_resize_mode", "head_init_from_text") if k in info}
         model = VideoTextModel(clip, info["head"], info["head_layers"], info["num_frames"],
                                image_mean=info["image_mean"], image_std=info["image_std"],
-                               build_info=build_info, init_head_from_text=False)
+                               build_info=build_info, init_head_from_text=False,
+                               head_input_norm=bool(info.get("head_input_norm", False)))
     except (TypeError, ValueError, KeyError) as e:
         raise ModelFolderError(f"{folder / CONFIG_NAME}: cannot build the architecture it describes ({e})") from e
     weights = folder / WEIGHTS_NAME

@@ -53,17 +53,27 @@ class TemporalHead(nn.Module):
         num_frames: size of the frame-position table (the most frames a video may have).
         heads: attention heads; default ``max(1, dim // 64)``.
         act_layer: MLP activation of the blocks (CLIP's text tower uses QuickGELU for OpenAI weights).
+        input_norm: ``seqTransf`` only. False (CLIP4Clip): the head works on the frame features as
+            the image tower gives them. True: each frame feature is first layer-normalised (no
+            learned scale) and the frame-position table starts at std 0.5 instead of 0.01, so
+            the frame order is visible from the first step whatever the features' scale. For
+            towers trained from scratch, whose unnormalised features grow to a norm of ~100,
+            the CLIP4Clip form leaves position embeddings ~1000x smaller than the features, and
+            the head stays blind to frame order (see BENCHMARKS.md, "the tiny demo model").
     """
 
     def __init__(self, dim: int, kind: str = "seqTransf", layers: int = 4, num_frames: int = 12,
-                 heads: int | None = None, act_layer: type[nn.Module] = nn.GELU):
+                 heads: int | None = None, act_layer: type[nn.Module] = nn.GELU, input_norm: bool = False):
         super().__init__()
         if kind not in HEADS:
             raise ValueError(f"unknown temporal head {kind!r}; choose one of {', '.join(HEADS)}")
-        self.kind, self.dim, self.num_frames = kind, dim, num_frames
+        if input_norm and kind != "seqTransf":
+            raise ValueError("input_norm applies to the seqTransf head only (meanP has no parameters)")
+        self.kind, self.dim, self.num_frames, self.input_norm = kind, dim, num_frames, input_norm
         self.heads = heads or max(1, dim // 64)
         if kind == "seqTransf":
-            self.frame_position_embeddings = nn.Parameter(torch.empty(num_frames, dim).normal_(std=0.01))
+            pos_std = 0.5 if input_norm else 0.01
+            self.frame_position_embeddings = nn.Parameter(torch.empty(num_frames, dim).normal_(std=pos_std))
             self.transformer = Transformer(dim, layers, self.heads, act_layer=act_layer, batch_first=True)
         else:  # meanP has no parameters: the head is the identity
             self.frame_position_embeddings = None
@@ -85,12 +95,15 @@ class TemporalHead(nn.Module):
                 block.load_state_dict(state)
         except RuntimeError:  # a differently built text block (layer scale, custom attention)
             return False
-        self.frame_position_embeddings.copy_(text_pos[: self.num_frames])
+        if not self.input_norm:  # text positions are on the scale of raw features, not normalised ones
+            self.frame_position_embeddings.copy_(text_pos[: self.num_frames])
         return True
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.transformer is None:  # meanP
             return x
+        if self.input_norm:
+            x = F.layer_norm(x, (x.shape[-1],))  # (B, T, D), zero mean and unit variance per frame
         B, T, D = x.shape
         if T > self.num_frames:
             raise ValueError(f"{T} frames given but the seqTransf head has {self.num_frames} frame positions")
@@ -118,11 +131,13 @@ class VideoTextModel(nn.Module):
         build_info: JSON-able description of how the backbone was built (source, tokenizer), carried
             so ``hub.save_pretrained`` can write it; never read here.
         init_head_from_text: CLIP4Clip's initialisation of ``seqTransf`` from the text transformer.
+        head_input_norm: ``TemporalHead``'s ``input_norm`` (off in CLIP4Clip; on for from-scratch towers).
     """
 
     def __init__(self, clip: nn.Module, head: str = "seqTransf", head_layers: int = 4, num_frames: int = 12,
                  image_mean: Sequence[float] = OPENAI_DATASET_MEAN, image_std: Sequence[float] = OPENAI_DATASET_STD,
-                 build_info: dict[str, Any] | None = None, init_head_from_text: bool = True):
+                 build_info: dict[str, Any] | None = None, init_head_from_text: bool = True,
+                 head_input_norm: bool = False):
         super().__init__()
         self.clip = clip
         dim = getattr(clip.visual, "output_dim", None)
@@ -133,7 +148,8 @@ class VideoTextModel(nn.Module):
         text_block = text.resblocks[0] if text is not None and len(text.resblocks) else None
         if isinstance(text_block, ResidualAttentionBlock) and text.width == dim:
             heads, act = text_block.attn.num_heads, type(text_block.mlp.gelu)  # match the blocks we copy
-        self.head = TemporalHead(dim, head, head_layers, num_frames, heads=heads, act_layer=act)
+        self.head = TemporalHead(dim, head, head_layers, num_frames, heads=heads, act_layer=act,
+                                 input_norm=head_input_norm)
         self.head_from_text = bool(init_head_from_text and text is not None and self.head.init_from_text(text, text_pos))
         self.head_kind, self.head_layers, self.num_frames = head, head_layers, num_frames
         self.image_mean = tuple(float(v) for v in image_mean)

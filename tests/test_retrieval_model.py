@@ -135,6 +135,47 @@ def test_padding_frames_never_change_the_embedding(head):
     torch.testing.assert_close(model.encode_video(x[1:, :4], mask[1:, :4]), ref[1:], atol=1e-6, rtol=0)
 
 
+def _normed_head_model(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = tiny_cfg("seqTransf")
+    cfg.pretrain.head_input_norm = True
+    return build_model(cfg).eval()
+
+
+@torch.no_grad()
+def test_head_input_norm_makes_the_head_blind_to_feature_scale_not_to_order():
+    """With head_input_norm the seqTransf head sees layer-normalised frame features, so scaling the
+    image tower's output (from-scratch towers grow norms of ~100) changes nothing, while the frame
+    positions start large enough (std 0.5) that order changes the embedding from the first step."""
+    model = _normed_head_model()
+    head = model.head
+    assert head.input_norm and 0.4 < float(head.frame_position_embeddings.std()) < 0.6
+    feats = torch.randn(2, T, model.embed_dim, generator=torch.Generator().manual_seed(3))  # (B, T, D)
+    mask = torch.tensor([[True] * T, [True] * 4 + [False] * 2])
+    out = head(feats, mask)
+    torch.testing.assert_close(head(feats * 80.0, mask), out, atol=1e-4, rtol=1e-4)  # LayerNorm eps aside
+    pooled = model.pool(out, mask)
+    perm = torch.tensor([5, 4, 3, 2, 1, 0])
+    reordered = model.pool(head(feats[:, perm], mask), mask)
+    assert (pooled[0] - reordered[0]).abs().max() > 1e-2  # order matters
+    plain = tiny_model()  # the CLIP4Clip form: features 80x larger drown its std-0.01 positions
+    big = plain.pool(plain.head(feats * 80.0), None)
+    assert (big - plain.pool(plain.head(feats[:, perm] * 80.0), None)).abs().max() < \
+        0.1 * (pooled[0] - reordered[0]).abs().max()
+    with pytest.raises(ValueError, match="seqTransf head only"):
+        from retrieval_pretrain.model import TemporalHead
+        TemporalHead(64, "meanP", input_norm=True)
+
+
+def test_head_input_norm_survives_the_model_folder(tmp_path):
+    model = _normed_head_model()
+    x, mask = frames(), torch.tensor([[True] * T, [True] * 3 + [False] * 3])
+    loaded, info = from_pretrained(save_pretrained(model, tmp_path / "m"))
+    assert info["head_input_norm"] is True and loaded.head.input_norm
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_video(x, mask), model.encode_video(x, mask))
+
+
 def test_forward_outputs_gradients_and_logit_scale_clamp():
     model = tiny_model().train()
     tokens = build_tokenizer(tiny_cfg())(["a dog runs", "a man cooks pasta in a kitchen"])
