@@ -20,13 +20,15 @@ Choices, and why:
 * **No LayerNorm after the projection**: BART's encoder already normalises
   ``projection + position`` (``layernorm_embedding``) before dropout, which is exactly UniVL's
   ``LayerNorm(Linear(video) + position)``; a second norm would add nothing.
-* **Known limit, frame order**: the frame positions are BART's learned table (std ``init_std``)
-  while projected CLIP features are 10-100x larger, so ``layernorm_embedding`` keeps mostly their
-  direction and a model trained briefly is nearly blind to frame order (the decoder's
-  cross-attention averages frames). Measured on the demo: reversing the frames changed 4 of 40
-  captions. Normalising the features and matching the two scales at initialisation (tried)
-  raised motion accuracy only from 0.40 to 0.44 and slowed learning to use the features at all
-  (memorising 8 captions failed), so the paper's form is kept; see BENCHMARKS.md.
+* **Frame features are layer-normalised, then projected to a learned scale**: a non-affine
+  ``LayerNorm(feature_dim)`` makes any feature scale unit (CLIP towers' unnormalised outputs have
+  norms of ~10-100), and a ``LayerNorm(d_model)`` after the projection, with its gain starting at
+  ``init_std``, puts projected frames at the scale of the encoder's frame positions and keeps them
+  there (its gain learns at the rate the positions do). Without it the projected frames are
+  10-100x larger than the positions, ``layernorm_embedding`` keeps mostly their direction, and the
+  model is nearly blind to frame order: the decoder's cross-attention averages the frames, so
+  "moves left" and "moves right" (the same frames reversed) look alike. Measured on the demo
+  (BENCHMARKS.md): reversing the frames changed 4 of 40 captions of a model trained without it.
 * Post-LN layers, GELU, no embedding scaling (``scale_embedding=False``), attention dropout equal to
   ``dropout``; BART's ``forced_eos_token_id`` is switched off (a caption ends when the model says so).
 * Token ids: PAD 0, BOS 2 (the decoder start token), EOS 3 (the tokenizer's ids).
@@ -141,8 +143,19 @@ class CaptionModel(BartForConditionalGeneration):
 
     def __init__(self, config: CaptionModelConfig):
         super().__init__(config)
+        self.frame_norm = nn.LayerNorm(config.feature_dim, elementwise_affine=False)  # any feature scale -> unit
         self.frame_proj = nn.Linear(config.feature_dim, config.d_model)  # F -> D
-        self.post_init()  # initialise the new module like the rest (normal(0, init_std), zero bias)
+        self.frame_scale = nn.LayerNorm(config.d_model)  # projected frames at a learned scale, see _init_weights
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is getattr(self, "frame_scale", None):
+            # Projected frames start at the frame positions' scale, init_std per dimension (see the
+            # module docstring). Only called for weights that are not loaded from a file.
+            with torch.no_grad():
+                module.weight.fill_(self.config.init_std)
+                module.bias.zero_()  # initialise the new module like the rest (normal(0, init_std), zero bias)
 
     def embed_frames(self, frame_features: torch.Tensor) -> torch.Tensor:
         """Project frame features (B, T, F) to the encoder width (B, T, D); positions are added by
@@ -153,7 +166,8 @@ class CaptionModel(BartForConditionalGeneration):
         if frame_features.shape[1] > self.config.max_position_embeddings:
             raise ValueError(f"{frame_features.shape[1]} frames, but the model has frame positions for "
                              f"{self.config.max_position_embeddings} (max_frames={self.config.max_frames})")
-        return self.frame_proj(frame_features.to(self.frame_proj.weight.dtype))  # (B, T, D)
+        x = self.frame_norm(frame_features.to(self.frame_proj.weight.dtype))  # (B, T, F), unit scale per frame
+        return self.frame_scale(self.frame_proj(x))  # (B, T, D), per-dimension std ~ frame_scale.weight
 
     def forward(self, frame_features: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
                 decoder_input_ids: torch.LongTensor | None = None, labels: torch.LongTensor | None = None,
