@@ -31,13 +31,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from retrieval_pretrain.runtime import atomic_write_text
 from caption.demo_render import (  # noqa: F401  (re-exported: the demo's rendering)
     BACKGROUNDS,
     BACKGROUNDS_NAMES,
@@ -183,17 +183,6 @@ def spec_hash(spec: DemoSpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def is_complete(folder: str | Path, spec: DemoSpec) -> bool:
     """Whether ``folder`` holds a finished dataset made from ``spec`` (manifest, tables, every video)."""
     folder = Path(folder)
@@ -290,9 +279,9 @@ def generate_dataset(folder: str | Path, spec: DemoSpec | None = None, progress:
 
     lines = [json.dumps({"video": r.clip.video, "captions": r.captions, "split": r.clip.split,
                          "attributes": r.attributes()}) for r in records]
-    _atomic_write_text(annotations, "\n".join(lines) + "\n")
+    atomic_write_text(annotations, "\n".join(lines) + "\n")
     table = {r.clip.video_id: r.attributes() for r in records}
-    _atomic_write_text(folder / ATTRIBUTES, json.dumps(table, indent=1) + "\n")
+    atomic_write_text(folder / ATTRIBUTES, json.dumps(table, indent=1) + "\n")
 
     keep = {Path(r.clip.video).name for r in records}
     pattern = re.compile(r"^[a-z]+_[a-z]+_[a-z]+_\d{4}\.mp4$|^\..*\.tmp$")
@@ -303,7 +292,7 @@ def generate_dataset(folder: str | Path, spec: DemoSpec | None = None, progress:
     counts = {s: sum(r.clip.split == s for r in records) for s in ("train", "val", "test")}
     manifest = {"hash": spec_hash(spec), "version": GENERATOR_VERSION, "spec": asdict(spec), "splits": counts,
                 "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS], "videos": [r.clip.video for r in records]}
-    _atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return annotations
 
 

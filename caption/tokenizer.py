@@ -22,13 +22,14 @@ from __future__ import annotations
 import os
 import sys
 import re
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
 import torch
+
+from retrieval_pretrain.runtime import atomic_write_bytes
 
 _SPACES = re.compile(r"\s+")
 _TRAILING_PUNCT = re.compile(r"[\s.!?;:,。！？…]+$")
@@ -96,7 +97,7 @@ class CaptionTokenizer:
                 num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
                 max_sentence_length=1 << 16, minloglevel=2,
             )
-        _atomic_write_bytes(Path(model_path), model.data)
+        atomic_write_bytes(Path(model_path), model.data)
         return cls.load(model_path)
 
     @classmethod
@@ -177,15 +178,3 @@ class _BytesSink:
 
     def write(self, data: bytes) -> None:
         self.data += data
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
