@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 
 
@@ -67,6 +68,12 @@ def make_accelerator(mixed_precision: str, grad_accum: int, device: str, seed: i
         print("warning: run.mixed_precision=fp16 needs a GPU; training in fp32 on the CPU "
               "(run.mixed_precision=bf16 works on CPUs)", file=sys.stderr)
         mixed_precision = "no"
+    # One process may run several jobs (the demo, tests, a notebook), each with its own precision
+    # and accumulation. Accelerate keeps both in process-wide singletons that refuse a second
+    # precision and silently keep the first accumulation count; reset them (not the distributed
+    # state, PartialState, which the launcher set up once).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
     set_seed(seed)
     return accelerator

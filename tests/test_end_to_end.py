@@ -233,3 +233,20 @@ def test_stage2_init_from_keeps_the_tokenizer_and_starts_trained(tiny_data, tiny
     assert tuned_step1 < 0.6 * fresh_step1, (fresh_step1, tuned_step1)
     assert tuned_step1 < min(first_losses[s] for s in range(1, 11)), (first_losses, tuned_step1)
     assert (tuned / "video_tower" / "model.safetensors").is_file()
+
+
+def test_bf16_autocast_and_gradient_accumulation_on_cpu(tiny_data, tiny_features, tmp_path):
+    """The precision and accumulation switches run for real (bf16 autocast works on CPUs): 8 videos
+    in batches of 4 with 2 batches per optimizer step is 1 step per epoch in each stage."""
+    from caption.train import train as train_captioner
+    from retrieval_pretrain.train import train as pretrain
+
+    extra = ["run.mixed_precision=bf16", "pretrain.grad_accum=2", "caption.grad_accum=2", "pretrain.epochs=2",
+             "pretrain.save_every=0"]
+    cfg = load(CONFIG, _args(tiny_data)[2:] + STAGE2 + extra)
+    assert (pretrain(cfg, tmp_path / "s1") / "model.safetensors").is_file()
+    s1 = _losses(tmp_path / "s1")
+    assert sorted(s1) == [1, 2] and all(np.isfinite(v) for v in s1.values())
+    assert (train_captioner(cfg, tiny_features, tmp_path / "s2") / "model.safetensors").is_file()
+    s2 = _stage2_losses(tmp_path / "s2")
+    assert sorted(s2) == [1, 2] and all(np.isfinite(v) for v in s2.values())
