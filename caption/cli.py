@@ -98,8 +98,9 @@ def _parser() -> argparse.ArgumentParser:
         "train",
         help="stage 2: train the caption model on cached features",
         description="Stage 2: train the 1-layer encoder + 3-layer decoder caption model with teacher "
-        "forcing via Accelerate; validation loss and CIDEr each epoch; the best model by CIDEr is "
-        "written to RUN2/model (with its tokenizer and the stage-1 video tower it needs).",
+        "forcing via Accelerate; validation loss and CIDEr each epoch; the best epoch (by val CIDEr, "
+        "or val loss / the last epoch with caption.select_by=loss|last) is written to RUN2/model "
+        "(with its tokenizer and the stage-1 video tower it needs).",
         epilog=EPILOG_OVERRIDES,
     )
     p.add_argument("--features", required=True, metavar="FEATS", help="folder written by 'vcap extract'")

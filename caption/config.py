@@ -22,7 +22,9 @@ class CaptionConfig:
     Tokenizer: a sentencepiece model of ``vocab_size`` trained on the training captions, unless
     ``tokenizer`` names an existing ``.model`` file. Training: AdamW with warm-up then linear
     decay, label-smoothed cross-entropy, every (video, caption) pair once per epoch; validation
-    loss and CIDEr each epoch on at most ``val_max_videos`` videos (0: all).
+    loss and CIDEr each epoch on at most ``val_max_videos`` videos (0: all); the epoch kept is the
+    best by ``select_by``: ``CIDEr`` (the papers' choice), ``loss`` (val loss: steadier on a small
+    val split) or ``last``.
     """
 
     hidden_size: int = 512
@@ -45,6 +47,7 @@ class CaptionConfig:
     grad_accum: int = 1
     eval_batch_size: int = 64
     val_max_videos: int = 0
+    select_by: str = "CIDEr"
     save_every: int = 1000
 
 

@@ -2,7 +2,8 @@
 
 Teacher forcing with label-smoothed cross-entropy, AdamW, linear warm-up then linear decay,
 gradient clipping, bf16/fp16 via Accelerate (``accelerate launch`` for several GPUs). After each
-epoch: validation loss and CIDEr with the configured decoding; the best epoch by CIDEr becomes
+epoch: validation loss and CIDEr with the configured decoding; the best epoch (by ``caption.select_by``:
+val CIDEr, as CLIP4Caption, val loss, or simply the last) becomes
 ``RUN2/model``, a self-contained caption model folder (model, ``tokenizer.model``, and the stage-1
 ``video_tower/`` the features came from).
 
@@ -94,10 +95,24 @@ def validation_loss(model: Any, loader: DataLoader, label_smoothing: float, pad_
     return total / max(n, 1)
 
 
+SELECT_BY = ("CIDEr", "loss", "last")
+
+
+def _selection_score(select_by: str, record: dict[str, Any], epoch: int) -> float:
+    """Higher is better: val CIDEr, minus the val loss, or the epoch (``last``; also without a val split)."""
+    if select_by == "CIDEr" and "val_CIDEr" in record:
+        return float(record["val_CIDEr"])
+    if select_by == "loss" and "val_loss" in record:
+        return -float(record["val_loss"])
+    return float(epoch)
+
+
 def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_from: Path | None = None,
           max_steps: int | None = None) -> Path:
     """Train stage 2; returns ``output/model``. ``max_steps`` stops early (tests of resuming)."""
     c = cfg.caption
+    if c.select_by not in SELECT_BY:
+        raise ValueError(f"caption.select_by must be one of {', '.join(SELECT_BY)}, got {c.select_by!r}")
     output = Path(output)
     accelerator = make_accelerator(cfg.run.mixed_precision, c.grad_accum, cfg.run.device, cfg.run.seed)
     main = accelerator.is_main_process
@@ -162,12 +177,12 @@ def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_
     scheduler = get_linear_schedule_with_warmup(optimizer, *scheduler_length(total, c.warmup_ratio, accelerator))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    start_epoch, skip, global_step, best = 0, 0, 0, {"cider": -1.0, "epoch": -1}
+    start_epoch, skip, global_step, best = 0, 0, 0, {"score": None, "epoch": -1}
     if resume:
         state = load_checkpoint(accelerator, output)
         if state is not None:
             start_epoch, skip, global_step = state["epoch"], state["batches_done"], state["global_step"]
-            best = state["best"]
+            best = {"score": state["best"].get("score", state["best"].get("cider")), "epoch": state["best"]["epoch"]}
     log = JsonlLogger(output / "log.jsonl", enabled=main)
     timer = StepTimer()
     bar = tqdm(total=total, initial=global_step, desc="stage 2", disable=not main, file=sys.stderr)
@@ -211,7 +226,7 @@ def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_
             save_checkpoint(accelerator, output, global_step, {"epoch": epoch, "batches_done": batches_done, "best": best})
             bar.close()
             return output / "checkpoints"
-        # ---- end of epoch: validation loss and CIDEr; keep the best epoch by CIDEr
+        # ---- end of epoch: validation loss and CIDEr; keep the best epoch by c.select_by
         if main:
             record: dict[str, Any] = {"epoch": epoch, "step": global_step}
             unwrapped = accelerator.unwrap_model(model)
@@ -221,9 +236,9 @@ def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_
                                          accelerator.device, progress=False)
                 refs = {e.video_id: [normalize_caption(x) for x in e.captions] for e in val_videos}
                 record["val_CIDEr"] = round(score_captions(preds, refs, metrics=("CIDEr",))["CIDEr"], 5)
-            score = record.get("val_CIDEr", float(epoch))  # no val split: the last epoch is the best
-            if score > best["cider"]:
-                best = {"cider": score, "epoch": epoch}
+            score = _selection_score(c.select_by, record, epoch)
+            if best["score"] is None or score > best["score"]:
+                best = {"score": score, "epoch": epoch}
                 _save_model(unwrapped, tok_path, output / "best")
             record["best_epoch"] = best["epoch"]
             log.log(**record)
@@ -235,6 +250,6 @@ def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_
     if main:
         _finalise(output / "best", Path(meta["tower"]), final)
         print(f"stage 2 done in {time.perf_counter() - t0:.0f}s; best epoch {best['epoch']} "
-              f"(val CIDEr {best['cider']:.4f}); model in {final}", file=sys.stderr)
+              f"(selected by {c.select_by}); model in {final}", file=sys.stderr)
     accelerator.wait_for_everyone()
     return final

@@ -250,3 +250,44 @@ def test_bf16_autocast_and_gradient_accumulation_on_cpu(tiny_data, tiny_features
     assert (train_captioner(cfg, tiny_features, tmp_path / "s2") / "model.safetensors").is_file()
     s2 = _stage2_losses(tmp_path / "s2")
     assert sorted(s2) == [1, 2] and all(np.isfinite(v) for v in s2.values())
+
+
+@pytest.mark.parametrize("select_by", ["loss", "CIDEr"])
+def test_stage2_keeps_the_epoch_chosen_by_select_by(tiny_data, tiny_features, tmp_path, select_by):
+    """The model folder holds the epoch with the best val loss (or val CIDEr): its val loss,
+    recomputed from the folder, is the one logged for that epoch."""
+    from torch.utils.data import DataLoader
+
+    from caption.data import CaptionPairs, collate_pairs
+    from caption.tokenizer import CaptionTokenizer, normalize_caption
+    from caption.train import train, validation_loss
+    from decoders.model import CaptionModel
+    from retrieval_pretrain.annotations import load_annotations
+
+    extra = ["data.val_split=test", "caption.epochs=4", "caption.lr=2e-3", f"caption.select_by={select_by}"]
+    cfg = load(CONFIG, _args(tiny_data)[2:] + STAGE2 + extra)
+    model_dir = train(cfg, tiny_features, tmp_path / "run")
+    epochs = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "val_loss" in r]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
+    key, sign = ("val_loss", -1) if select_by == "loss" else ("val_CIDEr", 1)
+    chosen = max(epochs, key=lambda r: (sign * r[key], -r["epoch"]))  # the first of equals wins
+    assert epochs[-1]["best_epoch"] == chosen["epoch"]
+
+    tokenizer = CaptionTokenizer.load(model_dir / CaptionTokenizer.FILENAME)
+    store = FeatureStore(tiny_features)
+    pairs = [(e.video_id, tokenizer.encode(normalize_caption(c), cfg.caption.max_length))
+             for e in load_annotations(cfg.data).split("test") for c in e.captions]
+    loader = DataLoader(CaptionPairs(store, pairs, cfg.caption.max_frames), batch_size=4,
+                        collate_fn=lambda items: collate_pairs(items, tokenizer.PAD))
+    loss = validation_loss(CaptionModel.from_pretrained(model_dir), loader, cfg.caption.label_smoothing, tokenizer.PAD)
+    assert loss == pytest.approx(chosen["val_loss"], abs=2e-5)
+    if select_by == "loss":
+        assert chosen["val_loss"] == min(r["val_loss"] for r in epochs)
+
+
+def test_stage2_rejects_an_unknown_select_by(tiny_data, tiny_features, tmp_path):
+    from caption.train import train
+
+    cfg = load(CONFIG, _args(tiny_data)[2:] + STAGE2 + ["caption.select_by=bleu"])
+    with pytest.raises(ValueError, match="caption.select_by must be one of CIDEr, loss, last"):
+        train(cfg, tiny_features, tmp_path / "run")
