@@ -69,7 +69,7 @@ GENERATOR_VERSION = 3
 @dataclass
 class DemoSpec:
     """What ``generate_dataset`` makes. The defaults (1,218 clips of 16 frames, 64 px, 8 fps; 11 MB)
-    fit the demo's budget on a 2-core CPU: generation takes about 12 s on 2 processes, and training
+    fit the demo's budget on a 2-core CPU: generation takes about 8 s on 2 processes, and training
     sees 6 clips of every seen (colour, shape, motion) combination per epoch (fewer clips are
     memorised instead of generalised from: BENCHMARKS.md). Clips are rendered at the demo model's
     input size, so the loader decodes without resizing: 3.3 ms per training sample instead of 6.2 ms
