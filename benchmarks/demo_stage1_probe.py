@@ -41,7 +41,8 @@ from caption.config import load  # noqa: E402
 from retrieval_pretrain.annotations import load_annotations  # noqa: E402
 from retrieval_pretrain.hub import build_model, build_tokenizer  # noqa: E402
 from retrieval_pretrain.loss import info_nce  # noqa: E402
-from retrieval_pretrain.model import param_groups  # noqa: E402
+from retrieval_pretrain.model import freeze_parameters  # noqa: E402
+from retrieval_pretrain.train import _optimizer  # noqa: E402
 from retrieval_pretrain.transforms import preprocess_frames  # noqa: E402
 from retrieval_pretrain.video import read_frames, sample_indices  # noqa: E402
 
@@ -71,7 +72,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
@@ -128,11 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         model.train()
         return {"R@1": round(r1, 3), "canon": canon, "probes (colour, shape, motion)": probes}
 
-    clip_params, new_params = param_groups(model)
-    groups = [{"params": [p for p in ps if p.ndim >= 2], "weight_decay": cfg.pretrain.weight_decay}
-              for ps in (clip_params, new_params)]
-    groups += [{"params": [p for p in ps if p.ndim < 2], "weight_decay": 0.0} for ps in (clip_params, new_params)]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    freeze_parameters(model, cfg.pretrain.freeze)
+    opt = _optimizer(model, cfg)  # vcap pretrain's optimizer: pretrain.lr / clip_lr / weight_decay / freeze
     sched = get_cosine_schedule_with_warmup(opt, int(0.05 * args.steps), args.steps)
     rng = np.random.default_rng(0)
     order, pos = rng.permutation(len(train)), 0

@@ -33,7 +33,7 @@ from retrieval_pretrain.data import (
 )
 from retrieval_pretrain.hub import build_model, build_tokenizer, save_pretrained
 from retrieval_pretrain.loss import info_nce
-from retrieval_pretrain.model import param_groups
+from retrieval_pretrain.model import freeze_parameters, param_groups
 from retrieval_pretrain.runtime import (
     JsonlLogger,
     StepTimer,
@@ -105,8 +105,8 @@ def _enough_to_contrast(accelerator: Any, local_videos: int) -> bool:
 
 
 def _optimizer(model: torch.nn.Module, cfg: RetrievalConfig) -> torch.optim.Optimizer:
-    """AdamW with CLIP at ``clip_lr`` and the new layers at ``lr``; no decay on biases, norms,
-    embeddings and the logit scale (as CLIP and CLIP4Clip)."""
+    """AdamW with CLIP at ``clip_lr`` and the new layers at ``lr``; weight decay on matrices only
+    (not on biases, norms and the logit scale, as open_clip); frozen parameters are left out."""
     clip_params, new_params = param_groups(model)
     groups = []
     for params, lr in ((clip_params, cfg.pretrain.clip_lr), (new_params, cfg.pretrain.lr)):
@@ -143,6 +143,10 @@ def train(cfg: RetrievalConfig, output: Path, resume: bool = False, max_steps: i
         raise ValueError(f"stage 1 needs at least 2 training videos with files, found {len(entries)}")
 
     model = build_model(cfg)
+    if p.freeze:
+        frozen = freeze_parameters(model, p.freeze)
+        total_params = sum(q.numel() for q in model.parameters())
+        print(f"stage 1: {frozen:,} of {total_params:,} parameters frozen ({', '.join(p.freeze)})", file=sys.stderr)
     tokenize = build_tokenizer(cfg)
     pre = Preprocess(cfg.video.num_frames, model.image_size, model.image_mean, model.image_std)
     dataset = ContrastiveTrainSet(entries, pre, tokenize, method=cfg.video.train_sampling, seed=cfg.run.seed)

@@ -180,6 +180,24 @@ def test_stage1_learns_loss_falls_and_r1_beats_the_untrained_model(tiny_data, tm
     assert r_after["t2v_MeanR"] < r_before["t2v_MeanR"]
 
 
+def test_stage1_freeze_keeps_those_parameters_fixed_and_trains_the_rest(tiny_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from retrieval_pretrain.train import train
+
+    base = _args(tiny_data)[2:] + ["pretrain.save_every=0", "pretrain.freeze=[clip.token_embedding, clip.visual]"]
+    before = load_file(train(load(CONFIG, base + ["pretrain.epochs=0"]), tmp_path / "before") / "model.safetensors")
+    after = load_file(train(load(CONFIG, base), tmp_path / "after") / "model.safetensors")
+    frozen = [k for k in before if k.startswith(("clip.token_embedding.", "clip.visual."))]
+    assert "clip.token_embedding.weight" in frozen and len(frozen) > 10
+    assert all(before[k].equal(after[k]) for k in frozen)
+    moved = [k for k in before if k not in frozen and not before[k].equal(after[k])]
+    assert "clip.text_projection" in moved and any(k.startswith("head.") for k in moved), moved
+
+    with pytest.raises(ValueError, match=r"'clip.token_embeding' matches no parameter.*clip\.visual"):
+        train(load(CONFIG, _args(tiny_data)[2:] + ["pretrain.freeze=[clip.token_embeding]"]), tmp_path / "typo")
+
+
 @pytest.fixture(scope="module")
 def tiny_features(tiny_data, tmp_path_factory) -> Path:
     """A tiny stage-1 model's features of the 12 tiny videos (Python API, no CLI)."""
