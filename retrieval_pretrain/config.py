@@ -54,6 +54,10 @@ class VideoConfig:
     num_frames: int = 12
     train_sampling: str = "tsn"
     eval_sampling: str = "uniform"
+    # Stage 1 only: > 0 decodes each training video once, keeping up to this many frames (all of a
+    # shorter video) at the model's input size in memory, and samples training frames from there
+    # (videos x frames x 3 x size^2 bytes per process: for small datasets). 0 decodes every step.
+    cache_frames: int = 0
 
 
 @dataclass

@@ -6,7 +6,8 @@ Two datasets:
   Used by retrieval evaluation, feature extraction and the caption pipeline.
 * ``ContrastiveTrainSet`` - one item per training video, with one caption drawn at random per
   epoch (CLIP4Clip trains on (video, caption) pairs; drawing per video per epoch keeps every
-  video equally weighted whatever its caption count).
+  video equally weighted whatever its caption count). With a ``FrameCache`` (``video.cache_frames``)
+  its frames come from memory instead of the decoder.
 
 A video that cannot be decoded never kills a run: its item carries ``ok=False`` and the reason,
 ``collate_videos`` drops it from the batch and lists it under ``"failures"``, and the caller
@@ -16,17 +17,20 @@ counts and reports it. Randomness (TSN offsets, caption choice) is a pure functi
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
 
-from retrieval_pretrain.transforms import preprocess_frames
-from retrieval_pretrain.video import read_frames
+from retrieval_pretrain.transforms import normalise_frames, preprocess_frames, resize_crop_frames
+from retrieval_pretrain.video import read_frames, sample_indices
 
 
 @dataclass
@@ -45,10 +49,12 @@ class Preprocess:
         return {"frames": frames, "mask": torch.from_numpy(np.asarray(sampled.mask, dtype=bool))}
 
 
-def _load(pre: Preprocess, path: Path, method: str, rng: np.random.Generator | None) -> dict[str, Any]:
-    """Decode one video; on any failure return a placeholder with ``ok=False`` and the reason."""
+def _load(pre: Preprocess, path: Path, method: str, rng: np.random.Generator | None,
+          cached: Callable[[str, np.random.Generator | None], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Decode one video (or take its frames from ``cached``); on any failure return a placeholder
+    with ``ok=False`` and the reason."""
     try:
-        item = pre(path, method, rng)
+        item = cached(method, rng) if cached is not None else pre(path, method, rng)
         item["ok"] = True
         item["error"] = ""
     except Exception as e:  # a bad file must never kill a run: name it and move on
@@ -81,6 +87,76 @@ class VideoClipDataset(Dataset):
         return item
 
 
+class FrameCache:
+    """Every training video decoded once, at the model's input size, kept in memory as uint8.
+
+    Stage 1 decodes ``num_frames`` frames of every video in every epoch; on a small dataset (the
+    demo: 1,092 clips of 16 frames at 64 px, 215 MB) holding all frames in memory instead frees
+    the CPU the decoder took. Up to ``max_frames`` frames per video are kept (all of them when the
+    video has no more; otherwise ``max_frames`` spread uniformly), resized and centre cropped as
+    ``preprocess_frames`` does. Training then samples its frames among the kept ones with the same
+    ``sample_indices`` and random draws as the decoder would use, so for videos of at most
+    ``max_frames`` frames an item is bit-identical to a decoded one. A video that cannot be read
+    keeps its reason and is reported every epoch, as without the cache.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], max_frames: int, image_size: int, num_workers: int = 0,
+                 progress: bool = True):
+        if max_frames < 1:
+            raise ValueError(f"video.cache_frames must be >= 1 to cache, got {max_frames}")
+        self.max_frames, self.image_size = max_frames, image_size
+        self.frames: list[torch.Tensor | None] = [None] * len(paths)  # (n_i, 3, S, S) uint8
+        self.errors: list[str] = [""] * len(paths)
+        loader = DataLoader(_CacheFill(paths, max_frames, image_size), batch_size=1, num_workers=num_workers,
+                            collate_fn=_only_item)
+        for index, frames, error in tqdm(loader, desc="decode once", unit="video", file=sys.stderr,
+                                         disable=not progress):
+            # clone: a tensor from a worker lives in shared memory, one open file per tensor otherwise
+            self.frames[index], self.errors[index] = (frames.clone() if frames is not None else None), error
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.numel() for f in self.frames if f is not None)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def sample(self, index: int, pre: Preprocess, method: str, rng: np.random.Generator | None) -> dict[str, Any]:
+        """What ``Preprocess`` returns for video ``index``, its frames picked from memory."""
+        kept = self.frames[index]
+        if kept is None:
+            raise RuntimeError(self.errors[index])  # the reason names the file
+        indices, mask = sample_indices(len(kept), pre.num_frames, method, rng=rng)
+        return {"frames": normalise_frames(kept[torch.from_numpy(indices)], pre.mean, pre.std),
+                "mask": torch.from_numpy(mask)}
+
+
+def estimate_cache_bytes(num_videos: int, max_frames: int, image_size: int) -> int:
+    """Upper bound of a ``FrameCache``'s memory: videos x frames x 3 x size^2 bytes."""
+    return num_videos * max_frames * 3 * image_size * image_size
+
+
+def _only_item(items: list[Any]) -> Any:
+    return items[0]
+
+
+class _CacheFill(Dataset):
+    def __init__(self, paths: Sequence[str | Path], max_frames: int, image_size: int):
+        self.paths, self.max_frames, self.image_size = [Path(p) for p in paths], max_frames, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+        path = self.paths[index]
+        try:
+            got = read_frames(path, self.max_frames, "uniform", short_side=self.image_size)
+            real = got.frames[: int(got.mask.sum())]  # padding repeats the last frame: keep real ones
+            return index, resize_crop_frames(real, self.image_size).contiguous(), ""
+        except Exception as e:  # named and reported by every epoch that draws this video
+            return index, None, str(e) if str(path) in str(e) else f"{path}: {type(e).__name__}: {e}"
+
+
 class ContrastiveTrainSet(Dataset):
     """Training pairs for stage 1. The sampler passes ``epoch * len(self) + i``; the item is video
     ``i`` with TSN-sampled frames and one of its captions, both drawn from ``(seed, epoch, i)``.
@@ -89,17 +165,25 @@ class ContrastiveTrainSet(Dataset):
         entries: objects with ``video_id``, ``path`` and ``captions``.
         pre: frame preprocessing.
         tokenize: list of strings -> LongTensor (N, L).
-        method: frame sampling while training (``tsn``).
+        method: frame sampling while training (``tsn`` or ``uniform``).
         seed: run seed.
+        cache: the entries' frames in memory (same order as ``entries``), or None to decode.
     """
 
     def __init__(self, entries: Sequence[Any], pre: Preprocess, tokenize: Callable[[list[str]], torch.Tensor],
-                 method: str = "tsn", seed: int = 0):
+                 method: str = "tsn", seed: int = 0, cache: FrameCache | None = None):
         self.entries = list(entries)
         self.pre = pre
         self.tokenize = tokenize
         self.method = method
         self.seed = seed
+        if cache is not None:
+            if len(cache) != len(self.entries):
+                raise ValueError(f"the frame cache holds {len(cache)} videos, the training set {len(self.entries)}")
+            if method not in ("tsn", "uniform"):
+                raise ValueError(f"video.cache_frames works with train_sampling tsn or uniform, not {method!r} "
+                                 "(fps sampling needs the file's own frame rate); set video.cache_frames=0")
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -109,7 +193,10 @@ class ContrastiveTrainSet(Dataset):
         entry = self.entries[index]
         rng = np.random.default_rng([self.seed, epoch, index])
         caption = entry.captions[int(rng.integers(len(entry.captions)))]
-        item = _load(self.pre, Path(entry.path), self.method, rng)
+        cached = None
+        if self.cache is not None:
+            cached = functools.partial(self.cache.sample, index, self.pre)
+        item = _load(self.pre, Path(entry.path), self.method, rng, cached)
         item.update(video_id=entry.video_id, path=str(entry.path), caption=caption,
                     tokens=self.tokenize([caption])[0])
         return item

@@ -12,6 +12,7 @@ AdamW with a small learning rate for CLIP and a larger one for new layers, warm-
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,8 +28,10 @@ from retrieval_pretrain.config import RetrievalConfig, config_to_dict
 from retrieval_pretrain.data import (
     ContrastiveTrainSet,
     EpochShuffleSampler,
+    FrameCache,
     Preprocess,
     collate_videos,
+    estimate_cache_bytes,
     steps_per_epoch,
 )
 from retrieval_pretrain.hub import build_model, build_tokenizer, save_pretrained
@@ -117,6 +120,23 @@ def _optimizer(model: torch.nn.Module, cfg: RetrievalConfig) -> torch.optim.Opti
     return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.98), eps=1e-6)
 
 
+def _frame_cache(entries: list[Any], cfg: RetrievalConfig, image_size: int, main: bool) -> FrameCache:
+    """Decode the training videos once into memory (``video.cache_frames``), refusing a cache
+    that would take more than half of this machine's memory."""
+    n = cfg.video.cache_frames
+    need = estimate_cache_bytes(len(entries), n, image_size)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > ram // 2:
+        raise ValueError(f"video.cache_frames={n}: {len(entries)} videos x {n} frames at {image_size} px take up to "
+                         f"{need / 1e9:.1f} GB, more than half of this machine's {ram / 1e9:.1f} GB; "
+                         f"lower it, or set video.cache_frames=0 to decode every step")
+    cache = FrameCache([e.path for e in entries], n, image_size, cfg.run.num_workers, progress=main)
+    bad = sum(1 for e in cache.errors if e)
+    print(f"stage 1: {len(entries) - bad} training videos decoded once into memory ({cache.nbytes / 1e6:.0f} MB)"
+          + (f"; {bad} could not be read and are reported when drawn" if bad else ""), file=sys.stderr)
+    return cache
+
+
 def train(cfg: RetrievalConfig, output: Path, resume: bool = False, max_steps: int | None = None) -> Path:
     """Run stage 1 and write ``output/model``; returns that folder.
 
@@ -149,7 +169,9 @@ def train(cfg: RetrievalConfig, output: Path, resume: bool = False, max_steps: i
         print(f"stage 1: {frozen:,} of {total_params:,} parameters frozen ({', '.join(p.freeze)})", file=sys.stderr)
     tokenize = build_tokenizer(cfg)
     pre = Preprocess(cfg.video.num_frames, model.image_size, model.image_mean, model.image_std)
-    dataset = ContrastiveTrainSet(entries, pre, tokenize, method=cfg.video.train_sampling, seed=cfg.run.seed)
+    cache = _frame_cache(entries, cfg, model.image_size, main) if cfg.video.cache_frames else None
+    dataset = ContrastiveTrainSet(entries, pre, tokenize, method=cfg.video.train_sampling, seed=cfg.run.seed,
+                                  cache=cache)
     sampler = EpochShuffleSampler(len(dataset), seed=cfg.run.seed)
     loader = DataLoader(dataset, batch_size=p.batch_size, sampler=sampler, num_workers=cfg.run.num_workers,
                         collate_fn=collate_videos, pin_memory=torch.cuda.is_available(),

@@ -37,6 +37,14 @@ def preprocess_frames(frames_uint8: np.ndarray | torch.Tensor, image_size: int, 
         image_size: CLIP's input resolution.
         mean / std: CLIP's per-channel normalisation (on the [0, 1] scale).
     """
+    return normalise_frames(resize_crop_frames(frames_uint8, image_size), mean, std)
+
+
+def resize_crop_frames(frames_uint8: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
+    """The uint8 half of ``preprocess_frames``: (N, H, W, 3) uint8 -> (N, 3, image_size, image_size)
+    uint8, shorter side resized and centre cropped. Each frame is processed on its own, so
+    selecting frames before or after this step gives the same pixels (the stage-1 frame cache
+    relies on it)."""
     if isinstance(frames_uint8, np.ndarray) and not frames_uint8.flags.writeable:
         frames_uint8 = frames_uint8.copy()  # torch warns on read-only arrays (decoders return some)
     x = torch.as_tensor(frames_uint8)
@@ -53,7 +61,11 @@ def preprocess_frames(frames_uint8: np.ndarray | torch.Tensor, image_size: int, 
         x = F.interpolate(x, size=(rh, rw), mode="bicubic", align_corners=False, antialias=True)
     top = int(round((rh - image_size) / 2.0))  # torchvision CenterCrop offsets
     left = int(round((rw - image_size) / 2.0))
-    x = x[:, :, top: top + image_size, left: left + image_size].float()  # (N, 3, S, S), 0..255
+    return x[:, :, top: top + image_size, left: left + image_size]  # (N, 3, S, S) uint8
+
+
+def normalise_frames(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(N, 3, S, S) uint8 -> float32 CLIP input: scale to [0, 1] and normalise with ``mean`` / ``std``."""
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    return ((x - mean_t) / std_t).contiguous()
+    return ((x_uint8.float() - mean_t) / std_t).contiguous()

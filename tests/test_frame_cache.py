@@ -1,0 +1,114 @@
+"""Stage 1's in-memory frame cache (``video.cache_frames``): items equal the decoded ones bit for
+bit, unreadable files stay reported, unsupported sampling and oversized caches are refused, and
+a cached training run takes exactly the steps of a decoding one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from caption import demo_data
+from caption.config import load
+from retrieval_pretrain.data import ContrastiveTrainSet, FrameCache, Preprocess, collate_videos
+from retrieval_pretrain.video import read_frames
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_demo.yaml"
+MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """6 training clips of 8 frames at 96 px and 2 test clips, real H.264 mp4 files."""
+    folder = tmp_path_factory.mktemp("cache")
+    spec = demo_data.DemoSpec(num_train=6, num_val=0, num_test=2, frames=8, size=96, seed=5, captions_per_video=2)
+    demo_data.generate_dataset(folder, spec, progress=False)
+    return folder
+
+
+def _entries(folder: Path) -> list[SimpleNamespace]:
+    lines = [json.loads(x) for x in (folder / "annotations.jsonl").read_text().splitlines()]
+    return [SimpleNamespace(video_id=x["video"], path=folder / x["video"], captions=x["captions"])
+            for x in lines if x["split"] == "train"]
+
+
+def _tokenize(texts: list[str]) -> torch.Tensor:
+    return torch.tensor([[len(t), t.count(" ")] for t in texts])
+
+
+@pytest.mark.parametrize("method", ["tsn", "uniform"])
+def test_cached_items_equal_decoded_items(clips, method):
+    entries = _entries(clips)
+    pre = Preprocess(4, 64, MEAN, STD)  # 96 px clips resized to 64: the cache holds resized frames
+    cache = FrameCache([e.path for e in entries], max_frames=8, image_size=64, progress=False)
+    assert cache.nbytes == len(entries) * 8 * 3 * 64 * 64
+    plain = ContrastiveTrainSet(entries, pre, _tokenize, method=method, seed=7)
+    cached = ContrastiveTrainSet(entries, pre, _tokenize, method=method, seed=7, cache=cache)
+    for key in [0, 3, 5, 6 * 2 + 1, 6 * 9 + 4]:  # several epochs: TSN offsets differ per epoch
+        a, b = plain[key], cached[key]
+        assert a["ok"] and b["ok"] and a["caption"] == b["caption"]
+        assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["mask"], b["mask"])
+    if method == "tsn":
+        assert not torch.equal(cached[1]["frames"], cached[6 + 1]["frames"])  # epochs draw other frames
+
+
+def test_cache_of_fewer_frames_keeps_uniformly_spread_ones(clips):
+    entries = _entries(clips)[:1]
+    cache = FrameCache([entries[0].path], max_frames=4, image_size=64, progress=False)
+    want = read_frames(entries[0].path, 4, "uniform", short_side=64)  # frames 1, 3, 5, 7 of 8
+    assert want.indices.tolist() == [1, 3, 5, 7] and want.frames.shape == (4, 64, 64, 3)
+    assert cache.frames[0].shape == (4, 3, 64, 64)
+    assert torch.equal(cache.frames[0], torch.from_numpy(want.frames).permute(0, 3, 1, 2))
+
+
+def test_unreadable_video_is_reported_every_time_it_is_drawn(clips, tmp_path):
+    entries = _entries(clips)[:2]
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00not a video" * 50)
+    entries.append(SimpleNamespace(video_id="broken", path=bad, captions=["nothing"]))
+    cache = FrameCache([e.path for e in entries], max_frames=8, image_size=64, progress=False)
+    assert cache.frames[2] is None and str(bad) in cache.errors[2]
+    data = ContrastiveTrainSet(entries, Preprocess(4, 64, MEAN, STD), _tokenize, seed=0, cache=cache)
+    for epoch in range(2):
+        batch = collate_videos([data[epoch * 3 + i] for i in range(3)])
+        assert batch["video_ids"] == [entries[0].video_id, entries[1].video_id]
+        assert len(batch["failures"]) == 1 and batch["failures"][0][0] == str(bad)
+        assert str(bad) in batch["failures"][0][1]
+
+
+def test_cache_refuses_fps_sampling_and_a_mismatched_entry_list(clips):
+    entries = _entries(clips)[:2]
+    cache = FrameCache([e.path for e in entries], max_frames=8, image_size=64, progress=False)
+    pre = Preprocess(4, 64, MEAN, STD)
+    with pytest.raises(ValueError, match="fps"):
+        ContrastiveTrainSet(entries, pre, _tokenize, method="fps", cache=cache)
+    with pytest.raises(ValueError, match="holds 2 videos, the training set 1"):
+        ContrastiveTrainSet(entries[:1], pre, _tokenize, cache=cache)
+
+
+TINY = ["video.num_frames=4", "pretrain.batch_size=3", "pretrain.epochs=2", "run.num_workers=0", "run.log_every=1",
+        "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}",
+        "clip.custom.text_cfg.layers=1", "pretrain.head_layers=1", "pretrain.save_every=0"]
+
+
+def _losses(run: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_cached_training_takes_the_same_steps(clips, tmp_path, capsys):
+    from retrieval_pretrain.train import train
+
+    base = [f"data.annotations={clips / 'annotations.jsonl'}", f"data.videos={clips}", *TINY]
+    train(load(CONFIG, base), tmp_path / "decode")
+    train(load(CONFIG, base + ["video.cache_frames=16"]), tmp_path / "cache")
+    assert "6 training videos decoded once into memory" in capsys.readouterr().err
+    decoded, cached = _losses(tmp_path / "decode"), _losses(tmp_path / "cache")
+    assert len(decoded) == 4 and np.allclose(decoded, cached, rtol=1e-5, atol=1e-6), (decoded, cached)
+    assert decoded[0] != pytest.approx(decoded[-1], rel=1e-3)
+
+    with pytest.raises(ValueError, match=r"video.cache_frames=1000000000: 6 videos x 1000000000 frames .* GB"):
+        train(load(CONFIG, base + ["video.cache_frames=1000000000"]), tmp_path / "huge")
