@@ -158,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
         "CLIP video-text model by retrieval, extract features, train the caption model, evaluate on "
         "the test split and print captions beside references and the metrics JSON last (retrieval "
         "R@1/R@5, BLEU-4, METEOR, ROUGE-L, CIDEr, and how often the captions name the right colour, "
-        "shape and motion). About 8 minutes on 2 CPU cores; --quick runs every stage on less data "
+        "shape and motion). About 9 minutes on 2 CPU cores; --quick runs every stage on less data "
         "in under 3.",
     )
     p.add_argument("--output", default="vcap_demo", metavar="DIR", help="working folder (default: ./vcap_demo)")
