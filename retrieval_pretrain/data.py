@@ -58,7 +58,7 @@ def _load(pre: Preprocess, path: Path, method: str, rng: np.random.Generator | N
         item["ok"] = True
         item["error"] = ""
     except Exception as e:  # a bad file must never kill a run: name it and move on
-        reason = str(e) if str(Path(path)) in str(e) else f"{path}: {type(e).__name__}: {e}"
+        reason = _failure_reason(path, e)
         s = pre.image_size
         item = {
             "frames": torch.zeros(pre.num_frames, 3, s, s),
@@ -67,6 +67,11 @@ def _load(pre: Preprocess, path: Path, method: str, rng: np.random.Generator | N
             "error": reason,
         }
     return item
+
+
+def _failure_reason(path: str | Path, e: BaseException) -> str:
+    """The error's message, prefixed with the file unless it already names it."""
+    return str(e) if str(Path(path)) in str(e) else f"{path}: {type(e).__name__}: {e}"
 
 
 class VideoClipDataset(Dataset):
@@ -104,7 +109,6 @@ class FrameCache:
                  progress: bool = True):
         if max_frames < 1:
             raise ValueError(f"video.cache_frames must be >= 1 to cache, got {max_frames}")
-        self.max_frames, self.image_size = max_frames, image_size
         self.frames: list[torch.Tensor | None] = [None] * len(paths)  # (n_i, 3, S, S) uint8
         self.errors: list[str] = [""] * len(paths)
         loader = DataLoader(_CacheFill(paths, max_frames, image_size), batch_size=1, num_workers=num_workers,
@@ -154,7 +158,7 @@ class _CacheFill(Dataset):
             real = got.frames[: int(got.mask.sum())]  # padding repeats the last frame: keep real ones
             return index, resize_crop_frames(real, self.image_size).contiguous(), ""
         except Exception as e:  # named and reported by every epoch that draws this video
-            return index, None, str(e) if str(path) in str(e) else f"{path}: {type(e).__name__}: {e}"
+            return index, None, _failure_reason(path, e)
 
 
 class ContrastiveTrainSet(Dataset):

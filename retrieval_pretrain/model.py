@@ -244,21 +244,21 @@ def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     return clip_params, new_params
 
 
-
 def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:
     """Keep the parameters whose names start with one of ``prefixes`` fixed (``requires_grad``
     off); returns how many values were frozen. A prefix matching no parameter is an error naming
     the model's top-level parameter groups, so a typo cannot silently train everything."""
-    model = getattr(model, "module", model)
-    names = [n for n, _ in model.named_parameters()]
+    named = list(getattr(model, "module", model).named_parameters())
+
+    def under(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
     for prefix in prefixes:
-        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
-            groups = sorted({".".join(n.split(".")[:2]) for n in names})
+        if not any(under(n, prefix) for n, _ in named):
+            groups = sorted({".".join(n.split(".")[:2]) for n, _ in named})
             raise ValueError(f"pretrain.freeze: {prefix!r} matches no parameter of this model; "
                              f"its parameter groups are: {', '.join(groups)}")
-    frozen = 0
-    for name, p in model.named_parameters():
-        if any(name == q or name.startswith(q + ".") for q in prefixes):
-            p.requires_grad_(False)
-            frozen += p.numel()
-    return frozen
+    frozen = [p for n, p in named if any(under(n, q) for q in prefixes)]
+    for p in frozen:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen)

@@ -103,9 +103,10 @@ def test_cached_training_takes_the_same_steps(clips, tmp_path, capsys):
     from retrieval_pretrain.train import train
 
     base = [f"data.annotations={clips / 'annotations.jsonl'}", f"data.videos={clips}", *TINY]
-    train(load(CONFIG, base), tmp_path / "decode")
+    train(load(CONFIG, base + ["video.cache_frames=0"]), tmp_path / "decode")  # the yaml caches: turn it off
+    assert "decoded once" not in capsys.readouterr().err
     train(load(CONFIG, base + ["video.cache_frames=16"]), tmp_path / "cache")
-    assert "6 training videos decoded once into memory" in capsys.readouterr().err
+    assert "6 training videos decoded once into memory (1 MB)" in capsys.readouterr().err
     decoded, cached = _losses(tmp_path / "decode"), _losses(tmp_path / "cache")
     assert len(decoded) == 4 and np.allclose(decoded, cached, rtol=1e-5, atol=1e-6), (decoded, cached)
     assert decoded[0] != pytest.approx(decoded[-1], rel=1e-3)
