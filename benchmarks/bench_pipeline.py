@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 from decoders.model import CaptionModel, make_config  # noqa: E402
 from retrieval_pretrain.config import ClipConfig  # noqa: E402
 from retrieval_pretrain.data import Preprocess, VideoClipDataset, collate_videos  # noqa: E402
-from retrieval_pretrain.hub import build_clip  # noqa: E402
+from retrieval_pretrain.backbones import build_clip  # noqa: E402
 from retrieval_pretrain.model import VideoTextModel  # noqa: E402
+from retrieval_pretrain.parts import build_temporal_head  # noqa: E402
 
 CLIPS = ["mmaction2/test.mp4", "mmaction2/demo.mp4", "mmaction2/test_video_structuralize.mp4",
          "decord/flipping_a_pancake.mkv", "swinbert/G0mjFqytJt4_000152_000162.mp4", "torchcodec/nasa_13013.mp4",
@@ -62,7 +63,8 @@ def main() -> None:
           f"{args.videos} videos, best of {args.repeat}\n")
 
     clip, mean, std, _ = build_clip(ClipConfig(model="tiny", pretrained=None, custom=TINY))
-    tower = VideoTextModel(clip, head="seqTransf", head_layers=2, num_frames=12, image_mean=mean, image_std=std).eval()
+    head, _ = build_temporal_head("seqTransf", 2, 12, clip)
+    tower = VideoTextModel(clip, head, image_mean=mean, image_std=std).eval()
     pre = Preprocess(12, 224, mean, std)
 
     print("1. loader: decode 12 frames + preprocess at 224 px")
@@ -91,7 +93,7 @@ def main() -> None:
     print(f"   model only: {args.videos / m_sec:6.1f} videos/s; whole extraction loop: {args.videos / p_sec:6.1f} "
           f"videos/s; loop/model-only time = {p_sec / m_sec:.2f}x")
     vit, _, _, _ = build_clip(ClipConfig(model="ViT-B-32", pretrained=None))
-    vit_tower = VideoTextModel(vit, head="seqTransf", num_frames=12).eval()
+    vit_tower = VideoTextModel(vit, build_temporal_head("seqTransf", 4, 12, vit)[0]).eval()
     few = batches[0]
     with torch.no_grad():
         vit_sec = timed(lambda: vit_tower.encode_frames(few["frames"], few["mask"]), 1)

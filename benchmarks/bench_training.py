@@ -1,10 +1,10 @@
 """Training throughput of both stages, split into waiting for data and computing, in one run.
 
-    python benchmarks/bench_training.py [--steps 60] [--workers 2]
+    python benchmarks/bench_training.py [--epochs 2] [--workers 2]
 
 On the demo's generated data (the ``--quick`` set, cached in ``--data``) with the demo's tiny
-configuration (configs/tiny_demo.yaml), it runs the real training functions - ``vcap pretrain``'s
-and ``vcap train``'s - for ``--steps`` optimizer steps each and reads their JSONL logs, whose
+configuration (caption/demo/tiny_demo.yaml), it runs the real training functions - ``vcap pretrain``'s
+and ``vcap train``'s - for ``--epochs`` epochs each (on the quick demo data) and reads their JSONL logs, whose
 ``data_s`` / ``compute_s`` fields come from the loops' own ``StepTimer``:
 
 1. stage 1: decoding in DataLoader workers (TSN sampling) overlapped with the video-text model;
@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from caption import demo_data  # noqa: E402
+from caption.demo import CONFIG_PATH  # noqa: E402
+from caption.demo import data as demo_data  # noqa: E402
 from caption.config import load  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def split_times(log: Path, skip_first: bool = True) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per stage")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per stage (quick demo data)")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (run.num_workers)")
     ap.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "vcap_bench_data"),
                     help="folder for the generated videos (cached between runs)")
@@ -66,25 +67,24 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = [f"data.annotations={data / 'annotations.jsonl'}", f"data.videos={data}",
                  f"run.num_workers={args.workers}", "run.log_every=1", "pretrain.save_every=0",
                  "caption.save_every=0", "caption.val_max_videos=0"]
-    cfg = load(ROOT / "configs" / "tiny_demo.yaml", overrides)
+    overrides += [f"pretrain.epochs={args.epochs}", f"caption.epochs={args.epochs}"]
+    cfg = load(CONFIG_PATH, overrides)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{args.workers} workers, {args.steps} steps per stage", file=sys.stderr)
+          f"{args.workers} workers, {args.epochs} epoch(s) per stage", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp)
-        pretrain(cfg, run / "s1", max_steps=args.steps)
+        model = pretrain(cfg, run / "s1")
         s1 = split_times(run / "s1" / "log.jsonl")
         s1["videos_per_s"] = round(cfg.pretrain.batch_size * s1["steps_per_s"], 1)
-        # A model folder for extraction: a short run to the end (extraction needs RUN/model).
         t = time.perf_counter()
-        model = pretrain(load(ROOT / "configs" / "tiny_demo.yaml", overrides + ["pretrain.epochs=1"]), run / "s1b")
         extract_features(model, cfg, run / "feats", batch_size=16)
         setup_s = time.perf_counter() - t
-        train_captioner(cfg, run / "feats", run / "s2", max_steps=args.steps)
+        train_captioner(cfg, run / "feats", run / "s2")
         s2 = split_times(run / "s2" / "log.jsonl")
         s2["pairs_per_s"] = round(cfg.caption.batch_size * s2["steps_per_s"], 1)
     summary = {"stage1": s1, "stage2": s2, "setup_s": round(setup_s, 1), "workers": args.workers,
                "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "config": "configs/tiny_demo.yaml"}
+               "config": "caption/demo/tiny_demo.yaml"}
     print(json.dumps(summary))
     return summary
 

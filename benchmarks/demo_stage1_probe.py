@@ -14,7 +14,7 @@ optimisation, not data loading; TSN-sampled frames, one random caption per video
   pooled video embedding (``pool``), the per-frame sequence stage 2 would cache (``seq``,
   flattened) and the text embeddings of the captions (``text``).
 
-Trailing ``key=value`` overrides apply to configs/tiny_demo.yaml (e.g. pretrain.head_input_norm=false,
+Trailing ``key=value`` overrides apply to caption/demo/tiny_demo.yaml (e.g. pretrain.head_input_norm=false,
 ``clip.custom.vision_cfg={layers: 3, width: 128, head_width: 32, patch_size: 8, image_size: 64}``).
 BENCHMARKS.md ("The tiny demo model") lists what this measured.
 """
@@ -36,12 +36,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers import get_cosine_schedule_with_warmup  # noqa: E402
 
-from caption import demo_data  # noqa: E402
+from caption.demo import CONFIG_PATH  # noqa: E402
+from caption.demo import data as demo_data  # noqa: E402
 from caption.config import load  # noqa: E402
 from retrieval_pretrain.annotations import load_annotations  # noqa: E402
-from retrieval_pretrain.hub import build_model, build_tokenizer  # noqa: E402
+from retrieval_pretrain.clip_tokenizer import build_tokenizer  # noqa: E402
 from retrieval_pretrain.loss import info_nce  # noqa: E402
-from retrieval_pretrain.model import freeze_parameters  # noqa: E402
+from retrieval_pretrain.parts import build_video_text_model as build_model  # noqa: E402
+from retrieval_pretrain.parts import freeze_parameters  # noqa: E402
 from retrieval_pretrain.train import _optimizer  # noqa: E402
 from retrieval_pretrain.transforms import preprocess_frames  # noqa: E402
 from retrieval_pretrain.video import read_frames, sample_indices  # noqa: E402
@@ -68,7 +70,7 @@ def probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, te
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="a folder written by caption.demo_data.generate_dataset")
+    ap.add_argument("--data", required=True, help="a folder written by caption.demo.data.generate_dataset")
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     data = Path(args.data)
-    cfg = load(ROOT / "configs" / "tiny_demo.yaml", [f"data.annotations={data / 'annotations.jsonl'}",
+    cfg = load(CONFIG_PATH, [f"data.annotations={data / 'annotations.jsonl'}",
                                                      f"data.videos={data}", f"video.num_frames={args.frames}",
                                                      *args.overrides])
     model, tok = build_model(cfg), build_tokenizer(cfg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval_pretrain.config import RetrievalConfig, load_config
+from retrieval_pretrain.config import RetrievalConfig, choice, load_config
 
 
 @dataclass
@@ -47,7 +47,7 @@ class CaptionConfig:
     grad_accum: int = 1
     eval_batch_size: int = 64
     val_max_videos: int = 0
-    select_by: str = "CIDEr"
+    select_by: str = choice("CIDEr", "CIDEr", "loss", "last")
     save_every: int = 1000
 
 

@@ -20,10 +20,12 @@ from caption.config import Config, DecodeConfig
 from caption.data import VideoFeatures, collate_videos
 from caption.metrics import score_captions
 from caption.tokenizer import CaptionTokenizer, normalize_caption
+from retrieval_pretrain.accelerate_setup import pick_device
 from retrieval_pretrain.annotations import load_annotations
-from retrieval_pretrain.evaluate import pick_device
+from retrieval_pretrain.atomic import write_json
+from retrieval_pretrain.errors import DatasetError, FeatureMismatchError
+from retrieval_pretrain.evaluate import split_entries
 from retrieval_pretrain.features import FeatureStore
-from retrieval_pretrain.runtime import atomic_write_json
 
 
 def decode_kwargs(decode: DecodeConfig, num_beams: int | None = None) -> dict[str, Any]:
@@ -32,20 +34,33 @@ def decode_kwargs(decode: DecodeConfig, num_beams: int | None = None) -> dict[st
             "length_penalty": decode.length_penalty, "no_repeat_ngram_size": decode.no_repeat_ngram_size}
 
 
+def feature_loader(store: FeatureStore, video_ids: Sequence[str], max_frames: int, batch_size: int,
+                   num_workers: int = 0) -> DataLoader:
+    """Batches of cached features, one item per video, in order (for decoding)."""
+    return DataLoader(VideoFeatures(store, video_ids, max_frames), batch_size=batch_size,
+                      num_workers=num_workers, collate_fn=collate_videos)
+
+
 @torch.no_grad()
+def caption_batches(model: Any, tokenizer: CaptionTokenizer, loader: Any, decode: DecodeConfig, device: torch.device,
+                    progress: bool = True) -> list[tuple[str, str]]:
+    """``[(video_id, caption)]`` by batched beam search over a ``feature_loader`` (or its
+    Accelerate-prepared shard)."""
+    model.eval()
+    out: list[tuple[str, str]] = []
+    for batch in tqdm(loader, desc="caption", file=sys.stderr, disable=not progress, unit="batch"):
+        ids = model.generate_captions(batch["frame_features"].to(device), batch["frame_mask"].to(device),
+                                      **decode_kwargs(decode))
+        out.extend(zip(batch["video_ids"], tokenizer.decode_batch(ids.tolist())))
+    return out
+
+
 def caption_features(model: Any, tokenizer: CaptionTokenizer, store: FeatureStore, video_ids: Sequence[str],
                      decode: DecodeConfig, device: torch.device, num_workers: int = 0,
                      progress: bool = True) -> dict[str, str]:
     """Batched beam-search captions for cached features: ``{video_id: caption}``."""
-    loader = DataLoader(VideoFeatures(store, video_ids, model.config.max_frames), batch_size=decode.batch_size,
-                        num_workers=num_workers, collate_fn=collate_videos)
-    model.eval()
-    out: dict[str, str] = {}
-    for batch in tqdm(loader, desc="caption", file=sys.stderr, disable=not progress, unit="batch"):
-        ids = model.generate_captions(batch["frame_features"].to(device), batch["frame_mask"].to(device),
-                                      **decode_kwargs(decode))
-        out.update(zip(batch["video_ids"], tokenizer.decode_batch(ids.tolist())))
-    return out
+    loader = feature_loader(store, video_ids, model.config.max_frames, decode.batch_size, num_workers)
+    return dict(caption_batches(model, tokenizer, loader, decode, device, progress))
 
 
 def check_features_match(model: Any, store: FeatureStore) -> None:
@@ -53,7 +68,7 @@ def check_features_match(model: Any, store: FeatureStore) -> None:
     want = (model.config.video_tower or {}).get("fingerprint")
     have = store.meta().get("tower_fingerprint")
     if want and have and want != have:
-        raise ValueError(
+        raise FeatureMismatchError(
             f"{store.folder} was extracted with another stage-1 tower ({have}) than this caption model "
             f"was trained on ({want}); extract features with the model's own tower"
         )
@@ -66,10 +81,7 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
 
     split = split or cfg.data.test_split
     device = pick_device(cfg.run.device)
-    ann = load_annotations(cfg.data)
-    entries = ann.split(split)
-    if not entries:
-        raise ValueError(f"split '{split}' has no videos in {cfg.data.annotations} (splits: {', '.join(ann.splits())})")
+    entries = split_entries(load_annotations(cfg.data), split, cfg.data.annotations)
     pipe = CaptionPipeline.from_pretrained(model_dir, device=device, load_tower=features is None)
     missing: list[dict[str, str]] = []
     if features is not None:
@@ -87,14 +99,15 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
     for m in missing:
         print(f"warning: not captioned: {m['video_id']}: {m['reason']}", file=sys.stderr)
     if not predictions:
-        raise RuntimeError(f"no video of split '{split}' could be captioned")
+        raise DatasetError(f"{cfg.data.annotations}: no video of split '{split}' could be captioned "
+                           "(each is named above)")
     refs = {e.video_id: [normalize_caption(c) for c in e.captions] for e in entries if e.video_id in predictions}
     metrics: dict[str, Any] = score_captions(predictions, refs)
     metrics.update({"split": split, "videos": len(predictions), "not_captioned": len(missing),
                     "num_beams": cfg.decode.num_beams})
     out_dir = Path(output) if output else Path(model_dir).parent / f"eval_{split}"
-    atomic_write_json(out_dir / "predictions.json", predictions)
+    write_json(out_dir / "predictions.json", predictions)
     if missing:
-        atomic_write_json(out_dir / "not_captioned.json", missing)
-    atomic_write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / "not_captioned.json", missing)
+    write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -23,21 +23,13 @@ at its end. Its stderr is drained by a thread so a chatty JVM can never fill the
 request/response protocol (checked on 3,000 and 10,000 items x 20 references; MSR-VTT's test
 split has 2,990 videos x 20).
 
-File formats read by ``load_predictions`` / ``load_references`` (``vcap score``):
-
-* predictions: ``{"id": "caption", ...}`` or COCO results ``[{"image_id"|"video_id": id, "caption": str}, ...]``
-* references: ``{"id": ["ref 1", "ref 2", ...], ...}`` (a single string counts as one reference),
-  COCO-style ``{"annotations": [{"image_id"|"video_id": id, "caption": str}, ...]}``, MSR-VTT's
-  ``{"sentences": [{"video_id": id, "caption": str}, ...]}``, or a bare list of such objects.
-
-Ids are compared as strings (COCO's integer ids become ``"123"``).
+The files ``vcap score`` reads are ``caption.caption_files``'.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 import shutil
 import subprocess
@@ -53,7 +45,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
-from retrieval_pretrain.runtime import atomic_write_json
+from retrieval_pretrain.errors import DatasetError
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 TOKENIZERS = ("ptb", "none")
@@ -227,7 +219,7 @@ def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float
 
 def _check(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> None:
     if not predictions:
-        raise ValueError("no predictions to score")
+        raise DatasetError("no predictions to score")
     extra = sorted(set(predictions) - set(references))
     missing = sorted(set(references) - set(predictions))
     if extra or missing:
@@ -236,13 +228,13 @@ def _check(predictions: Mapping[str, str], references: Mapping[str, Sequence[str
             parts.append(f"{len(extra)} prediction id(s) have no references: {', '.join(extra[:10])}")
         if missing:
             parts.append(f"{len(missing)} reference id(s) have no prediction: {', '.join(missing[:10])}")
-        raise ValueError("predictions and references do not cover the same ids; " + "; ".join(parts))
+        raise DatasetError("predictions and references do not cover the same ids; " + "; ".join(parts))
     no_refs = sorted(k for k, v in references.items() if not v)
     if no_refs:
-        raise ValueError(f"{len(no_refs)} id(s) have an empty reference list: {', '.join(no_refs[:10])}")
+        raise DatasetError(f"{len(no_refs)} id(s) have an empty reference list: {', '.join(no_refs[:10])}")
     bad = sorted(k for k, v in predictions.items() if not isinstance(v, str))
     if bad:
-        raise ValueError(f"predictions must be strings; not for id(s) {', '.join(bad[:10])}")
+        raise DatasetError(f"predictions must be strings; not for id(s) {', '.join(bad[:10])}")
 
 
 def _score(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]], tokenize: str,
@@ -309,101 +301,3 @@ def per_caption_cider(predictions: Mapping[str, str], references: Mapping[str, S
     """Each item's CIDEr-D ``{id: value}`` (document frequencies from the whole set's references)."""
     _, per_item, ids = _score(predictions, references, tokenize, ("CIDEr",))
     return dict(zip(ids, per_item["CIDEr"]))
-
-
-# ----------------------------------------------------------------------------- files and the CLI
-
-def _read_json(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"file not found: {path}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-
-
-def _item_id(item: Any, path: Path, index: int) -> str:
-    if isinstance(item, dict):
-        for key in ("video_id", "image_id", "id"):
-            if key in item:
-                return str(item[key])
-    raise ValueError(f"{path}: item {index} has no video_id/image_id: {str(item)[:100]}")
-
-
-def _item_caption(item: dict, path: Path, index: int) -> str:
-    caption = item.get("caption")
-    if not isinstance(caption, str):
-        raise ValueError(f"{path}: item {index} has no string 'caption': {str(item)[:100]}")
-    return caption
-
-
-def load_predictions(path: str | Path) -> dict[str, str]:
-    """``{id: caption}`` from ``{"id": "caption"}`` or a COCO results list (module docstring)."""
-    path = Path(path)
-    data = _read_json(path)
-    if isinstance(data, dict):
-        bad = [k for k, v in data.items() if not isinstance(v, str)]
-        if bad:
-            raise ValueError(f"{path}: predictions must map id -> caption string; not so for {', '.join(bad[:10])}")
-        return {str(k): v for k, v in data.items()}
-    if isinstance(data, list):
-        out: dict[str, str] = {}
-        dupes: list[str] = []
-        for i, item in enumerate(data):
-            vid = _item_id(item, path, i)
-            if vid in out:
-                dupes.append(vid)
-            out[vid] = _item_caption(item, path, i)
-        if dupes:
-            raise ValueError(f"{path}: more than one prediction for id(s) {', '.join(sorted(set(dupes))[:10])}")
-        return out
-    raise ValueError(f"{path}: predictions must be {{id: caption}} or [{{video_id|image_id, caption}}, ...]")
-
-
-def load_references(path: str | Path) -> dict[str, list[str]]:
-    """``{id: [captions]}`` from ``{"id": [...]}``, COCO ``{"annotations": [...]}``, MSR-VTT
-    ``{"sentences": [...]}`` or a list of ``{video_id|image_id, caption}`` (module docstring)."""
-    path = Path(path)
-    data = _read_json(path)
-    items = None
-    if isinstance(data, list):
-        items = data
-    elif isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        items = data["annotations"]
-    elif isinstance(data, dict) and isinstance(data.get("sentences"), list):
-        items = data["sentences"]
-    if items is not None:
-        out: dict[str, list[str]] = {}
-        for i, item in enumerate(items):
-            out.setdefault(_item_id(item, path, i), []).append(_item_caption(item, path, i))
-        return out
-    if isinstance(data, dict):
-        out = {}
-        for k, v in data.items():
-            if isinstance(v, str):
-                v = [v]
-            if not isinstance(v, list) or not all(isinstance(c, str) for c in v):
-                raise ValueError(f"{path}: references of id {k} must be a list of strings")
-            out[str(k)] = list(v)
-        return out
-    raise ValueError(f"{path}: references must be {{id: [captions]}} or {{\"annotations\": [...]}}")
-
-
-def score_main(predictions_path: str | Path, references_path: str | Path, tokenize: str = "ptb",
-               output: str | Path | None = None) -> dict[str, Any]:
-    """``vcap score``: score a predictions file against a references file.
-
-    Prints the metrics as one JSON object on the last line of stdout, and writes the same object to
-    ``output/metrics.json`` when ``output`` is given. Returns it.
-    """
-    predictions = load_predictions(predictions_path)
-    references = load_references(references_path)
-    metrics: dict[str, Any] = dict(score_captions(predictions, references, tokenize=tokenize))
-    metrics.update({"count": len(predictions), "tokenize": tokenize})
-    print(f"scored {len(predictions)} captions against {sum(map(len, references.values()))} references "
-          f"(tokenize={tokenize})", file=sys.stderr)
-    if output is not None:
-        atomic_write_json(Path(output) / "metrics.json", metrics)
-    print(json.dumps(metrics), flush=True)
-    return metrics

@@ -13,7 +13,6 @@ on), so ``CaptionPipeline.from_pretrained(folder)`` needs nothing else::
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,9 +22,11 @@ import torch
 from caption.config import DecodeConfig
 from caption.tokenizer import CaptionTokenizer
 from decoders.model import CaptionModel
+from retrieval_pretrain.accelerate_setup import pick_device
 from retrieval_pretrain.data import Preprocess
-from retrieval_pretrain.evaluate import encode_video_batches, pick_device
-from retrieval_pretrain.hub import from_pretrained as load_video_tower
+from retrieval_pretrain.encode import encode_video_batches
+from retrieval_pretrain.errors import ModelFolderError
+from retrieval_pretrain.model_folder import from_pretrained as load_video_tower
 
 TOWER_DIR = "video_tower"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
@@ -46,6 +47,22 @@ def expand_videos(items: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+def load_caption_model(folder: str | Path) -> CaptionModel:
+    """The caption model in ``folder``, loaded strictly: a missing, unexpected or misshapen tensor,
+    or an unreadable file, is a ``ModelFolderError`` naming the folder (never a random init)."""
+    folder = Path(folder)
+    try:
+        model, info = CaptionModel.from_pretrained(folder, output_loading_info=True)
+    except Exception as e:  # transformers raises OSError, ValueError, JSON and safetensors errors
+        raise ModelFolderError(f"{folder}: cannot load the caption model ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    wrong = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if wrong:
+        detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:5]))}" for k, v in wrong.items())
+        raise ModelFolderError(f"{folder / 'model.safetensors'} does not match its config.json ({detail})")
+    return model
+
+
 class CaptionPipeline:
     """A caption model with its tokenizer and stage-1 video tower, ready to caption video files."""
 
@@ -58,12 +75,12 @@ class CaptionPipeline:
                         load_tower: bool = True) -> "CaptionPipeline":
         folder = Path(folder)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} is not a caption model folder (no config.json)")
+            raise ModelFolderError(f"{folder} is not a caption model folder (no config.json)")
         device = pick_device(device) if isinstance(device, str) else device
-        model = CaptionModel.from_pretrained(folder).to(device).eval()
+        model = load_caption_model(folder).to(device).eval()
         tok_path = folder / CaptionTokenizer.FILENAME
         if not tok_path.is_file():
-            raise FileNotFoundError(f"{folder} has no {CaptionTokenizer.FILENAME}: not a complete caption model folder")
+            raise ModelFolderError(f"{folder} has no {CaptionTokenizer.FILENAME}: not a complete caption model folder")
         tokenizer = CaptionTokenizer.load(tok_path)
         tower = info = None
         if load_tower:
@@ -71,7 +88,7 @@ class CaptionPipeline:
             if not tower_dir.is_dir():
                 source = (model.config.video_tower or {}).get("source")
                 if not source or not Path(source).is_dir():
-                    raise FileNotFoundError(
+                    raise ModelFolderError(
                         f"{folder} has no {TOWER_DIR}/ and the stage-1 model it was trained on "
                         f"({source or 'unknown'}) is not there either"
                     )
@@ -121,25 +138,3 @@ class CaptionPipeline:
             decode.num_beams = num_beams
         videos = [(str(p), Path(p)) for p in paths]
         return self.caption_videos(videos, decode, num_workers=num_workers, batch_size=batch_size)
-
-
-def caption_main(items: Sequence[str], model: Path, beam: int | None = None, batch_size: int = 8,
-                 as_json: bool = False, device: str = "auto") -> int:
-    """``vcap caption``: prints ``path<TAB>caption`` per video (or one JSON object with --json).
-    Unreadable videos are reported on stderr; the exit code is 1 if any failed."""
-    paths = expand_videos(items)
-    if not paths:
-        print("vcap caption: no video files given", file=sys.stderr)
-        return 1
-    pipe = CaptionPipeline.from_pretrained(model, device=device)
-    results = pipe.caption(paths, num_beams=beam, batch_size=batch_size)
-    captions = {p: r for p, r in results.items() if isinstance(r, str)}
-    failed = {p: str(r) for p, r in results.items() if not isinstance(r, str)}
-    for p, reason in failed.items():
-        print(f"error: {reason}", file=sys.stderr)
-    if as_json:
-        print(json.dumps({"captions": captions, "failed": failed}))
-    else:
-        for p, c in captions.items():
-            print(f"{p}\t{c}")
-    return 1 if failed else 0

@@ -29,7 +29,8 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 import torch
 
-from retrieval_pretrain.runtime import atomic_write_bytes
+from retrieval_pretrain.atomic import write_file
+from retrieval_pretrain.errors import ModelFolderError
 
 _SPACES = re.compile(r"\s+")
 _TRAILING_PUNCT = re.compile(r"[\s.!?;:,。！？…]+$")
@@ -65,7 +66,7 @@ class CaptionTokenizer:
         have = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
         if have != (self.PAD, self.UNK, self.BOS, self.EOS):
             where = f" {path}" if path else ""
-            raise ValueError(f"sentencepiece model{where} has pad/unk/bos/eos ids {have}, "
+            raise ModelFolderError(f"sentencepiece model{where} has pad/unk/bos/eos ids {have}, "
                              f"expected {(self.PAD, self.UNK, self.BOS, self.EOS)}")
 
     @classmethod
@@ -97,7 +98,7 @@ class CaptionTokenizer:
                 num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
                 max_sentence_length=1 << 16, minloglevel=2,
             )
-        atomic_write_bytes(Path(model_path), model.data)
+        write_file(Path(model_path), model.data)
         return cls.load(model_path)
 
     @classmethod
@@ -105,12 +106,12 @@ class CaptionTokenizer:
         """Read a ``.model`` file written by ``train`` (or any sentencepiece model with the same ids)."""
         path = Path(model_path)
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer model not found: {path}")
+            raise ModelFolderError(f"tokenizer model not found: {path}")
         sp = spm.SentencePieceProcessor()
         try:
             sp.LoadFromSerializedProto(path.read_bytes())
         except (RuntimeError, OSError) as err:
-            raise ValueError(f"{path} is not a sentencepiece model: {err}") from err
+            raise ModelFolderError(f"{path} is not a sentencepiece model: {err}") from err
         return cls(sp, path)
 
     @property

@@ -2,8 +2,9 @@
 
 Teacher forcing with label-smoothed cross-entropy, AdamW, linear warm-up then linear decay,
 gradient clipping, bf16/fp16 via Accelerate (``accelerate launch`` for several GPUs). After each
-epoch: validation loss and CIDEr with the configured decoding; the best epoch (by ``caption.select_by``:
-val CIDEr, as CLIP4Caption, val loss, or simply the last) becomes
+epoch, on every process (its shard of the val split, combined with ``gather_for_metrics``):
+validation loss and CIDEr with the configured decoding; the best epoch (by
+``caption.select_by``: val CIDEr, as CLIP4Caption, val loss, or simply the last) becomes
 ``RUN2/model``, a self-contained caption model folder (model, ``tokenizer.model``, and the stage-1
 ``video_tower/`` the features came from).
 
@@ -13,8 +14,6 @@ val CIDEr, as CLIP4Caption, val loss, or simply the last) becomes
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 import sys
 import time
@@ -22,80 +21,50 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from caption.config import Config
-from caption.data import CaptionPairs, collate_pairs
-from caption.evaluate import caption_features
+from caption.evaluate import caption_batches
 from caption.metrics import score_captions
 from caption.pipeline import TOWER_DIR
-from caption.tokenizer import CaptionTokenizer, normalize_caption
-from decoders.loss import caption_loss
-from decoders.model import CaptionModel, make_config
-from retrieval_pretrain.annotations import load_annotations
-from retrieval_pretrain.config import config_to_dict
-from retrieval_pretrain.data import EpochShuffleSampler
-from retrieval_pretrain.features import FeatureStore
-from retrieval_pretrain.runtime import (
-    JsonlLogger,
-    StepTimer,
-    atomic_write_json,
-    load_checkpoint,
-    make_accelerator,
-    save_checkpoint,
-    scheduler_length,
-)
-
-
-def _tokenizer(cfg: Config, output: Path, init_from: Path | None, train_captions: list[str], main: bool,
-               accelerator: Any) -> CaptionTokenizer:
-    """The fine-tuned model's tokenizer, a given one, or a new one trained on the training captions."""
-    if init_from is not None:
-        return CaptionTokenizer.load(init_from / CaptionTokenizer.FILENAME)
-    if cfg.caption.tokenizer:
-        return CaptionTokenizer.load(cfg.caption.tokenizer)
-    path = output / CaptionTokenizer.FILENAME
-    if main and not path.is_file():
-        CaptionTokenizer.train(train_captions, cfg.caption.vocab_size, path)
-    accelerator.wait_for_everyone()
-    return CaptionTokenizer.load(path)
-
-
-def _save_model(model: CaptionModel, tokenizer_path: Path, folder: Path) -> None:
-    """Write a caption model folder atomically (temporary folder, then rename)."""
-    tmp = folder.with_name(f".tmp_{folder.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.copy2(tokenizer_path, tmp / CaptionTokenizer.FILENAME)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-
-
-def _finalise(best: Path, tower: Path, final: Path) -> None:
-    """``RUN2/model`` = best checkpoint + a copy of the stage-1 tower (so captioning needs nothing else)."""
-    tmp = final.with_name(f".tmp_{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(best, tmp)
-    shutil.copytree(tower, tmp / TOWER_DIR)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+from caption.tokenizer import normalize_caption
+from caption.train_setup import Stage2, setup
+from decoders.loss import caption_loss, caption_loss_sums
+from retrieval_pretrain.accelerate_setup import make_accelerator
+from retrieval_pretrain.atomic import write_folder
+from retrieval_pretrain.checkpoints import load_checkpoint, save_checkpoint
+from retrieval_pretrain.run_log import JsonlLogger, StepTimer
 
 
 @torch.no_grad()
-def validation_loss(model: Any, loader: DataLoader, label_smoothing: float, pad_id: int) -> float:
+def validation_loss(model: Any, loader: Any, label_smoothing: float, pad_id: int, accelerator: Any = None) -> float:
+    """Label-smoothed cross-entropy per non-pad token over the whole loader (every process's shard
+    when ``accelerator`` is given and the loader was prepared by it)."""
     model.eval()
-    total, n = 0.0, 0
+    total, tokens = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     for batch in loader:
         logits = model(frame_features=batch["frame_features"], frame_mask=batch["frame_mask"],
                        decoder_input_ids=batch["decoder_input_ids"]).logits
-        total += caption_loss(logits, batch["labels"], label_smoothing, pad_id).item() * len(batch["labels"])
-        n += len(batch["labels"])
-    return total / max(n, 1)
+        sums, counts = caption_loss_sums(logits, batch["labels"], label_smoothing, pad_id)  # (B,), (B,)
+        if accelerator is not None:
+            sums, counts = accelerator.gather_for_metrics((sums, counts))
+        total += sums.double().sum().cpu()
+        tokens += counts.double().sum().cpu()
+    return float(total / tokens.clamp(min=1))
 
 
-SELECT_BY = ("CIDEr", "loss", "last")
+def validate(run: Stage2, cfg: Config) -> dict[str, float]:
+    """``val_loss`` and ``val_CIDEr`` of the current weights (every process decodes its shard)."""
+    if run.val_loader is None:
+        return {}
+    model, acc = run.accelerator.unwrap_model(run.model), run.accelerator
+    out = {"val_loss": round(validation_loss(model, run.val_loader, cfg.caption.label_smoothing, run.tokenizer.PAD,
+                                             acc), 5)}
+    pairs = caption_batches(model, run.tokenizer, run.val_video_loader, cfg.decode, acc.device, progress=False)
+    preds = dict(acc.gather_for_metrics(pairs, use_gather_object=True))
+    refs = {e.video_id: [normalize_caption(x) for x in e.captions] for e in run.val_entries}
+    out["val_CIDEr"] = round(score_captions(preds, refs, metrics=("CIDEr",))["CIDEr"], 5)
+    return out
 
 
 def _selection_score(select_by: str, record: dict[str, Any], epoch: int) -> float:
@@ -107,149 +76,106 @@ def _selection_score(select_by: str, record: dict[str, Any], epoch: int) -> floa
     return float(epoch)
 
 
-def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_from: Path | None = None,
-          max_steps: int | None = None) -> Path:
-    """Train stage 2; returns ``output/model``. ``max_steps`` stops early (tests of resuming)."""
-    c = cfg.caption
-    if c.select_by not in SELECT_BY:
-        raise ValueError(f"caption.select_by must be one of {', '.join(SELECT_BY)}, got {c.select_by!r}")
-    output = Path(output)
-    accelerator = make_accelerator(cfg.run.mixed_precision, c.grad_accum, cfg.run.device, cfg.run.seed)
-    main = accelerator.is_main_process
-    if main:
-        output.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(output / "config.json", config_to_dict(cfg))
-    store = FeatureStore(features)
-    meta = store.meta()
-    ann = load_annotations(cfg.data)
-    train_entries = ann.split(cfg.data.train_split)
-    val_entries = ann.split(cfg.data.val_split)
-    no_feats = [e.video_id for e in train_entries + val_entries if not store.has(e.video_id)]
-    if no_feats:
-        print(f"warning: {len(no_feats)} videos have no cached features and are left out "
-              f"(e.g. {', '.join(no_feats[:5])}); see {store.folder / 'failures.json'}", file=sys.stderr)
-        if main:
-            atomic_write_json(output / "skipped.json", {"no_features": no_feats,
-                                                        "annotation_problems": [vars(q) for q in ann.problems]})
-    train_entries = [e for e in train_entries if store.has(e.video_id)]
-    val_entries = [e for e in val_entries if store.has(e.video_id)]
-    if not train_entries:
-        raise ValueError(f"no training videos with features: split '{cfg.data.train_split}' in {features}")
+def save_caption_model(model: Any, tokenizer_path: Path, folder: Path, tower: Path | None = None) -> Path:
+    """A caption model folder (``config.json``, ``model.safetensors``, ``tokenizer.model`` and, with
+    ``tower``, a copy of the stage-1 model as ``video_tower/``), swapped in whole."""
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        shutil.copy2(tokenizer_path, tmp / tokenizer_path.name)
+        if tower is not None:
+            shutil.copytree(tower, tmp / TOWER_DIR)
 
-    train_captions = [normalize_caption(cap) for e in train_entries for cap in e.captions]
-    tokenizer = _tokenizer(cfg, output, init_from, train_captions, main, accelerator)
-    tok_path = (init_from / CaptionTokenizer.FILENAME if init_from else
-                Path(cfg.caption.tokenizer) if cfg.caption.tokenizer else output / CaptionTokenizer.FILENAME)
-    tower_info = {"fingerprint": meta["tower_fingerprint"], "source": meta["tower"],
-                  "num_frames": meta["num_frames"], "dim": meta["dim"]}
-    decode = {"num_beams": cfg.decode.num_beams, "max_new_tokens": cfg.decode.max_new_tokens,
-              "length_penalty": cfg.decode.length_penalty, "no_repeat_ngram_size": cfg.decode.no_repeat_ngram_size}
-    if init_from is not None:
-        model = CaptionModel.from_pretrained(init_from)
-        if model.config.feature_dim != meta["dim"]:
-            raise ValueError(f"{init_from} expects {model.config.feature_dim}-d features, {features} holds {meta['dim']}-d")
-        model.config.video_tower, model.config.decode = tower_info, decode
-    else:
-        model = CaptionModel(make_config(
-            feature_dim=meta["dim"], vocab_size=tokenizer.vocab_size, hidden_size=c.hidden_size,
-            num_heads=c.num_heads, ffn_size=c.ffn_size, encoder_layers=c.encoder_layers,
-            decoder_layers=c.decoder_layers, dropout=c.dropout, max_frames=c.max_frames, max_length=c.max_length,
-            pad_token_id=tokenizer.PAD, bos_token_id=tokenizer.BOS, eos_token_id=tokenizer.EOS,
-            video_tower=tower_info, decode=decode))
+    return write_folder(folder, fill)
 
-    def pairs(entries: list[Any]) -> list[tuple[str, list[int]]]:
-        return [(e.video_id, tokenizer.encode(normalize_caption(cap), c.max_length)) for e in entries for cap in e.captions]
 
-    train_set = CaptionPairs(store, pairs(train_entries), c.max_frames)
-    sampler = EpochShuffleSampler(len(train_set), seed=cfg.run.seed)
-    collate = lambda items: collate_pairs(items, tokenizer.PAD)  # noqa: E731
-    loader = DataLoader(train_set, batch_size=c.batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.run.num_workers)
-    val_videos = val_entries[: c.val_max_videos] if c.val_max_videos > 0 else val_entries
-    val_loader = DataLoader(CaptionPairs(store, pairs(val_videos), c.max_frames), batch_size=c.eval_batch_size,
-                            collate_fn=collate) if val_videos else None
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=c.lr, betas=(0.9, 0.98))
-    per_epoch = max(1, math.ceil(math.ceil(len(train_set) / (c.batch_size * accelerator.num_processes)) / c.grad_accum))
-    total = per_epoch * c.epochs  # optimizer steps of this run
-    scheduler = get_linear_schedule_with_warmup(optimizer, *scheduler_length(total, c.warmup_ratio, accelerator))
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+def _end_of_epoch(run: Stage2, cfg: Config, output: Path, epoch: int, step: int, log: JsonlLogger) -> None:
+    """Validate, keep the epoch if it is the best so far (``output/best``), log, checkpoint."""
+    acc = run.accelerator
+    record: dict[str, Any] = {"epoch": epoch, "step": step, **validate(run, cfg)}
+    score = _selection_score(cfg.caption.select_by, record, epoch)
+    if run.best["score"] is None or score > run.best["score"]:
+        run.best = {"score": score, "epoch": epoch}
+        if acc.is_main_process:
+            save_caption_model(acc.unwrap_model(run.model), run.tokenizer_path, output / "best")
+    record["best_epoch"] = run.best["epoch"]
+    log.log(**record)
+    if acc.is_main_process:
+        print(f"epoch {epoch}: {json.dumps(record)}", file=sys.stderr)
+    acc.wait_for_everyone()
+    save_checkpoint(acc, output, step, {"epoch": epoch + 1, "batches_done": 0, "best": run.best})
 
-    start_epoch, skip, global_step, best = 0, 0, 0, {"score": None, "epoch": -1}
-    if resume:
-        state = load_checkpoint(accelerator, output)
-        if state is not None:
-            start_epoch, skip, global_step = state["epoch"], state["batches_done"], state["global_step"]
-            best = {"score": state["best"].get("score", state["best"].get("cider")), "epoch": state["best"]["epoch"]}
-    log = JsonlLogger(output / "log.jsonl", enabled=main)
-    timer = StepTimer()
-    bar = tqdm(total=total, initial=global_step, desc="stage 2", disable=not main, file=sys.stderr)
-    t0, stop = time.perf_counter(), False
+
+def _step(run: Stage2, batch: dict[str, Any], cfg: Config) -> torch.Tensor:
+    """One teacher-forced forward/backward (an optimizer step when accumulation is complete)."""
+    acc, c = run.accelerator, cfg.caption
+    with acc.accumulate(run.model):
+        logits = run.model(frame_features=batch["frame_features"], frame_mask=batch["frame_mask"],
+                           decoder_input_ids=batch["decoder_input_ids"]).logits  # (B, L, V)
+        loss = caption_loss(logits, batch["labels"], c.label_smoothing, run.tokenizer.PAD)
+        acc.backward(loss)
+        if acc.sync_gradients and c.max_grad_norm > 0:
+            acc.clip_grad_norm_(run.model.parameters(), c.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+    return loss
+
+
+def _resume(run: Stage2, output: Path) -> tuple[int, int, int]:
+    """``(epoch, batches done in it, global step)`` of the newest checkpoint (and its best epoch), or zeros."""
+    state = load_checkpoint(run.accelerator, output)
+    if state is None:
+        print(f"--resume: no checkpoint in {output / 'checkpoints'}; starting fresh", file=sys.stderr)
+        return 0, 0, 0
+    run.best = dict(state["best"])
+    return state["epoch"], state["batches_done"], state["global_step"]
+
+
+def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_from: Path | None = None) -> Path:
+    """Train stage 2; returns ``output/model``."""
+    c, output = cfg.caption, Path(output)
+    acc = make_accelerator(cfg.run.mixed_precision, c.grad_accum, cfg.run.device, cfg.run.seed)
+    run = setup(cfg, Path(features), output, acc, init_from)
+    start_epoch, skip, step = _resume(run, output) if resume else (0, 0, 0)
+    log, timer, t0 = JsonlLogger(output / "log.jsonl", enabled=acc.is_main_process), StepTimer(), time.perf_counter()
+    bar = tqdm(total=run.total_steps, initial=step, desc="stage 2", disable=not acc.is_main_process, file=sys.stderr)
     for epoch in range(start_epoch, c.epochs):
-        sampler.use_epoch(epoch)
-        model.train()
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-        batches_done, skip = skip, 0
+        run.sampler.use_epoch(epoch)
+        run.model.train()
+        batches_done, batches = skip, acc.skip_first_batches(run.loader, skip) if skip else run.loader
+        skip = 0
         timer.reset()
         for batch in batches:
             timer.data_ready()
             batches_done += 1
-            with accelerator.accumulate(model):
-                logits = model(frame_features=batch["frame_features"], frame_mask=batch["frame_mask"],
-                               decoder_input_ids=batch["decoder_input_ids"]).logits  # (B, L, V)
-                loss = caption_loss(logits, batch["labels"], c.label_smoothing, tokenizer.PAD)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and c.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), c.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+            loss = _step(run, batch, cfg)
             timer.step_done()
-            if not accelerator.sync_gradients:
+            if not acc.sync_gradients:
                 continue
-            global_step += 1
+            step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
-            if global_step % cfg.run.log_every == 0 or global_step == 1:
+            if step % cfg.run.log_every == 0 or step == 1:
                 data_s, compute_s = timer.reset()
-                log.log(step=global_step, epoch=epoch, loss=loss.item(), lr=scheduler.get_last_lr()[0],
+                log.log(step=step, epoch=epoch, loss=loss.item(), lr=run.scheduler.get_last_lr()[0],
                         data_s=round(data_s, 4), compute_s=round(compute_s, 4),
-                        steps_per_s=round(global_step / max(time.perf_counter() - t0, 1e-9), 3))
-            if c.save_every > 0 and global_step % c.save_every == 0:
-                save_checkpoint(accelerator, output, global_step, {"epoch": epoch, "batches_done": batches_done, "best": best})
-            if max_steps is not None and global_step >= max_steps:
-                stop = True
-                break
-        if stop:
-            save_checkpoint(accelerator, output, global_step, {"epoch": epoch, "batches_done": batches_done, "best": best})
-            bar.close()
-            return output / "checkpoints"
-        # ---- end of epoch: validation loss and CIDEr; keep the best epoch by c.select_by
-        if main:
-            record: dict[str, Any] = {"epoch": epoch, "step": global_step}
-            unwrapped = accelerator.unwrap_model(model)
-            if val_loader is not None:
-                record["val_loss"] = round(validation_loss(unwrapped, val_loader, c.label_smoothing, tokenizer.PAD), 5)
-                preds = caption_features(unwrapped, tokenizer, store, [e.video_id for e in val_videos], cfg.decode,
-                                         accelerator.device, progress=False)
-                refs = {e.video_id: [normalize_caption(x) for x in e.captions] for e in val_videos}
-                record["val_CIDEr"] = round(score_captions(preds, refs, metrics=("CIDEr",))["CIDEr"], 5)
-            score = _selection_score(c.select_by, record, epoch)
-            if best["score"] is None or score > best["score"]:
-                best = {"score": score, "epoch": epoch}
-                _save_model(unwrapped, tok_path, output / "best")
-            record["best_epoch"] = best["epoch"]
-            log.log(**record)
-            print(f"epoch {epoch}: {json.dumps(record)}", file=sys.stderr)
-        accelerator.wait_for_everyone()
-        save_checkpoint(accelerator, output, global_step, {"epoch": epoch + 1, "batches_done": 0, "best": best})
+                        steps_per_s=round(step / max(time.perf_counter() - t0, 1e-9), 3))
+            if c.save_every > 0 and step % c.save_every == 0:
+                save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done, "best": run.best})
+        _end_of_epoch(run, cfg, output, epoch, step, log)
     bar.close()
+    return _finish(run, cfg, output, time.perf_counter() - t0)
+
+
+def _finish(run: Stage2, cfg: Config, output: Path, seconds: float) -> Path:
+    """``RUN2/model`` = the best epoch's model + a copy of the stage-1 tower (captioning then needs
+    nothing else)."""
     final = output / "model"
-    if main:
-        _finalise(output / "best", Path(meta["tower"]), final)
-        print(f"stage 2 done in {time.perf_counter() - t0:.0f}s; best epoch {best['epoch']} "
-              f"(selected by {c.select_by}); model in {final}", file=sys.stderr)
-    accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        best = output / "best"
+        write_folder(final, lambda tmp: (shutil.copytree(best, tmp, dirs_exist_ok=True),
+                                         shutil.copytree(run.tower, tmp / TOWER_DIR)))
+        print(f"stage 2 done in {seconds:.0f}s; best epoch {run.best['epoch']} (selected by "
+              f"{cfg.caption.select_by}); model in {final}", file=sys.stderr)
+    run.accelerator.wait_for_everyone()
     return final

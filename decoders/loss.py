@@ -30,3 +30,16 @@ def caption_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: fl
         return logits.sum() * 0.0  # keeps the graph (and DDP) intact
     return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100,
                            label_smoothing=label_smoothing, reduction="mean")
+
+
+def caption_loss_sums(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.1,
+                      pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per caption: the sum of ``caption_loss``'s token losses and the number of tokens it counts,
+    ``(sums (B,), counts (B,))`` - so a loss over many batches (or processes) is
+    ``sums.sum() / counts.sum()``, whatever the batching."""
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match")
+    target = labels.masked_fill(labels == pad_id, -100)  # (B, L)
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100,
+                                label_smoothing=label_smoothing, reduction="none").view(labels.shape)  # (B, L)
+    return per_token.sum(dim=1), (target != -100).sum(dim=1)

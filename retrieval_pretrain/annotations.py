@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from retrieval_pretrain.config import DataConfig
+from retrieval_pretrain.errors import DatasetError
 
 _SPLIT_ALIASES = {"validate": "val", "validation": "val"}
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
@@ -72,7 +73,7 @@ class VideoEntry:
     official_split: str | None = None
 
 
-class AnnotationError(Exception):
+class AnnotationError(DatasetError):
     """An annotation file that cannot be read at all; the message names the file and why."""
 
 

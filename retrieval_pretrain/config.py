@@ -17,9 +17,14 @@ from typing import Any
 
 import yaml
 
+from retrieval_pretrain.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
+FORMATS = ("msrvtt", "msrvtt-clip4clip", "msvd", "vatex", "jsonl", "hf")
+
+
+def choice(default: str, *choices: str) -> Any:
+    """A string field that must be one of ``choices`` (checked when the config is read)."""
+    return field(default=default, metadata={"choices": choices})
 
 
 @dataclass
@@ -27,15 +32,21 @@ class DataConfig:
     """Where a caption dataset lives and how its annotations are laid out.
 
     Args:
-        format: one of ``msrvtt``, ``msrvtt-clip4clip``, ``msvd``, ``vatex``, ``jsonl``.
-        annotations: the annotation file (for ``msvd`` the raw-captions pickle).
+        format: one of ``msrvtt``, ``msrvtt-clip4clip``, ``msvd``, ``vatex``, ``jsonl``, ``hf``.
+        annotations: the annotation file (for ``msvd`` the raw-captions pickle; for ``hf`` a Hugging
+            Face dataset: a hub id, a folder written by ``save_to_disk``, or parquet / json(l) /
+            csv file(s), comma-separated).
         videos: the folder holding the video files.
         split_files: for formats that keep splits in separate files, ``split -> file``.
         train_split / val_split / test_split: split names used by training and evaluation.
         video_ext: extensions tried, in order, when an annotation names a video id only.
+        columns: ``hf`` only: which column holds the ``video`` path (relative to ``videos``), the
+            ``captions`` (a string or a list of strings; rows of one video are merged) and the
+            ``split`` (optional when the dataset has splits of its own).
+        hf_subset: ``hf`` only: the configuration name of a hub dataset with several.
     """
 
-    format: str = "jsonl"
+    format: str = choice("jsonl", *FORMATS)
     annotations: str = ""
     videos: str = ""
     split_files: dict[str, str] = field(default_factory=dict)
@@ -43,6 +54,9 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     video_ext: list[str] = field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"])
+    columns: dict[str, str] = field(default_factory=lambda: {"video": "video", "captions": "captions",
+                                                             "split": "split"})
+    hf_subset: str | None = None
 
 
 @dataclass
@@ -52,8 +66,8 @@ class VideoConfig:
     segment centres, or ``fps``: CLIP4Clip's one frame per second thinned to ``num_frames``)."""
 
     num_frames: int = 12
-    train_sampling: str = "tsn"
-    eval_sampling: str = "uniform"
+    train_sampling: str = choice("tsn", "tsn", "uniform", "fps")
+    eval_sampling: str = choice("uniform", "uniform", "fps", "tsn")
     # Stage 1 only: > 0 decodes each training video once, keeping up to this many frames (all of a
     # shorter video) at the model's input size in memory, and samples training frames from there
     # (videos x frames x 3 x size^2 bytes per process: for small datasets). 0 decodes every step.
@@ -64,8 +78,10 @@ class VideoConfig:
 class ClipConfig:
     """The CLIP backbone: an open_clip name + pretrained tag or local checkpoint file, or - with
     ``custom`` set - an open_clip architecture dict (``embed_dim``, ``vision_cfg``,
-    ``text_cfg``) built from scratch (the tiny test/demo model)."""
+    ``text_cfg``) built from scratch (the tiny test/demo model). ``kind`` picks the library the
+    backbone comes from (``retrieval_pretrain.parts.build_backbone``)."""
 
+    kind: str = choice("open_clip", "open_clip")
     model: str = "ViT-B-32"
     pretrained: str | None = "openai"
     custom: dict[str, Any] | None = None
@@ -73,11 +89,14 @@ class ClipConfig:
 
 @dataclass
 class PretrainConfig:
-    """Stage 1: the temporal head and contrastive training (CLIP4Clip's recipe)."""
+    """Stage 1: the temporal head and contrastive training (CLIP4Clip's recipe). ``head``,
+    ``loss`` and ``mode`` pick stage 1's parts (``retrieval_pretrain.parts``)."""
 
-    head: str = "seqTransf"
+    head: str = choice("seqTransf", "meanP", "seqTransf")
     head_layers: int = 4
     head_input_norm: bool = False  # layer-normalise frame features before seqTransf (from-scratch towers)
+    loss: str = choice("infonce", "infonce")
+    mode: str = choice("full", "full")
     max_words: int = 32
     batch_size: int = 128
     epochs: int = 5
@@ -100,10 +119,10 @@ class RunConfig:
     """Settings shared by every long job."""
 
     seed: int = 42
-    mixed_precision: str = "no"
+    mixed_precision: str = choice("no", "no", "fp16", "bf16")
     num_workers: int = 4
     log_every: int = 10
-    device: str = "auto"
+    device: str = choice("auto", "auto", "cpu", "cuda")
 
 
 @dataclass
@@ -180,7 +199,8 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in raw.items():
         path = f"{where}.{key}" if where else key
@@ -191,6 +211,9 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
             kwargs[key] = _build(tp, value or {}, path)
         else:
             kwargs[key] = _check_type(value, tp, path)
+        allowed = fields[key].metadata.get("choices")
+        if allowed and kwargs[key] not in allowed:
+            raise ConfigError(f"{path}: {kwargs[key]!r} is not one of {', '.join(allowed)}")
     return cls(**kwargs)
 
 

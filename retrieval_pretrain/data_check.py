@@ -3,19 +3,18 @@
 Per split: videos, captions, captions per video and caption length in words. Then everything that
 would make a run skip something: malformed annotation entries (from ``load_annotations``), entries
 whose video file is missing, and - with ``probe`` - video files that exist but cannot be opened.
-The summary is one JSON-able dict; ``main`` prints a short human report to stderr and the JSON as
-the last line of stdout, and exits 0 only when nothing is wrong.
+The summary is one JSON-able dict (``check_dataset``); ``report_text`` turns it into a few lines for
+a person. ``vcap data check`` prints both and exits 0 only when nothing is wrong.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from retrieval_pretrain.annotations import AnnotationError, Annotations, load_annotations
+from retrieval_pretrain.annotations import Annotations, load_annotations
 from retrieval_pretrain.config import DataConfig
 
 MAX_LISTED_MISSING = 20
@@ -119,7 +118,7 @@ def check_dataset(data: DataConfig, probe: bool = False, probe_fn: Callable[[Pat
     return summary
 
 
-def _report(s: dict[str, Any]) -> str:
+def report_text(s: dict[str, Any]) -> str:
     """A few lines for a person."""
     lines = [f"dataset: format {s['format']}, annotations {s['annotations'] or '-'}, videos {s['videos_dir'] or '.'}"]
     for name, sp in s["splits"].items():
@@ -147,18 +146,3 @@ def _report(s: dict[str, Any]) -> str:
             lines.append(f"  ... and {u['count'] - 10} more (see the JSON)")
     lines.append("OK" if s["ok"] else "NOT OK")
     return "\n".join(lines)
-
-
-def main(cfg_data: DataConfig, probe: bool, probe_fn: Callable[[Path], Any] | None = None) -> int:
-    """``vcap data check``: human report on stderr, summary JSON as the last stdout line.
-    Returns 0 when the dataset is ok, 1 otherwise (also when an annotation file is unreadable)."""
-    try:
-        summary = check_dataset(cfg_data, probe=probe, probe_fn=probe_fn)
-    except AnnotationError as e:
-        print(f"vcap data check: {e}", file=sys.stderr)
-        print(json.dumps({"ok": False, "error": str(e), "format": cfg_data.format,
-                          "annotations": str(cfg_data.annotations)}))
-        return 1
-    print(_report(summary), file=sys.stderr)
-    print(json.dumps(summary))
-    return 0 if summary["ok"] else 1

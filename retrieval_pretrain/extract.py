@@ -6,27 +6,26 @@ Unreadable videos are listed with the reason in ``FEATS/failures.json`` and retr
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from retrieval_pretrain.accelerate_setup import pick_device
 from retrieval_pretrain.annotations import load_annotations
+from retrieval_pretrain.atomic import write_json
 from retrieval_pretrain.config import RetrievalConfig
 from retrieval_pretrain.data import Preprocess
-from retrieval_pretrain.evaluate import encode_video_batches, pick_device
+from retrieval_pretrain.encode import encode_video_batches
 from retrieval_pretrain.features import FeatureStore
-from retrieval_pretrain.hub import from_pretrained, model_fingerprint
-from retrieval_pretrain.runtime import StepTimer, atomic_write_json
+from retrieval_pretrain.model_folder import from_pretrained, model_fingerprint
+from retrieval_pretrain.run_log import StepTimer
 
 
 def extract_features(model_dir: Path, cfg: RetrievalConfig, output: Path, splits: list[str] | None = None,
-                     batch_size: int = 8, limit: int | None = None) -> dict[str, Any]:
-    """Encode the dataset's videos (all splits, or ``splits``) into ``output``.
-
-    ``limit`` stops after that many newly extracted videos (to test interruption). Returns a
-    report: total, already done, extracted now, failed, seconds, videos/s, data-wait share.
+                     batch_size: int = 8) -> dict[str, Any]:
+    """Encode the dataset's videos (all splits, or ``splits``) into ``output``, skipping those already
+    there. Returns a report: total, already done, extracted now, failed, seconds, videos/s, data wait.
     """
     device = pick_device(cfg.run.device)
     model, info = from_pretrained(model_dir, device=device)
@@ -47,9 +46,7 @@ def extract_features(model_dir: Path, cfg: RetrievalConfig, output: Path, splits
         if wanted is None or e.split in wanted:
             videos.setdefault(e.video_id, Path(e.path))
     pending = [(vid, p) for vid, p in videos.items() if not store.has(vid)]
-    if limit is not None:
-        pending = pending[:limit]
-    done_before = len(videos) - len([v for v in videos if not store.has(v)])
+    done_before = len(videos) - len(pending)
     print(f"extract: {len(videos)} videos, {done_before} already done, {len(pending)} to encode", file=sys.stderr)
     pre = Preprocess(info["num_frames"], model.image_size, model.image_mean, model.image_std)
     failures: list[dict[str, str]] = []
@@ -57,7 +54,7 @@ def extract_features(model_dir: Path, cfg: RetrievalConfig, output: Path, splits
     t0 = time.perf_counter()
     extracted = 0
     for ids, seq, mask, failed in encode_video_batches(model, pending, pre, device, batch_size, cfg.run.num_workers,
-                                                       method=pre_method(info), desc="extract", timer=timer):
+                                                       method=info.get("eval_sampling", "uniform"), desc="extract", timer=timer):
         for path, reason in failed:
             failures.append({"path": path, "reason": reason})
             print(f"warning: skipped unreadable video {reason}", file=sys.stderr)
@@ -65,7 +62,7 @@ def extract_features(model_dir: Path, cfg: RetrievalConfig, output: Path, splits
             store.write(vid, s[m].float().cpu().numpy())  # (n_real, D)
             extracted += 1
     seconds = time.perf_counter() - t0
-    atomic_write_json(store.folder / "failures.json", failures)
+    write_json(store.folder / "failures.json", failures)
     report = {
         "total": len(videos), "done_before": done_before, "extracted": extracted, "failed": len(failures),
         "seconds": round(seconds, 2), "videos_per_s": round(extracted / max(seconds, 1e-9), 2),
@@ -75,10 +72,4 @@ def extract_features(model_dir: Path, cfg: RetrievalConfig, output: Path, splits
     if failures:
         print(f"warning: {len(failures)} videos could not be read; listed in {store.folder / 'failures.json'}",
               file=sys.stderr)
-    print(json.dumps(report))
     return report
-
-
-def pre_method(info: dict[str, Any]) -> str:
-    """Frame sampling at extraction: the stage-1 model's evaluation sampling (deterministic)."""
-    return info.get("eval_sampling", "uniform")

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from retrieval_pretrain.runtime import atomic_write_json
+from retrieval_pretrain.atomic import write_file, write_json
+from retrieval_pretrain.errors import FeatureMismatchError, FeatureStoreError
 
 
 def feature_key(video_id: str) -> str:
@@ -34,8 +33,9 @@ def feature_key(video_id: str) -> str:
     return safe
 
 
-class FeatureMismatchError(ValueError):
-    """A feature folder made by another video tower (or frame setting) than the one in use."""
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as f:  # a file object: np.save would append ".npy" to a name
+        np.save(f, array, allow_pickle=False)
 
 
 class FeatureStore:
@@ -52,16 +52,16 @@ class FeatureStore:
 
     def meta(self) -> dict[str, Any]:
         if not self.meta_path.is_file():
-            raise FileNotFoundError(f"{self.folder} is not a feature folder (no meta.json); run 'vcap extract' first")
+            raise FeatureStoreError(f"{self.folder} is not a feature folder (no meta.json); run 'vcap extract' first")
         return json.loads(self.meta_path.read_text())
 
     def init(self, meta: dict[str, Any]) -> None:
         """Create the folder for ``meta``, or check that an existing one was made the same way.
 
-        Temporary files left by a run that was killed mid-write (``.tmp-*.npy``) are removed: they
+        Temporary files left by a run that was killed mid-write (``.KEY.npy.tmp-*``) are removed: they
         were never renamed into place, so no video counts as done because of them."""
         if self.dir.is_dir():
-            for stale in self.dir.glob(".tmp-*.npy"):
+            for stale in self.dir.glob(".*.npy.tmp-*"):
                 stale.unlink(missing_ok=True)
         if self.meta_path.is_file():
             old = self.meta()
@@ -74,7 +74,7 @@ class FeatureStore:
                 )
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.meta_path, meta)
+        write_json(self.meta_path, meta)
         self.dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ entries
@@ -86,21 +86,14 @@ class FeatureStore:
 
     def write(self, video_id: str, features: np.ndarray) -> None:
         """Store ``features`` [n, dim] as fp16, atomically."""
-        final = self.path(video_id)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.ascontiguousarray(features, dtype=np.float16))
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        data = np.ascontiguousarray(features, dtype=np.float16)
+        write_file(self.path(video_id), lambda tmp: _save_npy(tmp, data))
 
     def load(self, video_id: str, mmap: bool = True) -> np.ndarray:
         """The fp16 features [n, dim] of a video (memory-mapped by default)."""
         path = self.path(video_id)
         if not path.is_file():
-            raise KeyError(f"no features for video '{video_id}' in {self.folder} (expected {path})")
+            raise FeatureStoreError(f"no features for video '{video_id}' in {self.folder} (expected {path})")
         return np.load(path, mmap_mode="r" if mmap else None)
 
     def failures(self) -> list[dict[str, str]]:

@@ -2,8 +2,9 @@
 
 The CLIP4Clip recipe (Luo et al., 2021) as CLIP4Caption's first stage (Tang et al., 2021): TSN-
 sampled frames through CLIP's image tower and a temporal head, one caption per video per epoch
-through the text tower, symmetric InfoNCE over the batch (the global batch across processes),
-AdamW with a small learning rate for CLIP and a larger one for new layers, warm-up then cosine.
+through the text tower, the configured loss (symmetric InfoNCE over the global batch), AdamW with a
+small learning rate for CLIP and a larger one for new layers, warm-up then cosine. The model, loss
+and training mode are stage 1's parts (``retrieval_pretrain.parts``); the loop knows none of them.
 
 ``vcap pretrain --config C --output RUN [--resume]`` writes ``RUN/log.jsonl``,
 ``RUN/checkpoints/step_N`` (Accelerate ``save_state``) and the model folder ``RUN/model``.
@@ -11,90 +12,29 @@ AdamW with a small learning rate for CLIP and a larger one for new layers, warm-
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from retrieval_pretrain.annotations import Annotations, load_annotations
+from retrieval_pretrain.accelerate_setup import make_accelerator, scheduler_length
+from retrieval_pretrain.annotations import load_annotations
+from retrieval_pretrain.atomic import write_json
+from retrieval_pretrain.checkpoints import load_checkpoint, save_checkpoint
+from retrieval_pretrain.clip_tokenizer import build_tokenizer
 from retrieval_pretrain.config import RetrievalConfig, config_to_dict
-from retrieval_pretrain.data import (
-    ContrastiveTrainSet,
-    EpochShuffleSampler,
-    FrameCache,
-    Preprocess,
-    collate_videos,
-    estimate_cache_bytes,
-    steps_per_epoch,
-)
-from retrieval_pretrain.hub import build_model, build_tokenizer, save_pretrained
-from retrieval_pretrain.loss import info_nce
-from retrieval_pretrain.model import freeze_parameters, param_groups
-from retrieval_pretrain.runtime import (
-    JsonlLogger,
-    StepTimer,
-    atomic_write_json,
-    load_checkpoint,
-    make_accelerator,
-    save_checkpoint,
-    scheduler_length,
-)
-
-
-class SplitOverlapError(ValueError):
-    """Stage 1 was asked to train on videos of an evaluation split."""
-
-
-def training_entries(ann: Annotations, cfg: RetrievalConfig) -> tuple[list[Any], list[dict[str, str]]]:
-    """The train split's entries whose video file exists, plus the skipped ones (with reasons).
-
-    Refuses (``SplitOverlapError``) when a training video is also in the val or test split:
-    stage 1 for captioning must never see evaluation videos (e.g. CLIP4Clip's 9k retrieval-train
-    list overlaps MSR-VTT's caption test split). ``pretrain.allow_eval_overlap=true`` overrides.
-    """
-    train = ann.split(cfg.data.train_split)
-    if not train:
-        raise ValueError(
-            f"no videos in split '{cfg.data.train_split}' of {cfg.data.annotations} "
-            f"(splits found: {', '.join(ann.splits()) or 'none'})"
-        )
-    held_out = {cfg.data.val_split, cfg.data.test_split} - {cfg.data.train_split}
-    eval_keys = {}
-    for split in held_out:
-        for e in ann.split(split):
-            eval_keys[e.video_id] = split
-            eval_keys[str(Path(e.path).resolve())] = split
-    overlap = [e.video_id for e in train
-               if e.video_id in eval_keys or str(Path(e.path).resolve()) in eval_keys]
-    official = [e.video_id for e in train if e.official_split in held_out and e.video_id not in overlap]
-    if (overlap or official) and not cfg.pretrain.allow_eval_overlap:
-        parts = []
-        if overlap:
-            parts.append(f"{len(overlap)} training videos are also in an evaluation split of this config "
-                         f"(e.g. {', '.join(overlap[:5])})")
-        if official:
-            parts.append(f"{len(official)} training videos belong to the benchmark's official caption val/test "
-                         f"splits (e.g. {', '.join(official[:5])}; CLIP4Clip's MSRVTT_train.9k.csv includes "
-                         "1,990 caption-test and 497 val videos)")
-        raise SplitOverlapError(
-            "; ".join(parts) + ". Stage 1 for captioning must train on the caption-train split only: use the "
-            "caption splits (e.g. data.format=msrvtt with the official videodatainfo file), or set "
-            "pretrain.allow_eval_overlap=true for retrieval-only experiments."
-        )
-    kept, skipped = [], []
-    for e in train:
-        if Path(e.path).is_file():
-            kept.append(e)
-        else:
-            skipped.append({"video_id": e.video_id, "path": str(e.path), "reason": "video file not found"})
-    return kept, skipped
+from retrieval_pretrain.data import steps_per_epoch
+from retrieval_pretrain.errors import DatasetError
+from retrieval_pretrain.model_folder import save_pretrained
+from retrieval_pretrain.parts import build_loss, build_training_mode, build_video_text_model, param_groups
+from retrieval_pretrain.run_log import JsonlLogger, StepTimer
+from retrieval_pretrain.training_set import train_loader, training_entries
 
 
 def _enough_to_contrast(accelerator: Any, local_videos: int) -> bool:
@@ -120,147 +60,148 @@ def _optimizer(model: torch.nn.Module, cfg: RetrievalConfig) -> torch.optim.Opti
     return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.98), eps=1e-6)
 
 
-def _frame_cache(entries: list[Any], cfg: RetrievalConfig, image_size: int, main: bool) -> FrameCache:
-    """Decode the training videos once into memory (``video.cache_frames``), refusing a cache
-    that would take more than half of this machine's memory."""
-    n = cfg.video.cache_frames
-    need = estimate_cache_bytes(len(entries), n, image_size)
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > ram // 2:
-        raise ValueError(f"video.cache_frames={n}: {len(entries)} videos x {n} frames at {image_size} px take up to "
-                         f"{need / 1e9:.1f} GB, more than half of this machine's {ram / 1e9:.1f} GB; "
-                         f"lower it, or set video.cache_frames=0 to decode every step")
-    cache = FrameCache([e.path for e in entries], n, image_size, cfg.run.num_workers, progress=main)
-    bad = sum(1 for e in cache.errors if e)
-    print(f"stage 1: {len(entries) - bad} training videos decoded once into memory ({cache.nbytes / 1e6:.0f} MB)"
-          + (f"; {bad} could not be read and are reported when drawn" if bad else ""), file=sys.stderr)
-    return cache
+@dataclass
+class Stage1:
+    """Everything one stage-1 run trains with (built by ``setup``)."""
+
+    accelerator: Accelerator
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    sampler: Any
+    loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    videos: int
+    skipped: int
+    total_steps: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-def train(cfg: RetrievalConfig, output: Path, resume: bool = False, max_steps: int | None = None) -> Path:
-    """Run stage 1 and write ``output/model``; returns that folder.
-
-    ``max_steps`` stops after that many optimizer steps (for tests of interruption and resume);
-    the model folder is then not written.
-    """
-    output = Path(output)
-    p = cfg.pretrain
-    accelerator = make_accelerator(cfg.run.mixed_precision, p.grad_accum, cfg.run.device, cfg.run.seed)
-    main = accelerator.is_main_process
-    if main:
-        output.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(output / "config.json", config_to_dict(cfg))
-
+def _select_videos(cfg: RetrievalConfig, output: Path, main: bool) -> tuple[list[Any], int]:
+    """The training entries with files; malformed entries and missing files listed in skipped.json."""
     ann = load_annotations(cfg.data)
     entries, skipped = training_entries(ann, cfg)
     if ann.problems or skipped:
         if main:
-            atomic_write_json(output / "skipped.json", {
-                "annotation_problems": [vars(q) for q in ann.problems], "missing_videos": skipped})
+            write_json(output / "skipped.json", {"annotation_problems": [vars(q) for q in ann.problems],
+                                                 "missing_videos": skipped})
         print(f"warning: skipping {len(ann.problems)} malformed annotation entries and {len(skipped)} "
               f"missing videos (listed in {output / 'skipped.json'})", file=sys.stderr)
     if len(entries) < 2:
-        raise ValueError(f"stage 1 needs at least 2 training videos with files, found {len(entries)}")
+        raise DatasetError(f"{cfg.data.annotations}: stage 1 needs at least 2 training videos with files, "
+                           f"found {len(entries)}")
+    return entries, len(skipped)
 
-    model = build_model(cfg)
-    if p.freeze:
-        frozen = freeze_parameters(model, p.freeze)
-        total_params = sum(q.numel() for q in model.parameters())
-        print(f"stage 1: {frozen:,} of {total_params:,} parameters frozen ({', '.join(p.freeze)})", file=sys.stderr)
-    tokenize = build_tokenizer(cfg)
-    pre = Preprocess(cfg.video.num_frames, model.image_size, model.image_mean, model.image_std)
-    cache = _frame_cache(entries, cfg, model.image_size, main) if cfg.video.cache_frames else None
-    dataset = ContrastiveTrainSet(entries, pre, tokenize, method=cfg.video.train_sampling, seed=cfg.run.seed,
-                                  cache=cache)
-    sampler = EpochShuffleSampler(len(dataset), seed=cfg.run.seed)
-    loader = DataLoader(dataset, batch_size=p.batch_size, sampler=sampler, num_workers=cfg.run.num_workers,
-                        collate_fn=collate_videos, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=False, prefetch_factor=4 if cfg.run.num_workers else None)
+
+def setup(cfg: RetrievalConfig, output: Path, accelerator: Accelerator) -> Stage1:
+    """Data, model (from its parts), optimizer and schedule, prepared by Accelerate."""
+    main = accelerator.is_main_process
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        write_json(output / "config.json", config_to_dict(cfg))
+    entries, skipped = _select_videos(cfg, output, main)
+    model = build_training_mode(cfg, build_video_text_model(cfg))
+    loader, sampler = train_loader(entries, cfg, model, build_tokenizer(cfg), main)
     optimizer = _optimizer(model, cfg)
-    per_epoch = steps_per_epoch(len(dataset), p.batch_size, p.grad_accum, accelerator.num_processes)
-    total = per_epoch * p.epochs  # optimizer steps of this run
+    p = cfg.pretrain
+    total = steps_per_epoch(len(entries), p.batch_size, p.grad_accum, accelerator.num_processes) * p.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, *scheduler_length(total, p.warmup_ratio, accelerator))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    return Stage1(accelerator, model, optimizer, scheduler, loader, sampler, build_loss(cfg), len(entries),
+                  skipped, total)
 
-    start_epoch, skip_batches, global_step = 0, 0, 0
-    if resume:
-        state = load_checkpoint(accelerator, output)
-        if state is None:
-            print(f"--resume: no checkpoint in {output / 'checkpoints'}; starting fresh", file=sys.stderr)
-        else:
-            start_epoch, skip_batches, global_step = state["epoch"], state["batches_done"], state["global_step"]
-    log = JsonlLogger(output / "log.jsonl", enabled=main)
-    failures: list[tuple[str, str]] = []
-    timer = StepTimer()
-    bar = tqdm(total=total, initial=global_step, desc="stage 1", disable=not main, file=sys.stderr)
-    t0 = time.perf_counter()
-    seen = 0
-    stop = False
+
+def _resume(run: Stage1, output: Path) -> tuple[int, int, int]:
+    """``(epoch, batches done in it, global step)`` of the newest checkpoint, or zeros."""
+    state = load_checkpoint(run.accelerator, output)
+    if state is None:
+        print(f"--resume: no checkpoint in {output / 'checkpoints'}; starting fresh", file=sys.stderr)
+        return 0, 0, 0
+    return state["epoch"], state["batches_done"], state["global_step"]
+
+
+def _step(run: Stage1, batch: dict[str, Any], max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward/backward (an optimizer step when accumulation is complete); returns the loss and
+    the temperature the loss used."""
+    acc = run.accelerator
+    with acc.accumulate(run.model):
+        out = run.model(frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"])
+        loss = run.loss_fn(out)
+        acc.backward(loss)
+        if acc.sync_gradients and max_grad_norm > 0:
+            acc.clip_grad_norm_(run.model.parameters(), max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+    return loss, out["logit_scale"].detach()
+
+
+def _log_record(run: Stage1, loss: torch.Tensor, scale: torch.Tensor, step: int, epoch: int, timer: StepTimer,
+                seen: int, t0: float) -> dict[str, Any]:
+    data_s, compute_s = timer.reset()
+    lrs = run.scheduler.get_last_lr()
+    return {"step": step, "epoch": epoch, "loss": loss.item(), "lr_new": lrs[-1], "lr_clip": lrs[0],
+            "logit_scale": float(scale), "data_s": round(data_s, 4), "compute_s": round(compute_s, 4),
+            "videos_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 3)}
+
+
+def _note_failures(run: Stage1, batch: dict[str, Any]) -> None:
+    for _, reason in batch["failures"]:
+        print(f"warning: skipped unreadable video {reason}", file=sys.stderr)
+    run.failures.extend(batch["failures"])
+
+
+def _finish(run: Stage1, cfg: RetrievalConfig, output: Path, step: int, seconds: float) -> Path:
+    """Write the model folder (and failures.json); returns the folder."""
+    acc = run.accelerator
+    acc.wait_for_everyone()
+    model_dir = output / "model"
+    if acc.is_main_process:
+        if run.failures:
+            write_json(output / "failures.json", [{"path": p, "reason": r} for p, r in run.failures])
+            print(f"warning: {len(run.failures)} unreadable videos were skipped (listed in "
+                  f"{output / 'failures.json'})", file=sys.stderr)
+        save_pretrained(acc.unwrap_model(run.model), model_dir, extra={
+            "num_frames": cfg.video.num_frames, "eval_sampling": cfg.video.eval_sampling,
+            "trained_on": {"annotations": cfg.data.annotations, "split": cfg.data.train_split,
+                           "videos": run.videos, "steps": step}})
+        print(f"stage 1 done: {step} steps on {run.videos} videos ({run.skipped} skipped, {len(run.failures)} "
+              f"unreadable) in {seconds:.0f} s; model in {model_dir}", file=sys.stderr)
+    acc.wait_for_everyone()
+    return model_dir
+
+
+def train(cfg: RetrievalConfig, output: Path, resume: bool = False) -> Path:
+    """Run stage 1 and write ``output/model``; returns that folder."""
+    output, p = Path(output), cfg.pretrain
+    acc = make_accelerator(cfg.run.mixed_precision, p.grad_accum, cfg.run.device, cfg.run.seed)
+    run = setup(cfg, output, acc)
+    start_epoch, skip, step = _resume(run, output) if resume else (0, 0, 0)
+    log, timer, t0, seen = JsonlLogger(output / "log.jsonl", enabled=acc.is_main_process), StepTimer(), time.perf_counter(), 0
+    bar = tqdm(total=run.total_steps, initial=step, desc="stage 1", disable=not acc.is_main_process, file=sys.stderr)
     for epoch in range(start_epoch, p.epochs):
-        sampler.use_epoch(epoch)
-        model.train()
-        batches = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
-        batches_done = skip_batches
-        skip_batches = 0
+        run.sampler.use_epoch(epoch)
+        run.model.train()
+        batches_done, batches = skip, acc.skip_first_batches(run.loader, skip) if skip else run.loader
+        skip = 0
         timer.reset()
         for batch in batches:
             timer.data_ready()
             batches_done += 1
-            if batch["failures"]:
-                failures.extend(batch["failures"])
-                for path, reason in batch["failures"]:
-                    print(f"warning: skipped unreadable video {reason}", file=sys.stderr)
-            if not _enough_to_contrast(accelerator, batch["frames"].shape[0]):
+            _note_failures(run, batch)
+            if not _enough_to_contrast(acc, batch["frames"].shape[0]):
                 continue
-            with accelerator.accumulate(model):
-                out = model(frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"])
-                loss = info_nce(out["video"], out["text"], out["logit_scale"])
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and p.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), p.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+            loss, scale = _step(run, batch, p.max_grad_norm)
             seen += batch["frames"].shape[0]
             timer.step_done()
-            if not accelerator.sync_gradients:
+            if not acc.sync_gradients:
                 continue
-            global_step += 1
+            step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
-            if global_step % cfg.run.log_every == 0 or global_step == 1:
-                data_s, compute_s = timer.reset()
-                elapsed = time.perf_counter() - t0
-                log.log(step=global_step, epoch=epoch, loss=loss.item(),
-                        lr_new=scheduler.get_last_lr()[-1], lr_clip=scheduler.get_last_lr()[0],
-                        logit_scale=float(out["logit_scale"].detach()), data_s=round(data_s, 4),
-                        compute_s=round(compute_s, 4), videos_per_s=round(seen / max(elapsed, 1e-9), 3))
-            if p.save_every > 0 and global_step % p.save_every == 0:
-                save_checkpoint(accelerator, output, global_step, {"epoch": epoch, "batches_done": batches_done})
-            if max_steps is not None and global_step >= max_steps:
-                stop = True
-                break
-        if stop:
-            break
+            if step % cfg.run.log_every == 0 or step == 1:
+                log.log(**_log_record(run, loss, scale, step, epoch, timer, seen, t0))
+            if p.save_every > 0 and step % p.save_every == 0:
+                save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done})
     bar.close()
-    if failures and main:
-        atomic_write_json(output / "failures.json", [{"path": pth, "reason": r} for pth, r in failures])
-        print(f"warning: {len(failures)} unreadable videos were skipped (listed in {output / 'failures.json'})",
-              file=sys.stderr)
-    if stop:
-        save_checkpoint(accelerator, output, global_step, {"epoch": epoch, "batches_done": batches_done})
-        return output / "checkpoints"
-    accelerator.wait_for_everyone()
-    model_dir = output / "model"
-    if main:
-        save_pretrained(accelerator.unwrap_model(model), model_dir, extra={
-            "num_frames": cfg.video.num_frames, "eval_sampling": cfg.video.eval_sampling,
-            "trained_on": {"annotations": cfg.data.annotations, "split": cfg.data.train_split,
-                           "videos": len(entries), "steps": global_step},
-        })
-        summary = {"steps": global_step, "videos": len(entries), "skipped": len(skipped),
-                   "unreadable": len(failures), "seconds": round(time.perf_counter() - t0, 1),
-                   "model": str(model_dir)}
-        print(f"stage 1 done: {json.dumps(summary)}", file=sys.stderr)
-    accelerator.wait_for_everyone()
-    return model_dir
+    return _finish(run, cfg, output, step, time.perf_counter() - t0)

@@ -49,22 +49,11 @@ from typing import Any
 
 import numpy as np
 
+from retrieval_pretrain.errors import VideoReadError
+
 METHODS = ("uniform", "fps", "tsn")
 MIN_VIDEO_FRAMES = 2  # fewer is a still image, rejected (see the module docstring)
 _REENCODE = "re-encode to H.264, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
-
-
-class VideoReadError(Exception):
-    """The one error type for any video that cannot be read. Message: ``f"{path}: {reason}"``."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # keeps the two-argument form when pickled across DataLoader worker processes
-        return (type(self), (self.path, self.reason))
 
 
 @dataclass

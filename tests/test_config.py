@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from caption.config import Config, load
+from caption.demo import CONFIG_PATH
 from retrieval_pretrain.config import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_every_preset_loads_and_starts_with_its_command():
-    presets = sorted(CONFIGS.glob("*.yaml"))
+    presets = sorted(CONFIGS.glob("*.yaml")) + [CONFIG_PATH]
     assert len(presets) >= 3
     for path in presets:
         cfg = load(path)
@@ -48,6 +49,11 @@ def test_overrides_are_typed_and_dotted(tmp_path):
     ("video.num_frames=eight", "video.num_frames: expected an integer"),
     ("pretrain.allow_eval_overlap=1", "expected true/false"),
     ("video.num_frames", "not of the form key=value"),
+    ("run.device=tpu", "run.device: 'tpu' is not one of auto, cpu, cuda"),
+    ("pretrain.head=seqLSTMM", "pretrain.head: 'seqLSTMM' is not one of meanP, seqTransf"),
+    ("data.format=coco", "data.format: 'coco' is not one of msrvtt, msrvtt-clip4clip, msvd, vatex, jsonl, hf"),
+    ("caption.select_by=bleu", "caption.select_by: 'bleu' is not one of CIDEr, loss, last"),
+    ("pretrain.loss=triplet", "pretrain.loss: 'triplet' is not one of infonce"),
 ])
 def test_bad_overrides_are_errors(override, message):
     with pytest.raises(ConfigError, match=message):

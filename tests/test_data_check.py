@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from retrieval_pretrain.config import DataConfig
-from retrieval_pretrain.data_check import check_dataset, main
+from retrieval_pretrain.annotations import AnnotationError
+from retrieval_pretrain.data_check import check_dataset, report_text
 
 
 def decord_probe(path: Path) -> None:
@@ -24,15 +25,19 @@ def decord_probe(path: Path) -> None:
     vr[0]
 
 
-def test_msrvtt_all_videos_missing(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+def run_check(data: DataConfig, probe: bool, probe_fn=None) -> tuple[dict, str]:
+    """The summary (through JSON, as `vcap data check` prints it) and the report for a person."""
+    summary = check_dataset(data, probe=probe, probe_fn=probe_fn, progress=False)
+    return json.loads(json.dumps(summary)), report_text(summary)
+
+
+def test_msrvtt_all_videos_missing(shared_data: Path, tmp_path: Path):
     empty = tmp_path / "videos"
     empty.mkdir()
     data = DataConfig(format="msrvtt", videos=str(empty),
                       annotations=str(shared_data / "annotations/msrvtt/msrvtt_val_test_videodatainfo.json"))
-    code = main(data, probe=False)
-    out, err = capsys.readouterr()
-    s = json.loads(out.strip().splitlines()[-1])
-    assert code == 1 and s["ok"] is False
+    s, err = run_check(data, probe=False)
+    assert s["ok"] is False
     assert s["splits"]["val"]["videos"] == 497 and s["splits"]["test"]["videos"] == 2990
     assert s["splits"]["val"]["captions"] == 9940 and s["splits"]["test"]["captions"] == 59800
     assert s["total"] == {"videos": 3487, "captions": 69740}
@@ -47,12 +52,10 @@ def test_msrvtt_all_videos_missing(shared_data: Path, tmp_path: Path, capsys: py
     assert "missing video files: 3487 of 3487" in err and "NOT OK" in err
 
 
-def test_unreadable_annotation_file_exits_1_with_json(tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_unreadable_annotation_file_is_an_error_naming_it(tmp_path: Path):
     missing = tmp_path / "none.jsonl"
-    assert main(DataConfig(format="jsonl", annotations=str(missing)), probe=False) == 1
-    out, err = capsys.readouterr()
-    s = json.loads(out.strip().splitlines()[-1])
-    assert s["ok"] is False and str(missing) in s["error"] and str(missing) in err
+    with pytest.raises(AnnotationError, match=str(missing)):
+        check_dataset(DataConfig(format="jsonl", annotations=str(missing)), probe=False)
 
 
 def make_dataset(root: Path, shared_data: Path, bad: bool) -> DataConfig:
@@ -72,12 +75,10 @@ def make_dataset(root: Path, shared_data: Path, bad: bool) -> DataConfig:
     return DataConfig(format="jsonl", annotations=str(ann), videos=str(videos))
 
 
-def test_probe_lists_unreadable_video(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_probe_lists_unreadable_video(shared_data: Path, tmp_path: Path):
     data = make_dataset(tmp_path, shared_data, bad=True)
-    code = main(data, probe=True, probe_fn=decord_probe)
-    out, err = capsys.readouterr()
-    s = json.loads(out.strip().splitlines()[-1])
-    assert code == 1 and s["ok"] is False
+    s, err = run_check(data, probe=True, probe_fn=decord_probe)
+    assert s["ok"] is False
     assert s["missing_videos"]["count"] == 0
     u = s["unreadable_videos"]
     assert (u["count"], u["probed"]) == (1, 3)
@@ -91,11 +92,10 @@ def test_probe_lists_unreadable_video(shared_data: Path, tmp_path: Path, capsys:
     assert "unreadable video files: 1 of 3 probed" in err
 
 
-def test_all_good_dataset_exits_0(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_all_good_dataset_is_ok(shared_data: Path, tmp_path: Path):
     data = make_dataset(tmp_path, shared_data, bad=False)
-    assert main(data, probe=True, probe_fn=decord_probe) == 0
-    out, _ = capsys.readouterr()
-    s = json.loads(out.strip().splitlines()[-1])
+    s, report = run_check(data, probe=True, probe_fn=decord_probe)
+    assert report.endswith("\nOK")
     assert s["ok"] is True and s["unreadable_videos"] == {"count": 0, "probed": 2, "items": []}
     # without probing, the same dataset is summarised the same way
     s2 = check_dataset(data, probe=False, progress=False)
@@ -103,12 +103,7 @@ def test_all_good_dataset_exits_0(shared_data: Path, tmp_path: Path, capsys: pyt
 
 
 def test_default_probe_is_the_video_module(shared_data: Path, tmp_path: Path):
-    """``probe_fn=None`` uses ``retrieval_pretrain.video.probe_video`` (skipped until it exists)."""
-    pytest.importorskip("retrieval_pretrain.video", reason="retrieval_pretrain/video.py not written yet")
-    from retrieval_pretrain import video
-
-    if not hasattr(video, "probe_video"):
-        pytest.skip("retrieval_pretrain.video has no probe_video yet")
+    """``probe_fn=None`` uses ``retrieval_pretrain.video.probe_video``."""
     data = make_dataset(tmp_path, shared_data, bad=True)
     s = check_dataset(data, probe=True, progress=False)
     assert s["unreadable_videos"]["count"] == 1 and s["ok"] is False

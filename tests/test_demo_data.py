@@ -13,8 +13,8 @@ import decord
 import numpy as np
 import pytest
 
-from caption import demo_data as dd
-from caption import demo_render
+from caption.demo import data as dd
+from caption.demo import render as demo_render
 
 SMALL = dd.DemoSpec(num_train=24, num_val=4, num_test=20, seed=3)  # real frame count and size
 TINY = dd.DemoSpec(num_train=6, num_val=2, num_test=6, frames=6, size=64, seed=5)

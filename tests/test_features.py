@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from retrieval_pretrain.errors import FeatureStoreError
 from retrieval_pretrain.features import FeatureMismatchError, FeatureStore, feature_key
 
 
@@ -23,8 +24,8 @@ def test_round_trip_fp16_mmap(tmp_path):
     got = store.load("videos/x1")
     assert isinstance(got, np.memmap) and got.dtype == np.float16 and got.shape == (4, 3)
     np.testing.assert_allclose(got, x.astype(np.float16))
-    assert not list(store.dir.glob(".tmp-*"))
-    with pytest.raises(KeyError, match="no features for video 'missing'"):
+    assert [p.name for p in store.dir.iterdir()] == [f"{feature_key('videos/x1')}.npy"]  # no temporary left
+    with pytest.raises(FeatureStoreError, match="no features for video 'missing'"):
         store.load("missing")
 
 
@@ -39,7 +40,7 @@ def test_interrupted_write_leaves_nothing_that_looks_complete(tmp_path, monkeypa
     store = FeatureStore(tmp_path)
     store.init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})
 
-    def save_half_then_die(f, arr):  # the process is interrupted half-way through the file
+    def save_half_then_die(f, arr, **kwargs):  # the process is interrupted half-way through the file
         f.write(b"\x93NUMPY half a header")
         raise KeyboardInterrupt
 
@@ -54,7 +55,7 @@ def test_stale_temporaries_of_a_killed_run_are_cleared(tmp_path):
     store = FeatureStore(tmp_path)
     store.init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})
     store.write("done", np.ones((4, 3), np.float32))
-    (store.dir / ".tmp-k1ll3d.npy").write_bytes(b"\x93NUMPY partial")
+    (store.dir / ".k1ll3d.npy.tmp-x8y2").write_bytes(b"\x93NUMPY partial")  # atomic.write_file's temporary
     FeatureStore(tmp_path).init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})
     assert sorted(p.name for p in store.dir.iterdir()) == ["done.npy"]
     assert store.has("done") and not store.has("k1ll3d")

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from caption import demo_data
+from caption.demo import data as demo_data
 from caption.config import load
+from caption.demo import CONFIG_PATH
 from retrieval_pretrain.data import ContrastiveTrainSet, FrameCache, Preprocess, collate_videos
 from retrieval_pretrain.video import read_frames
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_demo.yaml"
+CONFIG = CONFIG_PATH  # the demo's config, shipped in the package
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 

@@ -18,9 +18,9 @@ import pytest
 
 from caption import metrics as M
 from caption.cli import main as cli_main
+from caption.caption_files import load_predictions, load_references
+from retrieval_pretrain.errors import DatasetError
 from caption.metrics import (
-    load_predictions,
-    load_references,
     meteor_session,
     per_caption_cider,
     ptb_tokenize_approx,
@@ -186,7 +186,7 @@ def test_loaders_name_bad_files(tmp_path):
     (tmp_path / "nocap.json").write_text(json.dumps({"annotations": [{"video_id": "a"}]}))
     with pytest.raises(ValueError, match="caption"):
         load_references(tmp_path / "nocap.json")
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    with pytest.raises(DatasetError, match="file not found: .*nope.json"):
         load_references(tmp_path / "nope.json")
 
 

@@ -24,19 +24,14 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from retrieval_pretrain.config import ClipConfig, PretrainConfig, RetrievalConfig, VideoConfig
-from retrieval_pretrain.hub import (
-    ModelFolderError,
-    WeightsUnavailableError,
-    build_clip,
-    build_model,
-    build_tokenizer,
-    build_tokenizer_from_info,
-    from_pretrained,
-    model_fingerprint,
-    save_pretrained,
-)
+from retrieval_pretrain.backbones import build_clip
+from retrieval_pretrain.clip_tokenizer import build_tokenizer
+from retrieval_pretrain.clip_tokenizer import tokenizer_from_info as build_tokenizer_from_info
+from retrieval_pretrain.errors import ModelFolderError, WeightsUnavailableError
 from retrieval_pretrain.loss import info_nce
-from retrieval_pretrain.model import param_groups
+from retrieval_pretrain.model_folder import from_pretrained, model_fingerprint, save_pretrained
+from retrieval_pretrain.parts import build_video_text_model as build_model
+from retrieval_pretrain.parts import param_groups
 from retrieval_pretrain.transforms import preprocess_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +158,7 @@ def test_head_input_norm_makes_the_head_blind_to_feature_scale_not_to_order():
     assert (big - plain.pool(plain.head(feats[:, perm] * 80.0), None)).abs().max() < \
         0.1 * (pooled[0] - reordered[0]).abs().max()
     with pytest.raises(ValueError, match="seqTransf head only"):
-        from retrieval_pretrain.model import TemporalHead
+        from retrieval_pretrain.heads import TemporalHead
         TemporalHead(64, "meanP", input_norm=True)
 
 
@@ -291,7 +286,7 @@ def test_pretrained_tag_offline_raises_weights_unavailable(tmp_path):
     process (huggingface_hub reads HF_HUB_OFFLINE at import)."""
     code = (
         "from retrieval_pretrain.config import ClipConfig\n"
-        "from retrieval_pretrain.hub import build_clip, WeightsUnavailableError\n"
+        "from retrieval_pretrain.backbones import build_clip\nfrom retrieval_pretrain.errors import WeightsUnavailableError\n"
         "try:\n"
         "    build_clip(ClipConfig(model='ViT-B-32', pretrained='openai'))\n"
         "except WeightsUnavailableError as e:\n"

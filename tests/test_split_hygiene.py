@@ -14,7 +14,7 @@ import pytest
 from caption.config import Config
 from retrieval_pretrain.annotations import load_annotations, msrvtt_official_split
 from retrieval_pretrain.config import DataConfig
-from retrieval_pretrain.train import SplitOverlapError, training_entries
+from retrieval_pretrain.training_set import SplitOverlapError, training_entries
 
 
 @pytest.mark.parametrize("video_id, split", [

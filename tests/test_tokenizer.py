@@ -11,6 +11,7 @@ import sentencepiece as spm
 import torch
 
 from caption.tokenizer import CaptionTokenizer, normalize_caption
+from retrieval_pretrain.errors import ModelFolderError
 
 CAPTIONS = [
     "A man is cooking in the kitchen.", "a woman is singing a song!", "Two dogs play in the park",
@@ -105,7 +106,7 @@ def test_atomic_write_and_load_errors(tmp_path):
     CaptionTokenizer.train(CAPTIONS[:4], 40, path)  # replaced in one rename
     assert path.read_bytes() != before and sorted(os.listdir(path.parent)) == [CaptionTokenizer.FILENAME]
     assert CaptionTokenizer.load(path).vocab_size <= 40
-    with pytest.raises(FileNotFoundError, match="missing.model"):
+    with pytest.raises(ModelFolderError, match="missing.model"):
         CaptionTokenizer.load(tmp_path / "missing.model")
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="junk.model"):

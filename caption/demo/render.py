@@ -9,8 +9,6 @@ likewise, so a single frame cannot tell them apart.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -18,7 +16,8 @@ from typing import Iterable
 
 import numpy as np
 
-from caption.demo_captions import MOTIONS
+from caption.demo.captions import MOTIONS
+from retrieval_pretrain.atomic import write_file
 
 # Saturated, well separated hues (RGB), jittered a little per clip.
 _RGB = {"red": (225, 30, 30), "orange": (250, 135, 0), "yellow": (245, 225, 25), "green": (30, 180, 50),
@@ -190,12 +189,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18) -> 
     name in the same folder, then a rename."""
     import av
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w", format="mp4") as container:
+    def encode(tmp: Path) -> None:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
@@ -210,7 +205,5 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18) -> 
                 frame.time_base = Fraction(1, fps)
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_file(path, encode)

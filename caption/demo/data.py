@@ -6,7 +6,7 @@ yuv420p) and described by several paraphrased captions. ``vcap demo`` trains a t
 contrastive retrieval and then a captioner, and scores the generated captions by whether they name
 the right colour, shape and motion (``caption_attributes``, ``attribute_accuracy``).
 
-The visual signal is made clean and learnable at 64 px (rendering: ``caption.demo_render``): big
+The visual signal is made clean and learnable at 64 px (rendering: ``caption.demo.render``): big
 objects (a third to a half of the frame side), saturated, well separated hues on low-saturation
 backgrounds, five shapes that stay distinct when small, and large motions. Direction is visible
 only from frame order (a ``left`` clip is a ``right`` clip played backwards), so a single frame
@@ -37,8 +37,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from retrieval_pretrain.runtime import atomic_write_text
-from caption.demo_render import (  # noqa: F401  (re-exported: the demo's rendering)
+from retrieval_pretrain.atomic import write_file
+from caption.demo.render import (  # noqa: F401  (re-exported: the demo's rendering)
     BACKGROUNDS,
     BACKGROUNDS_NAMES,
     Trajectory,
@@ -49,7 +49,7 @@ from caption.demo_render import (  # noqa: F401  (re-exported: the demo's render
     sample_trajectory,
     write_mp4,
 )
-from caption.demo_captions import (  # noqa: F401  (re-exported: the demo's public vocabulary)
+from caption.demo.captions import (  # noqa: F401  (re-exported: the demo's public vocabulary)
     MAX_CAPTION_WORDS,
     ATTRIBUTE_KEYS,
     COLOURS,
@@ -281,9 +281,9 @@ def generate_dataset(folder: str | Path, spec: DemoSpec | None = None, progress:
 
     lines = [json.dumps({"video": r.clip.video, "captions": r.captions, "split": r.clip.split,
                          "attributes": r.attributes()}) for r in records]
-    atomic_write_text(annotations, "\n".join(lines) + "\n")
+    write_file(annotations, "\n".join(lines) + "\n")
     table = {r.clip.video_id: r.attributes() for r in records}
-    atomic_write_text(folder / ATTRIBUTES, json.dumps(table, indent=1) + "\n")
+    write_file(folder / ATTRIBUTES, json.dumps(table, indent=1) + "\n")
 
     keep = {Path(r.clip.video).name for r in records}
     pattern = re.compile(r"^[a-z]+_[a-z]+_[a-z]+_\d{4}\.mp4$|^\..*\.tmp$")
@@ -294,7 +294,7 @@ def generate_dataset(folder: str | Path, spec: DemoSpec | None = None, progress:
     counts = {s: sum(r.clip.split == s for r in records) for s in ("train", "val", "test")}
     manifest = {"hash": spec_hash(spec), "version": GENERATOR_VERSION, "spec": asdict(spec), "splits": counts,
                 "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS], "videos": [r.clip.video for r in records]}
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    write_file(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return annotations
 
 

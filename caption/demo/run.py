@@ -1,6 +1,6 @@
 """``vcap demo``: the toolkit's real job, end to end, on a CPU in minutes.
 
-Generates the procedural video-caption dataset (``caption.demo_data``), then runs every stage as a
+Generates the procedural video-caption dataset (``caption.demo.data``), then runs every stage as a
 user would: stage 1 (a tiny CLIP trained from scratch by contrastive retrieval, ``seqTransf`` head),
 retrieval evaluation, feature extraction, stage 2 (1-layer encoder + 3-layer decoder), caption
 evaluation on the test split, and attribute accuracy: the share of generated captions that name the
@@ -17,63 +17,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from caption import demo_data
-from caption.config import Config
-from retrieval_pretrain.config import load_config
+from caption.config import Config, load
+from caption.demo import data as demo_data
+from retrieval_pretrain.atomic import write_file, write_json
 
-# The demo's configuration, one-to-one with configs/tiny_demo.yaml (a test keeps the two equal).
-DEMO_CONFIG: dict[str, Any] = {
-    "data": {"format": "jsonl"},
-    # Stage 1 samples its training frames from the clips decoded once into memory (215 MB): the
-    # decoder no longer competes with training for the 2 cores (0.27 vs 0.30 s per step).
-    "video": {"num_frames": 4, "train_sampling": "tsn", "eval_sampling": "uniform", "cache_frames": 16},
-    "clip": {
-        "model": "tiny-resnet",
-        "pretrained": None,
-        "custom": {
-            "embed_dim": 128,
-            # open_clip's ModifiedResNet (a list of layers): learns shapes from scratch far faster
-            # than a ViT of the same cost (BENCHMARKS.md, "the tiny demo model").
-            "vision_cfg": {"layers": [1, 1, 1, 1], "width": 16, "head_width": 32, "image_size": 64},
-            # One text layer: short template captions need no depth, and the shallower tower learns
-            # faster (test t2v R@1 0.62 vs 0.48 with 3 layers after 600 equal steps; BENCHMARKS.md).
-            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 1},
-        },
-    },
-    "pretrain": {"head": "seqTransf", "head_layers": 2, "head_input_norm": True, "max_words": 16,
-                 "batch_size": 32, "epochs": 40, "lr": 1e-3, "clip_lr": 1e-3, "weight_decay": 0.05,
-                 "warmup_ratio": 0.05, "save_every": 0, "eval_batch_size": 32,
-                 # The from-scratch token embedding stays at its random init: trained, its 49,408 rows
-                 # (a few hundred of them used) made learning far slower (test R@1 0.60 vs 0.82 and motion
-                 # of the nearest canonical caption 0.49 vs 0.98 after 800 steps; BENCHMARKS.md).
-                 "freeze": ["clip.token_embedding"]},
-    "caption": {"hidden_size": 128, "num_heads": 4, "ffn_size": 256, "encoder_layers": 1, "decoder_layers": 3,
-                "dropout": 0.1, "max_frames": 16, "max_length": 40, "vocab_size": 400, "batch_size": 64,
-                "epochs": 10, "lr": 3e-3, "warmup_ratio": 0.05, "label_smoothing": 0.1, "val_max_videos": 0,
-                # val loss, not val CIDEr: 42 val videos make CIDEr jump 0.2 between epochs (BENCHMARKS.md)
-                "select_by": "loss", "save_every": 0, "eval_batch_size": 64},
-    "decode": {"num_beams": 5, "max_new_tokens": 38, "batch_size": 64},
-    "run": {"num_workers": 2, "log_every": 10, "mixed_precision": "no", "device": "cpu"},
-}
+# The demo's configuration: the YAML shipped beside this module (package data), the one source.
+CONFIG_PATH = Path(__file__).resolve().with_name("tiny_demo.yaml")
 
 # --quick: the same model on the smaller data set (quick_spec), shorter training; every stage runs.
 QUICK_OVERRIDES = ["pretrain.epochs=22", "caption.epochs=8"]
 
 
 def demo_config(data_dir: Path, quick: bool = False, seed: int = 0) -> Config:
-    """The demo's config pointed at a generated dataset in ``data_dir``."""
+    """The demo's config (``CONFIG_PATH``) pointed at a generated dataset in ``data_dir``."""
     overrides = [f"data.annotations={data_dir / 'annotations.jsonl'}", f"data.videos={data_dir}",
                  f"run.seed={seed}"] + (QUICK_OVERRIDES if quick else [])
-    tmp = _to_yaml_file(DEMO_CONFIG, data_dir / ".demo_config.yaml")
-    return load_config(Config, tmp, overrides)
-
-
-def _to_yaml_file(raw: dict[str, Any], path: Path) -> Path:
-    import yaml
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return load(CONFIG_PATH, overrides)
 
 
 def _stage(name: str) -> float:
@@ -82,7 +41,9 @@ def _stage(name: str) -> float:
 
 
 def run_demo(output: Path, quick: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Run the whole pipeline in ``output``; prints examples, returns (and prints last) the metrics."""
+    """Run the whole pipeline in ``output``; returns the metrics (also in
+    ``output/metrics.json``; the CLI prints them as the last line) - and a few generated captions
+    beside references in ``output/examples.txt``."""
     from caption.evaluate import evaluate
     from caption.train import train as train_captioner
     from retrieval_pretrain.evaluate import evaluate_retrieval
@@ -128,11 +89,21 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0) -> dict[str, Any]
 
     predictions = json.loads((output / "eval_caption" / "predictions.json").read_text())
     attributes = demo_data.load_attributes(data_dir)
-    accuracy = demo_data.attribute_accuracy(predictions, attributes)
-    _print_examples(predictions, cfg, attributes)
+    metrics = _summary(retrieval, scores, demo_data.attribute_accuracy(predictions, attributes), timings,
+                       time.perf_counter() - t_start) | {"quick": quick, "seed": seed}
+    if not all(math.isfinite(v) for part in ("retrieval", "caption") for v in metrics[part].values()):
+        print("warning: some metrics are not finite", file=sys.stderr)
+    write_json(output / "metrics.json", metrics)
+    write_file(output / "examples.txt", examples_text(predictions, cfg, attributes) + "\n")
+    print(f"\nDemo finished in {metrics['seconds']['total']:.0f} s; everything is in {output}/", file=sys.stderr)
+    return metrics
 
+
+def _summary(retrieval: dict[str, Any], scores: dict[str, Any], accuracy: dict[str, Any],
+             timings: dict[str, float], total: float) -> dict[str, Any]:
+    """The demo's metrics: retrieval, caption scores, attribute accuracy, and chance levels."""
     n_test = retrieval["videos"]
-    metrics = {
+    return {
         "retrieval": {k: retrieval[k] for k in ("t2v_R@1", "t2v_R@5", "v2t_R@1", "v2t_R@5", "dsl_t2v_R@1")},
         "caption": {k: scores[k] for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr") if k in scores},
         "attributes": accuracy,
@@ -140,26 +111,18 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0) -> dict[str, Any]
                    "colour": round(1 / len(demo_data.COLOURS), 4), "shape": round(1 / len(demo_data.SHAPES), 4),
                    "motion": round(1 / len(demo_data.MOTIONS), 4)},
         "test_videos": n_test,
-        "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - t_start, 1)},
-        "quick": quick,
-        "seed": seed,
+        "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(total, 1)},
     }
-    if not all(math.isfinite(v) for part in ("retrieval", "caption") for v in metrics[part].values()):
-        print("warning: some metrics are not finite", file=sys.stderr)
-    from retrieval_pretrain.runtime import atomic_write_json
-
-    atomic_write_json(output / "metrics.json", metrics)
-    print(f"\nDemo finished in {metrics['seconds']['total']:.0f} s; everything is in {output}/", file=sys.stderr)
-    print(json.dumps(metrics))
-    return metrics
 
 
-def _print_examples(predictions: dict[str, str], cfg: Config, attributes: dict[str, dict[str, str]], n: int = 8) -> None:
+def examples_text(predictions: dict[str, str], cfg: Config, attributes: dict[str, dict[str, str]], n: int = 8) -> str:
+    """A few test videos: the generated caption beside a reference."""
     from retrieval_pretrain.annotations import load_annotations
 
     entries = {e.video_id: e for e in load_annotations(cfg.data).split("test")}
-    print("\nSome test videos (generated caption | a reference):")
+    lines = ["Some test videos (generated caption | a reference):"]
     for vid in sorted(predictions)[:n]:
         ref = entries[vid].captions[0] if vid in entries else "?"
         held = " [held-out pair]" if demo_data.is_held_out(attributes.get(vid, {})) else ""
-        print(f"  {Path(vid).name}{held}\n    generated: {predictions[vid]}\n    reference: {ref}")
+        lines += [f"  {Path(vid).name}{held}", f"    generated: {predictions[vid]}", f"    reference: {ref}"]
+    return "\n".join(lines)

@@ -1,0 +1,12 @@
+"""Stage 2 (caption training, metrics, the end-to-end pipeline), the ``vcap`` command line and the
+demo; built on ``retrieval_pretrain`` (stage 1 and the foundation) and ``decoders`` (the caption
+model)."""
+
+import decoders as _decoders
+
+if getattr(_decoders, "DISTRIBUTION", None) != "vcap-toolkit":
+    raise ImportError(
+        f"'import decoders' found {getattr(_decoders, '__file__', None) or 'another package'}, not vcap-toolkit's "
+        "decoders package: PyPI's unrelated 'decoders' project is installed in this environment and shadows it. "
+        "Uninstall it (pip uninstall decoders) and reinstall vcap-toolkit, or use a separate virtual environment."
+    )

@@ -1,0 +1,151 @@
+"""The ``vcap`` argument parser: one ``_add_*`` function per subcommand (what it takes and what its
+``--help`` says). ``caption.cli`` runs the commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from retrieval_pretrain.errors import EXIT_CODES
+
+EPILOG_OVERRIDES = (
+    "Overrides: any config field as a dotted key, e.g. video.num_frames=8 pretrain.lr=1e-4 "
+    "run.mixed_precision=bf16 data.split_files.test=test.csv. Unknown keys are errors."
+)
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, metavar="FILE.yaml", help="the run's YAML config")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys)")
+
+
+def _command(sub: argparse._SubParsersAction, name: str, help: str, description: str,
+             config: bool = True) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description, epilog=EPILOG_OVERRIDES if config else None)
+    if config:
+        _add_config(p)
+    return p
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="dataset utilities ('vcap data check')")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    check = _command(data_sub, "check", "count videos/captions per split, find missing (and with --probe "
+                     "unreadable) videos",
+                     "Summarise a dataset: per split videos, captions, captions per video, caption length; "
+                     "annotation entries that were malformed or whose video file is missing; with --probe, every "
+                     "video is opened and unreadable ones are listed with the reason. Exit 0 when all is well, 1 "
+                     "otherwise; the summary JSON is the last line of stdout.")
+    check.add_argument("--probe", action="store_true", help="open every video file (slow)")
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "pretrain", "stage 1: train the CLIP video-text model by contrastive retrieval",
+                 "Stage 1 (CLIP4Clip recipe): fine-tune CLIP into a video-text model on the dataset's training "
+                 "split. Writes RUN/log.jsonl, RUN/checkpoints/ and the final model folder RUN/model (config.json "
+                 "+ model.safetensors). Runs under 'accelerate launch' for several GPUs.")
+    p.add_argument("--output", required=True, metavar="RUN", help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN")
+
+
+def _add_eval_retrieval(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "eval-retrieval", "text-to-video and video-to-text R@1/5/10, median and mean rank",
+                 "Embed a split's videos and captions once and report retrieval metrics; with --dsl also after "
+                 "dual-softmax re-weighting (CLIP2TV). Writes OUT/metrics.json.")
+    p.add_argument("--model", required=True, metavar="RUN/model", help="stage-1 model folder")
+    p.add_argument("--split", default=None, help="split to evaluate (default: data.test_split)")
+    p.add_argument("--dsl", action="store_true", help="also report dual-softmax re-weighted results")
+    p.add_argument("--output", default=None, metavar="OUT", help="folder for metrics.json (default: next to the model)")
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "extract", "encode every video once into per-frame features (fp16 cache)",
+                 "Run the stage-1 video tower over every video of the dataset (or one split) and store per-frame "
+                 "features [frames, dim] as fp16 .npy files (memory-mappable). Resumable: a rerun skips finished "
+                 "videos. Unreadable videos are listed in FEATS/failures.json (exit 1). The report JSON is the "
+                 "last line of stdout.")
+    p.add_argument("--model", required=True, metavar="RUN/model", help="stage-1 model folder")
+    p.add_argument("--output", required=True, metavar="FEATS", help="feature folder")
+    p.add_argument("--split", action="append", default=None, help="only this split (repeatable)")
+    p.add_argument("--batch-size", type=int, default=8, help="videos per forward pass")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "train", "stage 2: train the caption model on cached features",
+                 "Stage 2: train the 1-layer encoder + 3-layer decoder caption model with teacher forcing via "
+                 "Accelerate; validation loss and CIDEr each epoch; the best epoch (by val CIDEr, or val loss / "
+                 "the last epoch with caption.select_by=loss|last) is written to RUN2/model (with its tokenizer "
+                 "and the stage-1 video tower it needs).")
+    p.add_argument("--features", required=True, metavar="FEATS", help="folder written by 'vcap extract'")
+    p.add_argument("--output", required=True, metavar="RUN2", help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN2")
+    p.add_argument("--init-from", default=None, metavar="DIR", help="fine-tune this caption model (keeps its tokenizer)")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "evaluate", "caption a split and score BLEU/METEOR/ROUGE-L/CIDEr",
+                 "Caption every video of a split (from cached features, or from the video files when --features "
+                 "is not given) and score with pycocoevalcap. Writes OUT/predictions.json and OUT/metrics.json.")
+    p.add_argument("--model", required=True, metavar="RUN2/model", help="caption model folder")
+    p.add_argument("--features", default=None, metavar="FEATS", help="feature folder (else decode videos)")
+    p.add_argument("--split", default=None, help="split (default: data.test_split)")
+    p.add_argument("--output", default=None, metavar="OUT", help="output folder (default: next to the model)")
+
+
+def _add_caption(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "caption", "caption video files",
+                 "Caption video files (or every video in a folder) with a caption model folder; the folder holds "
+                 "everything needed (tokenizer, stage-1 video tower). A video that cannot be read is named on "
+                 "stderr and the exit code is 1; the others are still captioned.", config=False)
+    p.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER")
+    p.add_argument("--model", required=True, metavar="RUN2/model", help="caption model folder")
+    p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's; 1 = greedy)")
+    p.add_argument("--batch-size", type=int, default=8, help="videos per batch")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object {"captions": {video: caption}, "failed": {video: reason}} '
+                        "as the last line (default: one 'video<TAB>caption' line per video)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "score", "score a predictions file against references (BLEU/METEOR/ROUGE-L/CIDEr)",
+                 "Score captions with pycocoevalcap. predictions: {id: caption} or a COCO results list "
+                 "[{image_id|video_id, caption}]; references: {id: [captions]} or COCO-style {annotations: "
+                 "[{image_id|video_id, caption}]}.", config=False)
+    p.add_argument("--predictions", required=True, metavar="P.json")
+    p.add_argument("--references", required=True, metavar="R.json")
+    p.add_argument("--tokenize", choices=["ptb", "none"], default="ptb",
+                   help="ptb: pycocoevalcap's PTB tokenizer, as the papers (default); none: whitespace split")
+    p.add_argument("--output", default=None, metavar="OUT", help="folder for metrics.json")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "demo", "the whole two-stage pipeline on built-in generated videos, on a CPU",
+                 "Generate a procedural video-caption dataset (real H.264 mp4 files), train a tiny CLIP video-text "
+                 "model by retrieval, extract features, train the caption model, evaluate on the test split and "
+                 "print captions beside references and the metrics JSON last (retrieval R@1/R@5, BLEU-4, METEOR, "
+                 "ROUGE-L, CIDEr, and how often the captions name the right colour, shape and motion). About 9 "
+                 "minutes on 2 CPU cores; --quick runs every stage on less data in under 3.", config=False)
+    p.add_argument("--output", default="vcap_demo", metavar="DIR", help="working folder (default: ./vcap_demo)")
+    p.add_argument("--quick", action="store_true", help="smaller data and shorter training (smoke test)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data and training")
+    p.add_argument("--config-path", action="store_true",
+                   help="print where the demo's config (tiny_demo.yaml, shipped in the package) is, and exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    codes = "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items())
+    parser = argparse.ArgumentParser(
+        prog="vcap",
+        description=(
+            "Video captioning on CLIP, in two stages (CLIP4Caption): 'pretrain' fine-tunes CLIP into "
+            "a video-text model by contrastive retrieval; 'extract' encodes every video once with its "
+            "video tower; 'train' fits a 1-layer encoder + 3-layer decoder caption model on those "
+            "features. 'demo' runs the whole pipeline on built-in generated videos."
+        ),
+        epilog=f"Run 'vcap COMMAND --help' for a command's options. {EPILOG_OVERRIDES} Exit codes: {codes}.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_data, _add_pretrain, _add_eval_retrieval, _add_extract, _add_train, _add_evaluate,
+                _add_caption, _add_score, _add_demo):
+        add(sub)
+    return parser

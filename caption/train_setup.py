@@ -1,0 +1,154 @@
+"""What one stage-2 run trains with: the videos that have cached features, the tokenizer (trained
+on the training captions, given, or kept from ``--init-from``), the caption model, the loaders,
+AdamW and the linear schedule - all prepared by Accelerate (``setup``)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers import get_linear_schedule_with_warmup
+
+from caption.config import Config
+from caption.data import CaptionPairs, collate_pairs
+from caption.evaluate import feature_loader
+from caption.pipeline import load_caption_model
+from caption.tokenizer import CaptionTokenizer, normalize_caption
+from decoders.model import CaptionModel, make_config
+from retrieval_pretrain.accelerate_setup import scheduler_length
+from retrieval_pretrain.annotations import load_annotations
+from retrieval_pretrain.atomic import write_json
+from retrieval_pretrain.config import config_to_dict
+from retrieval_pretrain.data import EpochShuffleSampler
+from retrieval_pretrain.errors import DatasetError, FeatureStoreError
+from retrieval_pretrain.features import FeatureStore
+
+
+@dataclass
+class Stage2:
+    """Everything one stage-2 run trains with (built by ``setup``)."""
+
+    accelerator: Accelerator
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    sampler: EpochShuffleSampler
+    val_loader: Any  # (video, caption) pairs of the val split, or None without one
+    val_video_loader: Any  # one item per val video, for decoding
+    val_entries: list[Any]
+    tokenizer: CaptionTokenizer
+    tokenizer_path: Path
+    tower: Path  # the stage-1 model folder the features came from
+    total_steps: int
+    best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": -1})
+
+
+def _tokenizer(cfg: Config, output: Path, init_from: Path | None, train_captions: list[str],
+               accelerator: Accelerator) -> tuple[CaptionTokenizer, Path]:
+    """The fine-tuned model's tokenizer, a given one, or a new one trained on the training captions."""
+    if init_from is not None:
+        path = init_from / CaptionTokenizer.FILENAME
+    elif cfg.caption.tokenizer:
+        path = Path(cfg.caption.tokenizer)
+    else:
+        path = output / CaptionTokenizer.FILENAME
+        if accelerator.is_main_process and not path.is_file():
+            CaptionTokenizer.train(train_captions, cfg.caption.vocab_size, path)
+        accelerator.wait_for_everyone()
+    return CaptionTokenizer.load(path), path
+
+
+def _entries_with_features(cfg: Config, store: FeatureStore, output: Path, main: bool) -> tuple[list[Any], list[Any]]:
+    """Train and val entries that have cached features; the others are named in skipped.json."""
+    ann = load_annotations(cfg.data)
+    train, val = ann.split(cfg.data.train_split), ann.split(cfg.data.val_split)
+    no_feats = [e.video_id for e in train + val if not store.has(e.video_id)]
+    if no_feats:
+        print(f"warning: {len(no_feats)} videos have no cached features and are left out "
+              f"(e.g. {', '.join(no_feats[:5])}); see {store.folder / 'failures.json'}", file=sys.stderr)
+        if main:
+            write_json(output / "skipped.json", {"no_features": no_feats,
+                                                 "annotation_problems": [vars(q) for q in ann.problems]})
+    train = [e for e in train if store.has(e.video_id)]
+    if not train:
+        raise DatasetError(f"{cfg.data.annotations}: no video of split '{cfg.data.train_split}' has features "
+                           f"in {store.folder}")
+    return train, [e for e in val if store.has(e.video_id)]
+
+
+def _model(cfg: Config, meta: dict[str, Any], tokenizer: CaptionTokenizer, init_from: Path | None,
+           features: Path) -> CaptionModel:
+    c = cfg.caption
+    tower_info = {"fingerprint": meta["tower_fingerprint"], "source": meta["tower"],
+                  "num_frames": meta["num_frames"], "dim": meta["dim"]}
+    decode = {"num_beams": cfg.decode.num_beams, "max_new_tokens": cfg.decode.max_new_tokens,
+              "length_penalty": cfg.decode.length_penalty, "no_repeat_ngram_size": cfg.decode.no_repeat_ngram_size}
+    if init_from is not None:
+        model = load_caption_model(init_from)
+        if model.config.feature_dim != meta["dim"]:
+            raise FeatureStoreError(f"{init_from} expects {model.config.feature_dim}-d features, {features} holds "
+                                    f"{meta['dim']}-d")
+        model.config.video_tower, model.config.decode = tower_info, decode
+        return model
+    return CaptionModel(make_config(
+        feature_dim=meta["dim"], vocab_size=tokenizer.vocab_size, hidden_size=c.hidden_size,
+        num_heads=c.num_heads, ffn_size=c.ffn_size, encoder_layers=c.encoder_layers,
+        decoder_layers=c.decoder_layers, dropout=c.dropout, max_frames=c.max_frames, max_length=c.max_length,
+        pad_token_id=tokenizer.PAD, bos_token_id=tokenizer.BOS, eos_token_id=tokenizer.EOS,
+        video_tower=tower_info, decode=decode))
+
+
+def _optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW, weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.caption.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.caption.lr, betas=(0.9, 0.98))
+
+
+def setup(cfg: Config, features: Path, output: Path, accelerator: Accelerator, init_from: Path | None) -> Stage2:
+    c, main = cfg.caption, accelerator.is_main_process
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        write_json(output / "config.json", config_to_dict(cfg))
+    store = FeatureStore(features)
+    meta = store.meta()
+    train_entries, val_entries = _entries_with_features(cfg, store, output, main)
+    captions = [normalize_caption(cap) for e in train_entries for cap in e.captions]
+    tokenizer, tok_path = _tokenizer(cfg, output, init_from, captions, accelerator)
+    model = _model(cfg, meta, tokenizer, init_from, features)
+
+    def pairs(entries: list[Any]) -> list[tuple[str, list[int]]]:
+        return [(e.video_id, tokenizer.encode(normalize_caption(cap), c.max_length)) for e in entries
+                for cap in e.captions]
+
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_pairs(items, tokenizer.PAD)
+
+    train_set = CaptionPairs(store, pairs(train_entries), c.max_frames)
+    sampler = EpochShuffleSampler(len(train_set), seed=cfg.run.seed)
+    loader = DataLoader(train_set, batch_size=c.batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=cfg.run.num_workers)
+    val_videos = val_entries[: c.val_max_videos] if c.val_max_videos > 0 else val_entries
+    val_loader = val_video_loader = None
+    if val_videos:
+        val_loader = DataLoader(CaptionPairs(store, pairs(val_videos), c.max_frames), batch_size=c.eval_batch_size,
+                                collate_fn=collate)
+        val_video_loader = feature_loader(store, [e.video_id for e in val_videos], model.config.max_frames,
+                                          cfg.decode.batch_size)
+    optimizer = _optimizer(model, cfg)
+    per_epoch = max(1, math.ceil(math.ceil(len(train_set) / (c.batch_size * accelerator.num_processes)) / c.grad_accum))
+    total = per_epoch * c.epochs  # optimizer steps of this run
+    scheduler = get_linear_schedule_with_warmup(optimizer, *scheduler_length(total, c.warmup_ratio, accelerator))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if val_videos:
+        val_loader, val_video_loader = accelerator.prepare(val_loader, val_video_loader)
+    return Stage2(accelerator, model, optimizer, scheduler, loader, sampler, val_loader, val_video_loader,
+                  val_videos, tokenizer, tok_path, Path(meta["tower"]), total)

@@ -1,0 +1,55 @@
+"""Where and how precisely the work runs: the Accelerator of a training job (device, mixed
+precision, gradient accumulation, seed), learning-rate schedules sized for Accelerate's per-process
+stepping, and the device of an inference job."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import set_seed
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: the first GPU when there is one, else the CPU; otherwise the device named."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def make_accelerator(mixed_precision: str, grad_accum: int, device: str, seed: int) -> Accelerator:
+    """An Accelerator for the run's precision/device; ``device='cpu'`` forces the CPU."""
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"run.mixed_precision must be no, fp16 or bf16, got {mixed_precision!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"run.device must be auto, cpu or cuda, got {device!r}")
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if cpu and mixed_precision == "fp16":
+        print("warning: run.mixed_precision=fp16 needs a GPU; training in fp32 on the CPU "
+              "(run.mixed_precision=bf16 works on CPUs)", file=sys.stderr)
+        mixed_precision = "no"
+    # One process may run several jobs (the demo, tests, a notebook), each with its own precision
+    # and accumulation. Accelerate keeps both in process-wide singletons that refuse a second
+    # precision and silently keep the first accumulation count; reset them (not the distributed
+    # state, PartialState, which the launcher set up once).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
+    set_seed(seed)
+    return accelerator
+
+
+def scheduler_length(optimizer_steps: int, warmup_ratio: float, accelerator: Accelerator) -> tuple[int, int]:
+    """``(warmup, total)`` for a learning-rate schedule that will be passed to ``accelerator.prepare``.
+
+    Accelerate's wrapped scheduler steps once *per process* at every optimizer step (it assumes
+    the schedule was sized for the single-process batch count), so a schedule of
+    ``optimizer_steps`` real steps must be ``optimizer_steps * num_processes`` long; otherwise
+    warm-up and decay would end after 1/num_processes of training on several GPUs.
+    """
+    total = max(1, optimizer_steps) * accelerator.num_processes
+    return int(warmup_ratio * total), total
+
+

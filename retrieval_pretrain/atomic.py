@@ -1,0 +1,158 @@
+"""The toolkit's two writers: one for files, one for folders. Every file or folder the toolkit
+writes goes through them, so nothing written half-way ever looks complete.
+
+* ``write_file(path, content)``: the content goes to a temporary file beside ``path``, which is then
+  renamed over it (``os.replace``, atomic on POSIX): a reader sees the old file or the new one.
+* ``write_folder(folder, fill)``: ``fill(tmp)`` fills a temporary folder beside ``folder``; then
+  the two are swapped in one step with Linux's ``renameat2(RENAME_EXCHANGE)`` and the old one (now
+  under the temporary name) is deleted. A kill at any instant leaves at ``folder`` either the old
+  complete folder or the new complete one, never neither and never a mix. Where the exchange is not
+  available (another OS, a filesystem without it), the old folder is first renamed aside
+  (``.NAME.old-*``) and the new one renamed in; a kill between the two renames leaves no
+  ``folder`` (an error when read, never a wrong model), and the next write of the folder puts the
+  old one back first.
+
+Temporaries are hidden (``.NAME.tmp-*``) and removed on failure; ones left by a killed process are
+cleared by the next write of the same path. New files and folders get the permissions the umask
+allows (``mkstemp`` / ``mkdtemp`` alone would make them private).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Union
+
+Content = Union[bytes, str, Callable[[Path], None]]
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _clear_stale(path: Path) -> None:
+    """Remove temporaries of ``path`` left by a killed writer (never the path itself)."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def write_file(path: str | os.PathLike, content: Content) -> Path:
+    """Write ``content`` to ``path`` atomically; returns ``path``.
+
+    ``content`` is bytes, text (UTF-8), or a function that writes the file at the temporary path it
+    is given (for writers that want a file name, e.g. an mp4 muxer or ``np.save``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(content, str):
+                f.write(content.encode("utf-8"))
+            elif isinstance(content, (bytes, bytearray, memoryview)):
+                f.write(content)
+        if callable(content):
+            content(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """``write_file`` of ``obj`` as indented JSON (serialised before any file is touched)."""
+    return write_file(path, json.dumps(obj, indent=2) + "\n")
+
+
+def temp_folder(folder: str | os.PathLike) -> Path:
+    """A new, empty temporary folder beside ``folder`` for ``commit_folder`` (stale ones of earlier,
+    killed writers are removed first). For writers that cannot take a ``fill`` function, e.g. the
+    collective ``accelerator.save_state``."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    clear_temporaries(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def clear_temporaries(path: str | os.PathLike) -> None:
+    """Remove what a killed writer of ``path`` left (its hidden temporaries), and put back an old
+    folder that a killed fallback swap had moved aside. Never touches ``path`` itself."""
+    path = Path(path)
+    _clear_stale(path)
+    _restore_aside(path)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step; False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+def _restore_aside(folder: Path) -> None:
+    """Undo a fallback swap that a kill interrupted: the old folder back in place."""
+    if folder.exists():
+        return
+    aside = sorted(folder.parent.glob(f".{folder.name}.old-*"))
+    if aside:
+        os.replace(aside[-1], folder)
+
+
+def commit_folder(tmp: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Put the complete folder ``tmp`` (from ``temp_folder``) in place of ``folder``, atomically."""
+    tmp, folder = Path(tmp), Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        os.rename(tmp, folder)
+        return folder
+    if _exchange(tmp, folder):
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old folder
+        return folder
+    aside = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(folder, aside)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        os.replace(aside, folder)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return folder
+
+
+def write_folder(folder: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Fill a temporary folder with ``fill(tmp)``, then swap it in for ``folder`` atomically (see the
+    module docstring); returns ``folder``. If ``fill`` raises, ``folder`` is untouched."""
+    tmp = temp_folder(folder)
+    try:
+        fill(tmp)
+        return commit_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

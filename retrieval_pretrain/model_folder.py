@@ -1,0 +1,149 @@
+"""Stage-1 model folders: ``save_pretrained`` writes and ``from_pretrained`` reads them.
+
+A model folder holds exactly two files:
+
+* ``config.json``: everything needed to rebuild the network without any download - the resolved
+  open_clip architecture dict (``clip.arch``), the temporal head, frames, image size and
+  normalisation, the tokenizer and ``max_words`` - plus the caller's ``extra`` (e.g. sampling).
+* ``model.safetensors``: all weights, CLIP towers and head (the fine-tuned video tower).
+
+The folder is written whole through ``atomic.write_folder``; loading is strict (a missing or
+unexpected tensor is a ``ModelFolderError`` naming the file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from retrieval_pretrain.atomic import write_folder
+from retrieval_pretrain.backbones import clip_from_arch
+from retrieval_pretrain.errors import ModelFolderError
+from retrieval_pretrain.model import VideoTextModel
+from retrieval_pretrain.parts import build_temporal_head
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "vcap-video-text-model"
+FORMAT_VERSION = 1
+# Keys of config.json that define the network; ``extra`` may repeat them but never change them.
+_ARCH_KEYS = ("format", "format_version", "clip", "head", "head_layers", "head_input_norm", "num_frames", "embed_dim",
+              "image_size", "image_mean", "image_std", "tokenizer", "context_length", "max_words")
+
+
+def model_config(model: VideoTextModel) -> dict[str, Any]:
+    """What ``config.json`` holds for ``model`` (without the caller's extra keys)."""
+    b = model.build_info
+    if "clip" not in b or "tokenizer" not in b:
+        raise ValueError("this model was not built by retrieval_pretrain.parts (no build_info); "
+                         "use build_video_text_model")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "clip": b["clip"],
+        "head": model.head_kind,
+        "head_layers": model.head_layers,
+        "head_input_norm": model.head.input_norm,
+        "head_heads": model.head.heads,
+        "head_init_from_text": model.head_from_text,
+        "num_frames": model.num_frames,
+        "embed_dim": model.embed_dim,
+        "image_size": model.image_size,
+        "image_mean": list(model.image_mean),
+        "image_std": list(model.image_std),
+        "image_interpolation": b.get("image_interpolation", "bicubic"),
+        "image_resize_mode": b.get("image_resize_mode", "shortest"),
+        "tokenizer": b["tokenizer"],
+        "context_length": model.context_length,
+        "max_words": b["max_words"],
+        "open_clip_version": open_clip.__version__,
+    }
+
+
+def save_pretrained(model: VideoTextModel, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/config.json`` + ``folder/model.safetensors``, swapped in whole
+    (``atomic.write_folder``: a reader sees the old complete folder or the new one, never a mix).
+    ``extra`` keys are added to config.json; they may not change an architecture key."""
+    model = getattr(model, "module", model)
+    config = model_config(model)
+    for key, value in (extra or {}).items():
+        if key in _ARCH_KEYS and key in config and json.loads(json.dumps(value)) != config[key]:
+            raise ValueError(f"extra['{key}']={value!r} contradicts the model ({config[key]!r})")
+        config[key] = value
+    text = json.dumps(config, indent=2) + "\n"  # fails before any file is touched if not JSON-able
+
+    def fill(tmp: Path) -> None:
+        # save_model drops duplicate views of shared storage, which safetensors refuses.
+        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(text)
+
+    return write_folder(folder, fill)
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder not found: {folder}")
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).is_file()]
+    if missing:
+        raise ModelFolderError(f"{folder} is not a stage-1 model folder: {', '.join(missing)} missing "
+                               f"(save_pretrained writes {CONFIG_NAME} + {WEIGHTS_NAME})")
+    try:
+        info = json.loads((folder / CONFIG_NAME).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{folder / CONFIG_NAME}: not valid JSON ({e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ModelFolderError(f"{folder / CONFIG_NAME}: not a stage-1 video-text model config "
+                               f"(format {info.get('format') if isinstance(info, dict) else None!r}, "
+                               f"expected {FORMAT!r})")
+    lacking = [k for k in ("clip", "head", "head_layers", "num_frames", "image_mean", "image_std",
+                           "tokenizer", "max_words") if k not in info]
+    if lacking or "arch" not in info["clip"]:
+        raise ModelFolderError(f"{folder / CONFIG_NAME}: missing keys {', '.join(lacking or ['clip.arch'])}")
+    return info
+
+
+def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> tuple[VideoTextModel, dict[str, Any]]:
+    """Load a model folder: ``(model in eval mode on device, config.json as a dict)``.
+
+    The architecture is rebuilt from ``config.json`` alone (never downloads) and every weight is
+    loaded strictly from ``model.safetensors``. ``ModelFolderError`` names the folder or file when
+    something is missing or corrupt.
+    """
+    folder = Path(folder)
+    info = _read_config(folder)
+    try:
+        clip = clip_from_arch(info["clip"]["arch"])
+        build_info = {k: info[k] for k in ("clip", "tokenizer", "max_words", "image_interpolation",
+                                           "image_resize_mode") if k in info}
+        head, _ = build_temporal_head(info["head"], info["head_layers"], info["num_frames"], clip,
+                                      input_norm=bool(info.get("head_input_norm", False)), init_from_text=False)
+        model = VideoTextModel(clip, head, image_mean=info["image_mean"], image_std=info["image_std"],
+                               build_info=build_info, head_from_text=bool(info.get("head_init_from_text")))
+    except (TypeError, ValueError, KeyError) as e:
+        raise ModelFolderError(f"{folder / CONFIG_NAME}: cannot build the architecture it describes ({e})") from e
+    weights = folder / WEIGHTS_NAME
+    try:
+        load_model(model, str(weights), strict=True)
+    except (SafetensorError, RuntimeError, OSError, ValueError) as e:
+        raise ModelFolderError(f"{weights}: cannot load the weights ({type(e).__name__}: {e})") from e
+    return model.to(device).eval(), info
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """First 16 hex digits of the SHA-256 of ``folder/model.safetensors``: ties feature caches to
+    the exact tower weights."""
+    path = Path(folder) / WEIGHTS_NAME
+    if not path.is_file():
+        raise ModelFolderError(f"{folder}: {WEIGHTS_NAME} missing")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

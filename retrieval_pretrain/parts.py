@@ -1,0 +1,141 @@
+"""Stage 1 is built from parts, each chosen by a typed config field and built by one ``build_*``
+function here (no registry: a new system is a new choice in one of these functions, not a new
+branch in the training loop).
+
+| part            | config field     | choices today                         | built by                 |
+|-----------------|------------------|---------------------------------------|--------------------------|
+| backbone        | ``clip.kind``    | ``open_clip`` (image + text towers)   | ``build_backbone``       |
+| temporal head   | ``pretrain.head``| ``meanP``, ``seqTransf``              | ``build_temporal_head``  |
+| loss            | ``pretrain.loss``| ``infonce``                           | ``build_loss``           |
+| training mode   | ``pretrain.mode``| ``full`` (+ ``pretrain.freeze``)      | ``build_training_mode``  |
+
+The text side is CLIP's text tower inside the backbone. The training loop only ever calls
+``loss_fn(model(frames, mask, tokens))`` and the optimizer over the trainable parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any, Callable
+
+import torch
+from open_clip.transformer import ResidualAttentionBlock, Transformer
+from torch import nn
+
+from retrieval_pretrain.backbones import build_clip, resolve_arch
+from retrieval_pretrain.clip_tokenizer import check_max_words
+from retrieval_pretrain.errors import ConfigError
+from retrieval_pretrain.heads import TemporalHead
+from retrieval_pretrain.loss import info_nce
+from retrieval_pretrain.model import VideoTextModel
+
+LOSSES = ("infonce",)
+MODES = ("full",)
+
+
+def _text_parts(clip: nn.Module) -> tuple[nn.Module | None, torch.Tensor | None]:
+    """CLIP's text transformer and its position table (``CLIP`` keeps them flat, ``CustomTextCLIP``
+    under ``.text``); ``(None, None)`` for text towers without them (e.g. Hugging Face ones)."""
+    owner = clip.text if hasattr(clip, "text") else clip
+    transformer = getattr(owner, "transformer", None)
+    pos = getattr(owner, "positional_embedding", None)
+    if not isinstance(transformer, Transformer) or not isinstance(pos, torch.Tensor):
+        return None, None
+    return transformer, pos
+
+
+def build_backbone(cfg: Any) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...], dict[str, Any]]:
+    """``(clip, image_mean, image_std, tokenizer_spec)`` for ``cfg.clip`` (``clip.kind``)."""
+    if cfg.clip.kind != "open_clip":
+        raise ConfigError(f"clip.kind: unknown backbone {cfg.clip.kind!r}; choose one of open_clip")
+    return build_clip(cfg.clip)
+
+
+def build_temporal_head(kind: str, layers: int, num_frames: int, clip: nn.Module, input_norm: bool = False,
+                        init_from_text: bool = True) -> tuple[TemporalHead, bool]:
+    """The temporal head over ``clip``'s frame features, and whether it started as a copy of CLIP's
+    text transformer (CLIP4Clip's initialisation trick, where the widths agree). Its blocks use the
+    text tower's heads and activation when they match, so the copy is exact."""
+    dim = getattr(clip.visual, "output_dim", None)
+    if dim is None:
+        raise ValueError("the CLIP image tower does not say its output width (visual.output_dim)")
+    text, text_pos = _text_parts(clip)
+    heads, act = None, nn.GELU
+    text_block = text.resblocks[0] if text is not None and len(text.resblocks) else None
+    if isinstance(text_block, ResidualAttentionBlock) and text.width == dim:
+        heads, act = text_block.attn.num_heads, type(text_block.mlp.gelu)  # match the blocks we copy
+    head = TemporalHead(dim, kind, layers, num_frames, heads=heads, act_layer=act, input_norm=input_norm)
+    from_text = bool(init_from_text and text is not None and head.init_from_text(text, text_pos))
+    return head, from_text
+
+
+def build_video_text_model(cfg: Any) -> VideoTextModel:
+    """The stage-1 model for a config with ``.clip``, ``.pretrain`` (head, head_layers, max_words)
+    and ``.video.num_frames``; CLIP weights as ``build_backbone`` gets them."""
+    clip, mean, std, spec = build_backbone(cfg)
+    check_max_words(cfg.pretrain.max_words, spec["context_length"])  # fail now, not in a worker
+    pre = getattr(clip.visual, "preprocess_cfg", {}) or {}
+    info = {
+        "clip": {"model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
+                 "custom": copy.deepcopy(cfg.clip.custom), "arch": resolve_arch(cfg.clip)},
+        "tokenizer": spec,
+        "max_words": cfg.pretrain.max_words,
+        "image_interpolation": pre.get("interpolation", "bicubic"),
+        "image_resize_mode": pre.get("resize_mode", "shortest"),
+    }
+    head, from_text = build_temporal_head(cfg.pretrain.head, cfg.pretrain.head_layers, cfg.video.num_frames, clip,
+                                          input_norm=cfg.pretrain.head_input_norm)
+    return VideoTextModel(clip, head, image_mean=mean, image_std=std, build_info=info, head_from_text=from_text)
+
+
+def build_loss(cfg: Any) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """The stage-1 loss over the model's output (``pretrain.loss``): ``infonce`` is CLIP's
+    symmetric InfoNCE over the (global) batch at the model's temperature."""
+    if cfg.pretrain.loss == "infonce":
+        return lambda out: info_nce(out["video"], out["text"], out["logit_scale"])
+    raise ConfigError(f"pretrain.loss: unknown loss {cfg.pretrain.loss!r}; choose one of {', '.join(LOSSES)}")
+
+
+def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(clip_params, new_params)``: the CLIP backbone (towers and logit scale) and the layers
+    CLIP4Clip adds (the temporal head), for separate learning rates. Unwraps DDP-style ``.module``."""
+    model = getattr(model, "module", model)
+    clip_params, new_params = [], []
+    for name, p in model.named_parameters():
+        (clip_params if name.startswith("clip.") else new_params).append(p)
+    return clip_params, new_params
+
+
+def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:
+    """Keep the parameters whose names start with one of ``prefixes`` fixed (``requires_grad``
+    off); returns how many values were frozen. A prefix matching no parameter is an error naming
+    the model's top-level parameter groups, so a typo cannot silently train everything."""
+    named = list(getattr(model, "module", model).named_parameters())
+
+    def under(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    for prefix in prefixes:
+        if not any(under(n, prefix) for n, _ in named):
+            groups = sorted({".".join(n.split(".")[:2]) for n, _ in named})
+            raise ConfigError(f"pretrain.freeze: {prefix!r} matches no parameter of this model; "
+                              f"its parameter groups are: {', '.join(groups)}")
+    frozen = [p for n, p in named if any(under(n, q) for q in prefixes)]
+    for p in frozen:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen)
+
+
+def build_training_mode(cfg: Any, model: nn.Module) -> nn.Module:
+    """Set which parameters train (``pretrain.mode``): ``full`` fine-tunes everything except the
+    ``pretrain.freeze`` prefixes. Returns the model."""
+    if cfg.pretrain.mode not in MODES:
+        raise ConfigError(f"pretrain.mode: unknown training mode {cfg.pretrain.mode!r}; choose one of "
+                          f"{', '.join(MODES)}")
+    if cfg.pretrain.freeze:
+        frozen = freeze_parameters(model, cfg.pretrain.freeze)
+        total = sum(q.numel() for q in model.parameters())
+        print(f"stage 1: {frozen:,} of {total:,} parameters frozen ({', '.join(cfg.pretrain.freeze)})",
+              file=sys.stderr)
+    return model

@@ -1,0 +1,48 @@
+"""What a training run records while it runs: the JSONL log (one object per line, main process
+only) and the split of wall time into waiting for data and computing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+class JsonlLogger:
+    """Appends one JSON object per line (only on the main process)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        record.setdefault("time", round(time.time(), 3))
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class StepTimer:
+    """Splits wall time into waiting for data and computing, for the log and the benchmarks."""
+
+    def __init__(self) -> None:
+        self.data = self.compute = 0.0
+        self._t = time.perf_counter()
+
+    def data_ready(self) -> None:
+        now = time.perf_counter()
+        self.data += now - self._t
+        self._t = now
+
+    def step_done(self) -> None:
+        now = time.perf_counter()
+        self.compute += now - self._t
+        self._t = now
+
+    def reset(self) -> tuple[float, float]:
+        d, c = self.data, self.compute
+        self.data = self.compute = 0.0
+        return d, c
