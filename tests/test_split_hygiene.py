@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from caption.config import Config
-from retrieval_pretrain.annotations import load_annotations, msrvtt_official_split
+from retrieval_pretrain.annotations import load_annotations
+from retrieval_pretrain.benchmark_formats import msrvtt_official_split
 from retrieval_pretrain.config import DataConfig
 from retrieval_pretrain.training_set import SplitOverlapError, training_entries
 
