@@ -130,14 +130,6 @@ class CaptionTokenizer:
         pieces = self.sp.encode(normalize_caption(text), out_type=int)
         return [self.BOS] + pieces[: max_length - 2] + [self.EOS]
 
-    def encode_batch(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
-        """(B, L) long tensor of ``encode`` results, right-padded with PAD to the longest."""
-        rows = [self.encode(t, max_length) for t in texts]
-        out = torch.full((len(rows), max((len(r) for r in rows), default=0)), self.PAD, dtype=torch.long)  # (B, L)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        return out
-
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
         """Text of ``ids``: stops at the first EOS; BOS and PAD are dropped (UNK shows as ``⁇``)."""
         if isinstance(ids, torch.Tensor):

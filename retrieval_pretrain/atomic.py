@@ -12,15 +12,18 @@ writes goes through them, so nothing written half-way ever looks complete.
   ``folder`` (an error when read, never a wrong model), and the next write of the folder puts the
   old one back first.
 
-Temporaries are hidden (``.NAME.tmp-*``) and removed on failure; ones left by a killed process are
-cleared by the next write of the same path. New files and folders get the permissions the umask
-allows (``mkstemp`` / ``mkdtemp`` alone would make them private).
+Temporaries are hidden (``.NAME.tmp-*``) and removed on failure. Ones a killed process left are
+cleared by the next ``write_folder`` of the same folder; for files, by ``clear_temporaries(path)``
+(``write_file`` does not clear them itself, so two processes may write one file at once; the
+feature cache clears its own). New files and folders get the permissions the umask allows
+(``mkstemp`` / ``mkdtemp`` alone, and libraries such as safetensors, would make them private).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import glob
 import json
 import os
 import shutil
@@ -36,14 +39,35 @@ _RENAME_EXCHANGE = 2
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (``os.umask`` has to set a
+    new one to read the old, a window in which another thread's files would get mode 0666)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+def _honour_umask(folder: Path) -> None:
+    """Give what a writer put in ``folder`` the modes the umask allows (libraries such as
+    safetensors create their files private, 0600, whatever the umask)."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 def _clear_stale(path: Path) -> None:
     """Remove temporaries of ``path`` left by a killed writer (never the path itself)."""
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
         else:
@@ -118,17 +142,20 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _restore_aside(folder: Path) -> None:
-    """Undo a fallback swap that a kill interrupted: the old folder back in place."""
-    if folder.exists():
-        return
-    aside = sorted(folder.parent.glob(f".{folder.name}.old-*"))
-    if aside:
-        os.replace(aside[-1], folder)
+    """Undo a fallback swap that a kill interrupted: the old folder back in place. Asides beside an
+    existing folder are old folders whose swap completed before their deletion: removed (else they
+    pile up, and one could later be "restored" in place of a newer folder)."""
+    aside = sorted(folder.parent.glob(f".{glob.escape(folder.name)}.old-*"))
+    if aside and not folder.exists():
+        os.replace(aside.pop(), folder)  # at most one: each write clears the rest first
+    for stale in aside:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def commit_folder(tmp: str | os.PathLike, folder: str | os.PathLike) -> Path:
     """Put the complete folder ``tmp`` (from ``temp_folder``) in place of ``folder``, atomically."""
     tmp, folder = Path(tmp), Path(folder)
+    _honour_umask(tmp)
     if not folder.exists() and not folder.is_symlink():
         os.rename(tmp, folder)
         return folder
