@@ -239,7 +239,12 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
-        out.append((key, yaml.safe_load(text) if text.strip() else ""))
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({problem})") from None
+        out.append((key, value))
     return out
 
 

@@ -49,6 +49,7 @@ def test_overrides_are_typed_and_dotted(tmp_path):
     ("video.num_frames=eight", "video.num_frames: expected an integer"),
     ("pretrain.allow_eval_overlap=1", "expected true/false"),
     ("video.num_frames", "not of the form key=value"),
+    ("clip.custom.vision_cfg={layers:", "override 'clip.custom.vision_cfg={layers:': the value is not valid YAML"),
     ("run.device=tpu", "run.device: 'tpu' is not one of auto, cpu, cuda"),
     ("pretrain.head=seqLSTMM", "pretrain.head: 'seqLSTMM' is not one of meanP, seqTransf"),
     ("data.format=coco", "data.format: 'coco' is not one of msrvtt, msrvtt-clip4clip, msvd, vatex, jsonl, hf"),
