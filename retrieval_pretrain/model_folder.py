@@ -58,8 +58,8 @@ def model_config(model: VideoTextModel) -> dict[str, Any]:
         "image_size": model.image_size,
         "image_mean": list(model.image_mean),
         "image_std": list(model.image_std),
-        "image_interpolation": b.get("image_interpolation", "bicubic"),
-        "image_resize_mode": b.get("image_resize_mode", "shortest"),
+        "image_interpolation": b["image_interpolation"],
+        "image_resize_mode": b["image_resize_mode"],
         "tokenizer": b["tokenizer"],
         "context_length": model.context_length,
         "max_words": b["max_words"],
@@ -102,8 +102,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise ModelFolderError(f"{folder / CONFIG_NAME}: not a stage-1 video-text model config "
                                f"(format {info.get('format') if isinstance(info, dict) else None!r}, "
                                f"expected {FORMAT!r})")
-    lacking = [k for k in ("clip", "head", "head_layers", "num_frames", "image_mean", "image_std",
-                           "tokenizer", "max_words") if k not in info]
+    lacking = [k for k in ("clip", "head", "head_layers", "head_input_norm", "head_init_from_text", "num_frames",
+                           "image_mean", "image_std", "image_interpolation", "image_resize_mode", "tokenizer",
+                           "max_words") if k not in info]
     if lacking or "arch" not in info["clip"]:
         raise ModelFolderError(f"{folder / CONFIG_NAME}: missing keys {', '.join(lacking or ['clip.arch'])}")
     return info
@@ -123,9 +124,9 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> t
         build_info = {k: info[k] for k in ("clip", "tokenizer", "max_words", "image_interpolation",
                                            "image_resize_mode") if k in info}
         head, _ = build_temporal_head(info["head"], info["head_layers"], info["num_frames"], clip,
-                                      input_norm=bool(info.get("head_input_norm", False)), init_from_text=False)
+                                      input_norm=bool(info["head_input_norm"]), init_from_text=False)
         model = VideoTextModel(clip, head, image_mean=info["image_mean"], image_std=info["image_std"],
-                               build_info=build_info, head_from_text=bool(info.get("head_init_from_text")))
+                               build_info=build_info, head_from_text=bool(info["head_init_from_text"]))
     except (TypeError, ValueError, KeyError) as e:
         raise ModelFolderError(f"{folder / CONFIG_NAME}: cannot build the architecture it describes ({e})") from e
     weights = folder / WEIGHTS_NAME
