@@ -45,41 +45,46 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    cfg = _config(args)  # config errors before the slow imports
     from retrieval_pretrain.train import train
 
-    train(_config(args), Path(args.output), resume=args.resume)
+    train(cfg, Path(args.output), resume=args.resume)
     return 0
 
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from retrieval_pretrain.evaluate import evaluate_retrieval
 
-    _print_json(evaluate_retrieval(Path(args.model), _config(args), split=args.split, dsl=args.dsl,
+    _print_json(evaluate_retrieval(Path(args.model), cfg, split=args.split, dsl=args.dsl,
                                    output=_opt_path(args.output)))
     return 0
 
 
 def _extract(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from retrieval_pretrain.extract import extract_features
 
-    report = extract_features(Path(args.model), _config(args), Path(args.output), splits=args.split,
+    report = extract_features(Path(args.model), cfg, Path(args.output), splits=args.split,
                               batch_size=args.batch_size)
     _print_json(report)
     return 0 if report["failed"] == 0 else 1
 
 
 def _train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from caption.train import train
 
-    train(_config(args), Path(args.features), Path(args.output), resume=args.resume,
+    train(cfg, Path(args.features), Path(args.output), resume=args.resume,
           init_from=_opt_path(args.init_from))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from caption.evaluate import evaluate
 
-    _print_json(evaluate(Path(args.model), _config(args), features=_opt_path(args.features), split=args.split,
+    _print_json(evaluate(Path(args.model), cfg, features=_opt_path(args.features), split=args.split,
                          output=_opt_path(args.output)))
     return 0
 
@@ -87,23 +92,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _caption(args: argparse.Namespace) -> int:
     from caption.pipeline import CaptionPipeline, expand_videos
 
-    paths = expand_videos(args.videos)
-    if not paths:
-        print("vcap caption: no video files given", file=sys.stderr)
-        return 1
+    paths = expand_videos(args.videos)  # VideoReadError when nothing is left to caption
     pipe = CaptionPipeline.from_pretrained(Path(args.model), device=args.device)
     results = pipe.caption(paths, num_beams=args.beam, batch_size=args.batch_size)
     captions = {p: r for p, r in results.items() if isinstance(r, str)}
     failed = {p: str(r) for p, r in results.items() if not isinstance(r, str)}
     for reason in failed.values():
-        print(f"error: {reason}", file=sys.stderr)
+        print(f"warning: not captioned: {reason}", file=sys.stderr)
     if args.json:
         _print_json({"captions": captions, "failed": failed})
     else:
         for p, c in captions.items():
             print(f"{p}\t{c}")
     if failed and not captions:
-        return VideoReadError.exit_code  # nothing could be read at all
+        raise VideoReadError(", ".join(failed), f"none of the {len(failed)} videos could be read (reasons above)")
     return 1 if failed else 0
 
 

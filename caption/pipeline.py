@@ -25,7 +25,7 @@ from decoders.model import CaptionModel
 from retrieval_pretrain.accelerate_setup import pick_device
 from retrieval_pretrain.data import Preprocess
 from retrieval_pretrain.encode import encode_video_batches
-from retrieval_pretrain.errors import ModelFolderError
+from retrieval_pretrain.errors import ModelFolderError, VideoReadError
 from retrieval_pretrain.model_folder import from_pretrained as load_video_tower
 
 TOWER_DIR = "video_tower"
@@ -33,7 +33,8 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 
 
 def expand_videos(items: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders become their video files (recursively, sorted)."""
+    """Files as given; folders become their video files (recursively, sorted). ``VideoReadError``
+    when that leaves nothing: no file given, or folders without a video file."""
     out: list[Path] = []
     for item in items:
         p = Path(item)
@@ -44,6 +45,9 @@ def expand_videos(items: Sequence[str | Path]) -> list[Path]:
             out.extend(found)
         else:
             out.append(p)
+    if not out:
+        raise VideoReadError(", ".join(map(str, items)) or "(nothing given)",
+                             f"no video files ({', '.join(VIDEO_EXTENSIONS)}) to caption")
     return out
 
 
@@ -76,7 +80,7 @@ class CaptionPipeline:
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise ModelFolderError(f"{folder} is not a caption model folder (no config.json)")
-        device = pick_device(device) if isinstance(device, str) else device
+        device = pick_device(device, key="--device") if isinstance(device, str) else device
         model = load_caption_model(folder).to(device).eval()
         tok_path = folder / CaptionTokenizer.FILENAME
         if not tok_path.is_file():

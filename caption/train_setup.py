@@ -115,11 +115,11 @@ def _optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
 
 def setup(cfg: Config, features: Path, output: Path, accelerator: Accelerator, init_from: Path | None) -> Stage2:
     c, main = cfg.caption, accelerator.is_main_process
+    store = FeatureStore(features)
+    meta = store.meta()  # not a feature folder: an error before anything is written
     if main:
         output.mkdir(parents=True, exist_ok=True)
         write_json(output / "config.json", config_to_dict(cfg))
-    store = FeatureStore(features)
-    meta = store.meta()
     train_entries, val_entries = _entries_with_features(cfg, store, output, main)
     captions = [normalize_caption(cap) for e in train_entries for cap in e.captions]
     tokenizer, tok_path = _tokenizer(cfg, output, init_from, captions, accelerator)

@@ -11,20 +11,42 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 
+from retrieval_pretrain.errors import ConfigError
 
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto``: the first GPU when there is one, else the CPU; otherwise the device named."""
+
+def pick_device(device: str = "auto", key: str = "run.device") -> torch.device:
+    """``auto``: the first GPU when there is one, else the CPU; otherwise the device named (``cpu``,
+    ``cuda``, ``cuda:N``). A name torch does not know, or a GPU this machine does not have, is a
+    ``ConfigError`` naming ``key`` (the config key or flag the value came from)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"{key}={device!r} is not a device (auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        _check_cuda(dev, key)
+    elif dev.type != "cpu":
+        raise ConfigError(f"{key}={device!r}: only auto, cpu, cuda and cuda:N are supported")
+    return dev
+
+
+def _check_cuda(dev: torch.device, key: str) -> None:
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{key}={dev}: no CUDA GPU is usable on this machine (torch.cuda.is_available() "
+                          "is False); use auto or cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}={dev}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
 
 
 def make_accelerator(mixed_precision: str, grad_accum: int, device: str, seed: int) -> Accelerator:
     """An Accelerator for the run's precision/device; ``device='cpu'`` forces the CPU."""
     if mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"run.mixed_precision must be no, fp16 or bf16, got {mixed_precision!r}")
+        raise ConfigError(f"run.mixed_precision must be no, fp16 or bf16, got {mixed_precision!r}")
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"run.device must be auto, cpu or cuda, got {device!r}")
+        raise ConfigError(f"run.device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda":
+        _check_cuda(torch.device("cuda"), "run.device")
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if cpu and mixed_precision == "fp16":
         print("warning: run.mixed_precision=fp16 needs a GPU; training in fp32 on the CPU "

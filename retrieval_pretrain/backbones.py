@@ -25,6 +25,7 @@ BACKBONE_KINDS = ("open_clip",)
 
 
 def _guidance(model: str, pretrained: str | None, reason: str) -> str:
+    """How to supply the weights of a known open_clip tag that could not be fetched."""
     return (
         f"cannot get the weights of CLIP '{model}' with pretrained='{pretrained}': {reason}\n"
         "Ways to supply them:\n"
@@ -38,6 +39,26 @@ def _guidance(model: str, pretrained: str | None, reason: str) -> str:
         "  3. For a model trained from scratch, set clip.custom to an open_clip architecture dict "
         "({embed_dim, vision_cfg, text_cfg}) and clip.pretrained=null."
     )
+
+
+def _file_guidance(model: str | None, path: str) -> str:
+    """What to do when clip.pretrained names a checkpoint file that is not there."""
+    where = f"CLIP '{model}'" if model else "the custom architecture in clip.custom"
+    tags = ", ".join(list_pretrained_tags_by_model(model)) if model else ""
+    return (
+        f"cannot get the weights of {where}: the checkpoint file clip.pretrained={path} does not exist "
+        f"(relative paths are read from {os.getcwd()}).\n"
+        "Ways to supply them:\n"
+        "  1. Fix the path (a .bin/.pt/.pth state dict, .safetensors, or an OpenAI TorchScript .pt).\n"
+        + (f"  2. Use one of the model's pretrained tags instead (clip.pretrained=TAG; tags: {tags or 'none'}), "
+           "downloaded by open_clip on first use.\n" if model else
+           "  2. Point clip.pretrained at a checkpoint trained with exactly this architecture.\n")
+        + "  3. Set clip.pretrained=null to start from random weights (training from scratch)."
+    )
+
+
+def _looks_like_a_path(value: str) -> bool:
+    return os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
 
 
 def _is_download_failure(err: BaseException) -> bool:
@@ -113,13 +134,13 @@ def build_clip(clip_cfg: Any) -> tuple[torch.nn.Module, tuple[float, ...], tuple
         clip = clip_from_arch(arch)
         if pretrained:
             if not os.path.isfile(pretrained):
-                raise WeightsUnavailableError(_guidance(
-                    "custom", pretrained, "a custom architecture takes a local checkpoint file, and this one "
-                    "does not exist"))
+                raise WeightsUnavailableError(_file_guidance(None, pretrained))
             open_clip.load_checkpoint(clip, pretrained, strict=True)
         return clip, tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD), spec
 
     if pretrained and not get_pretrained_cfg(clip_cfg.model, pretrained) and not os.path.isfile(pretrained):
+        if _looks_like_a_path(pretrained):
+            raise WeightsUnavailableError(_file_guidance(clip_cfg.model, pretrained))
         tags = ", ".join(list_pretrained_tags_by_model(clip_cfg.model)) or "none"
         raise WeightsUnavailableError(_guidance(
             clip_cfg.model, pretrained, f"it is neither a known tag of this model (tags: {tags}) nor an "

@@ -1,0 +1,166 @@
+"""A non-editable install works: the checkout built into a wheel, installed into a fresh virtual
+environment, and `vcap demo --quick` run from another folder, away from the checkout.
+
+No network and no second copy of the multi-GB dependencies: the fresh environment gets only the
+wheel, and sees the dependencies of the environment running the tests through a one-line `.pth`
+file. A plain path line in a `.pth` file only adds that folder to sys.path; the `.pth` files *inside*
+it are not run, so the editable install there (its `__editable__*` finder) stays inactive, and
+`caption`, `decoders` and `retrieval_pretrain` can only come from the wheel. The tests check that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("caption", "decoders", "retrieval_pretrain")
+# What is never part of a build: copying the checkout without these keeps setuptools' in-tree
+# outputs (build/, *.egg-info) out of the checkout, and stale ones out of the wheel.
+NOT_SOURCE = (".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+              "runs", "demo_output", "vcap_demo", ".whl", ".devout")
+PROBE = """\
+import json, sys
+import caption, decoders, retrieval_pretrain
+print(json.dumps({"files": {m.__name__: m.__file__ for m in (caption, decoders, retrieval_pretrain)},
+                  "path": sys.path, "editable": [m for m in sys.modules if m.startswith("__editable__")]}))
+"""
+
+
+def _run(cmd, *, cwd, timeout, env=None, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env or _clean_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
+                    f"--- stdout (tail)\n{proc.stdout[-4000:]}\n--- stderr (tail)\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment, less anything that would put the checkout or the test venv in front."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV",
+                        "PIP_REQUIRE_VIRTUALENV", "__PYVENV_LAUNCHER__")}
+    env["PYTHONNOUSERSITE"] = "1"
+    env["PIP_NO_INDEX"] = "1"
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["OMP_WAIT_POLICY"] = "PASSIVE"  # see caption/cli.py
+    return env
+
+
+def _base_python() -> str:
+    """The interpreter a real venv is made from (not a venv's own python, which venv may refuse)."""
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def _site_packages(python: Path) -> Path:
+    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True, env=_clean_env())
+    return Path(out.stdout.strip())
+
+
+class Installed:
+    def __init__(self, wheel: Path, venv: Path, site: Path, elsewhere: Path):
+        self.wheel, self.venv, self.site, self.elsewhere = wheel, venv, site, elsewhere
+        self.python, self.vcap = venv / "bin" / "python", venv / "bin" / "vcap"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Installed:
+    """`pip install .` of the checkout, as a wheel, into a fresh venv that borrows the dependencies."""
+    if os.name != "posix":
+        pytest.skip("the install test expects a POSIX venv layout (venv/bin)")
+    try:
+        import venv  # noqa: F401
+        import ensurepip  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"cannot make a virtual environment here: {exc}")
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode != 0:
+        pytest.skip(f"pip is not available to {sys.executable}")
+
+    tmp = tmp_path_factory.mktemp("install")
+    # 1. The wheel, built from a copy of the working tree (untracked new modules included), offline.
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+          "-w", tmp / "dist", src], cwd=tmp, timeout=300)
+    wheels = sorted((tmp / "dist").glob("*.whl"))
+    assert len(wheels) == 1, wheels
+
+    # 2. A fresh venv with its own pip; the wheel goes in before the dependencies are visible, so pip
+    #    never sees the editable install of the same project (and never thinks of uninstalling it).
+    venv_dir = tmp / "venv"
+    _run([_base_python(), "-m", "venv", venv_dir], cwd=tmp, timeout=300)
+    python = venv_dir / "bin" / "python"
+    assert python.exists(), f"venv made no {python}"
+    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", wheels[0]], cwd=tmp, timeout=300)
+    site = _site_packages(python).resolve()
+    assert site.is_dir() and site.is_relative_to(venv_dir.resolve()), site
+    # The dependencies: the site-packages of the interpreter running these tests, one path per line.
+    deps = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    (site / "_vcap_test_deps.pth").write_text("".join(f"{p}\n" for p in deps))
+
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    return Installed(wheels[0], venv_dir, site, elsewhere)
+
+
+def test_wheel_holds_the_packages_and_their_data(installed):
+    names = zipfile.ZipFile(installed.wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {f"{p}/__init__.py" for p in PACKAGES} <= set(names), sorted(tops)
+    assert "caption/demo/tiny_demo.yaml" in names  # package data: the demo's config
+    assert not any(n.startswith("tests/") for n in names), [n for n in names if n.startswith("tests/")]
+    assert tops - set(PACKAGES) == {f"vcap_toolkit-{installed.wheel.name.split('-')[1]}.dist-info"}, tops
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "vcap = caption.cli:main" in zipfile.ZipFile(installed.wheel).read(entry_points).decode()
+
+
+def test_installed_packages_come_from_the_venv_not_the_checkout(installed):
+    out = _run([installed.python, "-c", PROBE], cwd=installed.elsewhere, timeout=300)
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    for name, file in probe["files"].items():
+        assert Path(file).resolve().is_relative_to(installed.site), f"{name} imported from {file}, not {installed.site}"
+        assert not Path(file).resolve().is_relative_to(ROOT), f"{name} imported from the checkout: {file}"
+    assert probe["editable"] == [], f"the editable finder was activated: {probe['editable']}"
+    assert not any(p and Path(p).resolve() == ROOT for p in probe["path"]), probe["path"]
+
+    assert installed.vcap.exists(), "pip made no vcap console script"
+    out = _run([installed.vcap, "demo", "--config-path"], cwd=installed.elsewhere, timeout=300)
+    config = Path(out.stdout.strip().splitlines()[-1])
+    assert config.resolve().is_relative_to(installed.site) and config.is_file(), config
+    assert config.name == "tiny_demo.yaml"
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_from_the_installed_package(installed):
+    """About 2.5 minutes on 2 CPU cores: every stage of the pipeline, on generated videos."""
+    out_dir = installed.elsewhere / "demo_out"
+    proc = _run([installed.vcap, "demo", "--quick", "--output", out_dir], cwd=installed.elsewhere, timeout=900)
+    last = proc.stdout.strip().splitlines()[-1]
+    metrics = json.loads(last)  # the metrics JSON is the last line printed
+
+    for rel in ("stage1/model/model.safetensors", "features/meta.json", "stage2/model/tokenizer.model",
+                "eval_retrieval/metrics.json", "eval_caption/predictions.json", "metrics.json"):
+        assert (out_dir / rel).is_file(), f"missing {rel} under {out_dir}"
+    assert json.loads((out_dir / "metrics.json").read_text()) == metrics
+
+    for group in ("retrieval", "caption"):
+        assert metrics[group], f"no {group} metrics: {metrics}"
+        for key, value in metrics[group].items():
+            assert isinstance(value, (int, float)) and math.isfinite(value), (group, key, value)
+    chance = metrics["chance"]
+    assert metrics["retrieval"]["t2v_R@1"] > 2 * chance["t2v_R@1"], metrics
+    assert metrics["retrieval"]["t2v_R@5"] > chance["t2v_R@5"], metrics
+    for key in ("colour", "shape", "motion"):
+        assert metrics["attributes"][key] > chance[key], (key, metrics)
+    assert metrics["caption"]["CIDEr"] > 0.1, metrics
