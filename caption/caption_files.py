@@ -25,6 +25,10 @@ def _read_json(path: str | Path) -> Any:
         raise DatasetError(f"file not found: {path}") from None
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: not valid JSON ({err})") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not a UTF-8 text file") from None
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
 def _item_id(item: Any, path: Path, index: int) -> str:

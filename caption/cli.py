@@ -48,17 +48,20 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = _config(args)  # config errors before the slow imports
     from retrieval_pretrain.train import train
 
-    train(cfg, Path(args.output), resume=args.resume)
-    return 0
+    output = Path(args.output)
+    train(cfg, output, resume=args.resume)
+    skipped = json.loads((output / "skipped.json").read_text())
+    failed = json.loads((output / "failures.json").read_text())
+    return 1 if failed or skipped["missing_videos"] or skipped["annotation_problems"] else 0
 
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from retrieval_pretrain.evaluate import evaluate_retrieval
 
-    _print_json(evaluate_retrieval(Path(args.model), cfg, split=args.split, dsl=args.dsl,
-                                   output=_opt_path(args.output)))
-    return 0
+    metrics = evaluate_retrieval(Path(args.model), cfg, split=args.split, dsl=args.dsl, output=_opt_path(args.output))
+    _print_json(metrics)
+    return 1 if metrics["unreadable_videos"] else 0
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -84,9 +87,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from caption.evaluate import evaluate
 
-    _print_json(evaluate(Path(args.model), cfg, features=_opt_path(args.features), split=args.split,
-                         output=_opt_path(args.output)))
-    return 0
+    metrics = evaluate(Path(args.model), cfg, features=_opt_path(args.features), split=args.split,
+                       output=_opt_path(args.output))
+    _print_json(metrics)
+    return 1 if metrics["not_captioned"] else 0
 
 
 def _caption(args: argparse.Namespace) -> int:

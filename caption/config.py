@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval_pretrain.config import RetrievalConfig, choice, load_config
+from retrieval_pretrain.config import RetrievalConfig, at_least, choice, fraction, load_config, positive
+from retrieval_pretrain.errors import ConfigError
 
 
 @dataclass
@@ -27,39 +28,44 @@ class CaptionConfig:
     val split) or ``last``.
     """
 
-    hidden_size: int = 512
-    num_heads: int = 8
-    ffn_size: int = 2048
-    encoder_layers: int = 1
-    decoder_layers: int = 3
-    dropout: float = 0.1
-    max_frames: int = 32
-    max_length: int = 30
-    vocab_size: int = 8000
+    hidden_size: int = at_least(512, 1)
+    num_heads: int = at_least(8, 1)
+    ffn_size: int = at_least(2048, 1)
+    encoder_layers: int = at_least(1, 1)
+    decoder_layers: int = at_least(3, 1)
+    dropout: float = fraction(0.1, below_one=True)
+    max_frames: int = at_least(32, 1)
+    max_length: int = at_least(30, 3)  # BOS, a token, EOS
+    vocab_size: int = at_least(8000, 5)  # 4 special ids + 1
     tokenizer: str | None = None
-    batch_size: int = 64
-    epochs: int = 20
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    label_smoothing: float = 0.1
-    max_grad_norm: float = 1.0
-    grad_accum: int = 1
-    eval_batch_size: int = 64
-    val_max_videos: int = 0
+    batch_size: int = at_least(64, 1)
+    epochs: int = at_least(20, 0)
+    lr: float = positive(1e-4)
+    weight_decay: float = at_least(0.01, 0.0)
+    warmup_ratio: float = fraction(0.05)
+    label_smoothing: float = fraction(0.1, below_one=True)
+    max_grad_norm: float = at_least(1.0, 0.0)
+    grad_accum: int = at_least(1, 1)
+    eval_batch_size: int = at_least(64, 1)
+    val_max_videos: int = at_least(0, 0)
     select_by: str = choice("CIDEr", "CIDEr", "loss", "last")
-    save_every: int = 1000
+    save_every: int = at_least(1000, 0)
+
+    def check(self, where: str) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"{where}.hidden_size={self.hidden_size} is not a multiple of "
+                              f"{where}.num_heads={self.num_heads}")
 
 
 @dataclass
 class DecodeConfig:
     """Caption decoding (transformers' generation): beam search with ``num_beams`` (1: greedy)."""
 
-    num_beams: int = 5
-    max_new_tokens: int = 28
+    num_beams: int = at_least(5, 1)
+    max_new_tokens: int = at_least(28, 1)
     length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    batch_size: int = 32
+    no_repeat_ngram_size: int = at_least(0, 0)
+    batch_size: int = at_least(32, 1)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Teacher forcing with label-smoothed cross-entropy, AdamW, linear warm-up then linear decay,
 gradient clipping, bf16/fp16 via Accelerate (``accelerate launch`` for several GPUs). After each
-epoch, on every process (its shard of the val split, combined with ``gather_for_metrics``):
+epoch, on every process (its share of the val split; the shares' loss sums and captions combined):
 validation loss and CIDEr with the configured decoding; the best epoch (by
 ``caption.select_by``: val CIDEr, as CLIP4Caption, val loss, or simply the last) becomes
 ``RUN2/model``, a self-contained caption model folder (model, ``tokenizer.model``, and the stage-1
@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from caption.config import Config
-from caption.evaluate import caption_batches
+from caption.data import CaptionPairs
+from caption.evaluate import caption_batches, feature_loader
 from caption.metrics import score_captions
 from caption.pipeline import TOWER_DIR
-from caption.tokenizer import normalize_caption
+from caption.tokenizer import CaptionTokenizer, normalize_caption
 from caption.train_setup import Stage2, setup
 from decoders.loss import caption_loss, caption_loss_sums
 from retrieval_pretrain.accelerate_setup import make_accelerator
@@ -37,34 +40,46 @@ from retrieval_pretrain.run_log import JsonlLogger, StepTimer
 
 
 @torch.no_grad()
-def validation_loss(model: Any, loader: Any, label_smoothing: float, pad_id: int, accelerator: Any = None) -> float:
-    """Label-smoothed cross-entropy per non-pad token over the whole loader (every process's shard
-    when ``accelerator`` is given and the loader was prepared by it)."""
+def loss_sums(model: Any, loader: Any, label_smoothing: float, pad_id: int) -> tuple[float, float]:
+    """``(sum of the token losses, number of tokens)`` over a loader of (video, caption) pairs."""
     model.eval()
-    total, tokens = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    total, tokens = 0.0, 0.0
     for batch in loader:
         logits = model(frame_features=batch["frame_features"], frame_mask=batch["frame_mask"],
                        decoder_input_ids=batch["decoder_input_ids"]).logits
         sums, counts = caption_loss_sums(logits, batch["labels"], label_smoothing, pad_id)  # (B,), (B,)
-        if accelerator is not None:
-            sums, counts = accelerator.gather_for_metrics((sums, counts))
-        total += sums.double().sum().cpu()
-        tokens += counts.double().sum().cpu()
-    return float(total / tokens.clamp(min=1))
+        total += float(sums.double().sum())
+        tokens += float(counts.sum())
+    return total, tokens
+
+
+def validation_loss(model: Any, loader: Any, label_smoothing: float, pad_id: int) -> float:
+    """Label-smoothed cross-entropy per non-pad token over the whole loader."""
+    total, tokens = loss_sums(model, loader, label_smoothing, pad_id)
+    return total / max(tokens, 1.0)
 
 
 def validate(run: Stage2, cfg: Config) -> dict[str, float]:
-    """``val_loss`` and ``val_CIDEr`` of the current weights (every process decodes its shard)."""
-    if run.val_loader is None:
+    """``val_loss`` and ``val_CIDEr`` of the current weights. Every process validates its share of
+    the val split (``split_between_processes``); the shares are combined (loss sums reduced,
+    captions gathered), so every process gets the whole split's numbers."""
+    val, acc = run.val, run.accelerator
+    if val is None:
         return {}
-    model, acc = run.accelerator.unwrap_model(run.model), run.accelerator
-    out = {"val_loss": round(validation_loss(model, run.val_loader, cfg.caption.label_smoothing, run.tokenizer.PAD,
-                                             acc), 5)}
-    pairs = caption_batches(model, run.tokenizer, run.val_video_loader, cfg.decode, acc.device, progress=False)
-    preds = dict(acc.gather_for_metrics(pairs, use_gather_object=True))
-    refs = {e.video_id: [normalize_caption(x) for x in e.captions] for e in run.val_entries}
-    out["val_CIDEr"] = round(score_captions(preds, refs, metrics=("CIDEr",))["CIDEr"], 5)
-    return out
+    model = acc.unwrap_model(run.model)
+    with acc.split_between_processes(val.pairs) as pairs:
+        loader = DataLoader(CaptionPairs(val.store, pairs, val.max_frames), batch_size=val.batch_size,
+                            collate_fn=val.collate)
+        sums = torch.tensor(loss_sums(model, loader, cfg.caption.label_smoothing, run.tokenizer.PAD),
+                            dtype=torch.float64, device=acc.device)
+    total, tokens = acc.reduce(sums, reduction="sum").tolist()
+    with acc.split_between_processes([e.video_id for e in val.entries]) as ids:
+        loader = feature_loader(val.store, ids, model.config.max_frames, cfg.decode.batch_size)
+        mine = caption_batches(model, run.tokenizer, loader, cfg.decode, acc.device, progress=False)
+    preds = dict(gather_object(mine))
+    refs = {e.video_id: [normalize_caption(x) for x in e.captions] for e in val.entries}
+    return {"val_loss": round(total / max(tokens, 1.0), 5),
+            "val_CIDEr": round(score_captions(preds, refs, metrics=("CIDEr",))["CIDEr"], 5)}
 
 
 def _selection_score(select_by: str, record: dict[str, Any], epoch: int) -> float:
@@ -81,7 +96,7 @@ def save_caption_model(model: Any, tokenizer_path: Path, folder: Path, tower: Pa
     ``tower``, a copy of the stage-1 model as ``video_tower/``), swapped in whole."""
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
-        shutil.copy2(tokenizer_path, tmp / tokenizer_path.name)
+        shutil.copy2(tokenizer_path, tmp / CaptionTokenizer.FILENAME)
         if tower is not None:
             shutil.copytree(tower, tmp / TOWER_DIR)
 

@@ -8,7 +8,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
@@ -17,7 +17,6 @@ from transformers import get_linear_schedule_with_warmup
 
 from caption.config import Config
 from caption.data import CaptionPairs, collate_pairs
-from caption.evaluate import feature_loader
 from caption.pipeline import load_caption_model
 from caption.tokenizer import CaptionTokenizer, normalize_caption
 from decoders.model import CaptionModel, make_config
@@ -31,6 +30,18 @@ from retrieval_pretrain.features import FeatureStore
 
 
 @dataclass
+class ValSplit:
+    """The val split as validation reads it: its entries and tokenised (video, caption) pairs."""
+
+    entries: list[Any]
+    pairs: list[tuple[str, list[int]]]
+    store: FeatureStore
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    batch_size: int  # teacher-forced pairs per batch (caption.eval_batch_size)
+    max_frames: int
+
+
+@dataclass
 class Stage2:
     """Everything one stage-2 run trains with (built by ``setup``)."""
 
@@ -40,9 +51,7 @@ class Stage2:
     scheduler: Any
     loader: Any
     sampler: EpochShuffleSampler
-    val_loader: Any  # (video, caption) pairs of the val split, or None without one
-    val_video_loader: Any  # one item per val video, for decoding
-    val_entries: list[Any]
+    val: ValSplit | None  # None without a val split
     tokenizer: CaptionTokenizer
     tokenizer_path: Path
     tower: Path  # the stage-1 model folder the features came from
@@ -137,18 +146,11 @@ def setup(cfg: Config, features: Path, output: Path, accelerator: Accelerator, i
     loader = DataLoader(train_set, batch_size=c.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=cfg.run.num_workers)
     val_videos = val_entries[: c.val_max_videos] if c.val_max_videos > 0 else val_entries
-    val_loader = val_video_loader = None
-    if val_videos:
-        val_loader = DataLoader(CaptionPairs(store, pairs(val_videos), c.max_frames), batch_size=c.eval_batch_size,
-                                collate_fn=collate)
-        val_video_loader = feature_loader(store, [e.video_id for e in val_videos], model.config.max_frames,
-                                          cfg.decode.batch_size)
+    val = ValSplit(val_videos, pairs(val_videos), store, collate, c.eval_batch_size, c.max_frames) if val_videos else None
     optimizer = _optimizer(model, cfg)
     per_epoch = max(1, math.ceil(math.ceil(len(train_set) / (c.batch_size * accelerator.num_processes)) / c.grad_accum))
     total = per_epoch * c.epochs  # optimizer steps of this run
     scheduler = get_linear_schedule_with_warmup(optimizer, *scheduler_length(total, c.warmup_ratio, accelerator))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if val_videos:
-        val_loader, val_video_loader = accelerator.prepare(val_loader, val_video_loader)
-    return Stage2(accelerator, model, optimizer, scheduler, loader, sampler, val_loader, val_video_loader,
-                  val_videos, tokenizer, tok_path, Path(meta["tower"]), total)
+    return Stage2(accelerator, model, optimizer, scheduler, loader, sampler, val, tokenizer, tok_path,
+                  Path(meta["tower"]), total)

@@ -16,7 +16,7 @@ from retrieval_pretrain.errors import ConfigError
 
 def pick_device(device: str = "auto", key: str = "run.device") -> torch.device:
     """``auto``: the first GPU when there is one, else the CPU; otherwise the device named (``cpu``,
-    ``cuda``, ``cuda:N``). A name torch does not know, or a GPU this machine does not have, is a
+    ``cuda``, ``cuda:N``, ``mps``). A name torch does not know, or a GPU this machine does not have, is a
     ``ConfigError`` naming ``key`` (the config key or flag the value came from)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -26,8 +26,11 @@ def pick_device(device: str = "auto", key: str = "run.device") -> torch.device:
         raise ConfigError(f"{key}={device!r} is not a device (auto, cpu, cuda or cuda:N)") from None
     if dev.type == "cuda":
         _check_cuda(dev, key)
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{key}={device!r}: Apple's MPS backend is not available on this machine")
     elif dev.type != "cpu":
-        raise ConfigError(f"{key}={device!r}: only auto, cpu, cuda and cuda:N are supported")
+        raise ConfigError(f"{key}={device!r}: only auto, cpu, cuda, cuda:N and mps are supported")
     return dev
 
 
@@ -44,7 +47,8 @@ def make_accelerator(mixed_precision: str, grad_accum: int, device: str, seed: i
     if mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"run.mixed_precision must be no, fp16 or bf16, got {mixed_precision!r}")
     if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"run.device must be auto, cpu or cuda, got {device!r}")
+        raise ConfigError(f"run.device={device!r}: training takes auto, cpu or cuda (choose GPUs with "
+                          "CUDA_VISIBLE_DEVICES, or several with accelerate launch)")
     if device == "cuda":
         _check_cuda(torch.device("cuda"), "run.device")
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())

@@ -9,6 +9,7 @@ silently ignored. Overrides use dotted keys (``pretrain.lr=1e-4``) and YAML valu
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,36 @@ FORMATS = ("msrvtt", "msrvtt-clip4clip", "msvd", "vatex", "jsonl", "hf")
 def choice(default: str, *choices: str) -> Any:
     """A string field that must be one of ``choices`` (checked when the config is read)."""
     return field(default=default, metadata={"choices": choices})
+
+
+def at_least(default: float, low: float, high: float | None = None) -> Any:
+    """A number that must lie in ``[low, high]`` (checked when the config is read)."""
+    return field(default=default, metadata={"range": (low, high, False)})
+
+
+def fraction(default: float, below_one: bool = False) -> Any:
+    """A number in ``[0, 1]`` (``[0, 1)`` with ``below_one``)."""
+    return field(default=default, metadata={"range": (0.0, 1.0, below_one)})
+
+
+def positive(default: float) -> Any:
+    """A number that must be greater than 0."""
+    return field(default=default, metadata={"positive": True})
+
+
+def _check_value(path: str, value: Any, meta: Any) -> None:
+    allowed = meta.get("choices")
+    if allowed and value not in allowed:
+        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(allowed)}")
+    if "range" in meta:
+        low, high, open_high = meta["range"]
+        if value < low or (high is not None and (value >= high if open_high else value > high)):
+            want = f">= {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"
+            raise ConfigError(f"{path}: {value!r} must be {want}")
+    if meta.get("positive") and not value > 0:
+        raise ConfigError(f"{path}: {value!r} must be greater than 0")
+    if "pattern" in meta and not re.fullmatch(meta["pattern"][0], value):
+        raise ConfigError(f"{path}: {value!r} is not {meta['pattern'][1]}")
 
 
 @dataclass
@@ -65,13 +96,13 @@ class VideoConfig:
     (``tsn``: random frame inside each segment), ``eval_sampling`` otherwise (``uniform``:
     segment centres, or ``fps``: CLIP4Clip's one frame per second thinned to ``num_frames``)."""
 
-    num_frames: int = 12
+    num_frames: int = at_least(12, 1)
     train_sampling: str = choice("tsn", "tsn", "uniform", "fps")
     eval_sampling: str = choice("uniform", "uniform", "fps", "tsn")
     # Stage 1 only: > 0 decodes each training video once, keeping up to this many frames (all of a
     # shorter video) at the model's input size in memory, and samples training frames from there
     # (videos x frames x 3 x size^2 bytes per process: for small datasets). 0 decodes every step.
-    cache_frames: int = 0
+    cache_frames: int = at_least(0, 0)
 
 
 @dataclass
@@ -93,21 +124,21 @@ class PretrainConfig:
     ``loss`` and ``mode`` pick stage 1's parts (``retrieval_pretrain.parts``)."""
 
     head: str = choice("seqTransf", "meanP", "seqTransf")
-    head_layers: int = 4
+    head_layers: int = at_least(4, 1)
     head_input_norm: bool = False  # layer-normalise frame features before seqTransf (from-scratch towers)
     loss: str = choice("infonce", "infonce")
     mode: str = choice("full", "full")
-    max_words: int = 32
-    batch_size: int = 128
-    epochs: int = 5
-    lr: float = 1e-4
-    clip_lr: float = 1e-7
-    weight_decay: float = 0.2
-    warmup_ratio: float = 0.1
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    eval_batch_size: int = 64
-    save_every: int = 500
+    max_words: int = at_least(32, 2)
+    batch_size: int = at_least(128, 1)
+    epochs: int = at_least(5, 0)
+    lr: float = positive(1e-4)
+    clip_lr: float = at_least(1e-7, 0.0)
+    weight_decay: float = at_least(0.2, 0.0)
+    warmup_ratio: float = fraction(0.1)
+    grad_accum: int = at_least(1, 1)
+    max_grad_norm: float = at_least(1.0, 0.0)
+    eval_batch_size: int = at_least(64, 1)
+    save_every: int = at_least(500, 0)
     allow_eval_overlap: bool = False
     # Parameter-name prefixes (as ``model.named_parameters()``, e.g. ``clip.token_embedding``,
     # ``clip.visual``) kept fixed while training: smaller optimizer state, faster steps.
@@ -120,9 +151,10 @@ class RunConfig:
 
     seed: int = 42
     mixed_precision: str = choice("no", "no", "fp16", "bf16")
-    num_workers: int = 4
-    log_every: int = 10
-    device: str = choice("auto", "auto", "cpu", "cuda")
+    num_workers: int = at_least(4, 0)
+    log_every: int = at_least(10, 1)
+    # auto, cpu, cuda (training: pick GPUs with CUDA_VISIBLE_DEVICES or accelerate launch); inference also cuda:N, mps
+    device: str = field(default="auto", metadata={"pattern": (r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:N or mps")})
 
 
 @dataclass
@@ -211,10 +243,12 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
             kwargs[key] = _build(tp, value or {}, path)
         else:
             kwargs[key] = _check_type(value, tp, path)
-        allowed = fields[key].metadata.get("choices")
-        if allowed and kwargs[key] not in allowed:
-            raise ConfigError(f"{path}: {kwargs[key]!r} is not one of {', '.join(allowed)}")
-    return cls(**kwargs)
+        _check_value(path, kwargs[key], fields[key].metadata)
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:  # checks across fields of one section
+        check(where or "config")
+    return obj
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from retrieval_pretrain.errors import ConfigError
 from retrieval_pretrain.transforms import normalise_frames, preprocess_frames, resize_crop_frames
 from retrieval_pretrain.video import read_frames, sample_indices
 
@@ -185,7 +186,7 @@ class ContrastiveTrainSet(Dataset):
             if len(cache) != len(self.entries):
                 raise ValueError(f"the frame cache holds {len(cache)} videos, the training set {len(self.entries)}")
             if method not in ("tsn", "uniform"):
-                raise ValueError(f"video.cache_frames works with train_sampling tsn or uniform, not {method!r} "
+                raise ConfigError(f"video.cache_frames works with train_sampling tsn or uniform, not {method!r} "
                                  "(fps sampling needs the file's own frame rate); set video.cache_frames=0")
         self.cache = cache
 

@@ -81,10 +81,10 @@ def _select_videos(cfg: RetrievalConfig, output: Path, main: bool) -> tuple[list
     """The training entries with files; malformed entries and missing files listed in skipped.json."""
     ann = load_annotations(cfg.data)
     entries, skipped = training_entries(ann, cfg)
+    if main:  # written every run (empty lists when nothing was skipped): `vcap pretrain` reads it
+        write_json(output / "skipped.json", {"annotation_problems": [vars(q) for q in ann.problems],
+                                             "missing_videos": skipped})
     if ann.problems or skipped:
-        if main:
-            write_json(output / "skipped.json", {"annotation_problems": [vars(q) for q in ann.problems],
-                                                 "missing_videos": skipped})
         print(f"warning: skipping {len(ann.problems)} malformed annotation entries and {len(skipped)} "
               f"missing videos (listed in {output / 'skipped.json'})", file=sys.stderr)
     if len(entries) < 2:
@@ -157,8 +157,8 @@ def _finish(run: Stage1, cfg: RetrievalConfig, output: Path, step: int, seconds:
     acc.wait_for_everyone()
     model_dir = output / "model"
     if acc.is_main_process:
+        write_json(output / "failures.json", [{"path": p, "reason": r} for p, r in run.failures])
         if run.failures:
-            write_json(output / "failures.json", [{"path": p, "reason": r} for p, r in run.failures])
             print(f"warning: {len(run.failures)} unreadable videos were skipped (listed in "
                   f"{output / 'failures.json'})", file=sys.stderr)
         save_pretrained(acc.unwrap_model(run.model), model_dir, extra={

@@ -158,7 +158,10 @@ def test_rerun_is_cached_and_missing_manifest_regenerates(tmp_path):
     assert len(list((folder / "videos").glob("*.mp4"))) == 14
 
     other = dd.DemoSpec(**{**TINY.__dict__, "num_train": 3})  # another spec: regenerated, stale clips gone
+    killed = folder / "videos" / ".red_circle_left_0001.mp4.tmp-k1ll3d"  # what a killed write leaves
+    killed.write_bytes(b"half an mp4")
     dd.generate_dataset(folder, other, progress=False)
+    assert not killed.exists()
     names = {Path(e["video"]).name for e in _entries(folder)}
     assert {p.name for p in (folder / "videos").glob("*.mp4")} == names and len(names) == 11
     assert json.loads((folder / "manifest.json").read_text())["hash"] == dd.spec_hash(other)

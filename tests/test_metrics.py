@@ -188,6 +188,11 @@ def test_loaders_name_bad_files(tmp_path):
         load_references(tmp_path / "nocap.json")
     with pytest.raises(DatasetError, match="file not found: .*nope.json"):
         load_references(tmp_path / "nope.json")
+    with pytest.raises(DatasetError, match=f"{tmp_path}: cannot be read"):  # a folder
+        load_predictions(tmp_path)
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(DatasetError, match="binary.json: not a UTF-8 text file"):
+        load_predictions(tmp_path / "binary.json")
 
 
 def test_mismatched_ids_raise_naming_them():
