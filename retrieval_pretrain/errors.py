@@ -74,8 +74,8 @@ class FeatureMismatchError(FeatureStoreError):
 
 EXIT_CODES: dict[int, str] = {
     0: "success",
-    1: "the job finished, but some inputs failed and were skipped (each named on stderr and in failures.json), "
-       "or 'vcap data check' found problems",
+    1: "the job finished, but some inputs failed and were skipped (each named on stderr and in the output's "
+       "failures.json / skipped.json / not_captioned.json), or 'vcap data check' found problems",
     ConfigError.exit_code: "usage or config error (unknown key, bad value, missing config file)",
     DatasetError.exit_code: "dataset error (annotation / predictions / references file missing or malformed, "
                             "empty split, evaluation videos in stage 1's training split)",

@@ -1,4 +1,4 @@
-"""Stage-1 model, hub, loss and transforms: a tiny real open_clip CLIP, CPU only, no network.
+"""Stage-1 model, backbones and model folders, loss and transforms: a tiny real open_clip CLIP, CPU only, no network.
 
 Parity references are open_clip's own ``encode_image`` / ``image_transform`` and hand-computed
 values; the offline-weights test runs the real download code in a subprocess with the Hub offline.
