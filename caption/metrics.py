@@ -33,12 +33,10 @@ import io
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import warnings
 from collections import deque
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider

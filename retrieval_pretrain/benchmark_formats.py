@@ -19,7 +19,7 @@ on ``data.format``:
   Files are ``<videos>/<videoID>.mp4``.
 
 Each reader is ``load_<format>(data, table)``: it adds entries and problems to the
-``annotations._Table`` it is given and raises ``AnnotationError`` for a file it cannot read at all.
+``annotations.Table`` it is given and raises ``AnnotationError`` for a file it cannot read at all.
 
 ``datasets`` is not used: these files are small (a few MB) and parse in well under a second with
 the standard library, while ``datasets``' JSON/CSV builders write an Arrow cache and fail a whole
@@ -35,12 +35,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from retrieval_pretrain.annotations import (AnnotationError, _clean_captions, _file, _no_split_files,
-                                            _read_json, _read_text, _split_files, _Table, _video_path)
+from retrieval_pretrain.annotation_table import (AnnotationError, clean_captions, required_file, no_split_files,
+                                            read_json, read_text, split_files, Table, video_path)
 from retrieval_pretrain.config import DataConfig
 
 
-def _sentences(path: Path, doc: Any, table: _Table) -> dict[str, list[str]]:
+def _sentences(path: Path, doc: Any, table: Table) -> dict[str, list[str]]:
     """MSR-VTT's ``sentences`` list -> ``video_id -> [caption, ...]`` (file order)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("sentences"), list):
         raise AnnotationError(f"{path}: not the MSR-VTT layout (needs a 'sentences' list)")
@@ -56,10 +56,10 @@ def _sentences(path: Path, doc: Any, table: _Table) -> dict[str, list[str]]:
     return captions
 
 
-def load_msrvtt(data: DataConfig, table: _Table) -> None:
-    _no_split_files(data, "msrvtt")
-    path = _file(data.annotations, "annotations", "msrvtt")
-    doc = _read_json(path)
+def load_msrvtt(data: DataConfig, table: Table) -> None:
+    no_split_files(data, "msrvtt")
+    path = required_file(data.annotations, "annotations", "msrvtt")
+    doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("videos"), list):
         raise AnnotationError(f"{path}: not the MSR-VTT videodatainfo layout (needs 'videos', 'sentences')")
     captions = _sentences(path, doc, table)
@@ -70,7 +70,7 @@ def load_msrvtt(data: DataConfig, table: _Table) -> None:
             continue
         vid = v["video_id"]
         known.add(vid)
-        table.add(vid, _video_path(data, vid), captions.get(vid, []), v["split"], f"{path} ({vid})")
+        table.add(vid, video_path(data, vid), captions.get(vid, []), v["split"], f"{path} ({vid})")
     for vid in sorted(captions.keys() - known):
         table.problem(f"{path} ({vid})", f"{len(captions[vid])} captions for a video id not in 'videos'; skipped")
 
@@ -85,15 +85,15 @@ def msrvtt_official_split(video_id: str) -> str | None:
     return "train" if n <= 6512 else "val" if n <= 7009 else "test" if n <= 9999 else None
 
 
-def load_msrvtt_clip4clip(data: DataConfig, table: _Table) -> None:
+def load_msrvtt_clip4clip(data: DataConfig, table: Table) -> None:
     fmt = "msrvtt-clip4clip"
-    splits = _split_files(data, fmt)
+    splits = split_files(data, fmt)
     if not splits:
         raise AnnotationError(f"format '{fmt}' needs data.split_files.<split> csv files "
                               f"(e.g. train=MSRVTT_train.9k.csv, test=MSRVTT_JSFUSION_test.csv)")
     json_captions: dict[str, list[str]] | None = None
     for split, csv_path in splits.items():
-        reader = csv.DictReader(io.StringIO(_read_text(csv_path)))
+        reader = csv.DictReader(io.StringIO(read_text(csv_path)))
         columns = reader.fieldnames or []
         if "video_id" not in columns:
             raise AnnotationError(f"{csv_path}: no 'video_id' column (columns: {', '.join(columns) or 'none'})")
@@ -115,11 +115,11 @@ def load_msrvtt_clip4clip(data: DataConfig, table: _Table) -> None:
                 if not str(data.annotations).strip():
                     raise AnnotationError(f"{csv_path}: has no 'sentence' column, so split '{split}' takes its "
                                           f"captions from data.annotations (MSRVTT_data.json), which is not set")
-                path = _file(data.annotations, "annotations", fmt)
-                json_captions = _sentences(path, _read_json(path), table)
+                path = required_file(data.annotations, "annotations", fmt)
+                json_captions = _sentences(path, read_json(path), table)
             per_video = {vid: list(json_captions.get(vid, [])) for vid in per_video}
         for vid, caps in per_video.items():
-            table.add(vid, _video_path(data, vid), caps, split, f"{csv_path}:{first_line[vid]}",
+            table.add(vid, video_path(data, vid), caps, split, f"{csv_path}:{first_line[vid]}",
                       official_split=msrvtt_official_split(vid))
 
 
@@ -145,7 +145,7 @@ def _load_pickle(path: Path) -> Any:
         raise AnnotationError(f"{path}: not a plain dict/list/str pickle: {type(e).__name__}: {e}") from e
 
 
-def _msvd_captions(path: Path, vid: str, raw: Any, table: _Table) -> list[str]:
+def _msvd_captions(path: Path, vid: str, raw: Any, table: Table) -> list[str]:
     """``[[token, ...], ...]`` (or caption strings) -> captions; bad ones become problems."""
     caps = []
     for j, cap in enumerate(raw if isinstance(raw, list) else [raw]):
@@ -158,25 +158,25 @@ def _msvd_captions(path: Path, vid: str, raw: Any, table: _Table) -> list[str]:
     return caps
 
 
-def load_msvd(data: DataConfig, table: _Table) -> None:
-    path = _file(data.annotations, "annotations", "msvd")
+def load_msvd(data: DataConfig, table: Table) -> None:
+    path = required_file(data.annotations, "annotations", "msvd")
     raw = _load_pickle(path)
     if not isinstance(raw, dict):
         raise AnnotationError(f"{path}: expected a dict vidN -> captions, got {type(raw).__name__}")
     youtube: dict[str, str] = {}
     if "youtube_mapping" in data.split_files:
-        ypath = _file(data.split_files["youtube_mapping"], "split_files.youtube_mapping", "msvd")
-        for n, line in enumerate(_read_text(ypath).splitlines(), 1):
+        ypath = required_file(data.split_files["youtube_mapping"], "split_files.youtube_mapping", "msvd")
+        for n, line in enumerate(read_text(ypath).splitlines(), 1):
             parts = line.split()
             if len(parts) == 2:
                 youtube[parts[1]] = parts[0]
             elif parts:
                 table.problem(f"{ypath}:{n}", "expected 'youtubeid_start_end vidN'; skipped")
-    splits = _split_files(data, "msvd", exclude=("youtube_mapping",))
+    splits = split_files(data, "msvd", exclude=("youtube_mapping",))
     if not splits:
         raise AnnotationError("format 'msvd' needs data.split_files.{train,val,test} (the *_list_mapping.txt id lists)")
     for split, list_path in splits.items():
-        for n, line in enumerate(_read_text(list_path).splitlines(), 1):
+        for n, line in enumerate(read_text(list_path).splitlines(), 1):
             vid = line.strip()
             if not vid:
                 continue
@@ -185,13 +185,13 @@ def load_msvd(data: DataConfig, table: _Table) -> None:
                 table.problem(where, f"video id '{vid}' has no captions in {path}; skipped")
                 continue
             caps = _msvd_captions(path, vid, raw[vid], table)
-            video = _video_path(data, youtube[vid], ".avi") if vid in youtube else _video_path(data, vid, None)
+            video = video_path(data, youtube[vid], ".avi") if vid in youtube else video_path(data, vid, None)
             table.add(vid, video, caps, split, where)
 
 
-def _vatex_items(path: Path, split: str | None, data: DataConfig, table: _Table) -> None:
+def _vatex_items(path: Path, split: str | None, data: DataConfig, table: Table) -> None:
     """One VATEX JSON list; ``split`` None: each item's own ``"split"``."""
-    items = _read_json(path)
+    items = read_json(path)
     if not isinstance(items, list):
         raise AnnotationError(f"{path}: expected a JSON list of {{videoID, enCap}}, got {type(items).__name__}")
     if split is None and not any(isinstance(it, dict) and "split" in it for it in items):
@@ -204,20 +204,20 @@ def _vatex_items(path: Path, split: str | None, data: DataConfig, table: _Table)
         if not isinstance(vid, str) or not vid.strip() or not isinstance(item_split, str) or not item_split.strip():
             table.problem(where, "needs a string 'videoID'" + ("" if split else " and 'split'") + "; skipped")
             continue
-        caps, why = _clean_captions(item.get("enCap", []))
+        caps, why = clean_captions(item.get("enCap", []))
         if why and item.get("enCap"):  # an empty/absent enCap is reported as "no captions" by add()
             table.problem(where, f"enCap: {why}; skipped")
             continue
         vid = vid.strip()
-        table.add(vid, _video_path(data, vid), caps, item_split, where)
+        table.add(vid, video_path(data, vid), caps, item_split, where)
 
 
-def load_vatex(data: DataConfig, table: _Table) -> None:
+def load_vatex(data: DataConfig, table: Table) -> None:
     if data.split_files and str(data.annotations).strip():
         raise AnnotationError("format 'vatex': set either data.annotations (one file whose items carry "
                               "'split') or data.split_files.<split> (one file per split), not both")
     if data.split_files:
-        for split, path in _split_files(data, "vatex").items():
+        for split, path in split_files(data, "vatex").items():
             _vatex_items(path, split, data, table)
     else:
-        _vatex_items(_file(data.annotations, "annotations", "vatex"), None, data, table)
+        _vatex_items(required_file(data.annotations, "annotations", "vatex"), None, data, table)

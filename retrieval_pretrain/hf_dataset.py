@@ -49,8 +49,8 @@ from typing import Any, Iterator
 
 import datasets
 
-from retrieval_pretrain.annotations import (AnnotationError, _clean_captions, _no_split_files, _Table,
-                                            _video_path, normalize_split)
+from retrieval_pretrain.annotation_table import (AnnotationError, clean_captions, no_split_files, Table,
+                                            video_path, normalize_split)
 from retrieval_pretrain.config import DataConfig
 from retrieval_pretrain.errors import ConfigError
 
@@ -72,14 +72,14 @@ class _Video:
     captions: list[str] = field(default_factory=list)
 
 
-def load_hf(data: DataConfig, table: _Table) -> None:
+def load_hf(data: DataConfig, table: Table) -> None:
     """Read the Hugging Face dataset ``data.annotations`` into ``table`` (see the module docstring).
 
     Raises:
         AnnotationError: no such source, one that cannot be read, or a missing column.
         ConfigError: an unknown role in ``data.columns``.
     """
-    _no_split_files(data, "hf")
+    no_split_files(data, "hf")
     columns = _columns(data)
     known = _known_splits(data)
     videos: dict[tuple[str, str], _Video] = {}
@@ -234,7 +234,7 @@ def _require(label: str, ds: datasets.Dataset, role: str, column: str, hint: str
 
 def _read_rows(data: DataConfig, label: str, dict_split: str | None, ds: datasets.Dataset,
                columns: dict[str, str], known: list[str], videos: dict[tuple[str, str], _Video],
-               table: _Table) -> None:
+               table: Table) -> None:
     """Check the columns of one dataset, then merge its good rows into ``videos``."""
     _require(label, ds, "video", columns["video"])
     _require(label, ds, "captions", columns["captions"])
@@ -278,7 +278,7 @@ def _row(video: Any, caps: Any, split: Any, columns: dict[str, str],
     if why:
         return why
     if isinstance(caps, list):
-        captions, why = _clean_captions(caps)
+        captions, why = clean_captions(caps)
         why = why and f"column '{columns['captions']}': {why}"
     else:
         caption, why = _text(caps, "captions", columns, kind="a string or a list of strings")
@@ -299,4 +299,4 @@ def _video_file(data: DataConfig, value: str) -> tuple[str, Path]:
     rel = Path(value)
     if rel.suffix.lower() in exts or (Path(data.videos) / rel).is_file():
         return rel.with_suffix("").as_posix(), Path(data.videos) / rel
-    return value, _video_path(data, value, first=None)
+    return value, video_path(data, value, first=None)

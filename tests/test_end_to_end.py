@@ -5,7 +5,6 @@ Also: stage 1 resumed after k steps gives the same next-step loss as an uninterr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 

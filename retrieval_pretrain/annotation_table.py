@@ -1,0 +1,157 @@
+"""The table every annotation format is read into: ``VideoEntry`` rows (video id, file, captions,
+split), ``AnnotationProblem``s for malformed entries that were skipped (named, counted, never
+silent), ``AnnotationError`` for a file that cannot be read at all - and the helpers the format
+readers share (required files, split files, video paths from ids, caption cleaning)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retrieval_pretrain.config import DataConfig
+from retrieval_pretrain.errors import DatasetError
+
+_SPLIT_ALIASES = {"validate": "val", "validation": "val"}
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+def normalize_split(name: str) -> str:
+    """``validate``/``validation`` -> ``val``; other names unchanged (stripped)."""
+    name = str(name).strip()
+    return _SPLIT_ALIASES.get(name.lower(), name)
+
+
+@dataclass
+class VideoEntry:
+    """One video: its dataset id, its file (which may not exist), its captions and split.
+
+    ``official_split`` is the video's split in the benchmark's own caption splits when the format
+    knows it and the split files may differ from it: MSR-VTT videos ``video0-6512`` are train,
+    ``6513-7009`` val, ``7010-9999`` test, whatever retrieval list (e.g. CLIP4Clip's 9k) puts them
+    in. Stage 1 uses it to refuse training on caption-evaluation videos."""
+
+    video_id: str
+    path: Path
+    captions: list[str]
+    split: str
+    official_split: str | None = None
+
+
+class AnnotationError(DatasetError):
+    """An annotation file that cannot be read at all; the message names the file and why."""
+
+
+@dataclass
+class AnnotationProblem:
+    """A malformed entry that was skipped: where (``file:line`` or ``file (id)``) and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class Annotations:
+    """The dataset as one table, plus the entries that were skipped and why."""
+
+    entries: list[VideoEntry] = field(default_factory=list)
+    problems: list[AnnotationProblem] = field(default_factory=list)
+
+    def split(self, name: str) -> list[VideoEntry]:
+        """The entries of split ``name`` (``validate`` means ``val``), in file order."""
+        name = normalize_split(name)
+        return [e for e in self.entries if e.split == name]
+
+    def splits(self) -> list[str]:
+        """Split names present: train, val, test first, then others alphabetically."""
+        names = {e.split for e in self.entries}
+        return sorted(names, key=lambda s: (_SPLIT_ORDER.get(s, 3), s))
+
+
+class Table:
+    """Collects entries; an id seen twice or an entry with no captions becomes a problem."""
+
+    def __init__(self) -> None:
+        self.ann = Annotations()
+        self._seen: dict[str, str] = {}
+
+    def problem(self, source: str, reason: str) -> None:
+        self.ann.problems.append(AnnotationProblem(source, reason))
+
+    def add(self, video_id: str, path: Path, captions: list[str], split: str, source: str,
+            official_split: str | None = None) -> None:
+        split = normalize_split(split)
+        if not captions:
+            self.problem(source, f"video '{video_id}' has no captions; skipped")
+        elif video_id in self._seen:
+            self.problem(source, f"duplicate video id '{video_id}' (first seen in split "
+                                 f"'{self._seen[video_id]}'); skipped")
+        else:
+            self._seen[video_id] = split
+            self.ann.entries.append(VideoEntry(video_id, Path(path), captions, split, official_split))
+
+
+# ----------------------------------------------------------------------------- file helpers
+
+
+def required_file(path_str: str, key: str, fmt: str) -> Path:
+    if not str(path_str).strip():
+        raise AnnotationError(f"data.{key} is not set (format '{fmt}' needs it)")
+    path = Path(path_str)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: file not found (data.{key})")
+    return path
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnnotationError(f"{path}: cannot read: {e}") from e
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}: not valid JSON: {e}") from e
+
+
+def split_files(data: DataConfig, fmt: str, exclude: tuple[str, ...] = ()) -> dict[str, Path]:
+    """``data.split_files`` minus ``exclude``, normalised split -> existing file."""
+    out = {}
+    for split, path_str in data.split_files.items():
+        if split not in exclude:
+            out[normalize_split(split)] = required_file(path_str, f"split_files.{split}", fmt)
+    return out
+
+
+def video_path(data: DataConfig, stem: str, first: str | None = ".mp4") -> Path:
+    """``<videos>/stem<ext>`` for the first extension (``first``, then ``data.video_ext``) whose file
+    exists, else the first extension."""
+    folder = Path(data.videos)
+    candidates = list(dict.fromkeys(e if e.startswith(".") else f".{e}" for e in [first or "", *data.video_ext] if e))
+    for ext in candidates:
+        if (folder / f"{stem}{ext}").exists():
+            return folder / f"{stem}{ext}"
+    return folder / f"{stem}{candidates[0] if candidates else ''}"
+
+
+def clean_captions(value: Any) -> tuple[list[str], str]:
+    """A list of caption strings, stripped, or ``([], reason)`` when it is not one."""
+    if not isinstance(value, list) or not value:
+        return [], "empty captions list" if value == [] else f"captions must be a list, got {type(value).__name__}"
+    bad = [c for c in value if not isinstance(c, str) or not c.strip()]
+    if bad:
+        return [], f"captions must be non-empty strings, got {bad[0]!r}"
+    return [c.strip() for c in value], ""
+
+
+def no_split_files(data: DataConfig, fmt: str) -> None:
+    if data.split_files:
+        raise AnnotationError(f"format '{fmt}' takes its splits from data.annotations; "
+                              f"data.split_files ({', '.join(data.split_files)}) is not used - remove it")
+
+
+# ----------------------------------------------------------------------------- jsonl
