@@ -1,5 +1,6 @@
 """The toolkit's two writers: one for files, one for folders. Every file or folder the toolkit
-writes goes through them, so nothing written half-way ever looks complete.
+writes whole goes through them, so nothing written half-way ever looks complete. (The one stream,
+a run's ``log.jsonl``, is appended to line by line: ``run_log.JsonlLogger``.)
 
 * ``write_file(path, content)``: the content goes to a temporary file beside ``path``, which is then
   renamed over it (``os.replace``, atomic on POSIX): a reader sees the old file or the new one.
