@@ -308,9 +308,13 @@ def test_pretrained_tag_offline_raises_weights_unavailable(tmp_path):
 
 
 def test_unknown_tag_or_missing_file_raises_weights_unavailable(tmp_path):
-    with pytest.raises(WeightsUnavailableError, match="neither a known tag"):
-        build_clip(ClipConfig(model="ViT-B-32", pretrained=str(tmp_path / "missing.pt")))
-    with pytest.raises(WeightsUnavailableError, match="local checkpoint file"):
+    with pytest.raises(WeightsUnavailableError, match="neither a known tag of this model .tags: .*openai"):
+        build_clip(ClipConfig(model="ViT-B-32", pretrained="no-such-tag"))
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(WeightsUnavailableError, match=f"checkpoint file clip.pretrained={missing} does not exist") as e:
+        build_clip(ClipConfig(model="ViT-B-32", pretrained=str(missing)))
+    assert "Fix the path" in str(e.value) and "openai" in str(e.value)  # and the tags it could use instead
+    with pytest.raises(WeightsUnavailableError, match="custom architecture.*clip.pretrained=openai does not exist"):
         build_clip(ClipConfig(model="tiny", pretrained="openai", custom=TINY))
 
 
