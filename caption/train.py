@@ -150,7 +150,7 @@ def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_
     """Train stage 2; returns ``output/model``."""
     c, output = cfg.caption, Path(output)
     acc = make_accelerator(cfg.run.mixed_precision, c.grad_accum, cfg.run.device, cfg.run.seed)
-    run = setup(cfg, Path(features), output, acc, init_from)
+    run = setup(cfg, Path(features), output, acc, init_from, resume)
     start_epoch, skip, step = _resume(run, output) if resume else (0, 0, 0)
     log, timer, t0 = JsonlLogger(output / "log.jsonl", enabled=acc.is_main_process), StepTimer(), time.perf_counter()
     bar = tqdm(total=run.total_steps, initial=step, desc="stage 2", disable=not acc.is_main_process, file=sys.stderr)

@@ -27,6 +27,7 @@ from retrieval_pretrain.config import config_to_dict
 from retrieval_pretrain.data import EpochShuffleSampler
 from retrieval_pretrain.errors import DatasetError, FeatureStoreError
 from retrieval_pretrain.features import FeatureStore
+from retrieval_pretrain.run_folder import claim
 
 
 @dataclass
@@ -122,12 +123,15 @@ def _optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.caption.lr, betas=(0.9, 0.98))
 
 
-def setup(cfg: Config, features: Path, output: Path, accelerator: Accelerator, init_from: Path | None) -> Stage2:
+def setup(cfg: Config, features: Path, output: Path, accelerator: Accelerator, init_from: Path | None,
+          resume: bool = False) -> Stage2:
     c, main = cfg.caption, accelerator.is_main_process
     store = FeatureStore(features)
     meta = store.meta()  # not a feature folder: an error before anything is written
+    inputs = {"features": str(Path(features).resolve()), "features_tower": meta["tower_fingerprint"],
+              "init_from": str(Path(init_from).resolve()) if init_from else ""}
+    claim(output, "train", cfg, resume, accelerator, inputs)
     if main:
-        output.mkdir(parents=True, exist_ok=True)
         write_json(output / "config.json", config_to_dict(cfg))
     train_entries, val_entries = _entries_with_features(cfg, store, output, main)
     captions = [normalize_caption(cap) for e in train_entries for cap in e.captions]

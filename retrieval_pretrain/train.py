@@ -33,6 +33,7 @@ from retrieval_pretrain.data import steps_per_epoch
 from retrieval_pretrain.errors import DatasetError
 from retrieval_pretrain.model_folder import save_pretrained
 from retrieval_pretrain.parts import build_loss, build_training_mode, build_video_text_model, param_groups
+from retrieval_pretrain.run_folder import claim
 from retrieval_pretrain.run_log import JsonlLogger, StepTimer
 from retrieval_pretrain.training_set import train_loader, training_entries
 
@@ -93,11 +94,11 @@ def _select_videos(cfg: RetrievalConfig, output: Path, main: bool) -> tuple[list
     return entries, len(skipped)
 
 
-def setup(cfg: RetrievalConfig, output: Path, accelerator: Accelerator) -> Stage1:
+def setup(cfg: RetrievalConfig, output: Path, accelerator: Accelerator, resume: bool = False) -> Stage1:
     """Data, model (from its parts), optimizer and schedule, prepared by Accelerate."""
     main = accelerator.is_main_process
+    claim(output, "pretrain", cfg, resume, accelerator)
     if main:
-        output.mkdir(parents=True, exist_ok=True)
         write_json(output / "config.json", config_to_dict(cfg))
     entries, skipped = _select_videos(cfg, output, main)
     model = build_training_mode(cfg, build_video_text_model(cfg))
@@ -175,7 +176,7 @@ def train(cfg: RetrievalConfig, output: Path, resume: bool = False) -> Path:
     """Run stage 1 and write ``output/model``; returns that folder."""
     output, p = Path(output), cfg.pretrain
     acc = make_accelerator(cfg.run.mixed_precision, p.grad_accum, cfg.run.device, cfg.run.seed)
-    run = setup(cfg, output, acc)
+    run = setup(cfg, output, acc, resume)
     start_epoch, skip, step = _resume(run, output) if resume else (0, 0, 0)
     log, timer, t0, seen = JsonlLogger(output / "log.jsonl", enabled=acc.is_main_process), StepTimer(), time.perf_counter(), 0
     bar = tqdm(total=run.total_steps, initial=step, desc="stage 1", disable=not acc.is_main_process, file=sys.stderr)

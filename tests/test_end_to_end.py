@@ -93,6 +93,10 @@ def test_whole_pipeline_from_the_command_line(tiny_data, tmp_path, shared_data, 
     s1 = tmp_path / "s1"
     assert main(["pretrain", "--output", str(s1), *_args(tiny_data, ["pretrain.epochs=2"])]) == 0
     assert sorted(p.name for p in (s1 / "model").iterdir()) == ["config.json", "model.safetensors"]
+    # The folder now belongs to that run: a second run into it is refused (exit 2), before any work.
+    capsys.readouterr()
+    assert main(["pretrain", "--output", str(s1), *_args(tiny_data, ["pretrain.epochs=3"])]) == 2
+    assert "already holds a run" in capsys.readouterr().err.strip().splitlines()[-1]
 
     assert main(["eval-retrieval", "--model", str(s1 / "model"), "--dsl", "--output", str(tmp_path / "r"),
                  *_args(tiny_data)]) == 0

@@ -1,0 +1,96 @@
+"""A run folder belongs to one run. ``claim`` enforces the rule both training commands follow:
+
+* a new folder (or one holding nothing of a run) starts a run and records it in ``RUN/run.json``:
+  the command, the config and its fingerprint, and the inputs (stage 2: the feature folder);
+* without ``--resume``, a folder that already holds a run (``run.json``, ``checkpoints/`` or
+  ``model/``) is refused - otherwise the new run's checkpoints would mix with the old ones and a
+  later ``--resume`` could restore the old run;
+* with ``--resume``, the recorded run must be this one: same command, same inputs, same config
+  except the settings that do not change what is trained (``RESUMABLE``) and the sections the
+  command does not read (``SECTIONS``); a difference is refused, naming the keys. ``--resume`` on a folder with no run starts one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from retrieval_pretrain.atomic import write_json
+from retrieval_pretrain.config import config_to_dict
+from retrieval_pretrain.errors import ConfigError
+
+RUN_FILE = "run.json"
+# Settings a resumed run may change: they decide how often it logs and saves and how many loader
+# workers it uses, not what it computes.
+RESUMABLE = ("run.num_workers", "run.log_every", "pretrain.save_every", "caption.save_every")
+# The config sections each command trains from (stage 2 reads video and CLIP only through its features).
+SECTIONS = {"pretrain": ("data", "video", "clip", "pretrain", "run"), "train": ("data", "caption", "decode", "run")}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _identity(command: str, cfg: Any, inputs: dict[str, str]) -> dict[str, Any]:
+    tree = {k: v for k, v in config_to_dict(cfg).items() if k in SECTIONS[command]}
+    settings = {k: v for k, v in _flat(tree).items() if k not in RESUMABLE}
+    text = json.dumps({"command": command, "inputs": inputs, "config": settings}, sort_keys=True)
+    return {"command": command, "inputs": inputs, "config": settings,
+            "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def _holds_a_run(output: Path) -> bool:
+    return any((output / name).exists() for name in (RUN_FILE, "checkpoints", "model"))
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    out = [f"command {old.get('command')!r} -> {new['command']!r}"] if old.get("command") != new["command"] else []
+    for key in sorted(set(old.get("inputs", {})) | set(new["inputs"])):
+        if old.get("inputs", {}).get(key) != new["inputs"].get(key):
+            out.append(f"{key} {old.get('inputs', {}).get(key)!r} -> {new['inputs'].get(key)!r}")
+    before, after = old.get("config", {}), new["config"]
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            out.append(f"{key} {before.get(key)!r} -> {after.get(key)!r}")
+    return out
+
+
+def claim(output: Path, command: str, cfg: Any, resume: bool, accelerator: Any,
+          inputs: dict[str, str] | None = None) -> None:
+    """Apply the rule above to ``output`` for this run: every process checks, then the main one
+    records the run (after all have checked, so none sees the new record as an old run)."""
+    _check(Path(output), command, cfg, resume, dict(inputs or {}), accelerator)
+
+
+def _check(output: Path, command: str, cfg: Any, resume: bool, inputs: dict[str, str], accelerator: Any) -> None:
+    new = _identity(command, cfg, inputs)
+    record = output / RUN_FILE
+    if not resume and _holds_a_run(output):
+        raise ConfigError(f"{output} already holds a run ({RUN_FILE}, checkpoints/ or model/): continue it with "
+                          "--resume, or give a new --output folder")
+    if resume and record.is_file():
+        try:
+            old = json.loads(record.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{record}: cannot be read ({e}); this folder cannot be resumed") from None
+        if old.get("fingerprint") != new["fingerprint"]:
+            diff = _differences(old, new)
+            raise ConfigError(f"{output} holds another run than this one ({'; '.join(diff[:8]) or 'fingerprint'}"
+                              f"{'; ...' if len(diff) > 8 else ''}): resume it with its own settings, or give a "
+                              "new --output folder")
+        return
+    if resume and _holds_a_run(output):
+        raise ConfigError(f"{output} holds checkpoints or a model but no {RUN_FILE}, so it cannot be checked that "
+                          "they are this run's; give a new --output folder")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        write_json(record, new)
+    accelerator.wait_for_everyone()
