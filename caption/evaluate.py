@@ -44,8 +44,7 @@ def feature_loader(store: FeatureStore, video_ids: Sequence[str], max_frames: in
 @torch.no_grad()
 def caption_batches(model: Any, tokenizer: CaptionTokenizer, loader: Any, decode: DecodeConfig, device: torch.device,
                     progress: bool = True) -> list[tuple[str, str]]:
-    """``[(video_id, caption)]`` by batched beam search over a ``feature_loader`` (or its
-    Accelerate-prepared shard)."""
+    """``[(video_id, caption)]`` by batched beam search over a ``feature_loader``."""
     model.eval()
     out: list[tuple[str, str]] = []
     for batch in tqdm(loader, desc="caption", file=sys.stderr, disable=not progress, unit="batch"):

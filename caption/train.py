@@ -140,7 +140,6 @@ def _resume(run: Stage2, output: Path) -> tuple[int, int, int]:
     """``(epoch, batches done in it, global step)`` of the newest checkpoint (and its best epoch), or zeros."""
     state = load_checkpoint(run.accelerator, output)
     if state is None:
-        print(f"--resume: no checkpoint in {output / 'checkpoints'}; starting fresh", file=sys.stderr)
         return 0, 0, 0
     run.best = dict(state["best"])
     return state["epoch"], state["batches_done"], state["global_step"]

@@ -1,6 +1,7 @@
 """What one stage-2 run trains with: the videos that have cached features, the tokenizer (trained
 on the training captions, given, or kept from ``--init-from``), the caption model, the loaders,
-AdamW and the linear schedule - all prepared by Accelerate (``setup``)."""
+AdamW and the linear schedule - model, optimizer, schedule and training loader prepared by
+Accelerate; the val split kept as pairs that each process validates its share of (``setup``)."""
 
 from __future__ import annotations
 

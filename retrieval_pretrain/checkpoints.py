@@ -47,9 +47,11 @@ def save_checkpoint(accelerator: Accelerator, run: Path, global_step: int, state
 
 
 def load_checkpoint(accelerator: Accelerator, run: Path) -> dict[str, Any] | None:
-    """Restore the newest checkpoint of ``run``; returns its trainer state, or None if there is none."""
+    """Restore the newest checkpoint of ``run``; returns its trainer state, or None (saying so) if
+    there is none."""
     ckpt = latest_checkpoint(run)
     if ckpt is None:
+        print(f"--resume: no checkpoint in {Path(run) / 'checkpoints'}; starting fresh", file=sys.stderr)
         return None
     accelerator.load_state(str(ckpt))
     state = json.loads((ckpt / "trainer_state.json").read_text())

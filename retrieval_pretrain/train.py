@@ -116,7 +116,6 @@ def _resume(run: Stage1, output: Path) -> tuple[int, int, int]:
     """``(epoch, batches done in it, global step)`` of the newest checkpoint, or zeros."""
     state = load_checkpoint(run.accelerator, output)
     if state is None:
-        print(f"--resume: no checkpoint in {output / 'checkpoints'}; starting fresh", file=sys.stderr)
         return 0, 0, 0
     return state["epoch"], state["batches_done"], state["global_step"]
 

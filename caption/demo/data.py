@@ -286,7 +286,7 @@ def generate_dataset(folder: str | Path, spec: DemoSpec | None = None, progress:
     write_file(folder / ATTRIBUTES, json.dumps(table, indent=1) + "\n")
 
     keep = {Path(r.clip.video).name for r in records}
-    # our clips, and the temporaries of killed writes (atomic.write_file: .NAME.tmp-XXXX)
+    # our clips, and the temporaries killed writes left (atomic.write_file names them .NAME.tmp-<random>)
     pattern = re.compile(r"^[a-z]+_[a-z]+_[a-z]+_\d{4}\.mp4$|^\..+\.mp4\.tmp-\w+$")
     for stale in (folder / "videos").iterdir():
         if stale.name not in keep and pattern.match(stale.name):
