@@ -27,6 +27,7 @@ from retrieval_pretrain.data import Preprocess
 from retrieval_pretrain.encode import encode_video_batches
 from retrieval_pretrain.errors import ModelFolderError, VideoReadError
 from retrieval_pretrain.model_folder import from_pretrained as load_video_tower
+from retrieval_pretrain.model_folder import model_fingerprint
 
 TOWER_DIR = "video_tower"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
@@ -67,6 +68,15 @@ def load_caption_model(folder: str | Path) -> CaptionModel:
     return model
 
 
+def _check_tower(folder: Path, tower_dir: Path, want: str | None) -> None:
+    """The video tower must be the one the caption model was trained on (its weights' fingerprint):
+    a stage-1 folder retrained in place would otherwise give wrong features without a word."""
+    have = model_fingerprint(tower_dir)
+    if want != have:
+        raise ModelFolderError(f"{tower_dir} is not the video tower {folder} was trained on (fingerprint {have}, "
+                               f"recorded {want}); use the stage-1 model the caption model was trained with")
+
+
 class CaptionPipeline:
     """A caption model with its tokenizer and stage-1 video tower, ready to caption video files."""
 
@@ -97,6 +107,7 @@ class CaptionPipeline:
                         f"({source or 'unknown'}) is not there either"
                     )
                 tower_dir = Path(source)
+            _check_tower(folder, tower_dir, (model.config.video_tower or {}).get("fingerprint"))
             tower, info = load_video_tower(tower_dir, device=device)
             tower.eval()
         return cls(model, tokenizer, tower, info, device)

@@ -321,3 +321,27 @@ def test_stage2_keeps_the_epoch_chosen_by_select_by(tiny_data, tiny_features, tm
     assert loss == pytest.approx(chosen["val_loss"], abs=2e-5)
     if select_by == "loss":
         assert chosen["val_loss"] == min(r["val_loss"] for r in epochs)
+
+
+def test_a_caption_folder_without_its_tower_refuses_a_changed_tower(tiny_data, tiny_features, tmp_path):
+    """Without ``video_tower/`` the pipeline uses the stage-1 folder it was trained on - only if its
+    weights are still those (fingerprint): a retrained tower would give wrong features silently."""
+    from safetensors.torch import load_file, save_file
+
+    from caption.pipeline import CaptionPipeline
+    from caption.train import train
+    from retrieval_pretrain.errors import ModelFolderError
+
+    model = train(load(CONFIG, _args(tiny_data)[2:] + STAGE2), tiny_features, tmp_path / "run")
+    tower = tmp_path / "tower"
+    shutil.copytree(model / "video_tower", tower)
+    shutil.rmtree(model / "video_tower")
+    config = json.loads((model / "config.json").read_text())
+    config["video_tower"]["source"] = str(tower)
+    (model / "config.json").write_text(json.dumps(config))
+    assert CaptionPipeline.from_pretrained(model, device="cpu").tower is not None  # the same tower: fine
+    weights = load_file(tower / "model.safetensors")
+    weights["head.frame_position_embeddings"] = weights["head.frame_position_embeddings"] + 1
+    save_file(weights, tower / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelFolderError, match="is not the video tower .* was trained on"):
+        CaptionPipeline.from_pretrained(model, device="cpu")
