@@ -78,9 +78,10 @@ def _train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from caption.train import train
 
-    train(cfg, Path(args.features), Path(args.output), resume=args.resume,
-          init_from=_opt_path(args.init_from))
-    return 0
+    output = Path(args.output)
+    train(cfg, Path(args.features), output, resume=args.resume, init_from=_opt_path(args.init_from))
+    skipped = json.loads((output / "skipped.json").read_text())
+    return 1 if skipped["no_features"] or skipped["annotation_problems"] else 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -13,6 +13,13 @@ EPILOG_OVERRIDES = (
 )
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", required=required, metavar="FILE.yaml", help="the run's YAML config")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys)")
@@ -66,7 +73,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="RUN/model", help="stage-1 model folder")
     p.add_argument("--output", required=True, metavar="FEATS", help="feature folder")
     p.add_argument("--split", action="append", default=None, help="only this split (repeatable)")
-    p.add_argument("--batch-size", type=int, default=8, help="videos per forward pass")
+    p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos per forward pass")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -98,8 +105,8 @@ def _add_caption(sub: argparse._SubParsersAction) -> None:
                  "stderr and the exit code is 1; the others are still captioned.", config=False)
     p.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER")
     p.add_argument("--model", required=True, metavar="RUN2/model", help="caption model folder")
-    p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's; 1 = greedy)")
-    p.add_argument("--batch-size", type=int, default=8, help="videos per batch")
+    p.add_argument("--beam", type=_at_least_one, default=None, help="beam size (default: the model's; 1 = greedy)")
+    p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos per batch")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object {"captions": {video: caption}, "failed": {video: reason}} '
                         "as the last line (default: one 'video<TAB>caption' line per video)")

@@ -25,7 +25,7 @@ from decoders.model import CaptionModel
 from retrieval_pretrain.accelerate_setup import pick_device
 from retrieval_pretrain.data import Preprocess
 from retrieval_pretrain.encode import encode_video_batches
-from retrieval_pretrain.errors import ModelFolderError, VideoReadError
+from retrieval_pretrain.errors import ModelFolderError, VideoReadError, check_finite
 from retrieval_pretrain.model_folder import from_pretrained as load_video_tower
 from retrieval_pretrain.model_folder import model_fingerprint
 
@@ -65,6 +65,7 @@ def load_caption_model(folder: str | Path) -> CaptionModel:
     if wrong:
         detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:5]))}" for k, v in wrong.items())
         raise ModelFolderError(f"{folder / 'model.safetensors'} does not match its config.json ({detail})")
+    check_finite(model.state_dict().items(), str(folder / "model.safetensors"))
     return model
 
 

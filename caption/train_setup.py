@@ -81,12 +81,13 @@ def _entries_with_features(cfg: Config, store: FeatureStore, output: Path, main:
     ann = load_annotations(cfg.data)
     train, val = ann.split(cfg.data.train_split), ann.split(cfg.data.val_split)
     no_feats = [e.video_id for e in train + val if not store.has(e.video_id)]
+    if main:  # written every run (empty lists when nothing was skipped): `vcap train` reads it
+        write_json(output / "skipped.json", {"no_features": no_feats,
+                                             "annotation_problems": [vars(q) for q in ann.problems]})
     if no_feats:
-        print(f"warning: {len(no_feats)} videos have no cached features and are left out "
-              f"(e.g. {', '.join(no_feats[:5])}); see {store.folder / 'failures.json'}", file=sys.stderr)
-        if main:
-            write_json(output / "skipped.json", {"no_features": no_feats,
-                                                 "annotation_problems": [vars(q) for q in ann.problems]})
+        print(f"warning: {len(no_feats)} videos have no cached features and are left out (e.g. "
+              f"{', '.join(no_feats[:5])}; all in {output / 'skipped.json'}; why extraction failed: "
+              f"{store.folder / 'failures.json'})", file=sys.stderr)
     train = [e for e in train if store.has(e.video_id)]
     if not train:
         raise DatasetError(f"{cfg.data.annotations}: no video of split '{cfg.data.train_split}' has features "

@@ -56,6 +56,15 @@ class ModelFolderError(VcapError, ValueError):
     exit_code, kind = 5, "model folder error"
 
 
+def check_finite(named: Any, where: str) -> None:
+    """``ModelFolderError`` naming the first tensor of ``named`` (name -> tensor) holding NaN or inf:
+    such a model would compute nothing meaningful, with exit 0."""
+    for name, tensor in named:
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise ModelFolderError(f"{where}: tensor '{name}' holds NaN or infinite values (a diverged or "
+                                   "corrupted model); retrain, or use another checkpoint")
+
+
 class WeightsUnavailableError(VcapError, RuntimeError):
     """Pretrained CLIP weights could not be obtained (no internet, unknown tag, missing file)."""
 

@@ -94,7 +94,11 @@ class FeatureStore:
         path = self.path(video_id)
         if not path.is_file():
             raise FeatureStoreError(f"no features for video '{video_id}' in {self.folder} (expected {path})")
-        return np.load(path, mmap_mode="r" if mmap else None)
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError) as e:  # truncated or not an .npy file
+            raise FeatureStoreError(f"{path}: not a readable feature file ({e}); delete it and rerun "
+                                    "'vcap extract' into this folder to recompute it") from None
 
     def failures(self) -> list[dict[str, str]]:
         path = self.folder / "failures.json"

@@ -25,7 +25,7 @@ from safetensors.torch import load_model, save_model
 
 from retrieval_pretrain.atomic import write_folder
 from retrieval_pretrain.backbones import clip_from_arch
-from retrieval_pretrain.errors import ModelFolderError
+from retrieval_pretrain.errors import ModelFolderError, check_finite
 from retrieval_pretrain.model import VideoTextModel
 from retrieval_pretrain.parts import build_temporal_head
 
@@ -134,6 +134,7 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> t
         load_model(model, str(weights), strict=True)
     except (SafetensorError, RuntimeError, OSError, ValueError) as e:
         raise ModelFolderError(f"{weights}: cannot load the weights ({type(e).__name__}: {e})") from e
+    check_finite(model.state_dict().items(), str(weights))
     return model.to(device).eval(), info
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval_pretrain.atomic import write_json
+from retrieval_pretrain.checkpoints import latest_checkpoint
 from retrieval_pretrain.config import config_to_dict
 from retrieval_pretrain.errors import ConfigError
 
@@ -85,6 +86,10 @@ def _check(output: Path, command: str, cfg: Any, resume: bool, inputs: dict[str,
             raise ConfigError(f"{output} holds another run than this one ({'; '.join(diff[:8]) or 'fingerprint'}"
                               f"{'; ...' if len(diff) > 8 else ''}): resume it with its own settings, or give a "
                               "new --output folder")
+        if latest_checkpoint(output) is None:
+            done = " (its model is in model/)" if (output / "model").is_dir() else ""
+            raise ConfigError(f"{output} holds this run but no checkpoint to resume from{done}: nothing to "
+                              "continue; give a new --output folder to train again (checkpoints: save_every)")
         return
     if resume and _holds_a_run(output):
         raise ConfigError(f"{output} holds checkpoints or a model but no {RUN_FILE}, so it cannot be checked that "

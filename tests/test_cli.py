@@ -62,3 +62,10 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and out.stdout.startswith("usage: vcap score")
     out = subprocess.run([str(vcap), "no-such-command"], capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice: 'no-such-command'" in out.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_beam_and_batch_sizes_must_be_at_least_one(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["caption", "x.mp4", "--model", "m", "--beam", value])
+    assert e.value.code == 2 and f"'{value}' is not a whole number >= 1" in capsys.readouterr().err

@@ -59,3 +59,12 @@ def test_stale_temporaries_of_a_killed_run_are_cleared(tmp_path):
     FeatureStore(tmp_path).init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})
     assert sorted(p.name for p in store.dir.iterdir()) == ["done.npy"]
     assert store.has("done") and not store.has("k1ll3d")
+
+
+def test_a_truncated_feature_file_is_named(tmp_path):
+    store = FeatureStore(tmp_path)
+    store.init({"tower_fingerprint": "abc", "num_frames": 4, "dim": 3})
+    store.write("v", np.ones((4, 3), np.float32))
+    store.path("v").write_bytes(store.path("v").read_bytes()[:40])
+    with pytest.raises(FeatureStoreError, match=r"v\.npy: not a readable feature file"):
+        store.load("v")

@@ -273,6 +273,13 @@ def test_from_pretrained_errors_name_the_folder(tmp_path):
     (good / "config.json").write_text(json.dumps({**config, "head_layers": 3}))  # weights do not fit
     with pytest.raises(ModelFolderError, match="cannot load"):
         from_pretrained(good)
+    (good / "config.json").write_text(json.dumps(config))
+    nan = tiny_model()
+    with torch.no_grad():
+        nan.clip.text_projection[0, 0] = float("nan")  # a diverged run's weights
+    save_pretrained(nan, good)
+    with pytest.raises(ModelFolderError, match="tensor 'clip.text_projection' holds NaN"):
+        from_pretrained(good)
     (good / "config.json").write_text("{ truncated")
     with pytest.raises(ModelFolderError, match="not valid JSON"):
         from_pretrained(good)

@@ -35,9 +35,17 @@ def test_a_folder_holding_a_run_is_refused_without_resume(tmp_path):
         claim(tmp_path / "old", "pretrain", cfg, resume=True, accelerator=_One())
 
 
+def _checkpoint(run: Path, step: int = 2) -> None:
+    (run / "checkpoints" / f"step_{step}").mkdir(parents=True)
+    (run / "checkpoints" / f"step_{step}" / "trainer_state.json").write_text("{}")
+
+
 def test_resume_must_be_the_same_run(tmp_path):
     cfg = load(None, ["pretrain.epochs=3"])
     claim(tmp_path, "pretrain", cfg, resume=False, accelerator=_One())
+    with pytest.raises(ConfigError, match="holds this run but no checkpoint to resume from"):
+        claim(tmp_path, "pretrain", cfg, resume=True, accelerator=_One())
+    _checkpoint(tmp_path)
     # what does not change the training may differ, and stage 2's sections are not stage 1's
     same = load(None, ["pretrain.epochs=3", "run.num_workers=0", "pretrain.save_every=7", "caption.epochs=99"])
     claim(tmp_path, "pretrain", same, resume=True, accelerator=_One())
@@ -51,6 +59,7 @@ def test_resume_must_be_the_same_run(tmp_path):
 def test_stage2_resume_with_other_features_is_refused(tmp_path):
     cfg = load(None, [])
     claim(tmp_path, "train", cfg, resume=False, accelerator=_One(), inputs={"features": "/a", "features_tower": "x"})
+    _checkpoint(tmp_path)
     claim(tmp_path, "train", cfg, resume=True, accelerator=_One(), inputs={"features": "/a", "features_tower": "x"})
     with pytest.raises(ConfigError, match="features_tower 'x' -> 'y'"):
         claim(tmp_path, "train", cfg, resume=True, accelerator=_One(), inputs={"features": "/a", "features_tower": "y"})
