@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -33,9 +34,10 @@ from caption.pipeline import TOWER_DIR
 from caption.tokenizer import CaptionTokenizer, normalize_caption
 from caption.train_setup import Stage2, setup
 from decoders.loss import caption_loss, caption_loss_sums
-from retrieval_pretrain.accelerate_setup import make_accelerator
+from retrieval_pretrain.accelerate_setup import make_accelerator, mean_over_processes
 from retrieval_pretrain.atomic import write_folder
-from retrieval_pretrain.checkpoints import load_checkpoint, save_checkpoint
+from retrieval_pretrain.checkpoints import epoch_batches, load_checkpoint, save_checkpoint, stop_if_diverged
+from retrieval_pretrain.folder_lock import folder_lock
 from retrieval_pretrain.run_log import JsonlLogger, StepTimer
 
 
@@ -117,7 +119,20 @@ def _end_of_epoch(run: Stage2, cfg: Config, output: Path, epoch: int, step: int,
     if acc.is_main_process:
         print(f"epoch {epoch}: {json.dumps(record)}", file=sys.stderr)
     acc.wait_for_everyone()
-    save_checkpoint(acc, output, step, {"epoch": epoch + 1, "batches_done": 0, "best": run.best})
+    save_checkpoint(acc, output, step, {"epoch": epoch + 1, "batches_done": 0, "best": run.best, "log_lines": log.lines})
+
+
+def _token_mean_loss(acc: Any, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float,
+                     pad_id: int) -> torch.Tensor:
+    """The loss per non-pad token of the *global* batch. Several processes: each returns its token
+    losses' sum x processes / all processes' tokens, so DDP's gradient mean is the gradient of the
+    global per-token mean, as one process with the whole batch computes (a per-process mean would
+    weight a caption by its process's token count)."""
+    if acc.num_processes == 1:
+        return caption_loss(logits, labels, label_smoothing, pad_id)
+    sums, counts = caption_loss_sums(logits, labels, label_smoothing, pad_id)  # (B,), (B,)
+    tokens = acc.reduce(counts.sum().float().reshape(1), reduction="sum")
+    return sums.sum() * acc.num_processes / tokens.clamp(min=1.0).squeeze(0)
 
 
 def _step(run: Stage2, batch: dict[str, Any], cfg: Config) -> torch.Tensor:
@@ -126,7 +141,7 @@ def _step(run: Stage2, batch: dict[str, Any], cfg: Config) -> torch.Tensor:
     with acc.accumulate(run.model):
         logits = run.model(frame_features=batch["frame_features"], frame_mask=batch["frame_mask"],
                            decoder_input_ids=batch["decoder_input_ids"]).logits  # (B, L, V)
-        loss = caption_loss(logits, batch["labels"], c.label_smoothing, run.tokenizer.PAD)
+        loss = _token_mean_loss(acc, logits, batch["labels"], c.label_smoothing, run.tokenizer.PAD)
         acc.backward(loss)
         if acc.sync_gradients and c.max_grad_norm > 0:
             acc.clip_grad_norm_(run.model.parameters(), c.max_grad_norm)
@@ -146,23 +161,29 @@ def _resume(run: Stage2, output: Path) -> tuple[int, int, int]:
 
 
 def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_from: Path | None = None) -> Path:
-    """Train stage 2; returns ``output/model``."""
-    c, output = cfg.caption, Path(output)
-    acc = make_accelerator(cfg.run.mixed_precision, c.grad_accum, cfg.run.device, cfg.run.seed)
-    run = setup(cfg, Path(features), output, acc, init_from, resume)
+    """Train stage 2; returns ``output/model``. The folder is locked while it runs."""
+    acc = make_accelerator(cfg.run.mixed_precision, cfg.caption.grad_accum, cfg.run.device, cfg.run.seed)
+    with folder_lock(output, "vcap train", acc):
+        return _train(cfg, Path(features), Path(output), acc, resume, init_from)
+
+
+def _train(cfg: Config, features: Path, output: Path, acc: Accelerator, resume: bool, init_from: Path | None) -> Path:
+    c = cfg.caption
+    run = setup(cfg, features, output, acc, init_from, resume)
     start_epoch, skip, step = _resume(run, output) if resume else (0, 0, 0)
     log, timer, t0 = JsonlLogger(output / "log.jsonl", enabled=acc.is_main_process), StepTimer(), time.perf_counter()
     bar = tqdm(total=run.total_steps, initial=step, desc="stage 2", disable=not acc.is_main_process, file=sys.stderr)
     for epoch in range(start_epoch, c.epochs):
         run.sampler.use_epoch(epoch)
         run.model.train()
-        batches_done, batches = skip, acc.skip_first_batches(run.loader, skip) if skip else run.loader
+        batches_done, batches = skip, epoch_batches(acc, run.loader, skip)
         skip = 0
         timer.reset()
         for batch in batches:
             timer.data_ready()
             batches_done += 1
             loss = _step(run, batch, cfg)
+            stop_if_diverged(acc, loss, step + 1, epoch, output)
             timer.step_done()
             if not acc.sync_gradients:
                 continue
@@ -171,11 +192,12 @@ def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
             if step % cfg.run.log_every == 0 or step == 1:
                 data_s, compute_s = timer.reset()
-                log.log(step=step, epoch=epoch, loss=loss.item(), lr=run.scheduler.get_last_lr()[0],
+                log.log(step=step, epoch=epoch, loss=mean_over_processes(acc, loss), lr=run.scheduler.get_last_lr()[0],
                         data_s=round(data_s, 4), compute_s=round(compute_s, 4),
                         steps_per_s=round(step / max(time.perf_counter() - t0, 1e-9), 3))
             if c.save_every > 0 and step % c.save_every == 0:
-                save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done, "best": run.best})
+                save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done, "best": run.best,
+                                                    "log_lines": log.lines})
         _end_of_epoch(run, cfg, output, epoch, step, log)
     bar.close()
     return _finish(run, cfg, output, time.perf_counter() - t0)

@@ -4,10 +4,11 @@ stepping, and the device of an inference job."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 
@@ -42,6 +43,28 @@ def _check_cuda(dev: torch.device, key: str) -> None:
         raise ConfigError(f"{key}={dev}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
 
 
+def _on_cpu(device: str) -> bool:
+    _warn_single_cpu_launch()
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def _warn_single_cpu_launch() -> None:
+    """``accelerate launch --cpu --num_processes N`` starts ONE process unless it is given an
+    mpirun host file (Accelerate's CPU launcher); say so instead of quietly training on one."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
+        print("warning: 'accelerate launch --cpu' started a single process (Accelerate launches several CPU "
+              "processes only through mpirun); for N CPU processes use 'accelerate launch --multi_gpu "
+              "--num_processes N' on a machine without GPUs (run.device=cpu), or torchrun", file=sys.stderr)
+
+
+def process_state(device: str) -> PartialState:
+    """This process's place in the launch (index, count, device), for jobs without an optimizer
+    (feature extraction). On a machine without a GPU, Accelerate joins the processes of a launch
+    only when told it runs on the CPU."""
+    return PartialState(cpu=_on_cpu(device))
+
+
 def make_accelerator(mixed_precision: str, grad_accum: int, device: str, seed: int) -> Accelerator:
     """An Accelerator for the run's precision/device; ``device='cpu'`` forces the CPU."""
     if mixed_precision not in ("no", "fp16", "bf16"):
@@ -51,7 +74,7 @@ def make_accelerator(mixed_precision: str, grad_accum: int, device: str, seed: i
                           "CUDA_VISIBLE_DEVICES, or several with accelerate launch)")
     if device == "cuda":
         _check_cuda(torch.device("cuda"), "run.device")
-    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    cpu = _on_cpu(device)
     if cpu and mixed_precision == "fp16":
         print("warning: run.mixed_precision=fp16 needs a GPU; training in fp32 on the CPU "
               "(run.mixed_precision=bf16 works on CPUs)", file=sys.stderr)
@@ -79,3 +102,11 @@ def scheduler_length(optimizer_steps: int, warmup_ratio: float, accelerator: Acc
     return int(warmup_ratio * total), total
 
 
+
+
+def mean_over_processes(accelerator: Accelerator, value: torch.Tensor) -> float:
+    """The mean of a scalar over all processes (every process must call it): the logged loss of a
+    step is the global batch's, not the main process's share. One process: the value itself."""
+    if accelerator.num_processes == 1:
+        return float(value.detach())
+    return float(accelerator.reduce(value.detach().float().reshape(1), reduction="mean"))

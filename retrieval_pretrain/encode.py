@@ -18,16 +18,18 @@ from retrieval_pretrain.data import Preprocess, VideoClipDataset, collate_videos
 @torch.no_grad()
 def encode_video_batches(model: Any, videos: list[tuple[str, Path]], pre: Preprocess, device: torch.device,
                          batch_size: int, num_workers: int, method: str = "uniform", desc: str = "videos",
-                         timer: Any = None) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor, list]]:
+                         timer: Any = None, progress: bool = True
+                         ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor, list]]:
     """Decode videos in DataLoader workers and run the video tower on each batch.
 
     Yields ``(video_ids, seq (B, T, D), mask (B, T), failures)``; ``seq`` is the temporal head's
-    per-frame output before pooling. ``timer`` (a ``StepTimer``) splits data wait from compute.
+    per-frame output before pooling. ``timer`` (a ``StepTimer``) splits data wait from compute;
+    ``progress``: show a progress bar on stderr.
     """
     loader = DataLoader(VideoClipDataset(videos, pre, method), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate_videos, shuffle=False, pin_memory=device.type == "cuda")
     model.eval()
-    for batch in tqdm(loader, desc=desc, file=sys.stderr, unit="batch"):
+    for batch in tqdm(loader, desc=desc, file=sys.stderr, unit="batch", disable=not progress):
         if timer is not None:
             timer.data_ready()
         if not batch["video_ids"]:

@@ -81,6 +81,24 @@ class FeatureMismatchError(FeatureStoreError):
     """A feature folder made by another video tower (or frame setting) than the one in use."""
 
 
+class FolderBusyError(VcapError, RuntimeError):
+    """An output folder another running ``vcap`` process is writing (its lock is held)."""
+
+    exit_code, kind = 8, "folder in use"
+
+
+class TrainingDivergedError(VcapError, RuntimeError):
+    """A training loss that became NaN or infinite: the run stops before saving such weights."""
+
+    exit_code, kind = 9, "training diverged"
+
+
+class StorageError(VcapError, OSError):
+    """An output that cannot be written: read-only folder, no permission, disk or quota full."""
+
+    exit_code, kind = 10, "cannot write"
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "the job finished, but some inputs failed and were skipped (each named on stderr and in the output's "
@@ -92,5 +110,8 @@ EXIT_CODES: dict[int, str] = {
     ModelFolderError.exit_code: "model folder missing, incomplete or corrupt",
     WeightsUnavailableError.exit_code: "pretrained CLIP weights cannot be obtained (offline, unknown tag, missing file)",
     FeatureStoreError.exit_code: "feature folder missing, from another video tower, or lacking videos",
+    FolderBusyError.exit_code: "the output folder is in use by another running vcap process (its lock is held)",
+    TrainingDivergedError.exit_code: "training diverged (loss NaN or infinite); no model was written",
+    StorageError.exit_code: "an output could not be written (read-only folder, no permission, disk or quota full)",
     130: "interrupted (Ctrl-C)",
 }

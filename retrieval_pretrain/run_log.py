@@ -10,12 +10,15 @@ from typing import Any
 
 
 class JsonlLogger:
-    """Appends one JSON object per line (only on the main process)."""
+    """Appends one JSON object per line (only on the main process). ``lines``: records in the file
+    (checkpoints store it, so a resumed run can cut the log back to the checkpoint)."""
 
     def __init__(self, path: Path, enabled: bool = True):
-        self.path, self.enabled = Path(path), enabled
+        self.path, self.enabled, self.lines = Path(path), enabled, 0
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_file():
+                self.lines = len(self.path.read_text().splitlines())
 
     def log(self, **record: Any) -> None:
         if not self.enabled:
@@ -23,6 +26,7 @@ class JsonlLogger:
         record.setdefault("time", round(time.time(), 3))
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        self.lines += 1
 
 
 class StepTimer:

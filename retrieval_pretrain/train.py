@@ -20,17 +20,19 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from retrieval_pretrain.accelerate_setup import make_accelerator, scheduler_length
+from retrieval_pretrain.accelerate_setup import make_accelerator, mean_over_processes, scheduler_length
 from retrieval_pretrain.annotations import load_annotations
 from retrieval_pretrain.atomic import write_json
-from retrieval_pretrain.checkpoints import load_checkpoint, save_checkpoint
+from retrieval_pretrain.checkpoints import epoch_batches, load_checkpoint, save_checkpoint, stop_if_diverged
 from retrieval_pretrain.clip_tokenizer import build_tokenizer
 from retrieval_pretrain.config import RetrievalConfig, config_to_dict
 from retrieval_pretrain.data import steps_per_epoch
 from retrieval_pretrain.errors import DatasetError
+from retrieval_pretrain.folder_lock import folder_lock
 from retrieval_pretrain.model_folder import save_pretrained
 from retrieval_pretrain.parts import build_loss, build_training_mode, build_video_text_model, param_groups
 from retrieval_pretrain.run_folder import claim
@@ -117,6 +119,7 @@ def _resume(run: Stage1, output: Path) -> tuple[int, int, int]:
     state = load_checkpoint(run.accelerator, output)
     if state is None:
         return 0, 0, 0
+    run.failures = [tuple(f) for f in state.get("failures", [])]  # unreadable videos met before the checkpoint
     return state["epoch"], state["batches_done"], state["global_step"]
 
 
@@ -140,7 +143,7 @@ def _log_record(run: Stage1, loss: torch.Tensor, scale: torch.Tensor, step: int,
                 seen: int, t0: float) -> dict[str, Any]:
     data_s, compute_s = timer.reset()
     lrs = run.scheduler.get_last_lr()
-    return {"step": step, "epoch": epoch, "loss": loss.item(), "lr_new": lrs[-1], "lr_clip": lrs[0],
+    return {"step": step, "epoch": epoch, "loss": mean_over_processes(run.accelerator, loss), "lr_new": lrs[-1], "lr_clip": lrs[0],
             "logit_scale": float(scale), "data_s": round(data_s, 4), "compute_s": round(compute_s, 4),
             "videos_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 3)}
 
@@ -151,11 +154,18 @@ def _note_failures(run: Stage1, batch: dict[str, Any]) -> None:
     run.failures.extend(batch["failures"])
 
 
+def _all_failures(run: Stage1) -> list[tuple[str, str]]:
+    """Every process's unreadable videos, each once (a bad video fails again every epoch)."""
+    found = run.failures if run.accelerator.num_processes == 1 else gather_object(list(run.failures))
+    return list({path: (path, reason) for path, reason in found}.values())
+
+
 def _finish(run: Stage1, cfg: RetrievalConfig, output: Path, step: int, seconds: float) -> Path:
-    """Write the model folder (and failures.json); returns the folder."""
+    """Write the model folder (and failures.json, every process's); returns the folder."""
     acc = run.accelerator
     acc.wait_for_everyone()
     model_dir = output / "model"
+    run.failures = _all_failures(run)
     if acc.is_main_process:
         write_json(output / "failures.json", [{"path": p, "reason": r} for p, r in run.failures])
         if run.failures:
@@ -172,9 +182,14 @@ def _finish(run: Stage1, cfg: RetrievalConfig, output: Path, step: int, seconds:
 
 
 def train(cfg: RetrievalConfig, output: Path, resume: bool = False) -> Path:
-    """Run stage 1 and write ``output/model``; returns that folder."""
-    output, p = Path(output), cfg.pretrain
-    acc = make_accelerator(cfg.run.mixed_precision, p.grad_accum, cfg.run.device, cfg.run.seed)
+    """Run stage 1 and write ``output/model``; returns that folder. The folder is locked while it runs."""
+    acc = make_accelerator(cfg.run.mixed_precision, cfg.pretrain.grad_accum, cfg.run.device, cfg.run.seed)
+    with folder_lock(output, "vcap pretrain", acc):
+        return _train(cfg, Path(output), acc, resume)
+
+
+def _train(cfg: RetrievalConfig, output: Path, acc: Accelerator, resume: bool) -> Path:
+    p = cfg.pretrain
     run = setup(cfg, output, acc, resume)
     start_epoch, skip, step = _resume(run, output) if resume else (0, 0, 0)
     log, timer, t0, seen = JsonlLogger(output / "log.jsonl", enabled=acc.is_main_process), StepTimer(), time.perf_counter(), 0
@@ -182,7 +197,7 @@ def train(cfg: RetrievalConfig, output: Path, resume: bool = False) -> Path:
     for epoch in range(start_epoch, p.epochs):
         run.sampler.use_epoch(epoch)
         run.model.train()
-        batches_done, batches = skip, acc.skip_first_batches(run.loader, skip) if skip else run.loader
+        batches_done, batches = skip, epoch_batches(acc, run.loader, skip)
         skip = 0
         timer.reset()
         for batch in batches:
@@ -192,6 +207,7 @@ def train(cfg: RetrievalConfig, output: Path, resume: bool = False) -> Path:
             if not _enough_to_contrast(acc, batch["frames"].shape[0]):
                 continue
             loss, scale = _step(run, batch, p.max_grad_norm)
+            stop_if_diverged(acc, loss, step + 1, epoch, output)
             seen += batch["frames"].shape[0]
             timer.step_done()
             if not acc.sync_gradients:
@@ -202,6 +218,7 @@ def train(cfg: RetrievalConfig, output: Path, resume: bool = False) -> Path:
             if step % cfg.run.log_every == 0 or step == 1:
                 log.log(**_log_record(run, loss, scale, step, epoch, timer, seen, t0))
             if p.save_every > 0 and step % p.save_every == 0:
-                save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done})
+                save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done,
+                                                    "log_lines": log.lines, "failures": _all_failures(run)})
     bar.close()
     return _finish(run, cfg, output, step, time.perf_counter() - t0)
