@@ -12,6 +12,7 @@ exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 from caption.cli_parser import build_parser
 from caption.config import Config, load
-from retrieval_pretrain.errors import VcapError, VideoReadError
+from retrieval_pretrain.errors import StorageError, VcapError, VideoReadError
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -28,7 +29,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj), flush=True)
+    """The result line on stdout; under a multi-process launch only the main process prints it."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(obj), flush=True)
 
 
 def _opt_path(value: str | None) -> Path | None:
@@ -38,7 +41,8 @@ def _opt_path(value: str | None) -> Path | None:
 def _data(args: argparse.Namespace) -> int:
     from retrieval_pretrain.data_check import check_dataset, report_text
 
-    summary = check_dataset(_config(args).data, probe=args.probe)
+    cfg = _config(args)
+    summary = check_dataset(cfg.data, probe=args.probe, video=cfg.video)  # probe: the frames cfg samples
     print(report_text(summary), file=sys.stderr)
     _print_json(summary)
     return 0 if summary["ok"] else 1
@@ -97,11 +101,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _caption(args: argparse.Namespace) -> int:
     from caption.pipeline import CaptionPipeline, expand_videos
 
-    paths = expand_videos(args.videos)  # VideoReadError when nothing is left to caption
-    pipe = CaptionPipeline.from_pretrained(Path(args.model), device=args.device)
-    results = pipe.caption(paths, num_beams=args.beam, batch_size=args.batch_size)
+    # VideoReadError when nothing was given; folder entries that lead nowhere (broken or looping
+    # symbolic links, folders that cannot be listed) are failed inputs like unreadable videos.
+    paths, unlisted = expand_videos(args.videos)
+    results: dict[str, Any] = {}
+    if paths:
+        pipe = CaptionPipeline.from_pretrained(Path(args.model), device=args.device)
+        results = pipe.caption(paths, num_beams=args.beam, batch_size=args.batch_size)
     captions = {p: r for p, r in results.items() if isinstance(r, str)}
-    failed = {p: str(r) for p, r in results.items() if not isinstance(r, str)}
+    failed = {e.path: str(e) for e in unlisted}
+    failed.update({p: str(r) for p, r in results.items() if not isinstance(r, str)})
     for reason in failed.values():
         print(f"warning: not captioned: {reason}", file=sys.stderr)
     if args.json:
@@ -140,10 +149,39 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+_STORAGE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EFBIG: "the file grew past the size this system allows", errno.EROFS: "the file system is read-only",
+            errno.EACCES: "no permission", errno.EPERM: "the operation is not permitted here"}
+
+
+def storage_error(e: OSError) -> StorageError | None:
+    """A ``StorageError`` naming the file for the file-system errors a user fixes (full disk, quota,
+    read-only or forbidden folder); None for any other OSError (a bug: keep its traceback)."""
+    if e.errno not in _STORAGE:
+        return None
+    where = e.filename or "an output file"
+    return StorageError(f"{where}: {e.strerror or e} ({_STORAGE[e.errno]}). Every output is written to a temporary "
+                        "name and renamed when complete, so what is in place is whole; free space or give a writable "
+                        "folder, then rerun (training: --resume continues from the last checkpoint)")
+
+
 def one_line(err: VcapError) -> str:
     """The error as one line: its kind and its message (which names the file or key)."""
     text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
     return f"vcap: {err.kind}: {text}"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with ``key=value`` overrides allowed anywhere after the command (argparse
+    alone takes them only as one run: ``--config C a=1 --probe b=2`` would refuse ``b=2``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [x for x in extra if x.startswith("-") or "=" not in x]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,12 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     # DataLoader's decoding workers (measured: 16 ms vs 0.3 ms for a 960x128 @ 128x128 matmul on
     # 2 cores). Passive waiting costs nothing when the CPU is free. Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return COMMANDS[args.command](args)
     except VcapError as e:
         print(one_line(e), file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the file system refused a write (or a read): name the file, no traceback
+        err = storage_error(e)
+        if err is None:
+            raise
+        print(one_line(err), file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("vcap: interrupted", file=sys.stderr)
         return 130

@@ -40,9 +40,12 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                      "unreadable) videos",
                      "Summarise a dataset: per split videos, captions, captions per video, caption length; "
                      "annotation entries that were malformed or whose video file is missing; with --probe, every "
-                     "video is opened and unreadable ones are listed with the reason. Exit 0 when all is well, 1 "
-                     "otherwise; the summary JSON is the last line of stdout.")
-    check.add_argument("--probe", action="store_true", help="open every video file (slow)")
+                     "video is read and unreadable or truncated ones are listed with the reason. Exit 0 when all "
+                     "is well, 1 otherwise; the summary JSON is the last line of stdout.")
+    check.add_argument("--probe", action="store_true",
+                       help="read every video file (slow): flag truncated ones, and decode the frames a run "
+                            "samples with the config's video section (the eval_sampling and train_sampling picks "
+                            "of num_frames, each TSN segment's first and last frame, the last frame)")
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:

@@ -13,6 +13,9 @@ on), so ``CaptionPipeline.from_pretrained(folder)`` needs nothing else::
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,23 +36,84 @@ TOWER_DIR = "video_tower"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 
 
-def expand_videos(items: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders become their video files (recursively, sorted). ``VideoReadError``
-    when that leaves nothing: no file given, or folders without a video file."""
+def expand_videos(items: Sequence[str | Path]) -> tuple[list[Path], list[VideoReadError]]:
+    """The video files to caption, and the entries of the given folders that could not be listed.
+
+    Files are taken as given (one that cannot be read is reported when it is captioned). A folder
+    becomes its video files (by extension, recursively, sorted); other files in it are ignored.
+    An entry of a folder that leads nowhere is never dropped silently: a broken symbolic link, a
+    symbolic link loop, or a folder that cannot be listed (permission denied) is returned as a
+    ``VideoReadError`` naming its path and reason, to be counted as a failed input. (A broken link
+    is reported whatever its name: what it pointed to - a video, a folder of videos - is unknown.)
+
+    Symbolic links are followed - to video files and to folders, so a folder of links to dataset
+    folders works - but never into a folder that is already being listed above them (a link to
+    its own parent folder is reported as a symbolic link loop instead of being walked forever).
+
+    Raises:
+        VideoReadError: nothing to caption and nothing to report: no file given, or folders
+            without a video file.
+    """
     out: list[Path] = []
+    failed: list[VideoReadError] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
-            if not found:
+            before = len(failed)
+            found = sorted(_folder_videos(p, {}, failed))
+            if not found and len(failed) == before:
                 print(f"warning: no video files ({', '.join(VIDEO_EXTENSIONS)}) in folder {p}", file=sys.stderr)
             out.extend(found)
         else:
             out.append(p)
-    if not out:
+    if not out and not failed:
         raise VideoReadError(", ".join(map(str, items)) or "(nothing given)",
                              f"no video files ({', '.join(VIDEO_EXTENSIONS)}) to caption")
-    return out
+    return out, failed
+
+
+def _folder_videos(folder: Path, above: dict[tuple[int, int], Path], failed: list[VideoReadError]) -> list[Path]:
+    """The video files under ``folder``; ``above``: the folders being listed, (device, inode) -> path.
+    Entries that lead nowhere are appended to ``failed``."""
+    try:
+        st = folder.stat()
+        with os.scandir(folder) as it:
+            names = sorted(entry.name for entry in it)
+    except OSError as e:
+        failed.append(VideoReadError(folder, f"cannot list folder: {e.strerror or e}"))
+        return []
+    above = {**above, (st.st_dev, st.st_ino): folder}
+    found: list[Path] = []
+    for name in names:
+        path = folder / name
+        try:
+            target = _follow(path)
+        except VideoReadError as e:
+            failed.append(e)
+            continue
+        if stat.S_ISDIR(target.st_mode):
+            loop = above.get((target.st_dev, target.st_ino))
+            if loop is not None:
+                failed.append(VideoReadError(path, f"symbolic link loop (leads back to folder {loop})"))
+            else:
+                found.extend(_folder_videos(path, above, failed))
+        elif stat.S_ISREG(target.st_mode) and path.suffix.lower() in VIDEO_EXTENSIONS:
+            found.append(path)
+    return found
+
+
+def _follow(path: Path) -> os.stat_result:
+    """What ``path`` leads to (links followed); ``VideoReadError`` naming why it leads nowhere."""
+    try:
+        return path.stat()
+    except OSError as e:
+        if not path.is_symlink():
+            raise VideoReadError(path, f"cannot read: {e.strerror or e}") from e
+        if e.errno == errno.ELOOP:
+            raise VideoReadError(path, "symbolic link loop") from e
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise VideoReadError(path, f"broken symbolic link (to {os.readlink(path)}, which does not exist)") from e
+        raise VideoReadError(path, f"cannot follow symbolic link: {e.strerror or e}") from e
 
 
 def load_caption_model(folder: str | Path) -> CaptionModel:

@@ -173,33 +173,35 @@ def _train(cfg: Config, features: Path, output: Path, acc: Accelerator, resume: 
     start_epoch, skip, step = _resume(run, output) if resume else (0, 0, 0)
     log, timer, t0 = JsonlLogger(output / "log.jsonl", enabled=acc.is_main_process), StepTimer(), time.perf_counter()
     bar = tqdm(total=run.total_steps, initial=step, desc="stage 2", disable=not acc.is_main_process, file=sys.stderr)
-    for epoch in range(start_epoch, c.epochs):
-        run.sampler.use_epoch(epoch)
-        run.model.train()
-        batches_done, batches = skip, epoch_batches(acc, run.loader, skip)
-        skip = 0
-        timer.reset()
-        for batch in batches:
-            timer.data_ready()
-            batches_done += 1
-            loss = _step(run, batch, cfg)
-            stop_if_diverged(acc, loss, step + 1, epoch, output)
-            timer.step_done()
-            if not acc.sync_gradients:
-                continue
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
-            if step % cfg.run.log_every == 0 or step == 1:
-                data_s, compute_s = timer.reset()
-                log.log(step=step, epoch=epoch, loss=mean_over_processes(acc, loss), lr=run.scheduler.get_last_lr()[0],
-                        data_s=round(data_s, 4), compute_s=round(compute_s, 4),
-                        steps_per_s=round(step / max(time.perf_counter() - t0, 1e-9), 3))
-            if c.save_every > 0 and step % c.save_every == 0:
-                save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done, "best": run.best,
-                                                    "log_lines": log.lines})
-        _end_of_epoch(run, cfg, output, epoch, step, log)
-    bar.close()
+    try:  # the bar is closed before an error reaches the user, so the error line is last
+        for epoch in range(start_epoch, c.epochs):
+            run.sampler.use_epoch(epoch)
+            run.model.train()
+            batches_done, batches = skip, epoch_batches(acc, run.loader, skip)
+            skip = 0
+            timer.reset()
+            for batch in batches:
+                timer.data_ready()
+                batches_done += 1
+                loss = _step(run, batch, cfg)
+                stop_if_diverged(acc, loss, step + 1, epoch, output)
+                timer.step_done()
+                if not acc.sync_gradients:
+                    continue
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+                if step % cfg.run.log_every == 0 or step == 1:
+                    data_s, compute_s = timer.reset()
+                    log.log(step=step, epoch=epoch, loss=mean_over_processes(acc, loss), lr=run.scheduler.get_last_lr()[0],
+                            data_s=round(data_s, 4), compute_s=round(compute_s, 4),
+                            steps_per_s=round(step / max(time.perf_counter() - t0, 1e-9), 3))
+                if c.save_every > 0 and step % c.save_every == 0:
+                    save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done, "best": run.best,
+                                                        "log_lines": log.lines})
+            _end_of_epoch(run, cfg, output, epoch, step, log)
+    finally:
+        bar.close()
     return _finish(run, cfg, output, time.perf_counter() - t0)
 
 

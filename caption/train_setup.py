@@ -22,6 +22,7 @@ from caption.pipeline import load_caption_model
 from caption.tokenizer import CaptionTokenizer, normalize_caption
 from decoders.model import CaptionModel, make_config
 from retrieval_pretrain.accelerate_setup import scheduler_length
+from retrieval_pretrain.annotation_table import near_misses, splits_found
 from retrieval_pretrain.annotations import load_annotations
 from retrieval_pretrain.atomic import write_json
 from retrieval_pretrain.config import config_to_dict
@@ -80,6 +81,12 @@ def _entries_with_features(cfg: Config, store: FeatureStore, output: Path, main:
     """Train and val entries that have cached features; the others are named in skipped.json."""
     ann = load_annotations(cfg.data)
     train, val = ann.split(cfg.data.train_split), ann.split(cfg.data.val_split)
+    if not train:
+        raise DatasetError(f"{cfg.data.annotations}: no videos in split '{cfg.data.train_split}' (data.train_split; "
+                           f"{splits_found(ann, cfg.data.train_split)})")
+    if not val and main and near_misses(cfg.data.val_split, ann.splits()):
+        print(f"warning: no videos in split '{cfg.data.val_split}' (data.val_split): training without validation "
+              f"({splits_found(ann, cfg.data.val_split)})", file=sys.stderr)
     no_feats = [e.video_id for e in train + val if not store.has(e.video_id)]
     if main:  # written every run (empty lists when nothing was skipped): `vcap train` reads it
         write_json(output / "skipped.json", {"no_features": no_feats,

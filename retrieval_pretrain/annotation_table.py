@@ -1,11 +1,20 @@
 """The table every annotation format is read into: ``VideoEntry`` rows (video id, file, captions,
 split), ``AnnotationProblem``s for malformed entries that were skipped (named, counted, never
 silent), ``AnnotationError`` for a file that cannot be read at all - and the helpers the format
-readers share (required files, split files, video paths from ids, caption cleaning)."""
+readers share (required files, split files, video paths from ids, caption cleaning, split names).
+
+A video path outside ``data.videos`` (``../../x.mp4``, or an absolute path elsewhere) is *kept*
+and recorded in ``Annotations.outside`` (``file:line`` and the path), which ``load_annotations``
+warns about on stderr and ``vcap data check`` lists (and is not OK with). Kept, not refused: a
+dataset may deliberately live on several disks; setting ``data.videos`` to a folder that holds them
+all (``/``, say) silences the warning. The check is lexical (``..`` resolved, symbolic links not):
+links inside the video folder that point elsewhere are the user's own layout. With ``data.videos``
+unset, paths are taken as given and not checked."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +24,36 @@ from retrieval_pretrain.errors import DatasetError
 
 _SPLIT_ALIASES = {"validate": "val", "validation": "val"}
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+# What a split name probably means, for hints only (never to rename a split): case, and common aliases.
+_SPLIT_ROLES = {"training": "train", "dev": "val", "valid": "val", "validate": "val", "validation": "val",
+                "testing": "test"}
 
 
 def normalize_split(name: str) -> str:
     """``validate``/``validation`` -> ``val``; other names unchanged (stripped)."""
     name = str(name).strip()
     return _SPLIT_ALIASES.get(name.lower(), name)
+
+
+def split_role(name: str) -> str:
+    """The split a name probably means, for hints: lower-cased, ``dev``/``valid``/``validation`` ->
+    ``val``, ``training`` -> ``train``, ``testing`` -> ``test`` (``Train`` -> ``train``)."""
+    name = str(name).strip().lower()
+    return _SPLIT_ROLES.get(name, name)
+
+
+def near_misses(name: str, present: list[str]) -> list[str]:
+    """The names in ``present`` other than ``name`` that probably mean the same split."""
+    return [s for s in present if s != normalize_split(name) and split_role(s) == split_role(name)]
+
+
+def splits_found(ann: "Annotations", name: str) -> str:
+    """``splits found: a, b`` for a message about the empty split ``name``, plus ``did you mean
+    'Train'?`` when one of them is a near miss of it (see ``split_role``)."""
+    present = ann.splits()
+    text = f"splits found: {', '.join(present) or 'none'}"
+    near = near_misses(name, present)
+    return text + (f"; did you mean '{near[0]}'?" if near else "")
 
 
 @dataclass
@@ -57,6 +90,7 @@ class Annotations:
 
     entries: list[VideoEntry] = field(default_factory=list)
     problems: list[AnnotationProblem] = field(default_factory=list)
+    outside: list[AnnotationProblem] = field(default_factory=list)  # kept entries whose video is outside data.videos
 
     def split(self, name: str) -> list[VideoEntry]:
         """The entries of split ``name`` (``validate`` means ``val``), in file order."""
@@ -70,11 +104,13 @@ class Annotations:
 
 
 class Table:
-    """Collects entries; an id seen twice or an entry with no captions becomes a problem."""
+    """Collects entries; an id seen twice or an entry with no captions becomes a problem. With
+    ``videos`` (``data.videos``), a kept entry whose file is outside it is recorded in ``outside``."""
 
-    def __init__(self) -> None:
+    def __init__(self, videos: str | Path = "") -> None:
         self.ann = Annotations()
         self._seen: dict[str, str] = {}
+        self._videos = Path(videos) if str(videos).strip() else None
 
     def problem(self, source: str, reason: str) -> None:
         self.ann.problems.append(AnnotationProblem(source, reason))
@@ -90,6 +126,24 @@ class Table:
         else:
             self._seen[video_id] = split
             self.ann.entries.append(VideoEntry(video_id, Path(path), captions, split, official_split))
+            if self._videos is not None and not _inside(Path(path), self._videos):
+                given = _as_given(Path(path), self._videos)
+                self.ann.outside.append(AnnotationProblem(
+                    source, f"video path '{given}' is outside the video folder {self._videos}"))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or under it, lexically (``..`` resolved, links not followed)."""
+    p, f = os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(folder))
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def _as_given(path: Path, folder: Path) -> str:
+    """The path as the annotation wrote it: relative to ``folder`` when joined to it, else as is."""
+    try:
+        return path.relative_to(folder).as_posix()  # lexical: keeps the '..'
+    except ValueError:
+        return str(path)
 
 
 # ----------------------------------------------------------------------------- file helpers

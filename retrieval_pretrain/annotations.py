@@ -16,12 +16,16 @@ Where an annotation names only an id, the file is ``<videos>/<id><ext>`` for the
 ``video_id`` is the table's key (features are cached by it): an id seen twice is a problem. A file
 that cannot be read at all raises ``AnnotationError`` naming the file and why; a malformed entry,
 or one left with no captions, becomes an ``AnnotationProblem`` and is skipped, never silently.
+A video path outside ``data.videos`` (``../x.mp4``, an absolute path elsewhere) is kept, recorded
+in ``Annotations.outside`` and warned about on stderr, naming the file and line (or row / id):
+see ``retrieval_pretrain.annotation_table`` for why it is a warning and not a refusal.
 
 The table types and the readers' shared helpers are ``retrieval_pretrain.annotation_table``.
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +43,9 @@ from retrieval_pretrain.annotation_table import (  # noqa: F401  (the table type
     required_file,
 )
 from retrieval_pretrain.config import DataConfig
+
+MAX_OUTSIDE_WARNINGS = 20  # then one line with the count; `vcap data check` lists them all
+
 
 def _jsonl_problem(obj: Any) -> str:
     """Why a parsed jsonl line is not a valid entry (``""`` when it is)."""
@@ -85,13 +92,23 @@ def _reader(fmt: str) -> Callable[[DataConfig, Table], None]:
     return readers[fmt]
 
 
-def load_annotations(data: DataConfig) -> Annotations:
+def load_annotations(data: DataConfig, warn: bool = True) -> Annotations:
     """Read the dataset ``data`` describes into one table (see the module docstring per format).
+
+    ``warn``: print a warning on stderr for each entry whose video is outside ``data.videos``
+    (the first ``MAX_OUTSIDE_WARNINGS``, then their count); they are in ``.outside`` either way.
 
     Raises:
         AnnotationError: unknown format, or a file that is missing or cannot be read at all.
     """
     reader = _reader(data.format)
-    table = Table()
+    table = Table(data.videos)
     reader(data, table)
+    outside = table.ann.outside
+    if warn and outside:
+        for q in outside[:MAX_OUTSIDE_WARNINGS]:
+            print(f"warning: {q.source}: {q.reason}", file=sys.stderr)
+        if len(outside) > MAX_OUTSIDE_WARNINGS:
+            print(f"warning: ... and {len(outside) - MAX_OUTSIDE_WARNINGS} more video paths outside the video "
+                  f"folder {data.videos} ('vcap data check' lists them all)", file=sys.stderr)
     return table.ann

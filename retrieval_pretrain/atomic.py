@@ -27,6 +27,7 @@ import errno
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -75,6 +76,17 @@ def _clear_stale(path: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def os_error(err: BaseException, where: str | os.PathLike) -> BaseException:
+    """``err`` as an ``OSError`` naming ``where`` when a library reported a file-system error in its
+    own type (safetensors: ``SafetensorError: ... I/O error: File too large (os error 27)``), so the
+    command line can say "disk full" instead of a traceback; any other error unchanged."""
+    found = None if isinstance(err, OSError) else re.search(r"\(os error (\d+)\)", str(err))
+    if found is None:
+        return err
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(where))
+
+
 def write_file(path: str | os.PathLike, content: Content) -> Path:
     """Write ``content`` to ``path`` atomically; returns ``path``.
 
@@ -95,9 +107,9 @@ def write_file(path: str | os.PathLike, content: Content) -> Path:
         if callable(content):
             content(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise
+        raise os_error(e, path) from e
     return path
 
 
@@ -181,6 +193,6 @@ def write_folder(folder: str | os.PathLike, fill: Callable[[Path], None]) -> Pat
     try:
         fill(tmp)
         return commit_folder(tmp, folder)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise os_error(e, folder) from e

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
+import re
+import sys
 import warnings
 from typing import Any
 
@@ -100,7 +103,29 @@ def clip_from_arch(arch: dict[str, Any]) -> torch.nn.Module:
         arch["vision_cfg"]["timm_model_pretrained"] = False
     if "hf_model_name" in arch.get("text_cfg", {}):
         arch["text_cfg"]["hf_model_pretrained"] = False
-    return (CustomTextCLIP if custom_text else CLIP)(**arch)
+    try:
+        return (CustomTextCLIP if custom_text else CLIP)(**arch)
+    except TypeError as e:  # an unknown or misspelt field ("layers:1" without a space is one YAML key)
+        raise ConfigError(f"clip.custom: not an open_clip architecture: {e} (in YAML flow style, write "
+                          "'{layers: 1, width: 64}' with a space after each colon)") from None
+
+
+def _local_weights_error(path: str, err: BaseException) -> WeightsUnavailableError:
+    """The checkpoint file ``path`` exists but cannot be loaded: say which file and why. A pickle
+    that would run code (torch's weights-only loader names the callable it refused) gets a warning."""
+    text = str(err)
+    code = re.search(r"unsupported GLOBAL (\S+)", text)
+    if code:
+        reason = (f"it is a pickle that would call {code.group(1)} when loaded; refused without running it. "
+                  "Only plain state dicts of tensors (or .safetensors) are loaded")
+        print(f"warning: {path} holds pickled code ({code.group(1)}); it was not run. Do not load this file "
+              "with torch.load(weights_only=False) unless you trust where it came from", file=sys.stderr)
+    elif isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
+        reason = "not a PyTorch checkpoint (not a readable pickle or zip of tensors); truncated, or another kind of file"
+    else:
+        lines = [x.strip() for x in text.splitlines() if x.strip()][:2]
+        reason = f"{type(err).__name__}: {' '.join(lines)[:400] or 'unreadable'}"
+    return WeightsUnavailableError(f"clip.pretrained={path}: cannot load this checkpoint file: {reason}")
 
 
 def tokenizer_spec(arch: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +160,10 @@ def build_clip(clip_cfg: Any) -> tuple[torch.nn.Module, tuple[float, ...], tuple
         if pretrained:
             if not os.path.isfile(pretrained):
                 raise WeightsUnavailableError(_file_guidance(None, pretrained))
-            open_clip.load_checkpoint(clip, pretrained, strict=True)
+            try:
+                open_clip.load_checkpoint(clip, pretrained, strict=True)
+            except Exception as e:  # not a checkpoint, a pickle with code, tensors of another architecture
+                raise _local_weights_error(pretrained, e) from None
         return clip, tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD), spec
 
     if pretrained and not get_pretrained_cfg(clip_cfg.model, pretrained) and not os.path.isfile(pretrained):
@@ -150,6 +178,8 @@ def build_clip(clip_cfg: Any) -> tuple[torch.nn.Module, tuple[float, ...], tuple
                                       force_quick_gelu=bool(arch.get("quick_gelu")),
                                       pretrained_text=False)  # no silent tower downloads
     except Exception as e:
+        if pretrained and os.path.isfile(pretrained):
+            raise _local_weights_error(pretrained, e) from None
         if pretrained and not os.path.isfile(pretrained) and _is_download_failure(e):
             raise WeightsUnavailableError(_guidance(clip_cfg.model, pretrained, str(e).splitlines()[0])) from e
         raise

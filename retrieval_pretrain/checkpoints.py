@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from retrieval_pretrain.atomic import clear_temporaries, commit_folder, write_file, write_json
+from retrieval_pretrain.atomic import clear_temporaries, commit_folder, os_error, write_file, write_json
 from retrieval_pretrain.errors import TrainingDivergedError
 
 
@@ -39,7 +39,10 @@ def save_checkpoint(accelerator: Accelerator, run: Path, global_step: int, state
         clear_temporaries(final)  # a killed earlier save of this step, if any
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+    except Exception as e:  # a full disk: the temporary folder is never restored (no trainer_state.json)
+        raise os_error(e, final) from e
     if accelerator.is_main_process:
         write_json(tmp / "trainer_state.json", {"global_step": global_step, **state})
         commit_folder(tmp, final)
@@ -85,7 +88,7 @@ def stop_if_diverged(accelerator: Accelerator, loss: Any, step: int, epoch: int,
     last = latest_checkpoint(run)
     where = f"the last checkpoint, {last}, holds the weights from before it" if last else "no checkpoint was saved"
     raise TrainingDivergedError(f"{run}: training diverged at step {step} (epoch {epoch}): the loss is "
-                                f"{float(loss.detach().float().mean())}; no model was written ({where}). Start a new run "
+                                f"{float(loss.detach().float().mean())}; {Path(run) / 'model'} was not written ({where}). Start a new run "
                                 "with a lower learning rate (or a larger warm-up, or fp32)")
 
 

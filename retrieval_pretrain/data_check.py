@@ -2,20 +2,26 @@
 
 Per split: videos, captions, captions per video and caption length in words. Then everything that
 would make a run skip something: malformed annotation entries (from ``load_annotations``), entries
-whose video file is missing, and - with ``probe`` - video files that exist but cannot be opened.
+whose video file is missing, and - with ``probe`` - video files that exist but cannot be read
+(truncated, or failing to decode one of the frames a run would sample: ``video_probe``);
+and what a run would use without a word though it is probably wrong: splits that none of
+``data.train_split`` / ``val_split`` / ``test_split`` names (``Train``, ``dev``, ``testing``: never
+trained or evaluated on; a near miss gets a hint), and video paths outside ``data.videos``.
 The summary is one JSON-able dict (``check_dataset``); ``report_text`` turns it into a few lines for
 a person. ``vcap data check`` prints both and exits 0 only when nothing is wrong.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from retrieval_pretrain.annotation_table import normalize_split, split_role
 from retrieval_pretrain.annotations import Annotations, load_annotations
-from retrieval_pretrain.config import DataConfig
+from retrieval_pretrain.config import DataConfig, VideoConfig
 
 MAX_LISTED_MISSING = 20
 
@@ -46,6 +52,29 @@ def split_summary(ann: Annotations) -> dict[str, dict[str, Any]]:
     return out
 
 
+SPLIT_KEYS = ("train_split", "val_split", "test_split")
+
+
+def unused_splits(ann: Annotations, data: DataConfig) -> list[dict[str, Any]]:
+    """``[{split, videos, hint?}]`` for each split of the annotations that no configured split name
+    (``data.train_split`` / ``val_split`` / ``test_split``) uses; ``hint`` when it is a near miss
+    of one (case, or ``dev``/``training``/``testing``: ``annotation_table.split_role``)."""
+    used = {normalize_split(getattr(data, key)) for key in SPLIT_KEYS}
+    out = []
+    for name in ann.splits():
+        if name in used:
+            continue
+        item: dict[str, Any] = {"split": name, "videos": len(ann.split(name))}
+        for key in SPLIT_KEYS:
+            configured = getattr(data, key)
+            if split_role(name) == split_role(configured):
+                item["hint"] = (f"looks like split '{configured}' (data.{key}): rename it in the annotations, "
+                                f"or set data.{key}={name}")
+                break
+        out.append(item)
+    return out
+
+
 def _reason(path: Path, err: Exception) -> str:
     """One line ``path: reason``: the error's own message when it starts with the path
     (``VideoReadError``), else ``path: Type: message`` (first line; decord appends a C++ trace)."""
@@ -69,34 +98,52 @@ def probe_videos(paths: list[Path], probe_fn: Callable[[Path], Any], progress: b
     return bad
 
 
+def video_probe(video: VideoConfig) -> Callable[[Path], Any]:
+    """The default probe: ``retrieval_pretrain.video.probe_video`` refusing truncated files and
+    decoding every frame a run with ``video`` would sample - the ``eval_sampling`` and
+    ``train_sampling`` picks of ``num_frames`` frames, the first and last frame of each TSN segment
+    (training's random picks lie between), the last frame, and with ``cache_frames`` the frame
+    cache's uniform picks."""
+    from retrieval_pretrain.video import probe_video
+
+    samplings = {(video.num_frames, video.eval_sampling), (video.num_frames, video.train_sampling)}
+    if video.cache_frames > 0:
+        samplings.add((video.cache_frames, "uniform"))
+    return functools.partial(probe_video, samplings=sorted(samplings))
+
+
 def check_dataset(data: DataConfig, probe: bool = False, probe_fn: Callable[[Path], Any] | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, video: VideoConfig | None = None) -> dict[str, Any]:
     """Summarise the dataset ``data`` describes (a JSON-able dict).
 
     Args:
         data: the dataset section of a config.
-        probe: also open every existing video file.
+        probe: also read every existing video file.
         probe_fn: ``probe_fn(path)`` raises when a file is unreadable; default
-            ``retrieval_pretrain.video.probe_video``.
+            ``video_probe(video)``.
         progress: show a tqdm bar on stderr while probing.
+        video: the frame sampling a run uses (the config's ``video`` section; default
+            ``VideoConfig()``), for the default probe.
 
     Returns:
         ``format``, ``annotations``, ``videos_dir``, ``splits`` (see ``split_summary``),
         ``total`` ({videos, captions}), ``problems`` ([{source, reason}]) and ``problem_count``,
         ``missing_videos`` ({count, total, paths: the first 20}), ``unreadable_videos``
-        ({count, probed, items: [{path, reason}]}, ``None`` without ``probe``), and ``ok``:
-        no problems, no missing and no unreadable videos.
+        ({count, probed, items: [{path, reason}]}, ``None`` without ``probe``), ``unused_splits``
+        (see ``unused_splits``), ``outside_videos`` ({count, items: [{source, reason}]}: entries
+        whose video path is outside ``data.videos``), and ``ok``: no problems, no missing and no
+        unreadable videos, no unused split and no video path outside the video folder.
 
     Raises:
         AnnotationError: an annotation file that cannot be read at all.
     """
-    ann = load_annotations(data)
+    ann = load_annotations(data, warn=False)  # paths outside data.videos: listed in the summary instead
     paths = list(dict.fromkeys(Path(e.path) for e in ann.entries))  # unique, in table order
     missing = [p for p in paths if not p.is_file()]
     unreadable = None
     if probe:
         if probe_fn is None:
-            from retrieval_pretrain.video import probe_video as probe_fn
+            probe_fn = video_probe(video if video is not None else VideoConfig())
         missing_set = set(missing)
         existing = [p for p in paths if p not in missing_set]
         items = probe_videos(existing, probe_fn, progress=progress)
@@ -110,12 +157,35 @@ def check_dataset(data: DataConfig, probe: bool = False, probe_fn: Callable[[Pat
         "total": {"videos": len(ann.entries), "captions": sum(len(e.captions) for e in ann.entries)},
         "problem_count": len(ann.problems),
         "problems": [{"source": q.source, "reason": q.reason} for q in ann.problems],
+        "unused_splits": unused_splits(ann, data),
+        "outside_videos": {"count": len(ann.outside), "items": [{"source": q.source, "reason": q.reason}
+                                                                 for q in ann.outside]},
         "missing_videos": {"count": len(missing), "total": len(paths),
                            "paths": [str(p) for p in missing[:MAX_LISTED_MISSING]]},
         "unreadable_videos": unreadable,
     }
     summary["ok"] = not ann.problems and not missing and not (unreadable and unreadable["count"])
+    summary["ok"] = summary["ok"] and not summary["unused_splits"] and not ann.outside
     return summary
+
+
+def _split_and_path_lines(s: dict[str, Any]) -> list[str]:
+    """The report's lines on unused splits and on video paths outside the video folder."""
+    lines = []
+    unused = s["unused_splits"]
+    if unused:
+        lines.append(f"splits not used by data.train_split / val_split / test_split: {len(unused)} "
+                     "(never trained or evaluated on)")
+        lines.extend(f"  {u['split']} ({u['videos']} videos)" + (f": {u['hint']}" if "hint" in u else "")
+                     for u in unused)
+    out = s["outside_videos"]
+    if out["count"]:
+        lines.append(f"video paths outside the video folder: {out['count']} (kept; set data.videos to a folder "
+                     "that holds them all if that is meant)")
+        lines.extend(f"  {q['source']}: {q['reason']}" for q in out["items"][:10])
+        if out["count"] > 10:
+            lines.append(f"  ... and {out['count'] - 10} more (see the JSON)")
+    return lines
 
 
 def report_text(s: dict[str, Any]) -> str:
@@ -131,6 +201,7 @@ def report_text(s: dict[str, Any]) -> str:
         lines.append(f"  {q['source']}: {q['reason']}")
     if s["problem_count"] > 10:
         lines.append(f"  ... and {s['problem_count'] - 10} more (see the JSON)")
+    lines.extend(_split_and_path_lines(s))
     m = s["missing_videos"]
     lines.append(f"missing video files: {m['count']} of {m['total']}")
     lines.extend(f"  {p}" for p in m["paths"][:5])

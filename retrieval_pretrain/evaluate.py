@@ -20,8 +20,9 @@ from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
 from retrieval_pretrain.config import RetrievalConfig
 from retrieval_pretrain.data import Preprocess
 from retrieval_pretrain.encode import embed_videos
+from retrieval_pretrain.annotation_table import splits_found
 from retrieval_pretrain.errors import DatasetError
-from retrieval_pretrain.model_folder import from_pretrained
+from retrieval_pretrain.model_folder import from_pretrained, warn_if_frames_differ
 from retrieval_pretrain.retrieval_metrics import dsl_retrieval_metrics, retrieval_metrics
 
 
@@ -37,8 +38,7 @@ def split_entries(ann: Any, split: str, annotations: str) -> list[Any]:
     """The entries of ``split``; ``DatasetError`` naming the file and the splits it has when empty."""
     entries = ann.split(split)
     if not entries:
-        raise DatasetError(f"{annotations}: split '{split}' has no videos (splits found: "
-                           f"{', '.join(ann.splits()) or 'none'})")
+        raise DatasetError(f"{annotations}: split '{split}' has no videos ({splits_found(ann, split)})")
     return entries
 
 
@@ -48,6 +48,7 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
     split = split or cfg.data.test_split
     device = pick_device(cfg.run.device)
     model, info = from_pretrained(model_dir, device=device)
+    warn_if_frames_differ(cfg.video.num_frames, info["num_frames"], model_dir)
     entries = split_entries(load_annotations(cfg.data), split, cfg.data.annotations)
     pre = Preprocess(info["num_frames"], model.image_size, model.image_mean, model.image_std)
     videos = [(e.video_id, Path(e.path)) for e in entries]

@@ -27,7 +27,7 @@ from retrieval_pretrain.data import Preprocess
 from retrieval_pretrain.encode import encode_video_batches
 from retrieval_pretrain.features import FeatureStore
 from retrieval_pretrain.folder_lock import folder_lock
-from retrieval_pretrain.model_folder import from_pretrained, model_fingerprint
+from retrieval_pretrain.model_folder import from_pretrained, model_fingerprint, warn_if_frames_differ
 from retrieval_pretrain.run_log import StepTimer
 
 
@@ -75,6 +75,7 @@ def _extract(model_dir: Path, cfg: RetrievalConfig, store: FeatureStore, splits:
     device = state.device if state.num_processes > 1 and cfg.run.device != "cpu" else pick_device(cfg.run.device)
     model, info = from_pretrained(model_dir, device=device)
     if state.is_main_process:
+        warn_if_frames_differ(cfg.video.num_frames, info["num_frames"], model_dir)
         store.init({"tower": str(model_dir.resolve()), "tower_fingerprint": model_fingerprint(model_dir),
                     "num_frames": info["num_frames"], "dim": model.embed_dim, "dtype": "float16",
                     "sampling": info.get("eval_sampling", "uniform"), "head": info.get("head")})

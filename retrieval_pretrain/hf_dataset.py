@@ -24,7 +24,8 @@ Rows of one video in one split are merged, their captions concatenated in row or
 caption datasets have one row per caption). Split names must be ``train``/``val``/``test`` or one of
 ``data.train_split``/``val_split``/``test_split``. Never silently dropped:
 
-* a row with a missing or empty video or caption, a value of the wrong type, or an unknown split is
+* a row with a missing or empty video or caption, a value of the wrong type, or an unknown split
+  (with a hint when it looks like a known one: ``Train``, ``dev``, ``testing``) is
   an ``AnnotationProblem`` at ``<source>:row N`` (``N`` is the 0-based dataset index, ``ds[N]``;
   ``<source>`` is ``<annotations>[<name>]`` for one split of a ``DatasetDict``) and is skipped;
   a ``DatasetDict`` split with an unknown name is one problem at ``<source>`` giving its row count;
@@ -49,8 +50,8 @@ from typing import Any, Iterator
 
 import datasets
 
-from retrieval_pretrain.annotation_table import (AnnotationError, clean_captions, no_split_files, Table,
-                                            video_path, normalize_split)
+from retrieval_pretrain.annotation_table import (AnnotationError, clean_captions, near_misses, no_split_files,
+                                            split_role, Table, video_path, normalize_split)
 from retrieval_pretrain.config import DataConfig
 from retrieval_pretrain.errors import ConfigError
 
@@ -242,7 +243,8 @@ def _read_rows(data: DataConfig, label: str, dict_split: str | None, ds: dataset
     if not has_split and dict_split is None:
         _require(label, ds, "split", columns["split"], " - needed unless the dataset has splits of its own")
     if not has_split and normalize_split(dict_split) not in known:
-        table.problem(label, f"split '{dict_split}' is not one of {', '.join(known)}; its {ds.num_rows} rows skipped")
+        table.problem(label, f"split '{dict_split}' is not one of {', '.join(known)}{_hint(dict_split, known)}; "
+                             f"its {ds.num_rows} rows skipped")
         return
     values = _column_values(ds, list(dict.fromkeys(columns[r] for r in ROLES if r != "split" or has_split)))
     splits = values[columns["split"]] if has_split else [dict_split] * ds.num_rows
@@ -289,8 +291,17 @@ def _row(video: Any, caps: Any, split: Any, columns: dict[str, str],
     if why:
         return why
     if normalize_split(split) not in known:
-        return f"unknown split '{split}' (column '{columns['split']}'; known: {', '.join(known)})"
+        return f"unknown split '{split}' (column '{columns['split']}'; known: {', '.join(known)}){_hint(split, known)}"
     return video, captions, normalize_split(split)
+
+
+def _hint(split: str, known: list[str]) -> str:
+    """``; did you mean 'train'? (or set data.train_split=Train)`` when ``split`` is a near miss of a known name."""
+    near = near_misses(split, known)
+    if not near:
+        return ""
+    key = {"train": "train_split", "val": "val_split", "test": "test_split"}.get(split_role(near[0]), "train_split")
+    return f"; did you mean '{near[0]}'? (rename it, or set data.{key}={split})"
 
 
 def _video_file(data: DataConfig, value: str) -> tuple[str, Path]:

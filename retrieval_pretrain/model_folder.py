@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,14 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> t
         raise ModelFolderError(f"{weights}: cannot load the weights ({type(e).__name__}: {e})") from e
     check_finite(model.state_dict().items(), str(weights))
     return model.to(device).eval(), info
+
+
+def warn_if_frames_differ(configured: int, used: int, source: str | Path) -> None:
+    """Inference samples as many frames as the model was trained with; when the config asks for
+    another count, say which one is used instead of silently ignoring ``video.num_frames``."""
+    if configured != used:
+        print(f"warning: video.num_frames={configured} in the config, but {source} was made with {used} frames "
+              f"per video; using {used} (video.num_frames applies when training stage 1)", file=sys.stderr)
 
 
 def model_fingerprint(folder: str | Path) -> str:

@@ -2,9 +2,10 @@
 
 * a new folder (or one holding nothing of a run) starts a run and records it in ``RUN/run.json``:
   the command, the config and its fingerprint, and the inputs (stage 2: the feature folder);
-* without ``--resume``, a folder that already holds a run (``run.json``, ``checkpoints/`` or
-  ``model/``) is refused - otherwise the new run's checkpoints would mix with the old ones and a
-  later ``--resume`` could restore the old run;
+* without ``--resume``, a folder that already holds a trained run (a checkpoint or ``model/``) is
+  refused - otherwise the new run's checkpoints would mix with the old ones and a later
+  ``--resume`` could restore the old run. A run that ended before its first checkpoint (killed,
+  disk full) left nothing trained: a new run may start there, and its old log is removed;
 * with ``--resume``, the recorded run must be this one: same command, same inputs, same config
   except the settings that do not change what is trained (``RESUMABLE``) and the sections the
   command does not read (``SECTIONS``); a difference is refused, naming the keys. ``--resume`` on a folder with no run starts one.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,19 @@ def _identity(command: str, cfg: Any, inputs: dict[str, str]) -> dict[str, Any]:
 
 
 def _holds_a_run(output: Path) -> bool:
-    return any((output / name).exists() for name in (RUN_FILE, "checkpoints", "model"))
+    """A checkpoint or a model: something trained that a new run must not mix with."""
+    return (output / "model").exists() or latest_checkpoint(output) is not None
+
+
+def _start_clean(output: Path) -> None:
+    """Remove what a run that never checkpointed left (its log, lists, tokenizer and best epoch so
+    far), before a new run starts: none of it may leak into the new run."""
+    if (output / RUN_FILE).is_file():
+        print(f"note: {output} holds a run that ended before its first checkpoint; starting a new run there",
+              file=sys.stderr)
+    for name in ("log.jsonl", "skipped.json", "failures.json", "tokenizer.model"):  # stage 2 trains its own
+        (output / name).unlink(missing_ok=True)
+    shutil.rmtree(output / "best", ignore_errors=True)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -74,9 +89,9 @@ def _check(output: Path, command: str, cfg: Any, resume: bool, inputs: dict[str,
     new = _identity(command, cfg, inputs)
     record = output / RUN_FILE
     if not resume and _holds_a_run(output):
-        raise ConfigError(f"{output} already holds a run ({RUN_FILE}, checkpoints/ or model/): continue it with "
+        raise ConfigError(f"{output} already holds a run (a checkpoint or model/): continue it with "
                           "--resume, or give a new --output folder")
-    if resume and record.is_file():
+    if resume and record.is_file() and _holds_a_run(output):
         try:
             old = json.loads(record.read_text())
         except (OSError, ValueError) as e:
@@ -87,9 +102,9 @@ def _check(output: Path, command: str, cfg: Any, resume: bool, inputs: dict[str,
                               f"{'; ...' if len(diff) > 8 else ''}): resume it with its own settings, or give a "
                               "new --output folder")
         if latest_checkpoint(output) is None:
-            done = " (its model is in model/)" if (output / "model").is_dir() else ""
-            raise ConfigError(f"{output} holds this run but no checkpoint to resume from{done}: nothing to "
-                              "continue; give a new --output folder to train again (checkpoints: save_every)")
+            raise ConfigError(f"{output} holds this run but no checkpoint to resume from (its model is in "
+                              "model/): nothing to continue; give a new --output folder to train again "
+                              "(checkpoints: save_every)")
         return
     if resume and _holds_a_run(output):
         raise ConfigError(f"{output} holds checkpoints or a model but no {RUN_FILE}, so it cannot be checked that "
@@ -97,5 +112,6 @@ def _check(output: Path, command: str, cfg: Any, resume: bool, inputs: dict[str,
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
+        _start_clean(output)
         write_json(record, new)
     accelerator.wait_for_everyone()

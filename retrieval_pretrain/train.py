@@ -194,31 +194,33 @@ def _train(cfg: RetrievalConfig, output: Path, acc: Accelerator, resume: bool) -
     start_epoch, skip, step = _resume(run, output) if resume else (0, 0, 0)
     log, timer, t0, seen = JsonlLogger(output / "log.jsonl", enabled=acc.is_main_process), StepTimer(), time.perf_counter(), 0
     bar = tqdm(total=run.total_steps, initial=step, desc="stage 1", disable=not acc.is_main_process, file=sys.stderr)
-    for epoch in range(start_epoch, p.epochs):
-        run.sampler.use_epoch(epoch)
-        run.model.train()
-        batches_done, batches = skip, epoch_batches(acc, run.loader, skip)
-        skip = 0
-        timer.reset()
-        for batch in batches:
-            timer.data_ready()
-            batches_done += 1
-            _note_failures(run, batch)
-            if not _enough_to_contrast(acc, batch["frames"].shape[0]):
-                continue
-            loss, scale = _step(run, batch, p.max_grad_norm)
-            stop_if_diverged(acc, loss, step + 1, epoch, output)
-            seen += batch["frames"].shape[0]
-            timer.step_done()
-            if not acc.sync_gradients:
-                continue
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
-            if step % cfg.run.log_every == 0 or step == 1:
-                log.log(**_log_record(run, loss, scale, step, epoch, timer, seen, t0))
-            if p.save_every > 0 and step % p.save_every == 0:
-                save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done,
-                                                    "log_lines": log.lines, "failures": _all_failures(run)})
-    bar.close()
+    try:  # the bar is closed before an error reaches the user, so the error line is last
+        for epoch in range(start_epoch, p.epochs):
+            run.sampler.use_epoch(epoch)
+            run.model.train()
+            batches_done, batches = skip, epoch_batches(acc, run.loader, skip)
+            skip = 0
+            timer.reset()
+            for batch in batches:
+                timer.data_ready()
+                batches_done += 1
+                _note_failures(run, batch)
+                if not _enough_to_contrast(acc, batch["frames"].shape[0]):
+                    continue
+                loss, scale = _step(run, batch, p.max_grad_norm)
+                stop_if_diverged(acc, loss, step + 1, epoch, output)
+                seen += batch["frames"].shape[0]
+                timer.step_done()
+                if not acc.sync_gradients:
+                    continue
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+                if step % cfg.run.log_every == 0 or step == 1:
+                    log.log(**_log_record(run, loss, scale, step, epoch, timer, seen, t0))
+                if p.save_every > 0 and step % p.save_every == 0:
+                    save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done,
+                                                        "log_lines": log.lines, "failures": _all_failures(run)})
+    finally:
+        bar.close()
     return _finish(run, cfg, output, step, time.perf_counter() - t0)

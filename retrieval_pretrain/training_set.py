@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
+from retrieval_pretrain.annotation_table import splits_found
 from retrieval_pretrain.annotations import Annotations
 from retrieval_pretrain.config import RetrievalConfig
 from retrieval_pretrain.data import (
@@ -39,8 +40,8 @@ def training_entries(ann: Annotations, cfg: RetrievalConfig) -> tuple[list[Any],
     train = ann.split(cfg.data.train_split)
     if not train:
         raise DatasetError(
-            f"{cfg.data.annotations}: no videos in split '{cfg.data.train_split}' "
-            f"(splits found: {', '.join(ann.splits()) or 'none'})"
+            f"{cfg.data.annotations}: no videos in split '{cfg.data.train_split}' (data.train_split; "
+            f"{splits_found(ann, cfg.data.train_split)})"
         )
     held_out = {cfg.data.val_split, cfg.data.test_split} - {cfg.data.train_split}
     eval_keys = {}

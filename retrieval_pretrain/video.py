@@ -34,6 +34,10 @@ and decodes only the sampled indices with ``get_batch``. Facts about decord 0.6 
 * If the last packets of a stream yield no frame (the container lists more frames than decode),
   decord substitutes the last decoded frame for them. We keep that: the substitute is the
   neighbouring frame and rejecting the video would lose it. Any other decoding error raises.
+* Its frame index comes from reading every packet at open, up to wherever the file ends: a file
+  cut short with its header intact (faststart mp4, Matroska, AVI) opens as a shorter clip.
+  ``video_integrity.check_complete`` compares the frames found with what the header lists (one
+  header-only PyAV open, about 1 ms) and refuses the file as truncated.
 
 Every failure raises ``VideoReadError`` (message ``"{path}: {reason}"``); when decord cannot open a
 file, PyAV looks at it to say why (no video stream, a codec decord lacks, not a video, truncated).
@@ -45,11 +49,12 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from retrieval_pretrain.errors import VideoReadError
+from retrieval_pretrain.video_integrity import check_complete, probe_indices
 
 METHODS = ("uniform", "fps", "tsn")
 MIN_VIDEO_FRAMES = 2  # fewer is a still image, rejected (see the module docstring)
@@ -327,6 +332,7 @@ def read_frames(path: str | os.PathLike, num_frames: int, method: str = "uniform
     reader = _open(p, num_threads)
     n = len(reader)
     starts, fps = _timing(reader, n)
+    check_complete(p, n, float(starts[-1]) + (1.0 / fps if math.isfinite(fps) else 0.0), fps)
     if method == "fps" and not math.isfinite(fps):
         raise VideoReadError(p, "frame rate unknown, cannot sample one frame per second")
     indices, mask = sample_indices(n, num_frames, method, fps=fps, rng=rng)
@@ -341,19 +347,34 @@ def read_frames(path: str | os.PathLike, num_frames: int, method: str = "uniform
                          num_video_frames=n, fps=fps)
 
 
-def probe_video(path: str | os.PathLike, num_threads: int = 1) -> dict[str, Any]:
-    """Open a video and decode its first frame: ``{"num_frames", "fps", "height", "width",
-    "duration"}`` (upright height/width; duration in seconds, last frame's end). Raises
-    ``VideoReadError`` for an unreadable file."""
+def probe_video(path: str | os.PathLike, num_threads: int = 1,
+                samplings: Sequence[tuple[int, str]] = ()) -> dict[str, Any]:
+    """Open a video, refuse it if truncated, and decode frame 0 - and, for each ``(num_frames,
+    method)`` of ``samplings``, the frames ``read_frames`` picks with it and the first and last
+    frame of each of the ``num_frames`` TSN segments (``tsn`` picks at random between them), plus
+    the last frame (``video_integrity.probe_indices``; 8 frames in memory at a time). Returns
+    ``{"num_frames", "fps", "height", "width", "duration"}`` (upright height/width; duration in
+    seconds, last frame's end). Raises ``VideoReadError`` where ``read_frames`` would."""
+    for _, method in samplings:
+        if method not in METHODS:
+            raise ValueError(f"unknown sampling method {method!r}; expected one of {METHODS}")
     p = _check_file(path)
     reader = _open(p, num_threads)
     n = len(reader)
     starts, fps = _timing(reader, n)
-    height, width = _first_frame_shape(reader, p)
     try:
         end = float(np.asarray(reader.get_frame_timestamp([n - 1]), dtype=np.float64)[0, 1])
     except Exception:
         end = math.nan
     if not (math.isfinite(end) and end > starts[-1]):  # no pts: the last frame lasts 1 / fps
         end = float(starts[-1]) + 1.0 / fps
+    check_complete(p, n, end, fps)
+    height, width = _first_frame_shape(reader, p)
+    if samplings:
+        if any(m == "fps" for _, m in samplings) and not math.isfinite(fps):
+            raise VideoReadError(p, "frame rate unknown, cannot sample one frame per second")
+        picks = [sample_indices(n, k, m, fps=fps)[0] for k, m in samplings if m != "tsn"]
+        wanted = probe_indices(n, picks, [k for k, _ in samplings])
+        for chunk in np.array_split(wanted, -(-len(wanted) // 8)):
+            _decode(reader, p, chunk, n, num_threads, (-1, -1))
     return {"num_frames": n, "fps": fps, "height": height, "width": width, "duration": end}

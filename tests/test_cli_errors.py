@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -114,6 +115,31 @@ CASES = [
     case("weights-checkpoint-file-missing", ["pretrain", "--output", "{root}/out_weights", *CFG, "clip.custom=null",
                                              "clip.model=ViT-B-32", "clip.pretrained=/no/such/file.pt"],
          WeightsUnavailableError, "ViT-B-32", "/no/such/file.pt"),
+    # Inside the long commands, not only in 'data check'
+    case("dataset-annotations-missing-in-pretrain", ["pretrain", "--output", "{root}/out_pre_ann", *CFG,
+                                                     "data.annotations={root}/no_such.jsonl"],
+         DatasetError, "{root}/no_such.jsonl"),
+    case("dataset-annotations-missing-in-extract", ["extract", "--model", "{s1}", "--output", "{root}/out_x_ann", *CFG,
+                                                    "data.annotations={root}/no_such.jsonl"],
+         DatasetError, "{root}/no_such.jsonl", models=True),
+    case("config-impossible-epochs", ["pretrain", "--output", "{root}/out_epochs", *CFG, "pretrain.epochs=-1"],
+         ConfigError, "pretrain.epochs", "-1"),
+    case("config-custom-arch-typo", ["pretrain", "--output", "{root}/out_arch", *CFG,
+                                     "clip.custom.vision_cfg={layers:1, width: 64}"],
+         ConfigError, "clip.custom", "layers:1"),
+    case("weights-pickle-with-code", ["pretrain", "--output", "{root}/out_pickle", *CFG,
+                                      "clip.pretrained={evil_checkpoint}"],
+         errors.WeightsUnavailableError, "{evil_checkpoint}", "posix.system"),
+    # FolderBusyError: another process holds the output folder's lock
+    case("folder-busy-extract", ["extract", "--model", "{s1}", "--output", "{busy}", *CFG],
+         errors.FolderBusyError, "{busy}", "in use", models=True),
+    # TrainingDivergedError: a learning rate far too high; the loss is inf/NaN by step 2
+    case("training-diverged", ["train", "--features", "{feats}", "--output", "{root}/out_diverged", *CFG,
+                               "caption.lr=1e30", "caption.epochs=3"],
+         errors.TrainingDivergedError, "{root}/out_diverged", "step 2", models=True),
+    # StorageError: an output folder the file system refuses (sysfs: not even root may create one)
+    case("storage-refused-output", ["pretrain", "--output", "/sys/vcap_output", *CFG],
+         errors.StorageError, "/sys/vcap_output"),
     # FeatureStoreError
     case("features-not-a-feature-folder", ["train", "--features", "{data}", "--output", "{root}/out_train", *CFG],
          FeatureStoreError, "{data}"),
@@ -129,6 +155,7 @@ OTHER = {
     "caption-one-good-one-bad": (["caption", "{good_video}", "{bad_video}", "--model", "{s2}"], True),
     "caption-device-tpu": (["caption", "{good_video}", "--model", "{s2}", "--device", "tpu"], True),
     "caption-device-cuda": (["caption", "{good_video}", "--model", "{s2}", "--device", "cuda"], True),
+    "caption-folder-with-dead-links": (["caption", "{links}", "--model", "{s2}", "--json"], True),
 }
 
 
@@ -154,6 +181,14 @@ def run_vcap(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd)
 
 
+class _RunsCode:
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return os.system, (self.command,)
+
+
 def _bad_inputs(root: Path, ann: Path) -> dict[str, str]:
     """The bad files that need no model."""
     bad_key = root / "typo.yaml"
@@ -175,7 +210,16 @@ def _bad_inputs(root: Path, ann: Path) -> dict[str, str]:
     list_preds.write_text(json.dumps({"video0": ["a man cooks"], "video1": ["a dog is running"]}))
     bad_video = root / "notavideo.mp4"
     bad_video.write_text("hello, I am not an mp4\n")
-    return {"bad_key_yaml": str(bad_key), "truncated_msrvtt": str(msrvtt), "jsonl_bad_line": str(jsonl_bad),
+    links = root / "links"  # a folder to caption: a link to a good video, a dead link, a link loop
+    links.mkdir()
+    os.symlink(ann.parent / json.loads(lines[0])["video"], links / "good.mp4")
+    os.symlink(root / "gone.mp4", links / "dead.mp4")
+    os.symlink(links / "loop_b", links / "loop_a")
+    os.symlink(links / "loop_a", links / "loop_b")
+    evil = root / "evil.pt"  # a pickle that would create {root}/PWNED if unpickled unchecked
+    evil.write_bytes(pickle.dumps(_RunsCode(f"touch {root / 'PWNED'}"), protocol=2))
+    return {"links": str(links), "evil_checkpoint": str(evil), "busy": str(root / "busy_feats"),
+            "bad_key_yaml": str(bad_key), "truncated_msrvtt": str(msrvtt), "jsonl_bad_line": str(jsonl_bad),
             "references": str(refs), "predictions": str(preds), "truncated_predictions": str(truncated_preds),
             "list_predictions": str(list_preds), "bad_video": str(bad_video)}
 
@@ -232,6 +276,7 @@ def runs(tmp_path_factory) -> Runs:
                          **_bad_inputs(root, ann)})
     good = json.loads(ann.read_text().splitlines()[0])["video"]
     paths.values["good_video"] = str(ann.parent / good)
+    holder = _hold_lock(Path(paths.values["busy"]))  # another "vcap extract" writing {busy}
 
     jobs = [(c.id, c.argv, c.models) for c in CASES] + [(k, tuple(a), m) for k, (a, m) in OTHER.items()]
     futures: dict[str, Future] = {}
@@ -252,6 +297,17 @@ def runs(tmp_path_factory) -> Runs:
                     futures[key] = pool.submit(run_vcap, paths.fill(argv), root)
         yield Runs(paths, futures)
         # (leaving the with-block waits for anything still running)
+    holder.kill()
+    holder.wait()
+
+
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """A process holding ``folder``'s lock (as a running ``vcap extract`` does) until killed."""
+    code = ("import sys\nfrom retrieval_pretrain.folder_lock import folder_lock\n"
+            f"with folder_lock({str(folder)!r}, 'vcap extract'):\n    print('held', flush=True)\n    sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
 
 
 def _show(r: subprocess.CompletedProcess) -> str:
@@ -364,6 +420,37 @@ def test_caption_with_one_good_and_one_bad_video_captions_the_good_one_and_exits
     assert set(lines) == {good} and lines[good].strip(), _show(r)
     assert bad in r.stderr and good not in r.stderr, _show(r)
     assert _last_json(r.stdout) is None
+
+
+def test_caption_of_a_folder_with_dead_links_names_each_and_exits_1(runs):
+    r, paths = runs.get("caption-folder-with-dead-links")
+    assert r.returncode == 1, _show(r)
+    assert "Traceback" not in r.stderr, _show(r)
+    links = Path(paths.values["links"])
+    result = _last_json(r.stdout)
+    assert result is not None and set(result["captions"]) == {str(links / "good.mp4")}, _show(r)
+    assert result["captions"][str(links / "good.mp4")].strip()
+    assert result["failed"] == {
+        str(links / "dead.mp4"): f"{links / 'dead.mp4'}: broken symbolic link (to {paths.root / 'gone.mp4'}, "
+                                 "which does not exist)",
+        str(links / "loop_a"): f"{links / 'loop_a'}: symbolic link loop",
+        str(links / "loop_b"): f"{links / 'loop_b'}: symbolic link loop"}, _show(r)
+    for path in result["failed"]:
+        assert f"warning: not captioned: {path}: " in r.stderr, _show(r)
+
+
+def test_a_diverged_run_writes_no_model(runs):
+    r, paths = runs.get("training-diverged")
+    assert r.returncode == errors.TrainingDivergedError.exit_code, _show(r)
+    out = paths.root / "out_diverged"
+    assert not (out / "model").exists(), sorted(p.name for p in out.iterdir())
+    assert f"{out / 'model'} was not written" in r.stderr and "checkpoints/step_1" in r.stderr, _show(r)
+
+
+def test_a_refused_pickle_was_not_run_and_is_named_in_a_warning(runs):
+    r, paths = runs.get("weights-pickle-with-code")
+    assert f"warning: {paths.values['evil_checkpoint']} holds pickled code (posix.system); it was not run" in r.stderr
+    assert not (paths.root / "PWNED").exists()
 
 
 def test_caption_with_an_unknown_device_is_a_usage_error(runs):

@@ -108,3 +108,59 @@ def test_default_probe_is_the_video_module(shared_data: Path, tmp_path: Path):
     s = check_dataset(data, probe=True, progress=False)
     assert s["unreadable_videos"]["count"] == 1 and s["ok"] is False
     assert s["unreadable_videos"]["items"][0]["reason"].startswith(str(Path(data.videos) / "bad.mp4"))
+
+
+def faststart_cut(src: Path, dst: Path, keep: int) -> Path:
+    """``src`` remuxed with its index first (``-movflags +faststart``), then cut just before the
+    data of frame ``keep``: a download that stopped between two packets, header intact."""
+    import av
+
+    whole = dst.with_name("whole_" + dst.name)
+    with av.open(str(src)) as inp, av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    with av.open(str(whole)) as container:
+        starts = sorted(e.pos for e in container.streams.video[0].index_entries)
+    dst.write_bytes(whole.read_bytes()[: starts[keep]])
+    whole.unlink()
+    return dst
+
+
+def test_default_probe_decodes_the_sampled_frames(shared_data: Path, tmp_path: Path):
+    """decord/corrupted.mp4 opens and decodes frame 0 (the old probe passed it) but not frames
+    read_frames samples; a faststart mp4 cut to a quarter opens as a short clip. The default probe
+    lists both, the first with the frame that fails, the second as truncated."""
+    data = make_dataset(tmp_path, shared_data, bad=False)
+    videos = Path(data.videos)
+    shutil.copy(shared_data / "videos/decord/corrupted.mp4", videos / "corrupted.mp4")
+    faststart_cut(shared_data / "videos/mmaction2/rawvideo_part_0.mp4", videos / "cut.mp4", keep=8)
+    ann = Path(data.annotations)
+    rows = [{"video": name, "captions": ["a pool"], "split": "test"} for name in ("corrupted.mp4", "cut.mp4")]
+    ann.write_text(ann.read_text() + "".join(json.dumps(r) + "\n" for r in rows))
+    assert run_check(data, probe=True, probe_fn=decord_probe)[0]["unreadable_videos"]["count"] == 0
+    s, report = run_check(data, probe=True)
+    u = s["unreadable_videos"]
+    assert (u["count"], u["probed"], s["ok"]) == (2, 4, False)
+    reasons = {Path(it["path"]).name: it["reason"] for it in u["items"]}
+    assert reasons["corrupted.mp4"].startswith(f"{videos / 'corrupted.mp4'}: decoding failed at frame 29 "
+                                               "(the container lists 50 frames)")
+    assert reasons["cut.mp4"].startswith(f"{videos / 'cut.mp4'}: truncated: the stream ends after 8 ")
+    assert "of the 32 frames the header lists" in reasons["cut.mp4"]
+    assert "unreadable video files: 2 of 4 probed" in report
+
+
+def test_cli_probe_samples_with_the_configs_video_section(shared_data: Path, tmp_path: Path, capsys):
+    from caption.cli import main
+
+    data = make_dataset(tmp_path, shared_data, bad=False)
+    shutil.copy(shared_data / "videos/decord/corrupted.mp4", Path(data.videos) / "pool.mp4")  # now broken
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  format: jsonl\n  annotations: {data.annotations}\n  videos: {data.videos}\n")
+    for num_frames, frame in [(12, 29), (4, 31)]:  # 4 frames: picks 6 18 31 43, segments 0-12 13-24 25-37 38-49
+        assert main(["data", "check", "--probe", "--config", str(cfg), f"video.num_frames={num_frames}"]) == 1
+        items = json.loads(capsys.readouterr().out.splitlines()[-1])["unreadable_videos"]["items"]
+        reasons = [it["reason"].split(" (")[0] for it in items]
+        assert reasons == [f"{data.videos}/pool.mp4: decoding failed at frame {frame}"]

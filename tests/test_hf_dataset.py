@@ -198,7 +198,8 @@ def test_every_kind_of_bad_row_is_named_and_counted(tmp_path: Path, videos: Path
         (f"{src}:row 4", "missing captions (column 'captions' is null); skipped"),
         (f"{src}:row 5", "empty captions (column 'captions'); skipped"),
         (f"{src}:row 6", "missing split (column 'split' is null); skipped"),
-        (f"{src}:row 7", "unknown split 'dev' (column 'split'; known: train, val, test); skipped"),
+        (f"{src}:row 7", "unknown split 'dev' (column 'split'; known: train, val, test); did you mean 'val'? "
+                         "(rename it, or set data.val_split=dev); skipped"),
         (f"{src}:row 8", "empty split (column 'split'); skipped"),
         (f"{src}:row 9", "unknown split 'train9k' (column 'split'; known: train, val, test); skipped"),
     ]
@@ -293,6 +294,19 @@ def test_hub_offline_says_how_to_supply_the_dataset(videos: Path, monkeypatch: p
     assert "supply it locally instead: data.annotations = a folder written by save_to_disk, or parquet file(s)" in msg
 
 
+def test_video_outside_the_video_folder_is_named_by_its_row(tmp_path: Path, videos: Path):
+    src = tmp_path / "caps.jsonl"
+    datasets.Dataset.from_dict({"video": ["a.mp4", "../../x.mp4"], "captions": ["x", "y"],
+                                "split": ["train", "Train"]}).to_json(str(src))
+    ann = load_annotations(cfg(src, videos))
+    assert problems(ann) == [(f"{src}:row 1", "unknown split 'Train' (column 'split'; known: train, val, test); "
+                                             "did you mean 'train'? (rename it, or set data.train_split=Train); "
+                                             "skipped")]
+    ann = load_annotations(cfg(src, videos, train_split="Train"))
+    assert [(q.source, q.reason) for q in ann.outside] == [
+        (f"{src}:row 1", f"video path '../../x.mp4' is outside the video folder {videos}")]
+
+
 # ----------------------------------------------------------------------------- data check
 
 
@@ -308,7 +322,8 @@ def test_data_check_end_to_end(tmp_path: Path, videos: Path):
     assert s["splits"]["train"]["captions_per_video"] == {"min": 1, "median": 1.5, "max": 2, "mean": 1.5}
     assert s["problem_count"] == 2
     assert s["problems"] == [
-        {"source": f"{src}:row 6", "reason": "unknown split 'dev' (column 'split'; known: train, val, test); skipped"},
+        {"source": f"{src}:row 6", "reason": "unknown split 'dev' (column 'split'; known: train, val, test); "
+                                             "did you mean 'val'? (rename it, or set data.val_split=dev); skipped"},
         {"source": f"{src}:row 7", "reason": "missing video (column 'video' is null); skipped"},
     ]
     # a.mp4 and b.webm exist; c.mp4 and clips/d.mp4 do not

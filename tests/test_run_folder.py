@@ -1,8 +1,10 @@
-"""A run folder belongs to one run: a second run into it is refused, --resume must be that run."""
+"""A run folder belongs to one run: a second run into it is refused, --resume must be that run, and
+a second process on it is refused while the first holds its lock."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,15 +22,28 @@ class _One:  # what claim uses of an Accelerator: one process
         PartialState().wait_for_everyone()
 
 
-def test_a_folder_holding_a_run_is_refused_without_resume(tmp_path):
+def test_a_folder_holding_a_run_is_refused_without_resume(tmp_path, capsys):
     cfg = load(None, ["pretrain.epochs=3"])
-    claim(tmp_path / "run", "pretrain", cfg, resume=False, accelerator=_One())
-    record = json.loads((tmp_path / "run" / RUN_FILE).read_text())
+    run = tmp_path / "run"
+    claim(run, "pretrain", cfg, resume=False, accelerator=_One())
+    record = json.loads((run / RUN_FILE).read_text())
     assert record["command"] == "pretrain" and record["config"]["pretrain.epochs"] == 3
+    # A run that ended before its first checkpoint (killed, disk full) trained nothing that could
+    # mix: a new run starts there, without the old log.
+    (run / "log.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    (run / "tokenizer.model").write_text("a stage-2 tokenizer of other settings")
+    claim(run, "pretrain", load(None, ["pretrain.epochs=4"]), resume=False, accelerator=_One())
+    assert not (run / "log.jsonl").exists() and not (run / "tokenizer.model").exists()
+    assert "before its first checkpoint" in capsys.readouterr().err
+    assert json.loads((run / RUN_FILE).read_text())["config"]["pretrain.epochs"] == 4
+    _checkpoint(run)
     with pytest.raises(ConfigError, match="already holds a run.*--resume"):
-        claim(tmp_path / "run", "pretrain", cfg, resume=False, accelerator=_One())
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "checkpoints").mkdir()  # a run of before run.json: refused either way
+        claim(run, "pretrain", cfg, resume=False, accelerator=_One())
+    (run / "model").mkdir()
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+        claim(run, "pretrain", cfg, resume=False, accelerator=_One())
+    _checkpoint(tmp_path / "old")  # a run of before run.json: refused either way
     with pytest.raises(ConfigError, match="already holds a run"):
         claim(tmp_path / "old", "pretrain", cfg, resume=False, accelerator=_One())
     with pytest.raises(ConfigError, match="no run.json"):
@@ -43,6 +58,8 @@ def _checkpoint(run: Path, step: int = 2) -> None:
 def test_resume_must_be_the_same_run(tmp_path):
     cfg = load(None, ["pretrain.epochs=3"])
     claim(tmp_path, "pretrain", cfg, resume=False, accelerator=_One())
+    claim(tmp_path, "pretrain", cfg, resume=True, accelerator=_One())  # nothing trained yet: starts over
+    (tmp_path / "model").mkdir()  # finished, without checkpoints: nothing to continue
     with pytest.raises(ConfigError, match="holds this run but no checkpoint to resume from"):
         claim(tmp_path, "pretrain", cfg, resume=True, accelerator=_One())
     _checkpoint(tmp_path)
@@ -68,3 +85,30 @@ def test_stage2_resume_with_other_features_is_refused(tmp_path):
 def test_resume_on_an_empty_folder_starts_the_run(tmp_path):
     claim(tmp_path / "new", "pretrain", load(None, []), resume=True, accelerator=_One())
     assert (tmp_path / "new" / RUN_FILE).is_file()
+
+
+def test_a_second_process_on_a_locked_folder_is_refused(tmp_path):
+    """The lock is the kernel's (flock): another process holding it makes folder_lock refuse at once,
+    naming the holder; once that process ends (here: killed), the folder is free again."""
+    import subprocess
+    import sys
+
+    from retrieval_pretrain.errors import FolderBusyError
+    from retrieval_pretrain.folder_lock import folder_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys\nfrom retrieval_pretrain.folder_lock import folder_lock\n"
+        f"with folder_lock({str(tmp_path)!r}, 'vcap extract'):\n    print('held', flush=True)\n    sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusyError, match=rf"{tmp_path} is in use by another running vcap process "
+                                                  rf"\(vcap extract, pid {holder.pid} on "):
+            with folder_lock(tmp_path, "vcap extract"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with folder_lock(tmp_path, "vcap extract"):  # SIGKILL left no stale lock
+        with folder_lock(tmp_path, "vcap extract"):  # and the same process may nest it
+            pass

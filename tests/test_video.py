@@ -376,6 +376,84 @@ def test_corrupted_stream_names_the_frame(videos):
     assert "Invalid data" in info.value.reason
 
 
+# ------------------------------------------------------------------ truncated files, deep probe
+
+DEEP = [(12, "uniform"), (12, "tsn")]  # the default config's samplings (data_check.video_probe)
+
+
+def cut_before_frame(src: Path, dst: Path, frame: int) -> Path:
+    """``src`` cut just before the data of its ``frame``-th packet, header intact: a download
+    that stopped between two packets."""
+    with av.open(str(src)) as container:
+        starts = sorted(e.pos for e in container.streams.video[0].index_entries)
+    dst.write_bytes(src.read_bytes()[: starts[frame]])
+    return dst
+
+
+def test_faststart_mp4_cut_to_a_tenth_is_refused_as_truncated(tmp_path):
+    """moov first: the index survives the cut, and decord alone opens the 30 packets left as a
+    one-second clip of a ten-second video."""
+    import decord
+
+    whole = write_clip(tmp_path / "whole.mp4", 300, fps=30, faststart=True, noise=True)
+    cut = cut_before_frame(whole, tmp_path / "cut.mp4", 30)
+    size = cut.stat().st_size
+    assert 0.08 < size / whole.stat().st_size < 0.13  # about a tenth of the bytes
+    assert len(decord.VideoReader(str(cut))) == 30  # what decord makes of it
+    message = assert_read_error(cut, "truncated: the stream ends after 30 (1.00 s) of the 300 frames the "
+                                     f"header lists; the file has {size} bytes, its index lists frame data up to "
+                                     f"byte {whole.stat().st_size}")
+    assert message.startswith(f"{cut}: truncated: ")
+    with pytest.raises(VideoReadError, match="truncated"):
+        probe_video(cut, samplings=DEEP)
+    # the same kind of file whole, and missing its last 4 frames (within max(2, 2%)), reads
+    assert read_frames(whole, 8).num_video_frames == 300
+    assert probe_video(whole, samplings=DEEP)["num_frames"] == 300
+    assert read_frames(cut_before_frame(whole, tmp_path / "almost.mp4", 296), 8).num_video_frames == 296
+
+
+def test_matroska_and_avi_cut_short_are_refused_as_truncated(videos, tmp_path):
+    whole = write_clip(tmp_path / "whole.mkv", 300, fps=30, noise=True)
+    data = whole.read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 10])
+    assert_read_error(tmp_path / "cut.mkv", "truncated: the stream ends at ",
+                      "of the 10.00 s the header states as the video track's duration")
+    assert read_frames(whole, 8).num_video_frames == 300
+    data = (videos / "mmaction2/test.avi").read_bytes()  # XviD in AVI: the index is at the end, cut off
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
+    assert_read_error(tmp_path / "cut.avi", "truncated: the stream ends after 77 ",
+                      "of the 164 frames the header lists")
+
+
+def test_truncation_tolerances():
+    from retrieval_pretrain.video_integrity import Listed, truncation
+
+    assert truncation(Listed(frames=300), 294, 9.8, 30.0, 10**6) is None  # 6 frames = 2%: tolerated
+    assert truncation(Listed(frames=300), 293, 9.77, 30.0, 10**6).startswith(
+        "truncated: the stream ends after 293 (9.77 s) of the 300 frames the header lists")
+    assert truncation(Listed(seconds=10.0), 9.85, 9.85, 30.0, 10**6) is None
+    assert "of the 10.00 s the header states as the video track's duration" in truncation(
+        Listed(seconds=10.0), 291, 9.7, 30.0, 10**6)
+    # a segment duration covers the audio too: up to max(1 s, 10%) shorter video is no truncation
+    assert truncation(Listed(seconds=10.4, loose=True), 285, 9.5, 30.0, 10**6) is None
+    assert "the header states as the file's duration" in truncation(Listed(seconds=10.4, loose=True), 150,
+                                                                     5.0, 30.0, 10**6)
+
+
+def test_deep_probe_decodes_what_extraction_samples(videos):
+    path = videos / "decord/corrupted.mp4"
+    with pytest.raises(VideoReadError) as info:  # frame 0 decodes; the TSN segment [30, 34) does not
+        probe_video(path, samplings=DEEP)
+    assert info.value.reason.startswith("decoding failed at frame 29 (the container lists 50 frames)")
+    with pytest.raises(ValueError, match="unknown sampling method"):
+        probe_video(path, samplings=[(12, "random")])
+
+
+@pytest.mark.parametrize("name,frames", [(f[0], f[1]) for f in FACTS], ids=[f[0] for f in FACTS])
+def test_readable_real_clips_pass_the_deep_probe(videos, name, frames):
+    assert probe_video(videos / name, samplings=DEEP + [(12, "fps")])["num_frames"] == frames
+
+
 def test_works_in_dataloader_workers(videos):
     torch = pytest.importorskip("torch")
 
