@@ -25,6 +25,7 @@ The table types and the readers' shared helpers are ``retrieval_pretrain.annotat
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -105,7 +106,7 @@ def load_annotations(data: DataConfig, warn: bool = True) -> Annotations:
     table = Table(data.videos)
     reader(data, table)
     outside = table.ann.outside
-    if warn and outside:
+    if warn and outside and int(os.environ.get("RANK", "0")) == 0:  # once per launch, not per process
         for q in outside[:MAX_OUTSIDE_WARNINGS]:
             print(f"warning: {q.source}: {q.reason}", file=sys.stderr)
         if len(outside) > MAX_OUTSIDE_WARNINGS:
