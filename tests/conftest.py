@@ -20,3 +20,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test material not found at {SHARED_DATA} (see DESIGN.md: ../shared/data)")
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Start the non-editable install (and the quick demo from it, when that test is selected) in
+    the background now: minutes of subprocess work that then overlap the rest of the suite."""
+    wanted = [item for item in items if item.nodeid.startswith("tests/test_install.py::")]
+    if wanted:
+        import test_install
+
+        test_install.start_in_background(demo=any("test_demo_quick" in item.nodeid for item in wanted))

@@ -10,6 +10,7 @@ it are not run, so the editable install there (its `__editable__*` finder) stays
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -17,7 +18,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import threading
 import zipfile
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -74,20 +78,22 @@ class Installed:
         self.python, self.vcap = venv / "bin" / "python", venv / "bin" / "vcap"
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Installed:
-    """`pip install .` of the checkout, as a wheel, into a fresh venv that borrows the dependencies."""
+def _cannot_install() -> str | None:
+    """Why no venv can be made here, or None."""
     if os.name != "posix":
-        pytest.skip("the install test expects a POSIX venv layout (venv/bin)")
+        return "the install test expects a POSIX venv layout (venv/bin)"
     try:
         import venv  # noqa: F401
         import ensurepip  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"cannot make a virtual environment here: {exc}")
+        return f"cannot make a virtual environment here: {exc}"
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode != 0:
-        pytest.skip(f"pip is not available to {sys.executable}")
+        return f"pip is not available to {sys.executable}"
+    return None
 
-    tmp = tmp_path_factory.mktemp("install")
+
+def build_install(tmp: Path) -> Installed:
+    """`pip install .` of the checkout, as a wheel, into a fresh venv that borrows the dependencies."""
     # 1. The wheel, built from a copy of the working tree (untracked new modules included), offline.
     src = tmp / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*NOT_SOURCE))
@@ -112,6 +118,68 @@ def installed(tmp_path_factory) -> Installed:
     elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
     return Installed(wheels[0], venv_dir, site, elsewhere)
+
+
+# The install and the quick demo take minutes of subprocess work (wheel, venv, pip, `vcap demo
+# --quick`): tests/conftest.py starts them in a background thread as soon as the tests are
+# collected, so they run beside the rest of the suite instead of after it.
+_install: Future | None = None
+_demo: Future | None = None
+
+
+def start_in_background(demo: bool) -> None:
+    """Begin the install (and, with ``demo``, then the quick demo from it) in a background thread."""
+    global _install, _demo
+    if _install is not None or _cannot_install():
+        return
+    _install, _demo = Future(), Future()
+    tmp = Path(tempfile.mkdtemp(prefix="vcap-install-"))
+
+    def work() -> None:
+        try:
+            installed = build_install(tmp)
+        except BaseException as e:  # reported by the tests that need it
+            _install.set_exception(e)
+            _demo.set_exception(e)
+            return
+        _install.set_result(installed)
+        if not demo:
+            _demo.cancel()
+            return
+        try:
+            out = installed.elsewhere / "demo_out"
+            proc = subprocess.Popen([str(installed.vcap), "demo", "--quick", "--output", str(out)],
+                                    cwd=installed.elsewhere, env=_clean_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            _children.append(proc)
+            stdout, stderr = proc.communicate(timeout=1800)
+            _demo.set_result((subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out))
+        except BaseException as e:
+            _demo.set_exception(e)
+
+    atexit.register(_clean_up, tmp)
+    threading.Thread(target=work, name="install-and-demo", daemon=True).start()
+
+
+_children: list[subprocess.Popen] = []
+
+
+def _clean_up(tmp: Path) -> None:
+    """At exit: stop a demo still running (the tests ended early) and remove its folder."""
+    for proc in _children:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def installed() -> Installed:
+    why = _cannot_install()
+    if why:
+        pytest.skip(why)
+    start_in_background(demo=False)  # already running when conftest started it
+    return _install.result(timeout=1800)
 
 
 def test_wheel_holds_the_packages_and_their_data(installed):
@@ -143,9 +211,12 @@ def test_installed_packages_come_from_the_venv_not_the_checkout(installed):
 
 @pytest.mark.slow
 def test_demo_quick_runs_from_the_installed_package(installed):
-    """About 2.5 minutes on 2 CPU cores: every stage of the pipeline, on generated videos."""
-    out_dir = installed.elsewhere / "demo_out"
-    proc = _run([installed.vcap, "demo", "--quick", "--output", out_dir], cwd=installed.elsewhere, timeout=900)
+    """About 2.5 minutes on 2 CPU cores alone: every stage of the pipeline, on generated videos (run
+    in the background since the tests were collected)."""
+    proc, out_dir = _demo.result(timeout=1800)
+    if proc.returncode != 0:
+        pytest.fail(f"vcap demo --quick exited {proc.returncode}\n--- stdout (tail)\n{proc.stdout[-4000:]}\n"
+                    f"--- stderr (tail)\n{proc.stderr[-6000:]}")
     last = proc.stdout.strip().splitlines()[-1]
     metrics = json.loads(last)  # the metrics JSON is the last line printed
 
