@@ -126,7 +126,7 @@ class PretrainConfig:
     head: str = choice("seqTransf", "meanP", "seqTransf")
     head_layers: int = at_least(4, 1)
     head_input_norm: bool = False  # layer-normalise frame features before seqTransf (from-scratch towers)
-    loss: str = choice("infonce", "infonce")
+    loss: str = choice("infonce", "infonce", "kl")
     mode: str = choice("full", "full")
     max_words: int = at_least(32, 2)
     batch_size: int = at_least(128, 1)

@@ -73,7 +73,7 @@ class Stage1:
     scheduler: Any
     loader: Any
     sampler: Any
-    loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    loss_fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
     videos: int
     skipped: int
     total_steps: int
@@ -129,7 +129,7 @@ def _step(run: Stage1, batch: dict[str, Any], max_grad_norm: float) -> tuple[tor
     acc = run.accelerator
     with acc.accumulate(run.model):
         out = run.model(frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"])
-        loss = run.loss_fn(out)
+        loss = run.loss_fn(out, batch["tokens"])
         acc.backward(loss)
         if acc.sync_gradients and max_grad_norm > 0:
             acc.clip_grad_norm_(run.model.parameters(), max_grad_norm)
