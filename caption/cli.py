@@ -163,6 +163,37 @@ def _classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    from caption.pipeline import expand_videos
+    from retrieval_pretrain.accelerate_setup import pick_device
+    from retrieval_pretrain.search import build_index
+
+    paths, unlisted = expand_videos(args.videos)
+    for e in unlisted:
+        print(f"warning: not indexed: {e}", file=sys.stderr)
+    report = build_index(Path(args.model), paths, Path(args.output), pick_device(args.device), args.batch_size,
+                         args.num_workers, args.shard_size)
+    report["failed"] += len(unlisted)
+    _print_json(report)
+    return 1 if report["failed"] else 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from retrieval_pretrain.accelerate_setup import pick_device
+    from retrieval_pretrain.search import search
+
+    if (args.query is None) == (args.video is None):
+        raise ConfigError("vcap search: give a QUERY sentence or --video CLIP (one of the two)")
+    results = search(Path(args.index), pick_device(args.device), text=args.query,
+                     video=_opt_path(args.video), top=args.top)
+    if args.json:
+        _print_json({"query": args.query if args.query is not None else {"video": args.video}, "results": results})
+    else:
+        for i, (path, score) in enumerate(results, 1):
+            print(f"{i}\t{score:.4f}\t{path}")
+    return 0
+
+
 def _score(args: argparse.Namespace) -> int:
     from caption.caption_files import score_files
 
@@ -185,7 +216,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "data": _data, "pretrain": _pretrain, "eval-retrieval": _eval_retrieval, "extract": _extract, "train": _train,
-    "evaluate": _evaluate, "caption": _caption, "classify": _classify, "score": _score, "demo": _demo,
+    "evaluate": _evaluate, "caption": _caption, "classify": _classify, "index": _index,
+    "search": _search, "score": _score, "demo": _demo,
 }
 
 

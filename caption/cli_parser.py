@@ -144,6 +144,36 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                         '"failed": {video: reason}} as the last line')
 
 
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "index", "embed every video of folders once, for 'vcap search'",
+                 "Build (or extend) a search index: every video (files, or folders searched recursively) embedded "
+                 "once by a stage-1 model, in fp16 shards. A rerun embeds only videos the index does not hold yet "
+                 "(new files; those a killed run had not saved); unreadable videos are named on stderr, listed in "
+                 "IDX/failures.json and retried next time (exit 1). An index belongs to its model: another is "
+                 "refused. The report JSON is the last line of stdout.", config=False)
+    p.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER")
+    p.add_argument("--model", required=True, metavar="RUN/model", help="stage-1 model folder")
+    p.add_argument("--output", required=True, metavar="IDX", help="index folder (created or extended)")
+    p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos per batch")
+    p.add_argument("--shard-size", type=_at_least_one, default=256,
+                   help="videos per saved shard: at most this many are embedded again after a kill")
+    p.add_argument("--num-workers", type=int, default=2, help="decoding worker processes")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "search", "rank indexed videos by a sentence or an example clip",
+                 "Search an index made by 'vcap index': the videos most similar to QUERY (a sentence) or to "
+                 "--video CLIP, by cosine similarity of the stage-1 model's embeddings.", config=False)
+    p.add_argument("index", metavar="IDX")
+    p.add_argument("query", nargs="?", default=None, metavar="QUERY", help="a sentence")
+    p.add_argument("--video", default=None, metavar="CLIP", help="search by this example clip instead")
+    p.add_argument("--top", type=_at_least_one, default=10, help="results to show (default 10)")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object {"query": ..., "results": [[video, similarity], ...]} as the last line')
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
 def _add_score(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "score", "score a predictions file against references (BLEU/METEOR/ROUGE-L/CIDEr)",
                  "Score captions with pycocoevalcap. predictions: {id: caption} or a COCO results list "
@@ -184,6 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_data, _add_pretrain, _add_eval_retrieval, _add_extract, _add_train, _add_evaluate,
-                _add_caption, _add_classify, _add_score, _add_demo):
+                _add_caption, _add_classify, _add_index, _add_search, _add_score, _add_demo):
         add(sub)
     return parser
