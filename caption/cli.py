@@ -163,6 +163,21 @@ def _classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _eval_classify(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from retrieval_pretrain.accelerate_setup import pick_device
+    from retrieval_pretrain.recognition import evaluate_classification, load_recognizer, read_templates
+
+    templates = read_templates(args.template)
+    net, info = load_recognizer(cfg, args.model, args.pretrained, pick_device(cfg.run.device))
+    split = args.split or cfg.data.test_split
+    base = Path(args.model).parent if args.model and Path(args.model).is_dir() else Path.cwd()
+    metrics = evaluate_classification(net, info, cfg, split=split, templates=templates,
+                                      output=Path(args.output) if args.output else base / f"eval_classify_{split}")
+    _print_json(metrics)
+    return 1 if metrics["unreadable_videos"] else 0
+
+
 def _index(args: argparse.Namespace) -> int:
     from caption.pipeline import expand_videos
     from retrieval_pretrain.accelerate_setup import pick_device
@@ -216,7 +231,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "data": _data, "pretrain": _pretrain, "eval-retrieval": _eval_retrieval, "extract": _extract, "train": _train,
-    "evaluate": _evaluate, "caption": _caption, "classify": _classify, "index": _index,
+    "evaluate": _evaluate, "caption": _caption, "classify": _classify, "eval-classify": _eval_classify,
+    "index": _index,
     "search": _search, "score": _score, "demo": _demo,
 }
 

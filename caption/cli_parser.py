@@ -144,6 +144,24 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                         '"failed": {video: reason}} as the last line')
 
 
+def _add_eval_classify(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "eval-classify", "recognition accuracy on a labelled split",
+                 "Zero-shot (prompted) recognition on a labelled dataset (data.format labels, kinetics or ucf101): "
+                 "top-1, top-5 and mean class accuracy over the dataset's labels (data.labels_file, or those its rows "
+                 "use); with data.novel_labels, also base accuracy, novel (zero-shot) accuracy and their harmonic "
+                 "mean, as Open-VCLIP reports. --model as for 'vcap classify'. Writes OUT/metrics.json and prints "
+                 "it as the last line.", config=False)
+    p.epilog = EPILOG_OVERRIDES
+    _add_config(p, required=False)
+    p.add_argument("--model", default=None, metavar="DIR_OR_NAME", help="stage-1 model folder or open_clip name")
+    p.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE", help="with an open_clip name: its weights")
+    p.add_argument("--split", default=None, help="split to evaluate (default data.test_split)")
+    p.add_argument("--template", action="append", default=None, metavar="'a video of {}'",
+                   help="a prompt template (repeatable); replaces the built-in ensemble")
+    p.add_argument("--output", default=None, metavar="OUT",
+                   help="where metrics.json goes (default: eval_classify_SPLIT beside the model folder, or here)")
+
+
 def _add_index(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "index", "embed every video of folders once, for 'vcap search'",
                  "Build (or extend) a search index: every video (files, or folders searched recursively) embedded "
@@ -214,6 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_data, _add_pretrain, _add_eval_retrieval, _add_extract, _add_train, _add_evaluate,
-                _add_caption, _add_classify, _add_index, _add_search, _add_score, _add_demo):
+                _add_caption, _add_classify, _add_eval_classify, _add_index, _add_search, _add_score, _add_demo):
         add(sub)
     return parser

@@ -157,3 +157,68 @@ def classify_videos(net: Any, info: dict[str, Any], videos: Sequence[tuple[str, 
     ranked = top_k(class_probabilities(torch.stack([emb[v] for v in done]), classes, model_scale(net)),
                    labels, top) if done else []
     return dict(zip(done, ranked)), {path: reason for path, reason in failures}
+
+
+def _accuracy(probs: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """top-1, top-5 and mean class accuracy (mean over the classes present of their top-1)."""
+    top = probs.topk(min(5, probs.shape[1]), dim=1).indices  # (V, k)
+    hit1 = top[:, 0] == truth
+    per_class = [float(hit1[truth == c].float().mean()) for c in truth.unique()]
+    return {"top1": round(float(hit1.float().mean()), 5),
+            "top5": round(float((top == truth[:, None]).any(dim=1).float().mean()), 5),
+            "mean_class_accuracy": round(sum(per_class) / len(per_class), 5), "videos": int(len(truth))}
+
+
+def evaluate_classification(net: Any, info: dict[str, Any], cfg: Any, split: str | None = None,
+                            templates: Sequence[str] = TEMPLATES, output: Path | None = None) -> dict[str, Any]:
+    """Recognition metrics on a labelled split: top-1 / top-5 / mean class accuracy over all labels;
+    with ``data.novel_labels``, also base accuracy (base videos among base labels) and novel
+    (zero-shot) accuracy (novel videos among novel labels) and their harmonic mean, as Open-VCLIP
+    reports. Writes ``metrics.json``; unreadable videos are named and counted."""
+    import sys
+
+    from retrieval_pretrain.annotations import load_annotations
+    from retrieval_pretrain.atomic import write_json
+    from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
+    from retrieval_pretrain.data import Preprocess
+    from retrieval_pretrain.encode import embed_videos
+    from retrieval_pretrain.evaluate import split_entries
+    from retrieval_pretrain.label_formats import class_list, novel_labels
+
+    split = split or cfg.data.test_split
+    ann = load_annotations(cfg.data)
+    entries = split_entries(ann, split, cfg.data.annotations)
+    if any(e.label is None for e in entries):
+        raise DatasetError(f"{cfg.data.annotations}: split '{split}' has videos without a label (data.format="
+                           f"{cfg.data.format} holds captions); eval-classify needs a labelled format")
+    labels = class_list(cfg.data) or sorted({e.label for e in ann.entries})
+    device = next(net.parameters()).device
+    classes = class_embeddings(net, tokenizer_from_info(info), labels, templates, device)
+    pre = Preprocess(info["num_frames"], net.image_size, net.image_mean, net.image_std)
+    emb, failures = embed_videos(net, [(e.video_id, Path(e.path)) for e in entries], pre, device,
+                                 cfg.pretrain.eval_batch_size, cfg.run.num_workers,
+                                 method=info.get("eval_sampling", "uniform"), desc="eval-classify")
+    for _, reason in failures:
+        print(f"warning: not classified: {reason}", file=sys.stderr)
+    kept = [e for e in entries if e.video_id in emb]
+    if not kept:
+        raise DatasetError(f"{cfg.data.annotations}: none of the {len(entries)} videos of split '{split}' could be read")
+    video = torch.stack([emb[e.video_id] for e in kept])
+    scale = model_scale(net)
+    metrics: dict[str, Any] = {"split": split, "labels": len(labels), "unreadable_videos": len(failures),
+                               **_accuracy(class_probabilities(video, classes, scale),
+                                           torch.tensor([labels.index(e.label) for e in kept]))}
+    novel = novel_labels(cfg.data) & set(labels)
+    if novel:
+        for name, group in (("base", [x for x in labels if x not in novel]), ("novel", sorted(novel))):
+            rows = [i for i, e in enumerate(kept) if e.label in group]
+            if rows:
+                cols = [labels.index(x) for x in group]
+                probs = class_probabilities(video[rows], classes[cols], scale)
+                metrics[name] = _accuracy(probs, torch.tensor([group.index(kept[i].label) for i in rows]))
+        if "base" in metrics and "novel" in metrics:
+            b, n = metrics["base"]["top1"], metrics["novel"]["top1"]
+            metrics["harmonic_mean"] = round(2 * b * n / (b + n), 5) if b + n else 0.0
+    if output is not None:
+        write_json(Path(output) / "metrics.json", metrics)
+    return metrics
