@@ -89,7 +89,7 @@ def _reader(fmt: str) -> Callable[[DataConfig, Table], None]:
         return load_hf
     readers = {"jsonl": _load_jsonl, "msrvtt": bench.load_msrvtt, "msrvtt-clip4clip": bench.load_msrvtt_clip4clip,
                "msvd": bench.load_msvd, "vatex": bench.load_vatex, "labels": labelled.load_labels,
-               "kinetics": labelled.load_kinetics, "ucf101": labelled.load_ucf101}
+               "kinetics": labelled.load_kinetics, "ucf101": labelled.load_ucf101, "hmdb51": labelled.load_hmdb51}
     if fmt not in readers:
         raise AnnotationError(f"unknown data.format '{fmt}'; one of: {', '.join(readers)}, hf")
     return readers[fmt]

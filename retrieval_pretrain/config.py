@@ -20,7 +20,7 @@ import yaml
 
 from retrieval_pretrain.errors import ConfigError
 
-FORMATS = ("msrvtt", "msrvtt-clip4clip", "msvd", "vatex", "jsonl", "hf", "labels", "kinetics", "ucf101")
+FORMATS = ("msrvtt", "msrvtt-clip4clip", "msvd", "vatex", "jsonl", "hf", "labels", "kinetics", "ucf101", "hmdb51")
 
 
 def choice(default: str, *choices: str) -> Any:

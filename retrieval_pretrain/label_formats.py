@@ -11,6 +11,10 @@ label through a random prompt template (ActionCLIP), ``vcap eval-classify`` scor
   maps splits to the official lists (``trainlist01.txt``: ``Class/v_Class_gXX_cYY.avi N``,
   ``testlist01.txt``: ``Class/v_...avi``). Labels are the class names in words
   (``ApplyEyeMakeup`` -> ``apply eye makeup``), as ActionCLIP prompts them.
+* ``hmdb51`` - ``data.annotations`` is a glob of the official split files of one split, e.g.
+  ``testTrainMulti_7030_splits/*_test_split1.txt`` (``video.avi 1|2|0`` per line: train, test, not
+  used); the class is the file name before ``_test_split`` (``brush_hair`` -> ``brush hair``), the
+  video ``<videos>/<class>/<video>``.
 
 A malformed row is named (``file:line``) and skipped, like a bad caption line. A label outside the
 dataset's class list - ``data.labels_file`` (one label per line), or for UCF101 ``classInd.txt`` -
@@ -161,3 +165,26 @@ def load_ucf101(data: DataConfig, table: Table) -> None:
             if folder not in classes:
                 raise AnnotationError(f"{path}:{i}: class {folder!r} is not in {ind} ({len(classes)} classes)")
             _add(table, data, rel, classes[folder], split, f"{path}:{i}")
+
+
+def load_hmdb51(data: DataConfig, table: Table) -> None:
+    import glob
+
+    pattern = str(data.annotations).strip()
+    files = sorted(glob.glob(pattern)) if pattern else []
+    if not files:
+        raise AnnotationError(f"data.annotations={pattern!r}: no HMDB51 split files match (give a glob such as "
+                              "testTrainMulti_7030_splits/*_test_split1.txt)")
+    for path in map(Path, files):
+        if "_test_split" not in path.name:
+            raise AnnotationError(f"{path}: not an HMDB51 split file (CLASS_test_splitN.txt)")
+        folder = path.name.split("_test_split")[0]
+        for i, line in enumerate(read_text(path).splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                table.problem(f"{path}:{i}", f"not 'video.avi 0|1|2': {line!r}; skipped")
+            elif parts[1] != "0":  # 0: not in this split's train or test
+                _add(table, data, f"{folder}/{parts[0]}", words(folder), "train" if parts[1] == "1" else "test",
+                     f"{path}:{i}")

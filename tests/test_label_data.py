@@ -71,6 +71,19 @@ def test_ucf101_split_lists(tmp_path):
         load_annotations(data)
 
 
+def test_hmdb51_split_files(tmp_path):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "brush_hair_test_split1.txt").write_text("a.avi 1\nb.avi 2\nc.avi 0\nbroken line here\n")
+    (splits / "brush_hair_test_split2.txt").write_text("a.avi 2\n")
+    ann = load_annotations(_data(tmp_path, "hmdb51", splits / "*_test_split1.txt"))
+    assert [(e.video_id, e.label, e.split) for e in ann.entries] == [("brush_hair/a", "brush hair", "train"),
+                                                                      ("brush_hair/b", "brush hair", "test")]
+    assert [q.source for q in ann.problems] == [f"{splits / 'brush_hair_test_split1.txt'}:4"]
+    with pytest.raises(AnnotationError, match="no HMDB51 split files match"):
+        load_annotations(_data(tmp_path, "hmdb51", splits / "*_split9.txt"))
+
+
 @pytest.fixture(scope="module")
 def labelled(motion_model, tmp_path_factory) -> tuple[Path, Path, list[str]]:
     """The motion clips as a labelled dataset (train: the 16 training clips, test: the 4 others),

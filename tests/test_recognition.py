@@ -74,3 +74,19 @@ def test_classify_names_unreadable_videos_and_bad_labels(motion_model, tmp_path,
     (tmp_path / "labels.txt").write_text("a\na\n")
     assert main(["classify", good, "--model", str(model), "--labels", str(tmp_path / "labels.txt")]) == 3
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"vcap: dataset error: {tmp_path / 'labels.txt'}:2")
+
+
+def test_plain_clip_from_the_config_and_unknown_model_names(motion_model, tmp_path, capsys):
+    """Without --model, the config's clip section is a plain CLIP with mean-pooled frames (here a
+    random tiny architecture: the probabilities are meaningless but complete); a --model that is
+    neither a folder nor an open_clip name is a model folder error."""
+    good = next(iter(motion_model[1]))
+    tiny = ["run.num_workers=0", "video.num_frames=4", "clip.pretrained=null", "clip.custom={embed_dim: 32, "
+            "vision_cfg: {layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}, "
+            "text_cfg: {layers: 1, width: 32, heads: 2, context_length: 77, vocab_size: 49408}}"]
+    assert main(["classify", good, *tiny, "--labels", "up,down,left", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    [ranked] = result["predictions"].values()
+    assert [label for label, _ in ranked] and sum(p for _, p in ranked) == pytest.approx(1.0, abs=1e-4)
+    assert main(["classify", good, "--model", "NoSuchNet-7", "--labels", "up,down"]) == 5
+    assert "neither a model folder nor an open_clip model name" in capsys.readouterr().err
