@@ -15,13 +15,14 @@ import argparse
 import errno
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from caption.cli_parser import build_parser
 from caption.config import Config, load
-from retrieval_pretrain.errors import StorageError, VcapError, VideoReadError
+from retrieval_pretrain.errors import ConfigError, StorageError, VcapError, VideoReadError
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -123,6 +124,91 @@ def _caption(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _overrides_among_videos(args: argparse.Namespace) -> None:
+    """``vcap classify A.mp4 video.num_frames=8``: the override came after the videos, so argparse
+    took it for one; move what is a dotted ``key=value`` and no existing path to the overrides."""
+    keyed = [v for v in args.videos if re.match(r"^[A-Za-z_]+(\.[A-Za-z_]+)+=", v) and not os.path.exists(v)]
+    args.videos = [v for v in args.videos if v not in keyed]
+    args.overrides = [*keyed, *args.overrides]
+    if not args.videos:
+        raise ConfigError("vcap classify: no video or folder given (only key=value overrides)")
+
+
+def _classify(args: argparse.Namespace) -> int:
+    _overrides_among_videos(args)
+    cfg = _config(args)  # optional here: the defaults, or the plain CLIP's video settings
+    from caption.pipeline import expand_videos
+    from retrieval_pretrain.accelerate_setup import pick_device
+    from retrieval_pretrain.recognition import classify_videos, load_recognizer, read_labels, read_templates
+
+    labels, templates = read_labels(args.labels), read_templates(args.template)
+    paths, unlisted = expand_videos(args.videos)
+    failed = {e.path: str(e) for e in unlisted}
+    ranked: dict[str, Any] = {}
+    if paths:
+        device = pick_device(cfg.run.device)
+        net, info = load_recognizer(cfg, args.model, args.pretrained, device)
+        ranked, unread = classify_videos(net, info, [(str(p), p) for p in paths], labels, templates, device,
+                                         top=args.top, batch_size=args.batch_size, num_workers=cfg.run.num_workers)
+        failed.update(unread)
+    for reason in failed.values():
+        print(f"warning: not classified: {reason}", file=sys.stderr)
+    if args.json:
+        _print_json({"predictions": ranked, "failed": failed})
+    else:
+        for video, top in ranked.items():
+            print(video + "\t" + "; ".join(f"{label} ({p:.3f})" for label, p in top))
+    if failed and not ranked:
+        raise VideoReadError(", ".join(failed), f"none of the {len(failed)} videos could be read (reasons above)")
+    return 1 if failed else 0
+
+
+def _eval_classify(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from retrieval_pretrain.accelerate_setup import pick_device
+    from retrieval_pretrain.recognition import evaluate_classification, load_recognizer, read_templates
+
+    templates = read_templates(args.template)
+    net, info = load_recognizer(cfg, args.model, args.pretrained, pick_device(cfg.run.device))
+    split = args.split or cfg.data.test_split
+    base = Path(args.model).parent if args.model and Path(args.model).is_dir() else Path.cwd()
+    metrics = evaluate_classification(net, info, cfg, split=split, templates=templates,
+                                      output=Path(args.output) if args.output else base / f"eval_classify_{split}")
+    _print_json(metrics)
+    return 1 if metrics["unreadable_videos"] else 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from caption.pipeline import expand_videos
+    from retrieval_pretrain.accelerate_setup import pick_device
+    from retrieval_pretrain.search import build_index
+
+    paths, unlisted = expand_videos(args.videos)
+    for e in unlisted:
+        print(f"warning: not indexed: {e}", file=sys.stderr)
+    report = build_index(Path(args.model), paths, Path(args.output), pick_device(args.device), args.batch_size,
+                         args.num_workers, args.shard_size)
+    report["failed"] += len(unlisted)
+    _print_json(report)
+    return 1 if report["failed"] else 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from retrieval_pretrain.accelerate_setup import pick_device
+    from retrieval_pretrain.search import search
+
+    if (args.query is None) == (args.video is None):
+        raise ConfigError("vcap search: give a QUERY sentence or --video CLIP (one of the two)")
+    results = search(Path(args.index), pick_device(args.device), text=args.query,
+                     video=_opt_path(args.video), top=args.top)
+    if args.json:
+        _print_json({"query": args.query if args.query is not None else {"video": args.video}, "results": results})
+    else:
+        for i, (path, score) in enumerate(results, 1):
+            print(f"{i}\t{score:.4f}\t{path}")
+    return 0
+
+
 def _score(args: argparse.Namespace) -> int:
     from caption.caption_files import score_files
 
@@ -145,7 +231,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "data": _data, "pretrain": _pretrain, "eval-retrieval": _eval_retrieval, "extract": _extract, "train": _train,
-    "evaluate": _evaluate, "caption": _caption, "score": _score, "demo": _demo,
+    "evaluate": _evaluate, "caption": _caption, "classify": _classify, "eval-classify": _eval_classify,
+    "index": _index,
+    "search": _search, "score": _score, "demo": _demo,
 }
 
 

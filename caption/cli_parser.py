@@ -116,6 +116,82 @@ def _add_caption(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
+def _add_classify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "classify", help="zero-shot recognition: rank labels for each video",
+        description="Zero-shot video recognition (ActionCLIP / X-CLIP style): every label becomes sentences "
+                    "through prompt templates (a built-in ensemble of 16, or --template), a class is the mean of "
+                    "its sentences' embeddings, and each video gets the softmax over classes at the model's logit "
+                    "scale. --model is a stage-1 model folder, or an open_clip model name (with --pretrained TAG or "
+                    "a checkpoint file) used as plain CLIP with mean-pooled frames; without --model, the config's "
+                    "clip section is that plain CLIP. Unreadable videos are named on stderr (exit 1; 4 if none "
+                    "could be read).", epilog=EPILOG_OVERRIDES)
+    p.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="a config for the video settings and the plain CLIP (clip section); key=value overrides "
+                        "may follow the videos")
+    p.set_defaults(overrides=[])
+    p.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER")
+    p.add_argument("--labels", required=True, metavar="FILE_OR_LIST",
+                   help="a file with one label per line (e.g. label_map_k400.txt), or 'walking,running,...'")
+    p.add_argument("--model", default=None, metavar="DIR_OR_NAME", help="stage-1 model folder or open_clip name")
+    p.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE", help="with an open_clip name: its weights")
+    p.add_argument("--template", action="append", default=None, metavar="'a video of {}'",
+                   help="a prompt template (repeatable); replaces the built-in ensemble")
+    p.add_argument("--top", type=_at_least_one, default=5, help="labels to show per video (default 5)")
+    p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos per batch")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object {"predictions": {video: [[label, probability], ...]}, '
+                        '"failed": {video: reason}} as the last line')
+
+
+def _add_eval_classify(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "eval-classify", "recognition accuracy on a labelled split",
+                 "Zero-shot (prompted) recognition on a labelled dataset (data.format labels, kinetics or ucf101): "
+                 "top-1, top-5 and mean class accuracy over the dataset's labels (data.labels_file, or those its rows "
+                 "use); with data.novel_labels, also base accuracy, novel (zero-shot) accuracy and their harmonic "
+                 "mean, as Open-VCLIP reports. --model as for 'vcap classify'. Writes OUT/metrics.json and prints "
+                 "it as the last line.", config=False)
+    p.epilog = EPILOG_OVERRIDES
+    _add_config(p, required=False)
+    p.add_argument("--model", default=None, metavar="DIR_OR_NAME", help="stage-1 model folder or open_clip name")
+    p.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE", help="with an open_clip name: its weights")
+    p.add_argument("--split", default=None, help="split to evaluate (default data.test_split)")
+    p.add_argument("--template", action="append", default=None, metavar="'a video of {}'",
+                   help="a prompt template (repeatable); replaces the built-in ensemble")
+    p.add_argument("--output", default=None, metavar="OUT",
+                   help="where metrics.json goes (default: eval_classify_SPLIT beside the model folder, or here)")
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "index", "embed every video of folders once, for 'vcap search'",
+                 "Build (or extend) a search index: every video (files, or folders searched recursively) embedded "
+                 "once by a stage-1 model, in fp16 shards. A rerun embeds only videos the index does not hold yet "
+                 "(new files; those a killed run had not saved); unreadable videos are named on stderr, listed in "
+                 "IDX/failures.json and retried next time (exit 1). An index belongs to its model: another is "
+                 "refused. The report JSON is the last line of stdout.", config=False)
+    p.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER")
+    p.add_argument("--model", required=True, metavar="RUN/model", help="stage-1 model folder")
+    p.add_argument("--output", required=True, metavar="IDX", help="index folder (created or extended)")
+    p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos per batch")
+    p.add_argument("--shard-size", type=_at_least_one, default=256,
+                   help="videos per saved shard: at most this many are embedded again after a kill")
+    p.add_argument("--num-workers", type=int, default=2, help="decoding worker processes")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "search", "rank indexed videos by a sentence or an example clip",
+                 "Search an index made by 'vcap index': the videos most similar to QUERY (a sentence) or to "
+                 "--video CLIP, by cosine similarity of the stage-1 model's embeddings.", config=False)
+    p.add_argument("index", metavar="IDX")
+    p.add_argument("query", nargs="?", default=None, metavar="QUERY", help="a sentence")
+    p.add_argument("--video", default=None, metavar="CLIP", help="search by this example clip instead")
+    p.add_argument("--top", type=_at_least_one, default=10, help="results to show (default 10)")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object {"query": ..., "results": [[video, similarity], ...]} as the last line')
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
 def _add_score(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "score", "score a predictions file against references (BLEU/METEOR/ROUGE-L/CIDEr)",
                  "Score captions with pycocoevalcap. predictions: {id: caption} or a COCO results list "
@@ -156,6 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_data, _add_pretrain, _add_eval_retrieval, _add_extract, _add_train, _add_evaluate,
-                _add_caption, _add_score, _add_demo):
+                _add_caption, _add_classify, _add_eval_classify, _add_index, _add_search, _add_score, _add_demo):
         add(sub)
     return parser

@@ -63,13 +63,16 @@ class VideoEntry:
     ``official_split`` is the video's split in the benchmark's own caption splits when the format
     knows it and the split files may differ from it: MSR-VTT videos ``video0-6512`` are train,
     ``6513-7009`` val, ``7010-9999`` test, whatever retrieval list (e.g. CLIP4Clip's 9k) puts them
-    in. Stage 1 uses it to refuse training on caption-evaluation videos."""
+    in. Stage 1 uses it to refuse training on caption-evaluation videos. ``label``: the class of a
+    video of a labelled dataset (``retrieval_pretrain.label_formats``); stage 1 then trains on the
+    label through a random prompt template instead of a caption."""
 
     video_id: str
     path: Path
     captions: list[str]
     split: str
     official_split: str | None = None
+    label: str | None = None  # label datasets: the class (its captions are ``[label]``)
 
 
 class AnnotationError(DatasetError):
@@ -116,7 +119,7 @@ class Table:
         self.ann.problems.append(AnnotationProblem(source, reason))
 
     def add(self, video_id: str, path: Path, captions: list[str], split: str, source: str,
-            official_split: str | None = None) -> None:
+            official_split: str | None = None, label: str | None = None) -> None:
         split = normalize_split(split)
         if not captions:
             self.problem(source, f"video '{video_id}' has no captions; skipped")
@@ -125,7 +128,7 @@ class Table:
                                  f"'{self._seen[video_id]}'); skipped")
         else:
             self._seen[video_id] = split
-            self.ann.entries.append(VideoEntry(video_id, Path(path), captions, split, official_split))
+            self.ann.entries.append(VideoEntry(video_id, Path(path), captions, split, official_split, label))
             if self._videos is not None and not _inside(Path(path), self._videos):
                 given = _as_given(Path(path), self._videos)
                 self.ann.outside.append(AnnotationProblem(

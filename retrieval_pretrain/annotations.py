@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from retrieval_pretrain import benchmark_formats as bench
+from retrieval_pretrain import label_formats as labelled
 from retrieval_pretrain.annotation_table import (  # noqa: F401  (the table types are imported from here too)
     AnnotationError,
     AnnotationProblem,
@@ -87,7 +88,8 @@ def _reader(fmt: str) -> Callable[[DataConfig, Table], None]:
 
         return load_hf
     readers = {"jsonl": _load_jsonl, "msrvtt": bench.load_msrvtt, "msrvtt-clip4clip": bench.load_msrvtt_clip4clip,
-               "msvd": bench.load_msvd, "vatex": bench.load_vatex}
+               "msvd": bench.load_msvd, "vatex": bench.load_vatex, "labels": labelled.load_labels,
+               "kinetics": labelled.load_kinetics, "ucf101": labelled.load_ucf101, "hmdb51": labelled.load_hmdb51}
     if fmt not in readers:
         raise AnnotationError(f"unknown data.format '{fmt}'; one of: {', '.join(readers)}, hf")
     return readers[fmt]

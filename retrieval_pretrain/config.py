@@ -20,7 +20,7 @@ import yaml
 
 from retrieval_pretrain.errors import ConfigError
 
-FORMATS = ("msrvtt", "msrvtt-clip4clip", "msvd", "vatex", "jsonl", "hf")
+FORMATS = ("msrvtt", "msrvtt-clip4clip", "msvd", "vatex", "jsonl", "hf", "labels", "kinetics", "ucf101", "hmdb51")
 
 
 def choice(default: str, *choices: str) -> Any:
@@ -75,6 +75,11 @@ class DataConfig:
             ``captions`` (a string or a list of strings; rows of one video are merged) and the
             ``split`` (optional when the dataset has splits of its own).
         hf_subset: ``hf`` only: the configuration name of a hub dataset with several.
+        labels_file: labelled formats (``labels``, ``kinetics``): the class list, one label per line;
+            a row with another label is an error. Empty: the labels the rows use.
+        novel_labels: labelled formats: a file of labels held out of training (base-to-novel, as
+            Open-VCLIP): ``vcap pretrain`` skips their videos, ``vcap eval-classify`` reports base
+            and novel accuracy apart.
     """
 
     format: str = choice("jsonl", *FORMATS)
@@ -88,6 +93,8 @@ class DataConfig:
     columns: dict[str, str] = field(default_factory=lambda: {"video": "video", "captions": "captions",
                                                              "split": "split"})
     hf_subset: str | None = None
+    labels_file: str = ""
+    novel_labels: str = ""
 
 
 @dataclass
@@ -126,7 +133,7 @@ class PretrainConfig:
     head: str = choice("seqTransf", "meanP", "seqTransf")
     head_layers: int = at_least(4, 1)
     head_input_norm: bool = False  # layer-normalise frame features before seqTransf (from-scratch towers)
-    loss: str = choice("infonce", "infonce")
+    loss: str = choice("infonce", "infonce", "kl")
     mode: str = choice("full", "full")
     max_words: int = at_least(32, 2)
     batch_size: int = at_least(128, 1)
@@ -143,6 +150,9 @@ class PretrainConfig:
     # Parameter-name prefixes (as ``model.named_parameters()``, e.g. ``clip.token_embedding``,
     # ``clip.visual``) kept fixed while training: smaller optimizer state, faster steps.
     freeze: list[str] = field(default_factory=list)
+    # A stage-1 model folder whose weights (every tensor, strictly) start this run instead of the
+    # backbone's: fine-tune a caption-trained model on labels (ActionCLIP from a video-text model).
+    init_from: str = ""
 
 
 @dataclass

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from retrieval_pretrain.errors import ConfigError
+from retrieval_pretrain.recognition import TEMPLATES
 from retrieval_pretrain.transforms import normalise_frames, preprocess_frames, resize_crop_frames
 from retrieval_pretrain.video import read_frames, sample_indices
 
@@ -164,7 +165,8 @@ class _CacheFill(Dataset):
 
 class ContrastiveTrainSet(Dataset):
     """Training pairs for stage 1. The sampler passes ``epoch * len(self) + i``; the item is video
-    ``i`` with TSN-sampled frames and one of its captions, both drawn from ``(seed, epoch, i)``.
+    ``i`` with TSN-sampled frames and one of its captions, both drawn from ``(seed, epoch, i)``; a
+    labelled video (``entry.label``) gets its label in a prompt template drawn the same way.
 
     Args:
         entries: objects with ``video_id``, ``path`` and ``captions``.
@@ -198,6 +200,8 @@ class ContrastiveTrainSet(Dataset):
         entry = self.entries[index]
         rng = np.random.default_rng([self.seed, epoch, index])
         caption = entry.captions[int(rng.integers(len(entry.captions)))]
+        if getattr(entry, "label", None) is not None:  # a labelled video: the label in a random prompt (ActionCLIP)
+            caption = TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(entry.label)
         cached = None
         if self.cache is not None:
             cached = functools.partial(self.cache.sample, index, self.pre)

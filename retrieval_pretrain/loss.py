@@ -92,3 +92,54 @@ def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor 
     # Weight by this process's share of the global batch: DDP's mean over processes of these
     # values (and of their gradients) is then exactly the global-batch loss, sizes equal or not.
     return local * (video.shape[0] * world / all_video.shape[0])
+
+
+def text_groups(tokens: torch.Tensor) -> torch.Tensor:
+    """(B,) ids that are equal exactly where two rows of ``tokens`` (B, L) are the same text."""
+    return torch.unique(tokens, dim=0, return_inverse=True)[1]
+
+
+def _kl_rows(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of KL(target_row || softmax(logits_row)); 0 log 0 counts as 0."""
+    log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
+    target = target.to(log_p.dtype)
+    return (torch.xlogy(target, target) - target * log_p).sum(dim=1).mean()
+
+
+def kl_matching(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float,
+                tokens: torch.Tensor) -> torch.Tensor:
+    """ActionCLIP's loss (Wang et al. 2021): video-text matching as a distribution, both directions.
+
+    Several videos of a batch may share a text (a label's prompt, a repeated caption). The target
+    of a video's row is uniform over the columns holding *its* text (all of them positives, not
+    false negatives); the loss is ``(KL(target || softmax(video -> text)) + KL(target ||
+    softmax(text -> video))) / 2``, averaged over rows. When every text is distinct the target is
+    the identity and this is exactly symmetric InfoNCE.
+
+    Args:
+        video, text: (B, D) L2-normalised embeddings; row i of each belong together.
+        logit_scale: the similarity multiplier (as ``info_nce``).
+        tokens: (B, L) the texts' token ids: equal rows are the same text.
+    Returns:
+        a scalar; over the global batch when ``torch.distributed`` runs several processes (each
+        process's rows against every process's columns, weighted by its share, as ``info_nce``).
+    """
+    if video.shape != text.shape or tokens.shape[0] != video.shape[0]:
+        raise ValueError(f"video {tuple(video.shape)}, text {tuple(text.shape)} and tokens "
+                         f"{tuple(tokens.shape)} must have one row per pair")
+    world, _ = _world()
+    if world == 1:
+        groups = text_groups(tokens)
+        target = (groups[:, None] == groups[None, :]).float()  # (B, B), symmetric
+        target = target / target.sum(dim=1, keepdim=True)
+        logits = logit_scale * video @ text.T  # (B, B)
+        return (_kl_rows(logits, target) + _kl_rows(logits.T, target)) / 2
+    all_video, offset = gather_with_grad(video)  # (N, D)
+    all_text, _ = gather_with_grad(text)  # (N, D)
+    all_tokens, _ = gather_with_grad(tokens)  # (N, L) no gradient: integer ids
+    groups = text_groups(all_tokens)  # (N,)
+    mine = groups[offset: offset + video.shape[0]]  # (B,)
+    target = (mine[:, None] == groups[None, :]).float()  # (B, N)
+    target = target / target.sum(dim=1, keepdim=True)
+    local = (_kl_rows(logit_scale * video @ all_text.T, target) + _kl_rows(logit_scale * text @ all_video.T, target)) / 2
+    return local * (video.shape[0] * world / all_video.shape[0])

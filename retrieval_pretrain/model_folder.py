@@ -158,3 +158,19 @@ def model_fingerprint(folder: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def init_weights_from(model: Any, folder: str | Path) -> None:
+    """Copy every weight of the stage-1 model folder ``folder`` into ``model`` (strictly: the two
+    must have the same architecture); ``ConfigError`` naming what differs otherwise."""
+    from retrieval_pretrain.errors import ConfigError
+
+    source, _ = from_pretrained(folder)
+    theirs, ours = source.state_dict(), model.state_dict()
+    missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    shapes = [k for k in set(ours) & set(theirs) if ours[k].shape != theirs[k].shape]
+    if missing or extra or shapes:
+        raise ConfigError(f"pretrain.init_from={folder}: another architecture than this config's "
+                          f"({len(missing)} tensors missing, e.g. {missing[:3]}; {len(extra)} unexpected, e.g. "
+                          f"{extra[:3]}; {len(shapes)} of other shapes, e.g. {sorted(shapes)[:3]})")
+    model.load_state_dict(theirs, strict=True)

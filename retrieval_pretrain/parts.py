@@ -6,11 +6,11 @@ branch in the training loop).
 |-----------------|------------------|---------------------------------------|--------------------------|
 | backbone        | ``clip.kind``    | ``open_clip`` (image + text towers)   | ``build_backbone``       |
 | temporal head   | ``pretrain.head``| ``meanP``, ``seqTransf``              | ``build_temporal_head``  |
-| loss            | ``pretrain.loss``| ``infonce``                           | ``build_loss``           |
+| loss            | ``pretrain.loss``| ``infonce``, ``kl`` (ActionCLIP)      | ``build_loss``           |
 | training mode   | ``pretrain.mode``| ``full`` (+ ``pretrain.freeze``)      | ``build_training_mode``  |
 
 The text side is CLIP's text tower inside the backbone. The training loop only ever calls
-``loss_fn(model(frames, mask, tokens))`` and the optimizer over the trainable parameters.
+``loss_fn(model(frames, mask, tokens), tokens)`` and the optimizer over the trainable parameters.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from retrieval_pretrain.backbones import build_clip, resolve_arch
 from retrieval_pretrain.clip_tokenizer import check_max_words
 from retrieval_pretrain.errors import ConfigError
 from retrieval_pretrain.heads import TemporalHead
-from retrieval_pretrain.loss import info_nce
+from retrieval_pretrain.loss import info_nce, kl_matching
 from retrieval_pretrain.model import VideoTextModel
 
-LOSSES = ("infonce",)
+LOSSES = ("infonce", "kl")
 MODES = ("full",)
 
 
@@ -89,11 +89,15 @@ def build_video_text_model(cfg: Any) -> VideoTextModel:
     return VideoTextModel(clip, head, image_mean=mean, image_std=std, build_info=info, head_from_text=from_text)
 
 
-def build_loss(cfg: Any) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-    """The stage-1 loss over the model's output (``pretrain.loss``): ``infonce`` is CLIP's
-    symmetric InfoNCE over the (global) batch at the model's temperature."""
+def build_loss(cfg: Any) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+    """The stage-1 loss of the model's output and the batch's caption tokens (``pretrain.loss``):
+    ``infonce`` is CLIP's symmetric InfoNCE over the (global) batch at the model's temperature;
+    ``kl`` is ActionCLIP's, where videos whose texts are identical are all positives of each other
+    (equal to ``infonce`` when every text of the batch differs)."""
     if cfg.pretrain.loss == "infonce":
-        return lambda out: info_nce(out["video"], out["text"], out["logit_scale"])
+        return lambda out, tokens: info_nce(out["video"], out["text"], out["logit_scale"])
+    if cfg.pretrain.loss == "kl":
+        return lambda out, tokens: kl_matching(out["video"], out["text"], out["logit_scale"], tokens)
     raise ConfigError(f"pretrain.loss: unknown loss {cfg.pretrain.loss!r}; choose one of {', '.join(LOSSES)}")
 
 

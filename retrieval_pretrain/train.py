@@ -33,7 +33,7 @@ from retrieval_pretrain.config import RetrievalConfig, config_to_dict
 from retrieval_pretrain.data import steps_per_epoch
 from retrieval_pretrain.errors import DatasetError
 from retrieval_pretrain.folder_lock import folder_lock
-from retrieval_pretrain.model_folder import save_pretrained
+from retrieval_pretrain.model_folder import init_weights_from, save_pretrained
 from retrieval_pretrain.parts import build_loss, build_training_mode, build_video_text_model, param_groups
 from retrieval_pretrain.run_folder import claim
 from retrieval_pretrain.run_log import JsonlLogger, StepTimer
@@ -73,7 +73,7 @@ class Stage1:
     scheduler: Any
     loader: Any
     sampler: Any
-    loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    loss_fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
     videos: int
     skipped: int
     total_steps: int
@@ -103,7 +103,10 @@ def setup(cfg: RetrievalConfig, output: Path, accelerator: Accelerator, resume: 
     if main:
         write_json(output / "config.json", config_to_dict(cfg))
     entries, skipped = _select_videos(cfg, output, main)
-    model = build_training_mode(cfg, build_video_text_model(cfg))
+    model = build_video_text_model(cfg)
+    if cfg.pretrain.init_from:
+        init_weights_from(model, cfg.pretrain.init_from)
+    model = build_training_mode(cfg, model)
     loader, sampler = train_loader(entries, cfg, model, build_tokenizer(cfg), main)
     optimizer = _optimizer(model, cfg)
     p = cfg.pretrain
@@ -129,7 +132,7 @@ def _step(run: Stage1, batch: dict[str, Any], max_grad_norm: float) -> tuple[tor
     acc = run.accelerator
     with acc.accumulate(run.model):
         out = run.model(frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"])
-        loss = run.loss_fn(out)
+        loss = run.loss_fn(out, batch["tokens"])
         acc.backward(loss)
         if acc.sync_gradients and max_grad_norm > 0:
             acc.clip_grad_norm_(run.model.parameters(), max_grad_norm)

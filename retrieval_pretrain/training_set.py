@@ -24,6 +24,7 @@ from retrieval_pretrain.data import (
     estimate_cache_bytes,
 )
 from retrieval_pretrain.errors import ConfigError, DatasetError
+from retrieval_pretrain.label_formats import novel_labels
 
 
 class SplitOverlapError(DatasetError):
@@ -66,6 +67,11 @@ def training_entries(ann: Annotations, cfg: RetrievalConfig) -> tuple[list[Any],
             "caption splits (e.g. data.format=msrvtt with the official videodatainfo file), or set "
             "pretrain.allow_eval_overlap=true for retrieval-only experiments."
         )
+    novel = novel_labels(cfg.data)
+    if novel:  # base-to-novel: the novel labels' videos are held out of training, on purpose
+        train = [e for e in train if e.label not in novel]
+        print(f"stage 1: training on {len(train)} videos of base labels; those of the {len(novel)} labels in "
+              f"data.novel_labels are held out", file=sys.stderr)
     kept, skipped = [], []
     for e in train:
         if Path(e.path).is_file():

@@ -8,6 +8,8 @@ from pathlib import Path
 # See caption/cli.py: spinning OpenMP threads crawl beside DataLoader workers on a 2-core CPU.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import json
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,3 +32,30 @@ def pytest_collection_modifyitems(config, items) -> None:
         import test_install
 
         test_install.start_in_background(demo=any("test_demo_quick" in item.nodeid for item in wanted))
+MOTION_TINY = ["video.num_frames=4", "pretrain.batch_size=8", "pretrain.epochs=30", "run.num_workers=0",
+               "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}",
+               "clip.custom.text_cfg.layers=1", "pretrain.head_layers=1", "pretrain.save_every=0", "pretrain.loss=kl"]
+
+
+@pytest.fixture(scope="session")
+def motion_model(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """16 generated clips whose only caption is their motion's label prompt; stage 1 trained on
+    them with the KL loss (clips sharing a label are positives). Returns the model and clip -> label."""
+    from caption.config import load
+    from caption.demo import CONFIG_PATH
+    from caption.demo import data as demo_data
+    from retrieval_pretrain.train import train
+
+    root = tmp_path_factory.mktemp("motion")
+    spec = demo_data.DemoSpec(num_train=16, num_val=0, num_test=4, frames=8, size=64, seed=5, captions_per_video=1)
+    ann = demo_data.generate_dataset(root / "data", spec, progress=False, workers=1)
+    rows = [json.loads(x) for x in ann.read_text().splitlines()]
+    truth = {}
+    for r in rows:
+        r["captions"] = [f"moving {r['attributes']['motion']}"]
+        truth[str(ann.parent / r["video"])] = r["captions"][0]
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load(CONFIG_PATH, [f"data.annotations={ann}", f"data.videos={ann.parent}", *MOTION_TINY])
+    return train(cfg, root / "s1"), truth
+
+

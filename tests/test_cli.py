@@ -10,7 +10,8 @@ import pytest
 
 from caption.cli import main
 
-COMMANDS = ["pretrain", "eval-retrieval", "extract", "train", "evaluate", "caption", "score", "demo"]
+COMMANDS = ["pretrain", "eval-retrieval", "extract", "train", "evaluate", "caption", "classify", "eval-classify",
+            "index", "search", "score", "demo"]
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -31,6 +32,9 @@ CONTRACT = {
     "evaluate": ["--model", "--config", "--features", "--split", "--output"],
     "caption": ["--model", "--beam", "--json"], "score": ["--predictions", "--references"],
     "demo": ["--output", "--quick"],
+    "classify": ["--model", "--labels", "--template", "--top", "--json"],
+    "eval-classify": ["--model", "--config", "--split", "--output"],
+    "index": ["--model", "--output"], "search": ["--video", "--top", "--json"],
 }
 
 
@@ -51,7 +55,8 @@ def test_config_error_exits_2_with_one_line(tmp_path, capsys):
     assert main(["data", "check", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"vcap: config error: {cfg}: unknown config key 'data.formatt'; valid keys here: format, annotations, "
-                   "videos, split_files, train_split, val_split, test_split, video_ext, columns, hf_subset"]
+                   "videos, split_files, train_split, val_split, test_split, video_ext, columns, hf_subset, labels_file, "
+                   "novel_labels"]
 
 
 def test_console_script_is_installed():

@@ -1,0 +1,224 @@
+"""Zero-shot video recognition with a video-text model (ActionCLIP, Wang et al. 2021; X-CLIP, Ni et
+al. 2022): each label becomes sentences through prompt templates, a class is the normalised mean of
+its sentences' embeddings, and a video's class probabilities are the softmax of its similarities to
+the classes at the model's logit scale.
+
+The model is a stage-1 model folder, or a plain open_clip CLIP (the config's ``clip`` section: a
+name + tag, a checkpoint file, or a from-scratch architecture) whose frame features are mean-pooled
+(a ``meanP`` head): the zero-shot CLIP baseline of the papers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from retrieval_pretrain.errors import DatasetError
+
+# Prompt templates in the manner of ActionCLIP's ensemble ("{}" is the label). Written for this
+# toolkit; the paper's point is the ensemble, not the exact sentences.
+TEMPLATES: tuple[str, ...] = (
+    "a video of {}.",
+    "a video of a person {}.",
+    "a video of action: {}.",
+    "{}, a video of action.",
+    "{}, an action.",
+    "a clip showing {}.",
+    "a short video of someone {}.",
+    "human action of {}.",
+    "a photo of {}.",
+    "{}.",
+    "look, the person is {}.",
+    "a video classified as {}.",
+    "playing a kind of action: {}.",
+    "doing a kind of action: {}.",
+    "can you recognise the action of {}?",
+    "the video shows {}.",
+)
+
+
+def read_labels(spec: str) -> list[str]:
+    """The class labels: ``spec`` is a file (one label per line, as Kinetics' ``label_map_k400.txt``;
+    blank lines and ``#`` comments skipped, a leading ``N `` / ``N,`` class index dropped) or, when no
+    such file exists, a comma-separated list. ``DatasetError`` for no labels or a repeated one."""
+    path = Path(spec)
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{path}: cannot read the label file ({e})") from None
+        where = [(f"{path}:{i}", re.sub(r"^\s*\d+\s*[,\t ]\s*", "", x).strip()) for i, x in enumerate(lines, 1)]
+        where = [(w, x) for w, x in where if x and not x.startswith("#")]
+        source = str(path)
+    else:
+        where = [(f"label {i}", x.strip()) for i, x in enumerate(spec.split(","), 1) if x.strip()]
+        source = f"--labels {spec!r}"
+    if not where:
+        raise DatasetError(f"{source}: no labels (give a file with one label per line, or a comma list)")
+    seen: dict[str, str] = {}
+    for at, label in where:
+        if label in seen:
+            raise DatasetError(f"{at}: label {label!r} repeats {seen[label]}")
+        seen[label] = at
+    return [label for _, label in where]
+
+
+def read_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
+    """The user's templates (each must contain ``{}`` once), or the built-in ensemble."""
+    if not templates:
+        return TEMPLATES
+    for t in templates:
+        if t.count("{}") != 1:
+            raise DatasetError(f"--template {t!r}: a template holds the label's place as '{{}}', exactly once")
+    return tuple(templates)
+
+
+@torch.no_grad()
+def class_embeddings(model: Any, tokenize: Any, labels: Sequence[str], templates: Sequence[str],
+                     device: torch.device) -> torch.Tensor:
+    """(C, D): per label, the L2-normalised mean of its templates' L2-normalised text embeddings."""
+    sentences = [t.format(label) for label in labels for t in templates]
+    emb = torch.cat([model.encode_text(tokenize(sentences[i:i + 256]).to(device)).float().cpu()
+                     for i in range(0, len(sentences), 256)])  # (C * T, D), normalised by the model
+    emb = torch.nn.functional.normalize(emb, dim=-1).view(len(labels), len(templates), -1)
+    return torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)
+
+
+def class_probabilities(video: torch.Tensor, classes: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """(V, C) softmax over classes of ``logit_scale * video @ classes.T`` (both L2-normalised)."""
+    return torch.softmax(logit_scale * video.float() @ classes.float().T, dim=-1)
+
+
+def top_k(probs: torch.Tensor, labels: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    """Per row, the ``k`` most probable labels with their probabilities."""
+    k = min(k, len(labels))
+    values, indices = probs.topk(k, dim=-1)
+    return [[(labels[int(i)], round(float(v), 6)) for v, i in zip(vs, ix)] for vs, ix in zip(values, indices)]
+
+
+def model_scale(model: Any) -> float:
+    """CLIP's logit scale (``exp`` of its learned log-temperature, clamped at 100 as in training)."""
+    return float(model.logit_scale.detach().exp().clamp(max=100))
+
+
+def zero_shot_clip(cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """A plain CLIP of ``cfg.clip`` whose frames are mean-pooled (a ``meanP`` head: no new weights),
+    in eval mode, with the ``info`` a model folder would give (frames, sampling, tokenizer)."""
+    from retrieval_pretrain.parts import build_video_text_model
+
+    plain = replace(cfg, pretrain=replace(cfg.pretrain, head="meanP"))
+    model = build_video_text_model(plain).eval()
+    info = {"num_frames": cfg.video.num_frames, "eval_sampling": cfg.video.eval_sampling,
+            **model.build_info}
+    return model, info
+
+
+def load_recognizer(cfg: Any, model: str | None, pretrained: str | None, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """The model ``--model`` names: a stage-1 model folder; an open_clip model name (with
+    ``pretrained``: its tag or a checkpoint file) as a plain, mean-pooled CLIP; or, without
+    ``--model``, the config's ``clip`` section as a plain CLIP."""
+    from retrieval_pretrain.errors import ModelFolderError
+    from retrieval_pretrain.model_folder import from_pretrained
+
+    if model is not None and Path(model).is_dir():
+        if pretrained:
+            raise ModelFolderError(f"--pretrained {pretrained}: {model} is a model folder, which has its own weights")
+        return from_pretrained(model, device=device)
+    if model is not None:
+        import open_clip
+
+        if model not in open_clip.list_models():
+            raise ModelFolderError(f"--model {model}: neither a model folder nor an open_clip model name "
+                                   "(open_clip.list_models())")
+        cfg = replace(cfg, clip=replace(cfg.clip, model=model, custom=None, pretrained=pretrained))
+    elif pretrained:
+        cfg = replace(cfg, clip=replace(cfg.clip, pretrained=pretrained))
+    net, info = zero_shot_clip(cfg)
+    return net.to(device), info
+
+
+def classify_videos(net: Any, info: dict[str, Any], videos: Sequence[tuple[str, Path]], labels: Sequence[str],
+                    templates: Sequence[str], device: torch.device, top: int = 5, batch_size: int = 8,
+                    num_workers: int = 0) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:
+    """``({video: [(label, probability)] * top}, {video: why it could not be read})``."""
+    from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
+    from retrieval_pretrain.data import Preprocess
+    from retrieval_pretrain.encode import embed_videos
+
+    classes = class_embeddings(net, tokenizer_from_info(info), labels, templates, device)  # (C, D)
+    pre = Preprocess(info["num_frames"], net.image_size, net.image_mean, net.image_std)
+    emb, failures = embed_videos(net, list(videos), pre, device, batch_size, num_workers,
+                                 method=info.get("eval_sampling", "uniform"), desc="classify")
+    done = [vid for vid, _ in videos if vid in emb]
+    ranked = top_k(class_probabilities(torch.stack([emb[v] for v in done]), classes, model_scale(net)),
+                   labels, top) if done else []
+    return dict(zip(done, ranked)), {path: reason for path, reason in failures}
+
+
+def _accuracy(probs: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """top-1, top-5 and mean class accuracy (mean over the classes present of their top-1)."""
+    top = probs.topk(min(5, probs.shape[1]), dim=1).indices  # (V, k)
+    hit1 = top[:, 0] == truth
+    per_class = [float(hit1[truth == c].float().mean()) for c in truth.unique()]
+    return {"top1": round(float(hit1.float().mean()), 5),
+            "top5": round(float((top == truth[:, None]).any(dim=1).float().mean()), 5),
+            "mean_class_accuracy": round(sum(per_class) / len(per_class), 5), "videos": int(len(truth))}
+
+
+def evaluate_classification(net: Any, info: dict[str, Any], cfg: Any, split: str | None = None,
+                            templates: Sequence[str] = TEMPLATES, output: Path | None = None) -> dict[str, Any]:
+    """Recognition metrics on a labelled split: top-1 / top-5 / mean class accuracy over all labels;
+    with ``data.novel_labels``, also base accuracy (base videos among base labels) and novel
+    (zero-shot) accuracy (novel videos among novel labels) and their harmonic mean, as Open-VCLIP
+    reports. Writes ``metrics.json``; unreadable videos are named and counted."""
+    import sys
+
+    from retrieval_pretrain.annotations import load_annotations
+    from retrieval_pretrain.atomic import write_json
+    from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
+    from retrieval_pretrain.data import Preprocess
+    from retrieval_pretrain.encode import embed_videos
+    from retrieval_pretrain.evaluate import split_entries
+    from retrieval_pretrain.label_formats import class_list, novel_labels
+
+    split = split or cfg.data.test_split
+    ann = load_annotations(cfg.data)
+    entries = split_entries(ann, split, cfg.data.annotations)
+    if any(e.label is None for e in entries):
+        raise DatasetError(f"{cfg.data.annotations}: split '{split}' has videos without a label (data.format="
+                           f"{cfg.data.format} holds captions); eval-classify needs a labelled format")
+    labels = class_list(cfg.data) or sorted({e.label for e in ann.entries})
+    device = next(net.parameters()).device
+    classes = class_embeddings(net, tokenizer_from_info(info), labels, templates, device)
+    pre = Preprocess(info["num_frames"], net.image_size, net.image_mean, net.image_std)
+    emb, failures = embed_videos(net, [(e.video_id, Path(e.path)) for e in entries], pre, device,
+                                 cfg.pretrain.eval_batch_size, cfg.run.num_workers,
+                                 method=info.get("eval_sampling", "uniform"), desc="eval-classify")
+    for _, reason in failures:
+        print(f"warning: not classified: {reason}", file=sys.stderr)
+    kept = [e for e in entries if e.video_id in emb]
+    if not kept:
+        raise DatasetError(f"{cfg.data.annotations}: none of the {len(entries)} videos of split '{split}' could be read")
+    video = torch.stack([emb[e.video_id] for e in kept])
+    scale = model_scale(net)
+    metrics: dict[str, Any] = {"split": split, "labels": len(labels), "unreadable_videos": len(failures),
+                               **_accuracy(class_probabilities(video, classes, scale),
+                                           torch.tensor([labels.index(e.label) for e in kept]))}
+    novel = novel_labels(cfg.data) & set(labels)
+    if novel:
+        for name, group in (("base", [x for x in labels if x not in novel]), ("novel", sorted(novel))):
+            rows = [i for i, e in enumerate(kept) if e.label in group]
+            if rows:
+                cols = [labels.index(x) for x in group]
+                probs = class_probabilities(video[rows], classes[cols], scale)
+                metrics[name] = _accuracy(probs, torch.tensor([group.index(kept[i].label) for i in rows]))
+        if "base" in metrics and "novel" in metrics:
+            b, n = metrics["base"]["top1"], metrics["novel"]["top1"]
+            metrics["harmonic_mean"] = round(2 * b * n / (b + n), 5) if b + n else 0.0
+    if output is not None:
+        write_json(Path(output) / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,121 @@
+"""Text-to-video search: ``vcap index`` (resumable, new files only, unreadable ones listed, one model
+per index) and ``vcap search`` (by a sentence or an example clip)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from caption.cli import main
+from retrieval_pretrain.errors import FeatureMismatchError
+from retrieval_pretrain.search import VideoIndex, build_index, rank
+
+VCAP = Path(sys.executable).with_name("vcap")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def clips(motion_model, tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
+    """The 20 motion clips in a folder of their own, plus an unreadable one."""
+    model, truth = motion_model
+    folder = tmp_path_factory.mktemp("search") / "clips"
+    folder.mkdir()
+    for video in truth:
+        os.symlink(video, folder / Path(video).name)
+    (folder / "broken.mp4").write_text("not a video")
+    return model, folder, {str(folder / Path(v).name): label for v, label in truth.items()}
+
+
+def test_search_by_a_label_finds_clips_with_that_motion(clips, tmp_path, capsys):
+    model, folder, truth = clips
+    assert main(["index", str(folder), "--model", str(model), "--output", str(tmp_path / "idx"),
+                 "--num-workers", "0"]) == 1  # broken.mp4: named, listed, exit 1
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (report["total"], report["indexed"], report["failed"]) == (21, 20, 1)
+    [failure] = json.loads((tmp_path / "idx" / "failures.json").read_text())
+    assert failure["path"] == str(folder / "broken.mp4")
+    hits = 0
+    for label in sorted(set(truth.values())):
+        assert main(["search", str(tmp_path / "idx"), label, "--top", "3", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["query"] == label and len(result["results"]) == 3
+        sims = [s for _, s in result["results"]]
+        assert sims == sorted(sims, reverse=True) and all(-1 <= s <= 1 for s in sims)
+        hits += truth[result["results"][0][0]] == label
+    labels = len(set(truth.values()))
+    assert hits / labels >= 0.5, (hits, labels)  # a random top-1 has the label about 1 / labels of the time
+
+    by_example = next(v for v in truth)
+    assert main(["search", str(tmp_path / "idx"), "--video", by_example, "--top", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["results"][0][0] == by_example and result["results"][0][1] == pytest.approx(1.0, abs=2e-3)
+
+
+def test_a_rerun_embeds_only_new_videos_and_another_model_is_refused(clips, tmp_path):
+    model, folder, truth = clips
+    videos = sorted(truth)
+    first = build_index(model, videos[:-1], tmp_path / "idx", CPU, batch_size=4, shard_size=8)
+    assert (first["indexed"], first["done_before"]) == (19, 0)
+    shards = {p: p.stat().st_mtime_ns for p in (tmp_path / "idx" / "shards").iterdir()}
+    again = build_index(model, videos, tmp_path / "idx", CPU, batch_size=4, shard_size=8)
+    assert (again["indexed"], again["done_before"], again["total"]) == (1, 19, 20)
+    assert all(p.stat().st_mtime_ns == t for p, t in shards.items())  # nothing rewritten
+    index = VideoIndex(tmp_path / "idx")
+    assert index.paths() == videos and index.embeddings().shape == (20, index.meta()["dim"])
+
+    other = tmp_path / "other_model"
+    shutil.copytree(model, other)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(other / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 0.5
+    save_file(weights, other / "model.safetensors")
+    with pytest.raises(FeatureMismatchError, match="built with another model"):
+        build_index(other, videos, tmp_path / "idx", CPU)
+
+
+def test_an_index_killed_midway_and_rerun_equals_one_run(clips, tmp_path):
+    model, folder, truth = clips
+    videos = sorted(truth)
+    build_index(model, videos, tmp_path / "one", CPU, batch_size=2, shard_size=2)
+    args = [str(VCAP), "index", *videos, "--model", str(model), "--output", str(tmp_path / "killed"),
+            "--batch-size", "2", "--shard-size", "2", "--num-workers", "0"]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    marker = tmp_path / "killed" / "shards" / "000002.json"
+    deadline = time.monotonic() + 120
+    while not marker.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    kept = len(VideoIndex(tmp_path / "killed").paths())
+    assert 6 <= kept < 20  # killed midway: some shards saved, not all
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["done_before"] == kept
+    a, b = VideoIndex(tmp_path / "one"), VideoIndex(tmp_path / "killed")
+    assert a.paths() == b.paths() == videos
+    np.testing.assert_allclose(a.embeddings().astype(np.float32), b.embeddings().astype(np.float32), atol=2e-3)
+
+
+def test_rank_is_cosine_top_k_over_chunks():
+    g = np.random.default_rng(0)
+    emb = g.standard_normal((70_000, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    query = emb[65_537].copy()
+    out = rank(emb.astype(np.float16), query, 3)
+    assert out[0][0] == 65_537 and out[0][1] == pytest.approx(1.0, abs=1e-3)
+    want = np.argsort(-(emb.astype(np.float16).astype(np.float32) @ query))[:3]
+    assert [r for r, _ in out] == want.tolist()
