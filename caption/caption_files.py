@@ -20,15 +20,30 @@ from retrieval_pretrain.errors import DatasetError
 def _read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys(path))
     except FileNotFoundError:
         raise DatasetError(f"file not found: {path}") from None
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: not valid JSON (nested too deeply)") from None
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not a UTF-8 text file") from None
     except OSError as err:
         raise DatasetError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
+def _unique_keys(path: Path) -> Any:
+    """A JSON object hook refusing a key given twice (JSON keeps the last without a word)."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise DatasetError(f"{path}: key {key!r} appears twice in one object; which one to use is unknown")
+            out[key] = value
+        return out
+
+    return hook
 
 
 def _item_id(item: Any, path: Path, index: int) -> str:
@@ -93,6 +108,8 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
                 v = [v]
             if not isinstance(v, list) or not all(isinstance(c, str) for c in v):
                 raise DatasetError(f"{path}: references of id {k} must be a list of strings")
+            if not v or not all(c.strip() for c in v):
+                raise DatasetError(f"{path}: references of id {k} must be non-empty captions, got {v!r}")
             out[str(k)] = list(v)
         return out
     raise DatasetError(f"{path}: references must be {{id: [captions]}} or {{\"annotations\": [...]}}")

@@ -16,7 +16,9 @@ import errno
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -86,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
     output = Path(args.output)
     train(cfg, Path(args.features), output, resume=args.resume, init_from=_opt_path(args.init_from))
     skipped = json.loads((output / "skipped.json").read_text())
-    return 1 if skipped["no_features"] or skipped["annotation_problems"] else 0
+    return 1 if skipped["no_features"] or skipped["bad_features"] or skipped["annotation_problems"] else 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -239,7 +241,21 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 _STORAGE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
             errno.EFBIG: "the file grew past the size this system allows", errno.EROFS: "the file system is read-only",
-            errno.EACCES: "no permission", errno.EPERM: "the operation is not permitted here"}
+            errno.EACCES: "no permission", errno.EPERM: "the operation is not permitted here",
+            errno.ENOTDIR: "a file stands where a folder should be", errno.EISDIR: "a folder stands where a file should be",
+            errno.EEXIST: "something else already has that name"}
+
+
+def check_output(value: str) -> None:
+    """``--output`` must be a folder or a name a folder can be made at: refused before any work
+    when it, or a folder above it, is an existing file (the job would fail only when writing)."""
+    path = Path(value)
+    for p in [path, *path.parents]:
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                where = "is" if p == path else f"lies under {p}, which is"
+                raise ConfigError(f"--output {value} {where} a file, not a folder; give a folder")
+            return
 
 
 def storage_error(e: OSError) -> StorageError | None:
@@ -272,6 +288,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+_interrupted = False
+
+
+def _on_interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C: remembered, then raised as usual. A KeyboardInterrupt can land inside a finaliser
+    (decord's ``VideoReader.__del__``), where Python prints it and carries on; the command then
+    still ends with 130, not 0."""
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        signal.signal(signal.SIGINT, _on_interrupt)
+    code = COMMANDS[args.command](args)
+    if _interrupted:
+        print("vcap: interrupted (Ctrl-C); a library caught the interruption and the command ran on - its "
+              "outputs are complete, but exiting 130 as asked", file=sys.stderr)
+        return 130
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vcap`` console script; returns the exit code."""
     # OpenMP threads that spin while waiting run up to 50x slower on a CPU shared with the
@@ -280,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parse(argv)
     try:
-        return COMMANDS[args.command](args)
+        if getattr(args, "output", None):
+            check_output(args.output)
+        return _run_command(args)
     except VcapError as e:
         print(one_line(e), file=sys.stderr)
         return e.exit_code

@@ -88,8 +88,10 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
         store = FeatureStore(features)
         check_features_match(pipe.model, store)
         warn_if_frames_differ(cfg.video.num_frames, store.meta()["num_frames"], f"the feature folder {features}")
-        have = [e for e in entries if store.has(e.video_id)]
-        missing = [{"video_id": e.video_id, "reason": "no cached features"} for e in entries if not store.has(e.video_id)]
+        why = {e.video_id: "no cached features" if not store.has(e.video_id) else store.problem(e.video_id)
+               for e in entries}
+        have = [e for e in entries if why[e.video_id] is None]
+        missing = [{"video_id": e.video_id, "reason": why[e.video_id]} for e in entries if why[e.video_id]]
         predictions = caption_features(pipe.model, pipe.tokenizer, store, [e.video_id for e in have], cfg.decode,
                                        device, cfg.run.num_workers)
     else:

@@ -27,7 +27,7 @@ from retrieval_pretrain.annotations import load_annotations
 from retrieval_pretrain.atomic import write_json
 from retrieval_pretrain.config import config_to_dict
 from retrieval_pretrain.data import EpochShuffleSampler
-from retrieval_pretrain.errors import DatasetError, FeatureStoreError
+from retrieval_pretrain.errors import ConfigError, DatasetError, FeatureStoreError
 from retrieval_pretrain.features import FeatureStore
 from retrieval_pretrain.run_folder import claim
 
@@ -88,18 +88,22 @@ def _entries_with_features(cfg: Config, store: FeatureStore, output: Path, main:
         print(f"warning: no videos in split '{cfg.data.val_split}' (data.val_split): training without validation "
               f"({splits_found(ann, cfg.data.val_split)})", file=sys.stderr)
     no_feats = [e.video_id for e in train + val if not store.has(e.video_id)]
+    bad = {e.video_id: why for e in train + val if store.has(e.video_id) and (why := store.problem(e.video_id))}
     if main:  # written every run (empty lists when nothing was skipped): `vcap train` reads it
-        write_json(output / "skipped.json", {"no_features": no_feats,
-                                             "annotation_problems": [vars(q) for q in ann.problems]})
+        write_json(output / "skipped.json", {"no_features": no_feats, "bad_features": [
+            {"video_id": v, "reason": why} for v, why in bad.items()],
+            "annotation_problems": [vars(q) for q in ann.problems]})
+    for why in bad.values():
+        print(f"warning: left out: {why}", file=sys.stderr)
     if no_feats:
         print(f"warning: {len(no_feats)} videos have no cached features and are left out (e.g. "
               f"{', '.join(no_feats[:5])}; all in {output / 'skipped.json'}; why extraction failed: "
               f"{store.folder / 'failures.json'})", file=sys.stderr)
-    train = [e for e in train if store.has(e.video_id)]
+    train = [e for e in train if store.has(e.video_id) and e.video_id not in bad]
     if not train:
         raise DatasetError(f"{cfg.data.annotations}: no video of split '{cfg.data.train_split}' has features "
                            f"in {store.folder}")
-    return train, [e for e in val if store.has(e.video_id)]
+    return train, [e for e in val if store.has(e.video_id) and e.video_id not in bad]
 
 
 def _model(cfg: Config, meta: dict[str, Any], tokenizer: CaptionTokenizer, init_from: Path | None,
@@ -109,19 +113,27 @@ def _model(cfg: Config, meta: dict[str, Any], tokenizer: CaptionTokenizer, init_
                   "num_frames": meta["num_frames"], "dim": meta["dim"]}
     decode = {"num_beams": cfg.decode.num_beams, "max_new_tokens": cfg.decode.max_new_tokens,
               "length_penalty": cfg.decode.length_penalty, "no_repeat_ngram_size": cfg.decode.no_repeat_ngram_size}
-    if init_from is not None:
-        model = load_caption_model(init_from)
-        if model.config.feature_dim != meta["dim"]:
-            raise FeatureStoreError(f"{init_from} expects {model.config.feature_dim}-d features, {features} holds "
-                                    f"{meta['dim']}-d")
-        model.config.video_tower, model.config.decode = tower_info, decode
-        return model
-    return CaptionModel(make_config(
+    want = make_config(
         feature_dim=meta["dim"], vocab_size=tokenizer.vocab_size, hidden_size=c.hidden_size,
         num_heads=c.num_heads, ffn_size=c.ffn_size, encoder_layers=c.encoder_layers,
         decoder_layers=c.decoder_layers, dropout=c.dropout, max_frames=c.max_frames, max_length=c.max_length,
         pad_token_id=tokenizer.PAD, bos_token_id=tokenizer.BOS, eos_token_id=tokenizer.EOS,
-        video_tower=tower_info, decode=decode))
+        video_tower=tower_info, decode=decode)
+    if init_from is None:
+        return CaptionModel(want)
+    model = load_caption_model(init_from)
+    if model.config.feature_dim != meta["dim"]:
+        raise FeatureStoreError(f"{init_from} expects {model.config.feature_dim}-d features, {features} holds "
+                                f"{meta['dim']}-d")
+    have, wanted = model.config.to_dict(), want.to_dict()
+    differ = sorted(k for k in wanted if k in have and have[k] != wanted[k] and wanted[k] is not None
+                    and k not in ("video_tower", "decode", "transformers_version", "_name_or_path"))
+    if differ:  # the model would keep its own, while run.json and config.json recorded the config's
+        raise ConfigError(f"--init-from {init_from}: its architecture differs from the config's caption section ("
+                          + "; ".join(f"{k} {have[k]!r} vs {wanted[k]!r}" for k in differ[:8])
+                          + "); set the caption.* values to the model's, or train without --init-from")
+    model.config.video_tower, model.config.decode = tower_info, decode
+    return model
 
 
 def _optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:

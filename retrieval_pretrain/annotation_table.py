@@ -13,6 +13,7 @@ unset, paths are taken as given and not checked."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -152,6 +153,24 @@ def _as_given(path: Path, folder: Path) -> str:
 # ----------------------------------------------------------------------------- file helpers
 
 
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a video file one could open (without decoding it), or None."""
+    if path.is_symlink() and not path.exists():
+        try:
+            os.stat(path)
+        except OSError as e:
+            return "symbolic link loop" if e.errno == errno.ELOOP else f"broken symbolic link (to {os.readlink(path)})"
+    if path.is_dir():
+        return "a folder, not a video file"
+    if not path.exists():
+        return "video file not found"
+    if not path.is_file():
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "no permission to read it"
+    return None
+
+
 def required_file(path_str: str, key: str, fmt: str) -> Path:
     if not str(path_str).strip():
         raise AnnotationError(f"data.{key} is not set (format '{fmt}' needs it)")
@@ -173,6 +192,8 @@ def read_json(path: Path) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{path}: not valid JSON: {e}") from e
+    except RecursionError:
+        raise AnnotationError(f"{path}: not valid JSON: nested too deeply") from None
 
 
 def split_files(data: DataConfig, fmt: str, exclude: tuple[str, ...] = ()) -> dict[str, Path]:

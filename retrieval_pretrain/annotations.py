@@ -73,6 +73,8 @@ def _load_jsonl(data: DataConfig, table: Table) -> None:
             why = _jsonl_problem(obj)
         except json.JSONDecodeError as e:
             why = f"not valid JSON: {e.msg}"
+        except RecursionError:
+            why = "not valid JSON: nested too deeply"
         if why:
             table.problem(f"{path}:{n}", f"{why}; skipped")
             continue

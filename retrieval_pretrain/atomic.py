@@ -80,7 +80,9 @@ def os_error(err: BaseException, where: str | os.PathLike) -> BaseException:
     """``err`` as an ``OSError`` naming ``where`` when a library reported a file-system error in its
     own type (safetensors: ``SafetensorError: ... I/O error: File too large (os error 27)``), so the
     command line can say "disk full" instead of a traceback; any other error unchanged."""
-    found = None if isinstance(err, OSError) else re.search(r"\(os error (\d+)\)", str(err))
+    if isinstance(err, OSError):
+        return err if err.filename or err.errno is None else OSError(err.errno, err.strerror, str(where))
+    found = re.search(r"\(os error (\d+)\)", str(err))
     if found is None:
         return err
     code = int(found.group(1))
@@ -109,7 +111,10 @@ def write_file(path: str | os.PathLike, content: Content) -> Path:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise os_error(e, path) from e
+        new = os_error(e, path)
+        if new is e:
+            raise
+        raise new from e
     return path
 
 
@@ -195,4 +200,7 @@ def write_folder(folder: str | os.PathLike, fill: Callable[[Path], None]) -> Pat
         return commit_folder(tmp, folder)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise os_error(e, folder) from e
+        new = os_error(e, folder)
+        if new is e:
+            raise
+        raise new from e

@@ -121,7 +121,8 @@ def _local_weights_error(path: str, err: BaseException) -> WeightsUnavailableErr
         print(f"warning: {path} holds pickled code ({code.group(1)}); it was not run. Do not load this file "
               "with torch.load(weights_only=False) unless you trust where it came from", file=sys.stderr)
     elif isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
-        reason = "not a PyTorch checkpoint (not a readable pickle or zip of tensors); truncated, or another kind of file"
+        reason = ("not a checkpoint torch loads safely: a truncated file, another kind of file, or a pickle of other "
+                  "objects than tensors (refused unrun)")
     else:
         lines = [x.strip() for x in text.splitlines() if x.strip()][:2]
         reason = f"{type(err).__name__}: {' '.join(lines)[:400] or 'unreadable'}"

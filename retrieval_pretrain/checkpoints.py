@@ -42,7 +42,10 @@ def save_checkpoint(accelerator: Accelerator, run: Path, global_step: int, state
     try:
         accelerator.save_state(str(tmp))
     except Exception as e:  # a full disk: the temporary folder is never restored (no trainer_state.json)
-        raise os_error(e, final) from e
+        new = os_error(e, final)
+        if new is e:
+            raise
+        raise new from e
     if accelerator.is_main_process:
         write_json(tmp / "trainer_state.json", {"global_step": global_step, **state})
         commit_folder(tmp, final)

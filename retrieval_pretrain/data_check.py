@@ -165,7 +165,7 @@ def check_dataset(data: DataConfig, probe: bool = False, probe_fn: Callable[[Pat
         "unreadable_videos": unreadable,
     }
     summary["ok"] = not ann.problems and not missing and not (unreadable and unreadable["count"])
-    summary["ok"] = summary["ok"] and not summary["unused_splits"] and not ann.outside
+    summary["ok"] = summary["ok"] and not summary["unused_splits"] and not ann.outside and bool(ann.entries)
     return summary
 
 
@@ -196,6 +196,8 @@ def report_text(s: dict[str, Any]) -> str:
         lines.append(f"  {name:<6} {sp['videos']:>7} videos {sp['captions']:>8} captions | captions/video "
                      f"{cpv['min']}-{cpv['max']} (mean {cpv['mean']}) | words/caption {words['min']}-"
                      f"{words['max']} (median {words['median']:g})")
+    if not s["total"]["videos"]:
+        lines.append("no videos at all: the annotations hold no usable entry")
     lines.append(f"annotation problems: {s['problem_count']}")
     for q in s["problems"][:10]:
         lines.append(f"  {q['source']}: {q['reason']}")

@@ -48,7 +48,8 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
     split = split or cfg.data.test_split
     device = pick_device(cfg.run.device)
     model, info = from_pretrained(model_dir, device=device)
-    warn_if_frames_differ(cfg.video.num_frames, info["num_frames"], model_dir)
+    warn_if_frames_differ(cfg.video.num_frames, info["num_frames"], model_dir, cfg.video.eval_sampling,
+                          info.get("eval_sampling", "uniform"))
     entries = split_entries(load_annotations(cfg.data), split, cfg.data.annotations)
     pre = Preprocess(info["num_frames"], model.image_size, model.image_mean, model.image_std)
     videos = [(e.video_id, Path(e.path)) for e in entries]

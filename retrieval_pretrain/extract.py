@@ -20,11 +20,13 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from retrieval_pretrain.accelerate_setup import pick_device, process_state
+from retrieval_pretrain.annotation_table import normalize_split, splits_found
 from retrieval_pretrain.annotations import load_annotations
 from retrieval_pretrain.atomic import write_json
 from retrieval_pretrain.config import RetrievalConfig
 from retrieval_pretrain.data import Preprocess
 from retrieval_pretrain.encode import encode_video_batches
+from retrieval_pretrain.errors import DatasetError
 from retrieval_pretrain.features import FeatureStore
 from retrieval_pretrain.folder_lock import folder_lock
 from retrieval_pretrain.model_folder import from_pretrained, model_fingerprint, warn_if_frames_differ
@@ -33,9 +35,14 @@ from retrieval_pretrain.run_log import StepTimer
 
 def _wanted_videos(cfg: RetrievalConfig, splits: list[str] | None) -> dict[str, Path]:
     """``{video_id: path}`` of the dataset's videos (all splits, or ``splits``), in table order."""
-    wanted = set(splits) if splits else None
+    ann = load_annotations(cfg.data)
+    wanted = {normalize_split(s) for s in splits} if splits else None
+    for split in sorted(wanted or ()):
+        if not ann.split(split):
+            raise DatasetError(f"{cfg.data.annotations}: --split {split}: no videos in that split "
+                               f"({splits_found(ann, split)})")
     videos: dict[str, Path] = {}
-    for e in load_annotations(cfg.data).entries:
+    for e in ann.entries:
         if wanted is None or e.split in wanted:
             videos.setdefault(e.video_id, Path(e.path))
     return videos
@@ -53,6 +60,8 @@ def _encode_share(model: Any, info: dict[str, Any], store: FeatureStore, share: 
         for path, reason in failed:
             failures.append({"path": path, "reason": reason})
             print(f"warning: skipped unreadable video {reason}", file=sys.stderr)
+        if seq is None:  # every video of this batch was unreadable
+            continue
         for vid, s, m in zip(ids, seq, mask):
             store.write(vid, s[m].float().cpu().numpy())  # (n_real, D)
             extracted += 1
@@ -75,13 +84,14 @@ def _extract(model_dir: Path, cfg: RetrievalConfig, store: FeatureStore, splits:
     device = state.device if state.num_processes > 1 and cfg.run.device != "cpu" else pick_device(cfg.run.device)
     model, info = from_pretrained(model_dir, device=device)
     if state.is_main_process:
-        warn_if_frames_differ(cfg.video.num_frames, info["num_frames"], model_dir)
+        warn_if_frames_differ(cfg.video.num_frames, info["num_frames"], model_dir, cfg.video.eval_sampling,
+                              info.get("eval_sampling", "uniform"))
         store.init({"tower": str(model_dir.resolve()), "tower_fingerprint": model_fingerprint(model_dir),
                     "num_frames": info["num_frames"], "dim": model.embed_dim, "dtype": "float16",
                     "sampling": info.get("eval_sampling", "uniform"), "head": info.get("head")})
     state.wait_for_everyone()
     videos = _wanted_videos(cfg, splits)
-    pending = [(vid, p) for vid, p in videos.items() if not store.has(vid)]
+    pending = [(vid, p) for vid, p in videos.items() if not store.readable(vid)]  # a cut file is done again
     state.wait_for_everyone()  # every process has listed what is pending before any writes
     if state.is_main_process:
         print(f"extract: {len(videos)} videos, {len(videos) - len(pending)} already done, {len(pending)} to encode"

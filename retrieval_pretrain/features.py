@@ -12,7 +12,9 @@ rerun simply skips it. ``<key>`` is the video id made filename-safe (see ``featu
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -33,9 +35,16 @@ def feature_key(video_id: str) -> str:
     return safe
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with path.open("wb") as f:  # a file object: np.save would append ".npy" to a name
-        np.save(f, array, allow_pickle=False)
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` through Python's checked writes: numpy writes real files with C ``fwrite`` and
+    misses a short write (a full disk), leaving a cut file that would be renamed into place."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    data = buf.getbuffer()
+    with path.open("wb") as f:
+        f.write(data)
+    if path.stat().st_size != len(data):
+        raise OSError(errno.ENOSPC, f"wrote {path.stat().st_size} of {len(data)} bytes", str(path))
 
 
 class FeatureStore:
@@ -53,13 +62,23 @@ class FeatureStore:
     def meta(self) -> dict[str, Any]:
         if not self.meta_path.is_file():
             raise FeatureStoreError(f"{self.folder} is not a feature folder (no meta.json); run 'vcap extract' first")
-        return json.loads(self.meta_path.read_text())
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (ValueError, RecursionError, OSError) as e:
+            raise FeatureStoreError(f"{self.meta_path}: not a readable feature-folder record ({type(e).__name__}: "
+                                    f"{e}); extract into a new folder") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("dim"), int):
+            raise FeatureStoreError(f"{self.meta_path}: not a feature-folder record (no 'dim'); extract into a new folder")
+        return meta
 
     def init(self, meta: dict[str, Any]) -> None:
         """Create the folder for ``meta``, or check that an existing one was made the same way.
 
         Temporary files left by a run that was killed mid-write (``.KEY.npy.tmp-*``) are removed: they
         were never renamed into place, so no video counts as done because of them."""
+        if (self.folder / "run.json").is_file() or (self.folder / "checkpoints").is_dir():
+            raise FeatureStoreError(f"{self.folder} is a training run folder (run.json / checkpoints); extract into "
+                                    "a folder of its own, e.g. RUN/features is fine but not RUN itself")
         if self.dir.is_dir():
             for stale in self.dir.glob(".*.npy.tmp-*"):
                 stale.unlink(missing_ok=True)
@@ -87,7 +106,7 @@ class FeatureStore:
     def write(self, video_id: str, features: np.ndarray) -> None:
         """Store ``features`` [n, dim] as fp16, atomically."""
         data = np.ascontiguousarray(features, dtype=np.float16)
-        write_file(self.path(video_id), lambda tmp: _save_npy(tmp, data))
+        write_file(self.path(video_id), lambda tmp: save_npy(tmp, data))
 
     def load(self, video_id: str, mmap: bool = True) -> np.ndarray:
         """The fp16 features [n, dim] of a video (memory-mapped by default)."""
@@ -95,10 +114,43 @@ class FeatureStore:
         if not path.is_file():
             raise FeatureStoreError(f"no features for video '{video_id}' in {self.folder} (expected {path})")
         try:
-            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         except (ValueError, OSError) as e:  # truncated or not an .npy file
             raise FeatureStoreError(f"{path}: not a readable feature file ({e}); delete it and rerun "
                                     "'vcap extract' into this folder to recompute it") from None
+        why = self._shape_problem(array)
+        if why:
+            raise FeatureStoreError(f"{path}: {why}; delete it and rerun 'vcap extract' into this folder")
+        return array
+
+    def _shape_problem(self, array: np.ndarray) -> str | None:
+        if getattr(self, "_dim", None) is None:
+            self._dim = self.meta()["dim"]
+        dim = self._dim
+        if array.ndim != 2 or array.shape[1] != dim:
+            return f"features of shape {tuple(array.shape)}, not (frames, {dim}) as this folder's meta.json says"
+        if array.shape[0] < 1:
+            return "features of no frame"
+        return None
+
+    def problem(self, video_id: str) -> str | None:
+        """Why the stored features of ``video_id`` cannot be used (missing, unreadable, misshapen,
+        NaN or infinite), or None. Reads the file (a few KB)."""
+        try:
+            array = self.load(video_id)
+        except FeatureStoreError as e:
+            return str(e)
+        if not np.isfinite(array).all():
+            return f"{self.path(video_id)}: features hold NaN or infinite values"
+        return None
+
+    def readable(self, video_id: str) -> bool:
+        """Whether a complete, well-shaped feature file is there (header only: no values read)."""
+        try:
+            self.load(video_id)
+        except FeatureStoreError:
+            return False
+        return True
 
     def failures(self) -> list[dict[str, str]]:
         path = self.folder / "failures.json"

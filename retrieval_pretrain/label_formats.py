@@ -76,6 +76,8 @@ def _rows(path: Path, csv_file: bool | None = None) -> list[tuple[str, Any]]:
                 out.append((f"{path}:{i}", json.loads(line)))
             except json.JSONDecodeError as e:
                 out.append((f"{path}:{i}", f"not valid JSON ({e.msg})"))
+            except RecursionError:
+                out.append((f"{path}:{i}", "not valid JSON (nested too deeply)"))
     return out
 
 

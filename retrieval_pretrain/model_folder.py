@@ -97,8 +97,8 @@ def _read_config(folder: Path) -> dict[str, Any]:
                                f"(save_pretrained writes {CONFIG_NAME} + {WEIGHTS_NAME})")
     try:
         info = json.loads((folder / CONFIG_NAME).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{folder / CONFIG_NAME}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError, OSError) as e:  # JSON, UTF-8, nesting, a folder in its place
+        raise ModelFolderError(f"{folder / CONFIG_NAME}: not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ModelFolderError(f"{folder / CONFIG_NAME}: not a stage-1 video-text model config "
                                f"(format {info.get('format') if isinstance(info, dict) else None!r}, "
@@ -139,12 +139,17 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), info
 
 
-def warn_if_frames_differ(configured: int, used: int, source: str | Path) -> None:
-    """Inference samples as many frames as the model was trained with; when the config asks for
-    another count, say which one is used instead of silently ignoring ``video.num_frames``."""
+def warn_if_frames_differ(configured: int, used: int, source: str | Path, configured_sampling: str | None = None,
+                          used_sampling: str | None = None) -> None:
+    """Inference samples frames as the model (or feature folder) was made; when the config asks for
+    another count or sampling, say which is used instead of silently ignoring ``video.*``."""
     if configured != used:
         print(f"warning: video.num_frames={configured} in the config, but {source} was made with {used} frames "
               f"per video; using {used} (video.num_frames applies when training stage 1)", file=sys.stderr)
+    if configured_sampling and used_sampling and configured_sampling != used_sampling:
+        print(f"warning: video.eval_sampling={configured_sampling} in the config, but {source} was made with "
+              f"{used_sampling} sampling; using {used_sampling} (it is recorded when stage 1 is trained)",
+              file=sys.stderr)
 
 
 def model_fingerprint(folder: str | Path) -> str:

@@ -42,6 +42,31 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def _digest(path_str: str) -> str:
+    """What a data file holds (SHA-256 of its bytes; a folder: its files' names and sizes), so a
+    resumed run can tell that an annotation file was changed under the same name."""
+    path = Path(path_str)
+    h = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    elif path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                h.update(f"{p.relative_to(path)}\0{p.stat().st_size}\0".encode())
+    else:
+        return "absent"
+    return h.hexdigest()[:16]
+
+
+def _data_files(data: Any) -> dict[str, str]:
+    """The digests of the dataset's annotation files (``data.annotations``, split files, label lists)."""
+    named = {"annotations": data.annotations, **{f"split_files.{k}": v for k, v in data.split_files.items()},
+             "labels_file": getattr(data, "labels_file", ""), "novel_labels": getattr(data, "novel_labels", "")}
+    return {f"data:{k}": _digest(str(v)) for k, v in named.items() if str(v).strip() and "*" not in str(v)}
+
+
 def _identity(command: str, cfg: Any, inputs: dict[str, str]) -> dict[str, Any]:
     tree = {k: v for k, v in config_to_dict(cfg).items() if k in SECTIONS[command]}
     settings = {k: v for k, v in _flat(tree).items() if k not in RESUMABLE}
@@ -82,12 +107,15 @@ def claim(output: Path, command: str, cfg: Any, resume: bool, accelerator: Any,
           inputs: dict[str, str] | None = None) -> None:
     """Apply the rule above to ``output`` for this run: every process checks, then the main one
     records the run (after all have checked, so none sees the new record as an old run)."""
-    _check(Path(output), command, cfg, resume, dict(inputs or {}), accelerator)
+    _check(Path(output), command, cfg, resume, {**(inputs or {}), **_data_files(cfg.data)}, accelerator)
 
 
 def _check(output: Path, command: str, cfg: Any, resume: bool, inputs: dict[str, str], accelerator: Any) -> None:
     new = _identity(command, cfg, inputs)
     record = output / RUN_FILE
+    if (output / "meta.json").is_file():  # a feature folder or a search index: another job's outputs
+        raise ConfigError(f"{output} holds a feature folder or a search index (meta.json); give the run its own "
+                          "--output folder")
     if not resume and _holds_a_run(output):
         raise ConfigError(f"{output} already holds a run (a checkpoint or model/): continue it with "
                           "--resume, or give a new --output folder")

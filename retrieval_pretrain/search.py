@@ -28,13 +28,9 @@ import torch
 
 from retrieval_pretrain.atomic import write_file, write_json
 from retrieval_pretrain.errors import FeatureMismatchError, FeatureStoreError
+from retrieval_pretrain.features import save_npy
 
 SHARD_VIDEOS = 256  # videos per shard: what a killed run can lose
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with path.open("wb") as f:
-        np.save(f, array, allow_pickle=False)
 
 
 class VideoIndex:
@@ -48,10 +44,16 @@ class VideoIndex:
         path = self.folder / "meta.json"
         if not path.is_file():
             raise FeatureStoreError(f"{self.folder} is not a video index (no meta.json); build one with 'vcap index'")
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except (ValueError, RecursionError, OSError) as e:
+            raise FeatureStoreError(f"{path}: not a readable index record ({type(e).__name__}: {e})") from None
 
     def init(self, meta: dict[str, Any]) -> None:
         """Create the index for ``meta``, or check that an existing one was built by the same model."""
+        if (self.folder / "run.json").is_file() or (self.folder / "features").is_dir():
+            raise FeatureStoreError(f"{self.folder} holds a training run or a feature folder; give the index a "
+                                    "folder of its own")
         if (self.folder / "meta.json").is_file():
             old = self.meta()
             if old.get("model_fingerprint") != meta["model_fingerprint"] or old.get("dim") != meta["dim"]:
@@ -87,7 +89,7 @@ class VideoIndex:
         number = max((int(p.stem) for p in self.shards.glob("[0-9]*.json")), default=-1) + 1
         npy = self.shards / f"{number:06d}.npy"
         data = np.ascontiguousarray(embeddings, dtype=np.float16)
-        write_file(npy, lambda tmp: _save_npy(tmp, data))
+        write_file(npy, lambda tmp: save_npy(tmp, data))
         write_json(npy.with_suffix(".json"), list(paths))
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
-from retrieval_pretrain.annotation_table import splits_found
+from retrieval_pretrain.annotation_table import file_problem, splits_found
 from retrieval_pretrain.annotations import Annotations
 from retrieval_pretrain.config import RetrievalConfig
 from retrieval_pretrain.data import (
@@ -49,9 +49,9 @@ def training_entries(ann: Annotations, cfg: RetrievalConfig) -> tuple[list[Any],
     for split in held_out:
         for e in ann.split(split):
             eval_keys[e.video_id] = split
-            eval_keys[str(Path(e.path).resolve())] = split
+            eval_keys[os.path.realpath(e.path)] = split  # realpath: a link loop is not an error here
     overlap = [e.video_id for e in train
-               if e.video_id in eval_keys or str(Path(e.path).resolve()) in eval_keys]
+               if e.video_id in eval_keys or os.path.realpath(e.path) in eval_keys]
     official = [e.video_id for e in train if e.official_split in held_out and e.video_id not in overlap]
     if (overlap or official) and not cfg.pretrain.allow_eval_overlap:
         parts = []
@@ -74,10 +74,11 @@ def training_entries(ann: Annotations, cfg: RetrievalConfig) -> tuple[list[Any],
               f"data.novel_labels are held out", file=sys.stderr)
     kept, skipped = [], []
     for e in train:
-        if Path(e.path).is_file():
+        why = file_problem(Path(e.path))
+        if why is None:
             kept.append(e)
         else:
-            skipped.append({"video_id": e.video_id, "path": str(e.path), "reason": "video file not found"})
+            skipped.append({"video_id": e.video_id, "path": str(e.path), "reason": why})
     return kept, skipped
 
 

@@ -130,6 +130,9 @@ CASES = [
     case("weights-pickle-with-code", ["pretrain", "--output", "{root}/out_pickle", *CFG,
                                       "clip.pretrained={evil_checkpoint}"],
          errors.WeightsUnavailableError, "{evil_checkpoint}", "posix.system"),
+    case("config-init-from-other-architecture", ["train", "--features", "{feats}", "--output", "{root}/out_init",
+                                                 *CFG, "--init-from", "{s2}", "caption.hidden_size=64"],
+         ConfigError, "--init-from {s2}", "architecture differs", models=True),
     # FolderBusyError: another process holds the output folder's lock
     case("folder-busy-extract", ["extract", "--model", "{s1}", "--output", "{busy}", *CFG],
          errors.FolderBusyError, "{busy}", "in use", models=True),
@@ -156,6 +159,8 @@ OTHER = {
     "caption-device-tpu": (["caption", "{good_video}", "--model", "{s2}", "--device", "tpu"], True),
     "caption-device-cuda": (["caption", "{good_video}", "--model", "{s2}", "--device", "cuda"], True),
     "caption-folder-with-dead-links": (["caption", "{links}", "--model", "{s2}", "--json"], True),
+    "extract-only-unreadable-videos": (["extract", "--model", "{s1}", "--output", "{root}/out_x_bad", *CFG,
+                                        "data.annotations={all_bad_ann}"], True),
 }
 
 
@@ -218,7 +223,10 @@ def _bad_inputs(root: Path, ann: Path) -> dict[str, str]:
     os.symlink(links / "loop_a", links / "loop_b")
     evil = root / "evil.pt"  # a pickle that would create {root}/PWNED if unpickled unchecked
     evil.write_bytes(pickle.dumps(_RunsCode(f"touch {root / 'PWNED'}"), protocol=2))
-    return {"links": str(links), "evil_checkpoint": str(evil), "busy": str(root / "busy_feats"),
+    all_bad = root / "all_bad.jsonl"  # every video of the dataset unreadable: one batch of failures only
+    all_bad.write_text("".join(json.dumps({"video": str(bad_video), "captions": ["x"], "split": s}) + "\n"
+                               for s in ("train", "test")))
+    return {"all_bad_ann": str(all_bad), "links": str(links), "evil_checkpoint": str(evil), "busy": str(root / "busy_feats"),
             "bad_key_yaml": str(bad_key), "truncated_msrvtt": str(msrvtt), "jsonl_bad_line": str(jsonl_bad),
             "references": str(refs), "predictions": str(preds), "truncated_predictions": str(truncated_preds),
             "list_predictions": str(list_preds), "bad_video": str(bad_video)}
@@ -437,6 +445,15 @@ def test_caption_of_a_folder_with_dead_links_names_each_and_exits_1(runs):
         str(links / "loop_b"): f"{links / 'loop_b'}: symbolic link loop"}, _show(r)
     for path in result["failed"]:
         assert f"warning: not captioned: {path}: " in r.stderr, _show(r)
+
+
+def test_extract_with_only_unreadable_videos_names_them_and_exits_1(runs):
+    r, paths = runs.get("extract-only-unreadable-videos")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, _show(r)
+    report = _last_json(r.stdout)
+    assert report is not None and (report["extracted"], report["failed"]) == (0, 1), _show(r)
+    [failure] = json.loads((paths.root / "out_x_bad" / "failures.json").read_text())
+    assert failure["path"] == paths.values["bad_video"]
 
 
 def test_a_diverged_run_writes_no_model(runs):
