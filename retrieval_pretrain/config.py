@@ -120,6 +120,8 @@ class ClipConfig:
     backbone comes from (``retrieval_pretrain.parts.build_backbone``)."""
 
     kind: str = choice("open_clip", "open_clip")
+    # st_mix: each frame's tokens also attend to the previous and next frame's (Open-VCLIP); no new weights
+    temporal_attention: str = choice("none", "none", "st_mix")
     model: str = "ViT-B-32"
     pretrained: str | None = "openai"
     custom: dict[str, Any] | None = None
@@ -130,7 +132,7 @@ class PretrainConfig:
     """Stage 1: the temporal head and contrastive training (CLIP4Clip's recipe). ``head``,
     ``loss`` and ``mode`` pick stage 1's parts (``retrieval_pretrain.parts``)."""
 
-    head: str = choice("seqTransf", "meanP", "seqTransf")
+    head: str = choice("seqTransf", "meanP", "seqTransf", "seqLSTM")
     head_layers: int = at_least(4, 1)
     head_input_norm: bool = False  # layer-normalise frame features before seqTransf (from-scratch towers)
     loss: str = choice("infonce", "infonce", "kl")

@@ -9,6 +9,9 @@ Luo et al., "CLIP4Clip" (2021), the "loose" similarity types:
   transformer when the widths agree (CLIP4Clip's "initialization trick"); otherwise they start
   random.
 
+* ``seqLSTM``: an LSTM over the frame features (padding frames left out: the sequence is packed
+  to each video's real length), plus a residual to the frame features, then the mean.
+
 Padding frames (mask False) are excluded from attention as keys.
 """
 
@@ -21,7 +24,7 @@ from torch import nn
 
 from retrieval_pretrain.errors import ConfigError
 
-HEADS = ("meanP", "seqTransf")
+HEADS = ("meanP", "seqTransf", "seqLSTM")
 
 
 class TemporalHead(nn.Module):
@@ -29,8 +32,9 @@ class TemporalHead(nn.Module):
 
     Args:
         dim: feature width D (CLIP's joint embedding width).
-        kind: ``meanP`` (identity) or ``seqTransf`` (position embeddings + transformer + residual).
-        layers: transformer blocks for ``seqTransf``.
+        kind: ``meanP`` (identity), ``seqTransf`` (position embeddings + transformer + residual) or
+            ``seqLSTM`` (LSTM + residual).
+        layers: transformer blocks for ``seqTransf``, LSTM layers for ``seqLSTM`` (CLIP4Clip: 1).
         num_frames: size of the frame-position table (the most frames a video may have).
         heads: attention heads; default ``max(1, dim // 64)``.
         act_layer: MLP activation of the blocks (CLIP's text tower uses QuickGELU for OpenAI weights).
@@ -53,13 +57,14 @@ class TemporalHead(nn.Module):
         self.kind, self.dim, self.num_frames, self.input_norm = kind, dim, num_frames, input_norm
         self.layers = layers
         self.heads = heads or max(1, dim // 64)
+        self.frame_position_embeddings, self.transformer, self.lstm = None, None, None
         if kind == "seqTransf":
             pos_std = 0.5 if input_norm else 0.01
             self.frame_position_embeddings = nn.Parameter(torch.empty(num_frames, dim).normal_(std=pos_std))
             self.transformer = Transformer(dim, layers, self.heads, act_layer=act_layer, batch_first=True)
-        else:  # meanP has no parameters: the head is the identity
-            self.frame_position_embeddings = None
-            self.transformer = None
+        elif kind == "seqLSTM":
+            self.lstm = nn.LSTM(dim, dim, num_layers=layers, batch_first=True)
+        # meanP has no parameters: the head is the identity
 
     @torch.no_grad()
     def init_from_text(self, text_transformer: Transformer, text_pos: torch.Tensor) -> bool:
@@ -81,7 +86,19 @@ class TemporalHead(nn.Module):
             self.frame_position_embeddings.copy_(text_pos[: self.num_frames])
         return True
 
+    def _lstm(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """LSTM over each video's real frames (packed: padding neither feeds nor follows the real
+        ones), zeros at padding positions, plus the residual."""
+        B, T, _ = x.shape
+        lengths = (mask.bool().sum(dim=1) if mask is not None else torch.full((B,), T)).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, D)
+        return out.to(x.dtype) + x
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.lstm is not None:
+            return self._lstm(x, mask)
         if self.transformer is None:  # meanP
             return x
         if self.input_norm:

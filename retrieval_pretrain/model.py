@@ -44,9 +44,10 @@ class VideoTextModel(nn.Module):
 
     def __init__(self, clip: nn.Module, head: TemporalHead, image_mean: Sequence[float] = OPENAI_DATASET_MEAN,
                  image_std: Sequence[float] = OPENAI_DATASET_STD, build_info: dict[str, Any] | None = None,
-                 head_from_text: bool = False):
+                 head_from_text: bool = False, frame_layout: Any = None):
         super().__init__()
         self.clip = clip
+        self.frame_layout = frame_layout  # st_mix: tells the image tower which frames are neighbours
         self.head = head
         self.head_from_text = head_from_text
         self.image_mean = tuple(float(v) for v in image_mean)
@@ -104,17 +105,21 @@ class VideoTextModel(nn.Module):
         """
         B, T = frames.shape[:2]
         flat = frames.flatten(0, 1)  # (B*T, 3, H, W)
-        if mask is None:
-            feats = self.clip.encode_image(flat)  # (B*T, D)
+        real = torch.ones(B * T, dtype=torch.bool, device=frames.device) if mask is None else mask.reshape(B * T).bool()
+        if bool(real.all()):
+            feats = self._encode_image(flat, torch.full((B,), T))  # (B*T, D)
         else:
-            real = mask.reshape(B * T).bool()
-            if bool(real.all()):
-                feats = self.clip.encode_image(flat)
-            else:
-                enc = self.clip.encode_image(flat[real])  # (N_real, D)
-                feats = enc.new_zeros(B * T, enc.shape[-1])
-                feats[real] = enc
+            enc = self._encode_image(flat[real], real.view(B, T).sum(dim=1).cpu())  # (N_real, D)
+            feats = enc.new_zeros(B * T, enc.shape[-1])
+            feats[real] = enc
         return self.head(feats.view(B, T, -1), mask)  # (B, T, D)
+
+    def _encode_image(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The image tower on frames whose videos have ``lengths`` consecutive rows each."""
+        if self.frame_layout is None:
+            return self.clip.encode_image(frames)
+        with self.frame_layout.videos(lengths.long()):
+            return self.clip.encode_image(frames)
 
     def pool(self, seq: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """CLIP4Clip's pooling: normalise each frame, mean over real frames, normalise. (B, T, D) -> (B, D)."""

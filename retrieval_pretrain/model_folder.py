@@ -29,6 +29,7 @@ from retrieval_pretrain.backbones import clip_from_arch
 from retrieval_pretrain.errors import ModelFolderError, check_finite
 from retrieval_pretrain.model import VideoTextModel
 from retrieval_pretrain.parts import build_temporal_head
+from retrieval_pretrain.st_mix import enable_st_mix
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -126,8 +127,10 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> t
                                            "image_resize_mode") if k in info}
         head, _ = build_temporal_head(info["head"], info["head_layers"], info["num_frames"], clip,
                                       input_norm=bool(info["head_input_norm"]), init_from_text=False)
+        layout = enable_st_mix(clip.visual) if info["clip"].get("temporal_attention") == "st_mix" else None
         model = VideoTextModel(clip, head, image_mean=info["image_mean"], image_std=info["image_std"],
-                               build_info=build_info, head_from_text=bool(info["head_init_from_text"]))
+                               build_info=build_info, head_from_text=bool(info["head_init_from_text"]),
+                               frame_layout=layout)
     except (TypeError, ValueError, KeyError) as e:
         raise ModelFolderError(f"{folder / CONFIG_NAME}: cannot build the architecture it describes ({e})") from e
     weights = folder / WEIGHTS_NAME

@@ -4,8 +4,9 @@ branch in the training loop).
 
 | part            | config field     | choices today                         | built by                 |
 |-----------------|------------------|---------------------------------------|--------------------------|
-| backbone        | ``clip.kind``    | ``open_clip`` (image + text towers)   | ``build_backbone``       |
-| temporal head   | ``pretrain.head``| ``meanP``, ``seqTransf``              | ``build_temporal_head``  |
+| backbone        | ``clip.kind``    | ``open_clip`` (image + text towers);  | ``build_backbone``       |
+|                 | ``clip.temporal_attention`` | ``none``, ``st_mix`` (Open-VCLIP) | ``st_mix.enable_st_mix`` |
+| temporal head   | ``pretrain.head``| ``meanP``, ``seqTransf``, ``seqLSTM`` | ``build_temporal_head``  |
 | loss            | ``pretrain.loss``| ``infonce``, ``kl`` (ActionCLIP)      | ``build_loss``           |
 | training mode   | ``pretrain.mode``| ``full`` (+ ``pretrain.freeze``)      | ``build_training_mode``  |
 
@@ -29,6 +30,7 @@ from retrieval_pretrain.errors import ConfigError
 from retrieval_pretrain.heads import TemporalHead
 from retrieval_pretrain.loss import info_nce, kl_matching
 from retrieval_pretrain.model import VideoTextModel
+from retrieval_pretrain.st_mix import enable_st_mix
 
 LOSSES = ("infonce", "kl")
 MODES = ("full",)
@@ -75,10 +77,12 @@ def build_video_text_model(cfg: Any) -> VideoTextModel:
     and ``.video.num_frames``; CLIP weights as ``build_backbone`` gets them."""
     clip, mean, std, spec = build_backbone(cfg)
     check_max_words(cfg.pretrain.max_words, spec["context_length"])  # fail now, not in a worker
+    layout = enable_st_mix(clip.visual) if cfg.clip.temporal_attention == "st_mix" else None
     pre = getattr(clip.visual, "preprocess_cfg", {}) or {}
     info = {
         "clip": {"model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
-                 "custom": copy.deepcopy(cfg.clip.custom), "arch": resolve_arch(cfg.clip)},
+                 "custom": copy.deepcopy(cfg.clip.custom), "arch": resolve_arch(cfg.clip),
+                 "temporal_attention": cfg.clip.temporal_attention},
         "tokenizer": spec,
         "max_words": cfg.pretrain.max_words,
         "image_interpolation": pre.get("interpolation", "bicubic"),
@@ -86,7 +90,8 @@ def build_video_text_model(cfg: Any) -> VideoTextModel:
     }
     head, from_text = build_temporal_head(cfg.pretrain.head, cfg.pretrain.head_layers, cfg.video.num_frames, clip,
                                           input_norm=cfg.pretrain.head_input_norm)
-    return VideoTextModel(clip, head, image_mean=mean, image_std=std, build_info=info, head_from_text=from_text)
+    return VideoTextModel(clip, head, image_mean=mean, image_std=std, build_info=info, head_from_text=from_text,
+                          frame_layout=layout)
 
 
 def build_loss(cfg: Any) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
