@@ -5,10 +5,8 @@ extracts features."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from caption.config import load
