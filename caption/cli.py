@@ -225,7 +225,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(CONFIG_PATH)
         return 0
     output = Path(args.output)
-    metrics = run_demo(output, quick=args.quick, seed=args.seed)
+    metrics = run_demo(output, quick=args.quick, seed=args.seed, overrides=args.overrides)
     print((output / "examples.txt").read_text(), end="")
     _print_json(metrics)
     return 0

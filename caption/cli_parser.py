@@ -216,6 +216,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for data and training")
     p.add_argument("--config-path", action="store_true",
                    help="print where the demo's config (tiny_demo.yaml, shipped in the package) is, and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="changes to the demo's config, e.g. pretrain.head=seqLSTM (the demo's numbers are for none)")
 
 
 def build_parser() -> argparse.ArgumentParser:

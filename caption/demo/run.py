@@ -28,11 +28,12 @@ CONFIG_PATH = Path(__file__).resolve().with_name("tiny_demo.yaml")
 QUICK_OVERRIDES = ["pretrain.epochs=22", "caption.epochs=8"]
 
 
-def demo_config(data_dir: Path, quick: bool = False, seed: int = 0) -> Config:
-    """The demo's config (``CONFIG_PATH``) pointed at a generated dataset in ``data_dir``."""
-    overrides = [f"data.annotations={data_dir / 'annotations.jsonl'}", f"data.videos={data_dir}",
-                 f"run.seed={seed}"] + (QUICK_OVERRIDES if quick else [])
-    return load(CONFIG_PATH, overrides)
+def demo_config(data_dir: Path, quick: bool = False, seed: int = 0, overrides: list[str] | None = None) -> Config:
+    """The demo's config (``CONFIG_PATH``) pointed at a generated dataset in ``data_dir``, plus the
+    user's ``overrides`` (applied last)."""
+    given = [f"data.annotations={data_dir / 'annotations.jsonl'}", f"data.videos={data_dir}",
+             f"run.seed={seed}"] + (QUICK_OVERRIDES if quick else []) + list(overrides or [])
+    return load(CONFIG_PATH, given)
 
 
 def _stage(name: str) -> float:
@@ -40,10 +41,10 @@ def _stage(name: str) -> float:
     return time.perf_counter()
 
 
-def run_demo(output: Path, quick: bool = False, seed: int = 0) -> dict[str, Any]:
+def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run the whole pipeline in ``output``; returns the metrics (also in
     ``output/metrics.json``; the CLI prints them as the last line) - and a few generated captions
-    beside references in ``output/examples.txt``."""
+    beside references in ``output/examples.txt``. ``overrides``: changes to the demo's config."""
     from caption.evaluate import evaluate
     from caption.train import train as train_captioner
     from retrieval_pretrain.evaluate import evaluate_retrieval
@@ -60,7 +61,7 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0) -> dict[str, Any]
     spec.seed = seed
     data_dir = output / ("data_quick" if quick else "data")
     demo_data.generate_dataset(data_dir, spec)
-    cfg = demo_config(data_dir, quick=quick, seed=seed)
+    cfg = demo_config(data_dir, quick=quick, seed=seed, overrides=overrides)
     timings["data"] = time.perf_counter() - t
 
     # Runs start fresh each time so two runs with one seed give the same numbers.
