@@ -28,3 +28,9 @@ def test_demo_runs_the_yaml_shipped_in_the_package(tmp_path):
     assert quick.pretrain.epochs < cfg.pretrain.epochs and quick.caption.epochs < cfg.caption.epochs
     assert cfg.clip.custom and cfg.clip.pretrained is None  # a from-scratch CLIP: no download
     assert (cfg.caption.encoder_layers, cfg.caption.decoder_layers, cfg.pretrain.head) == (1, 3, "seqTransf")
+
+
+def test_the_users_overrides_reach_the_demos_config(tmp_path):
+    cfg = demo_config(tmp_path, quick=True, overrides=["pretrain.head=seqLSTM", "pretrain.epochs=3"])
+    assert (cfg.pretrain.head, cfg.pretrain.epochs) == ("seqLSTM", 3)  # applied after --quick's own
+    assert cfg.caption.epochs == demo_config(tmp_path, quick=True).caption.epochs
