@@ -25,6 +25,7 @@ from typing import Any, Callable
 from caption.cli_parser import build_parser
 from caption.config import Config, load
 from retrieval_pretrain.errors import ConfigError, StorageError, VcapError, VideoReadError
+from retrieval_pretrain.run_log import main_process
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -33,7 +34,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _print_json(obj: Any) -> None:
     """The result line on stdout; under a multi-process launch only the main process prints it."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_process():
         print(json.dumps(obj), flush=True)
 
 
@@ -114,14 +115,22 @@ def _caption(args: argparse.Namespace) -> int:
     captions = {p: r for p, r in results.items() if isinstance(r, str)}
     failed = {e.path: str(e) for e in unlisted}
     failed.update({p: str(r) for p, r in results.items() if not isinstance(r, str)})
+    return _per_video_output(captions, failed, "captioned", "captions", args.json, str)
+
+
+def _per_video_output(done: dict[str, Any], failed: dict[str, str], verb: str, key: str, as_json: bool,
+                      line: Callable[[Any], str]) -> int:
+    """What a per-video command prints: the failures on stderr, then ``{key: done, "failed": ...}``
+    as JSON or one ``video<TAB>line(result)`` per video; exit 1 when some failed, a video error
+    (exit 4) when none could be read."""
     for reason in failed.values():
-        print(f"warning: not captioned: {reason}", file=sys.stderr)
-    if args.json:
-        _print_json({"captions": captions, "failed": failed})
+        print(f"warning: not {verb}: {reason}", file=sys.stderr)
+    if as_json:
+        _print_json({key: done, "failed": failed})
     else:
-        for p, c in captions.items():
-            print(f"{p}\t{c}")
-    if failed and not captions:
+        for video, result in done.items():
+            print(f"{video}\t{line(result)}")
+    if failed and not done:
         raise VideoReadError(", ".join(failed), f"none of the {len(failed)} videos could be read (reasons above)")
     return 1 if failed else 0
 
@@ -153,16 +162,8 @@ def _classify(args: argparse.Namespace) -> int:
         ranked, unread = classify_videos(net, info, [(str(p), p) for p in paths], labels, templates, device,
                                          top=args.top, batch_size=args.batch_size, num_workers=cfg.run.num_workers)
         failed.update(unread)
-    for reason in failed.values():
-        print(f"warning: not classified: {reason}", file=sys.stderr)
-    if args.json:
-        _print_json({"predictions": ranked, "failed": failed})
-    else:
-        for video, top in ranked.items():
-            print(video + "\t" + "; ".join(f"{label} ({p:.3f})" for label, p in top))
-    if failed and not ranked:
-        raise VideoReadError(", ".join(failed), f"none of the {len(failed)} videos could be read (reasons above)")
-    return 1 if failed else 0
+    return _per_video_output(ranked, failed, "classified", "predictions", args.json,
+                             lambda top: "; ".join(f"{label} ({p:.3f})" for label, p in top))
 
 
 def _eval_classify(args: argparse.Namespace) -> int:

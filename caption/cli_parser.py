@@ -116,6 +116,14 @@ def _add_caption(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
+def _add_recognizer(p: argparse.ArgumentParser) -> None:
+    """The options naming the model and prompts of 'classify' and 'eval-classify'."""
+    p.add_argument("--model", default=None, metavar="DIR_OR_NAME", help="stage-1 model folder or open_clip name")
+    p.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE", help="with an open_clip name: its weights")
+    p.add_argument("--template", action="append", default=None, metavar="'a video of {}'",
+                   help="a prompt template (repeatable); replaces the built-in ensemble")
+
+
 def _add_classify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "classify", help="zero-shot recognition: rank labels for each video",
@@ -133,10 +141,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER")
     p.add_argument("--labels", required=True, metavar="FILE_OR_LIST",
                    help="a file with one label per line (e.g. label_map_k400.txt), or 'walking,running,...'")
-    p.add_argument("--model", default=None, metavar="DIR_OR_NAME", help="stage-1 model folder or open_clip name")
-    p.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE", help="with an open_clip name: its weights")
-    p.add_argument("--template", action="append", default=None, metavar="'a video of {}'",
-                   help="a prompt template (repeatable); replaces the built-in ensemble")
+    _add_recognizer(p)
     p.add_argument("--top", type=_at_least_one, default=5, help="labels to show per video (default 5)")
     p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos per batch")
     p.add_argument("--json", action="store_true",
@@ -153,11 +158,8 @@ def _add_eval_classify(sub: argparse._SubParsersAction) -> None:
                  "it as the last line.", config=False)
     p.epilog = EPILOG_OVERRIDES
     _add_config(p, required=False)
-    p.add_argument("--model", default=None, metavar="DIR_OR_NAME", help="stage-1 model folder or open_clip name")
-    p.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE", help="with an open_clip name: its weights")
+    _add_recognizer(p)
     p.add_argument("--split", default=None, help="split to evaluate (default data.test_split)")
-    p.add_argument("--template", action="append", default=None, metavar="'a video of {}'",
-                   help="a prompt template (repeatable); replaces the built-in ensemble")
     p.add_argument("--output", default=None, metavar="OUT",
                    help="where metrics.json goes (default: eval_classify_SPLIT beside the model folder, or here)")
 

@@ -26,7 +26,7 @@ from retrieval_pretrain.atomic import write_json
 from retrieval_pretrain.errors import DatasetError, FeatureMismatchError
 from retrieval_pretrain.evaluate import split_entries
 from retrieval_pretrain.features import FeatureStore
-from retrieval_pretrain.model_folder import warn_if_frames_differ
+from retrieval_pretrain.model_folder import warn_if_video_differs
 
 
 def decode_kwargs(decode: DecodeConfig, num_beams: int | None = None) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
     if features is not None:
         store = FeatureStore(features)
         check_features_match(pipe.model, store)
-        warn_if_frames_differ(cfg.video.num_frames, store.meta()["num_frames"], f"the feature folder {features}")
+        warn_if_video_differs(cfg.video.num_frames, store.meta()["num_frames"], f"the feature folder {features}")
         why = {e.video_id: "no cached features" if not store.has(e.video_id) else store.problem(e.video_id)
                for e in entries}
         have = [e for e in entries if why[e.video_id] is None]
@@ -95,7 +95,7 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
         predictions = caption_features(pipe.model, pipe.tokenizer, store, [e.video_id for e in have], cfg.decode,
                                        device, cfg.run.num_workers)
     else:
-        warn_if_frames_differ(cfg.video.num_frames, pipe.tower_info["num_frames"], f"the video tower of {model_dir}")
+        warn_if_video_differs(cfg.video.num_frames, pipe.tower_info["num_frames"], f"the video tower of {model_dir}")
         results = pipe.caption_videos([(e.video_id, Path(e.path)) for e in entries], decode=cfg.decode,
                                       num_workers=cfg.run.num_workers)
         predictions = {vid: r for vid, r in results.items() if r is not None and not isinstance(r, Exception)}

@@ -25,13 +25,13 @@ The table types and the readers' shared helpers are ``retrieval_pretrain.annotat
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from retrieval_pretrain import benchmark_formats as bench
 from retrieval_pretrain import label_formats as labelled
+from retrieval_pretrain.run_log import main_process
 from retrieval_pretrain.annotation_table import (  # noqa: F401  (the table types are imported from here too)
     AnnotationError,
     AnnotationProblem,
@@ -110,7 +110,7 @@ def load_annotations(data: DataConfig, warn: bool = True) -> Annotations:
     table = Table(data.videos)
     reader(data, table)
     outside = table.ann.outside
-    if warn and outside and int(os.environ.get("RANK", "0")) == 0:  # once per launch, not per process
+    if warn and outside and main_process():  # once per launch, not per process
         for q in outside[:MAX_OUTSIDE_WARNINGS]:
             print(f"warning: {q.source}: {q.reason}", file=sys.stderr)
         if len(outside) > MAX_OUTSIDE_WARNINGS:

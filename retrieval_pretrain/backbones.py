@@ -118,8 +118,8 @@ def _local_weights_error(path: str, err: BaseException) -> WeightsUnavailableErr
     if code:
         reason = (f"it is a pickle that would call {code.group(1)} when loaded; refused without running it. "
                   "Only plain state dicts of tensors (or .safetensors) are loaded")
-        print(f"warning: {path} holds pickled code ({code.group(1)}); it was not run. Do not load this file "
-              "with torch.load(weights_only=False) unless you trust where it came from", file=sys.stderr)
+        print(f"warning: {path} holds pickled code ({code.group(1)}); it was not run. Treat the file as untrusted: "
+              "only a plain state dict of tensors (or .safetensors) is loaded", file=sys.stderr)
     elif isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
         reason = ("not a checkpoint torch loads safely: a truncated file, another kind of file, or a pickle of other "
                   "objects than tensors (refused unrun)")

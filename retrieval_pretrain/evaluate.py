@@ -22,7 +22,7 @@ from retrieval_pretrain.data import Preprocess
 from retrieval_pretrain.encode import embed_videos
 from retrieval_pretrain.annotation_table import splits_found
 from retrieval_pretrain.errors import DatasetError
-from retrieval_pretrain.model_folder import from_pretrained, warn_if_frames_differ
+from retrieval_pretrain.model_folder import from_pretrained, warn_if_video_differs
 from retrieval_pretrain.retrieval_metrics import dsl_retrieval_metrics, retrieval_metrics
 
 
@@ -48,7 +48,7 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
     split = split or cfg.data.test_split
     device = pick_device(cfg.run.device)
     model, info = from_pretrained(model_dir, device=device)
-    warn_if_frames_differ(cfg.video.num_frames, info["num_frames"], model_dir, cfg.video.eval_sampling,
+    warn_if_video_differs(cfg.video.num_frames, info["num_frames"], model_dir, cfg.video.eval_sampling,
                           info.get("eval_sampling", "uniform"))
     entries = split_entries(load_annotations(cfg.data), split, cfg.data.annotations)
     pre = Preprocess(info["num_frames"], model.image_size, model.image_mean, model.image_std)

@@ -29,7 +29,7 @@ from retrieval_pretrain.encode import encode_video_batches
 from retrieval_pretrain.errors import DatasetError
 from retrieval_pretrain.features import FeatureStore
 from retrieval_pretrain.folder_lock import folder_lock
-from retrieval_pretrain.model_folder import from_pretrained, model_fingerprint, warn_if_frames_differ
+from retrieval_pretrain.model_folder import from_pretrained, model_fingerprint, warn_if_video_differs
 from retrieval_pretrain.run_log import StepTimer
 
 
@@ -84,7 +84,7 @@ def _extract(model_dir: Path, cfg: RetrievalConfig, store: FeatureStore, splits:
     device = state.device if state.num_processes > 1 and cfg.run.device != "cpu" else pick_device(cfg.run.device)
     model, info = from_pretrained(model_dir, device=device)
     if state.is_main_process:
-        warn_if_frames_differ(cfg.video.num_frames, info["num_frames"], model_dir, cfg.video.eval_sampling,
+        warn_if_video_differs(cfg.video.num_frames, info["num_frames"], model_dir, cfg.video.eval_sampling,
                               info.get("eval_sampling", "uniform"))
         store.init({"tower": str(model_dir.resolve()), "tower_fingerprint": model_fingerprint(model_dir),
                     "num_frames": info["num_frames"], "dim": model.embed_dim, "dtype": "float16",

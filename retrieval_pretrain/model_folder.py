@@ -142,7 +142,7 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), info
 
 
-def warn_if_frames_differ(configured: int, used: int, source: str | Path, configured_sampling: str | None = None,
+def warn_if_video_differs(configured: int, used: int, source: str | Path, configured_sampling: str | None = None,
                           used_sampling: str | None = None) -> None:
     """Inference samples frames as the model (or feature folder) was made; when the config asks for
     another count or sampling, say which is used instead of silently ignoring ``video.*``."""

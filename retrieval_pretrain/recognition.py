@@ -11,6 +11,7 @@ name + tag, a checkpoint file, or a from-scratch architecture) whose frame featu
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -175,8 +176,6 @@ def evaluate_classification(net: Any, info: dict[str, Any], cfg: Any, split: str
     with ``data.novel_labels``, also base accuracy (base videos among base labels) and novel
     (zero-shot) accuracy (novel videos among novel labels) and their harmonic mean, as Open-VCLIP
     reports. Writes ``metrics.json``; unreadable videos are named and counted."""
-    import sys
-
     from retrieval_pretrain.annotations import load_annotations
     from retrieval_pretrain.atomic import write_json
     from retrieval_pretrain.clip_tokenizer import tokenizer_from_info

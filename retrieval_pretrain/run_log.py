@@ -4,9 +4,16 @@ only) and the split of wall time into waiting for data and computing."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
+
+
+def main_process() -> bool:
+    """Whether this is the main process of a launch (``RANK`` 0, or no launcher): the one that
+    prints results and once-per-run warnings. Read from the environment, so it needs no torch."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class JsonlLogger:

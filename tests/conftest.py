@@ -59,3 +59,26 @@ def motion_model(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return train(cfg, root / "s1"), truth
 
 
+
+
+def run_gloo_pair(code: str, tmp_path: Path, timeout: int = 120) -> list:
+    """Run ``code`` in two fresh interpreters joined by gloo (argv: rank, init method, output file;
+    each writes its JSON result there); returns the two results. Fresh interpreters, because
+    forking a process whose OpenMP pool has run can hang."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    init = f"file://{tmp_path / 'rendezvous'}"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(r), init, str(tmp_path / f"rank{r}.json")],
+                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"the two gloo processes did not finish within {timeout} s")
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

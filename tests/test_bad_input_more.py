@@ -165,9 +165,9 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_inference_says_when_the_configs_sampling_is_not_the_models(capsys):
-    from retrieval_pretrain.model_folder import warn_if_frames_differ
+    from retrieval_pretrain.model_folder import warn_if_video_differs
 
-    warn_if_frames_differ(4, 4, "M", "fps", "uniform")
+    warn_if_video_differs(4, 4, "M", "fps", "uniform")
     assert "video.eval_sampling=fps in the config, but M was made with uniform sampling" in capsys.readouterr().err
-    warn_if_frames_differ(4, 4, "M", "uniform", "uniform")
+    warn_if_video_differs(4, 4, "M", "uniform", "uniform")
     assert capsys.readouterr().err == ""

@@ -3,21 +3,15 @@ case with a shared text, and the global batch over two processes."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import run_gloo_pair
 from retrieval_pretrain.loss import info_nce, kl_matching, text_groups
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pairs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,15 +76,7 @@ TOKENS = [[1, 0], [2, 0], [3, 0], [1, 0], [2, 0]]  # texts shared across the two
 def test_over_two_processes_it_is_the_global_batch_loss(tmp_path):
     """3 + 2 rows on two gloo processes, with texts shared across processes: the mean of their
     losses and gradients (what DDP averages) equals one process's over the 5 rows."""
-    code = _WORKER.replace("TOKENS", repr(TOKENS))
-    init = f"file://{tmp_path / 'rendezvous'}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(r), init, str(tmp_path / f"rank{r}.json")],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(2)]
-    logs = [p.communicate(timeout=120)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = run_gloo_pair(_WORKER.replace("TOKENS", repr(TOKENS)), tmp_path)
     video, text = _pairs(5)
     video.requires_grad_()
     text.requires_grad_()

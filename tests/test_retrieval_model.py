@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
+from conftest import run_gloo_pair
 from retrieval_pretrain.config import ClipConfig, PretrainConfig, RetrievalConfig, VideoConfig
 from retrieval_pretrain.backbones import build_clip
 from retrieval_pretrain.clip_tokenizer import build_tokenizer
@@ -414,20 +415,7 @@ def test_info_nce_over_processes_equals_the_global_batch(tmp_path):
     """Two gloo processes: the mean of their losses and of their gradients (what DDP averages)
     equals the single-process loss and gradient over the concatenated batch, for equal and
     unequal per-process batch sizes."""
-    code = _DIST_WORKER.replace("SIZES", repr(SIZES))
-    init = f"file://{tmp_path / 'rendezvous'}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(r), init, str(tmp_path / f"rank{r}.json")],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(2)]
-    try:
-        logs = [p.communicate(timeout=120)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail("the two gloo processes did not finish within 120 s")
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = run_gloo_pair(_DIST_WORKER.replace("SIZES", repr(SIZES)), tmp_path)
     for sizes in SIZES:
         g = torch.Generator().manual_seed(0)
         video = F.normalize(torch.randn(sum(sizes), 8, generator=g, dtype=torch.float64), dim=-1)
