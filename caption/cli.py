@@ -178,7 +178,7 @@ def _eval_classify(args: argparse.Namespace) -> int:
     metrics = evaluate_classification(net, info, cfg, split=split, templates=templates,
                                       output=Path(args.output) if args.output else base / f"eval_classify_{split}")
     _print_json(metrics)
-    return 1 if metrics["unreadable_videos"] else 0
+    return 1 if metrics["unreadable_videos"] or metrics["annotation_problems"] else 0
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -187,11 +187,8 @@ def _index(args: argparse.Namespace) -> int:
     from retrieval_pretrain.search import build_index
 
     paths, unlisted = expand_videos(args.videos)
-    for e in unlisted:
-        print(f"warning: not indexed: {e}", file=sys.stderr)
     report = build_index(Path(args.model), paths, Path(args.output), pick_device(args.device), args.batch_size,
-                         args.num_workers, args.shard_size)
-    report["failed"] += len(unlisted)
+                         args.num_workers, args.shard_size, unlisted=[(e.path, str(e)) for e in unlisted])
     _print_json(report)
     return 1 if report["failed"] else 0
 

@@ -68,7 +68,7 @@ def expand_videos(items: Sequence[str | Path]) -> tuple[list[Path], list[VideoRe
             out.append(p)
     if not out and not failed:
         raise VideoReadError(", ".join(map(str, items)) or "(nothing given)",
-                             f"no video files ({', '.join(VIDEO_EXTENSIONS)}) to caption")
+                             f"no video files ({', '.join(VIDEO_EXTENSIONS)}) found")
     return out, failed
 
 

@@ -53,7 +53,8 @@ class TemporalHead(nn.Module):
         if kind not in HEADS:
             raise ConfigError(f"pretrain.head: unknown temporal head {kind!r}; choose one of {', '.join(HEADS)}")
         if input_norm and kind != "seqTransf":
-            raise ConfigError("pretrain.head_input_norm applies to the seqTransf head only (meanP has no parameters)")
+            raise ConfigError(f"pretrain.head_input_norm applies to the seqTransf head only, not {kind}; "
+                              "set pretrain.head_input_norm=false")
         self.kind, self.dim, self.num_frames, self.input_norm = kind, dim, num_frames, input_norm
         self.layers = layers
         self.heads = heads or max(1, dim // 64)

@@ -44,13 +44,19 @@ def class_list(data: DataConfig) -> list[str] | None:
     return read_labels(str(required_file(data.labels_file, "labels_file", data.format)))
 
 
-def novel_labels(data: DataConfig) -> set[str]:
-    """The labels of ``data.novel_labels`` (held out of training), or none."""
+def novel_labels(data: DataConfig, used: set[str] | None = None) -> set[str]:
+    """The labels of ``data.novel_labels`` (held out of training), or none. With ``used`` (the
+    labels the rows use), a novel label no row uses is an error: a typo would hold out nothing."""
     if not str(data.novel_labels).strip():
         return set()
     from retrieval_pretrain.recognition import read_labels
 
-    return set(read_labels(str(required_file(data.novel_labels, "novel_labels", data.format))))
+    novel = set(read_labels(str(required_file(data.novel_labels, "novel_labels", data.format))))
+    absent = sorted(novel - used) if used is not None else []
+    if absent:
+        raise AnnotationError(f"data.novel_labels={data.novel_labels}: {len(absent)} label(s) no video has: "
+                              f"{', '.join(map(repr, absent[:10]))}")
+    return novel
 
 
 def _check_label(label: str, known: list[str] | None, where: str, listed_in: str) -> None:

@@ -10,6 +10,7 @@ name + tag, a checkpoint file, or a from-scratch architecture) whose frame featu
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import replace
@@ -49,12 +50,15 @@ def read_labels(spec: str) -> list[str]:
     path = Path(spec)
     if path.is_file():
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise DatasetError(f"{path}: cannot read the label file ({e})") from None
         where = [(f"{path}:{i}", re.sub(r"^\s*\d+\s*[,\t ]\s*", "", x).strip()) for i, x in enumerate(lines, 1)]
         where = [(w, x) for w, x in where if x and not x.startswith("#")]
         source = str(path)
+    elif path.exists() or ("," not in spec and (os.sep in spec or path.suffix.lower() in (".txt", ".csv", ".json"))):
+        raise DatasetError(f"--labels {spec}: not a label file ({'a folder' if path.is_dir() else 'no such file'}); "
+                           "give a file with one label per line, or a comma-separated list")
     else:
         where = [(f"label {i}", x.strip()) for i, x in enumerate(spec.split(","), 1) if x.strip()]
         source = f"--labels {spec!r}"
@@ -73,8 +77,9 @@ def read_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
     if not templates:
         return TEMPLATES
     for t in templates:
-        if t.count("{}") != 1:
-            raise DatasetError(f"--template {t!r}: a template holds the label's place as '{{}}', exactly once")
+        if t.count("{}") != 1 or t.replace("{}", "").count("{") or t.replace("{}", "").count("}"):
+            raise DatasetError(f"--template {t!r}: a template holds the label's place as '{{}}', exactly once, "
+                               "and no other brace")
     return tuple(templates)
 
 
@@ -82,7 +87,7 @@ def read_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
 def class_embeddings(model: Any, tokenize: Any, labels: Sequence[str], templates: Sequence[str],
                      device: torch.device) -> torch.Tensor:
     """(C, D): per label, the L2-normalised mean of its templates' L2-normalised text embeddings."""
-    sentences = [t.format(label) for label in labels for t in templates]
+    sentences = [t.replace("{}", label) for label in labels for t in templates]
     emb = torch.cat([model.encode_text(tokenize(sentences[i:i + 256]).to(device)).float().cpu()
                      for i in range(0, len(sentences), 256)])  # (C * T, D), normalised by the model
     emb = torch.nn.functional.normalize(emb, dim=-1).view(len(labels), len(templates), -1)
@@ -186,6 +191,8 @@ def evaluate_classification(net: Any, info: dict[str, Any], cfg: Any, split: str
 
     split = split or cfg.data.test_split
     ann = load_annotations(cfg.data)
+    for q in ann.problems:  # named, counted in the metrics and written beside them: never dropped silently
+        print(f"warning: skipped annotation entry {q.source}: {q.reason}", file=sys.stderr)
     entries = split_entries(ann, split, cfg.data.annotations)
     if any(e.label is None for e in entries):
         raise DatasetError(f"{cfg.data.annotations}: split '{split}' has videos without a label (data.format="
@@ -205,9 +212,10 @@ def evaluate_classification(net: Any, info: dict[str, Any], cfg: Any, split: str
     video = torch.stack([emb[e.video_id] for e in kept])
     scale = model_scale(net)
     metrics: dict[str, Any] = {"split": split, "labels": len(labels), "unreadable_videos": len(failures),
+                               "annotation_problems": len(ann.problems),
                                **_accuracy(class_probabilities(video, classes, scale),
                                            torch.tensor([labels.index(e.label) for e in kept]))}
-    novel = novel_labels(cfg.data) & set(labels)
+    novel = novel_labels(cfg.data, {e.label for e in ann.entries}) & set(labels)
     if novel:
         for name, group in (("base", [x for x in labels if x not in novel]), ("novel", sorted(novel))):
             rows = [i for i, e in enumerate(kept) if e.label in group]
@@ -219,5 +227,7 @@ def evaluate_classification(net: Any, info: dict[str, Any], cfg: Any, split: str
             b, n = metrics["base"]["top1"], metrics["novel"]["top1"]
             metrics["harmonic_mean"] = round(2 * b * n / (b + n), 5) if b + n else 0.0
     if output is not None:
+        write_json(Path(output) / "skipped.json", {"annotation_problems": [vars(q) for q in ann.problems],
+                                                   "unreadable_videos": [{"path": p, "reason": r} for p, r in failures]})
         write_json(Path(output) / "metrics.json", metrics)
     return metrics

@@ -5,13 +5,15 @@ Index folder ``IDX``::
 
     IDX/meta.json              the model (path, fingerprint), embedding dim, frames, sampling
     IDX/shards/NNNNNN.npy      float16 (n, dim) L2-normalised video embeddings (memory-mappable)
-    IDX/shards/NNNNNN.json     the n video paths of that shard, in row order (written last)
+    IDX/shards/NNNNNN.json     per row: {"path", "size", "mtime_ns"} of the file embedded (written last)
     IDX/failures.json          videos the last run could not read, with the reason (retried next run)
 
 A shard counts only once its ``.json`` exists (both files are written atomically, the ``.npy``
 first), so a run killed midway loses at most the shard it was filling; a rerun embeds only the
 videos no shard holds yet (new files, and the ones a killed run had not finished). An index belongs
-to the model it was built with: another model is refused, for indexing and for searching.
+to the model it was built with: another model is refused, for indexing and for searching. A file
+changed since it was embedded (size or modification time) is embedded again on a rerun, its new row
+replacing the old; a file that is gone is reported by a rerun and never returned by a search.
 """
 
 from __future__ import annotations
@@ -68,12 +70,31 @@ class VideoIndex:
     def _complete(self) -> list[Path]:
         return sorted(p.with_suffix(".npy") for p in self.shards.glob("[0-9]*.json") if p.with_suffix(".npy").is_file())
 
+    def _rows(self) -> list[dict[str, Any]]:
+        rows = [r for npy in self._complete() for r in json.loads(npy.with_suffix(".json").read_text())]
+        return [r if isinstance(r, dict) else {"path": r} for r in rows]
+
+    def _current(self) -> list[int]:
+        """Row numbers of each path's newest row (a re-embedded file's replaces its older one)."""
+        newest = {r["path"]: i for i, r in enumerate(self._rows())}
+        return sorted(newest.values())
+
+    def stamps(self) -> dict[str, tuple[int, int] | None]:
+        """path -> (size, mtime_ns) of the file when it was embedded (None: not recorded)."""
+        rows = self._rows()
+        return {rows[i]["path"]: (rows[i]["size"], rows[i]["mtime_ns"]) if "size" in rows[i] else None
+                for i in self._current()}
+
     def paths(self) -> list[str]:
-        """Every indexed video, in row order."""
-        return [v for npy in self._complete() for v in json.loads(npy.with_suffix(".json").read_text())]
+        """Every indexed video once, in row order."""
+        rows = self._rows()
+        return [rows[i]["path"] for i in self._current()]
 
     def embeddings(self) -> np.ndarray:
         """(N, dim) float16, the rows of ``paths()`` (each shard memory-mapped, then joined)."""
+        return self._all_embeddings()[self._current()]
+
+    def _all_embeddings(self) -> np.ndarray:
         parts = []
         for npy in self._complete():
             try:
@@ -90,7 +111,23 @@ class VideoIndex:
         npy = self.shards / f"{number:06d}.npy"
         data = np.ascontiguousarray(embeddings, dtype=np.float16)
         write_file(npy, lambda tmp: save_npy(tmp, data))
-        write_json(npy.with_suffix(".json"), list(paths))
+        write_json(npy.with_suffix(".json"), [{"path": p, **_stamp(p)} for p in paths])
+
+
+def _stamp(path: str) -> dict[str, int]:
+    try:
+        st = os.stat(path)
+    except OSError:  # not a file (generated rows, as in benchmarks/bench_search.py): no stamp
+        return {}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _changed(path: str, stamp: tuple[int, int] | None) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False  # gone: reported, not embedded
+    return stamp is not None and (st.st_size, st.st_mtime_ns) != stamp
 
 
 def _in_shards(items: list[tuple[str, Path]], size: int) -> Iterator[list[tuple[str, Path]]]:
@@ -99,10 +136,12 @@ def _in_shards(items: list[tuple[str, Path]], size: int) -> Iterator[list[tuple[
 
 
 def build_index(model_dir: Path, videos: Sequence[Path], output: Path, device: torch.device, batch_size: int = 8,
-                num_workers: int = 0, shard_size: int = SHARD_VIDEOS) -> dict[str, Any]:
+                num_workers: int = 0, shard_size: int = SHARD_VIDEOS,
+                unlisted: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Embed the ``videos`` the index in ``output`` does not hold yet, ``shard_size`` at a time (a
     shard is saved whole; a killed run loses at most the one it was filling); returns a report
-    (total, already indexed, indexed now, failed, seconds)."""
+    (total, already indexed, indexed now, failed, seconds). ``unlisted``: ``(path, reason)`` of
+    folder entries that led nowhere, reported and listed with the unreadable videos."""
     from retrieval_pretrain.data import Preprocess
     from retrieval_pretrain.encode import embed_videos
     from retrieval_pretrain.folder_lock import folder_lock
@@ -114,13 +153,17 @@ def build_index(model_dir: Path, videos: Sequence[Path], output: Path, device: t
         index.init({"model": str(Path(model_dir).resolve()), "model_fingerprint": model_fingerprint(model_dir),
                     "dim": model.embed_dim, "num_frames": info["num_frames"], "dtype": "float16",
                     "sampling": info.get("eval_sampling", "uniform")})
-        have = set(index.paths())
+        have = index.stamps()
         wanted = list(dict.fromkeys(os.path.abspath(v) for v in videos))  # as given: links not resolved
-        pending = [(v, Path(v)) for v in wanted if v not in have]
-        print(f"index: {len(wanted)} videos, {len(wanted) - len(pending)} already indexed, {len(pending)} to embed",
-              file=sys.stderr)
+        changed = [v for v in wanted if v in have and _changed(v, have[v])]
+        pending = [(v, Path(v)) for v in wanted if v not in have or v in changed]
+        gone = [p for p in have if not os.path.exists(p)]
+        print(f"index: {len(wanted)} videos, {len(wanted) - len(pending)} already indexed, {len(pending)} to embed"
+              f"{f' ({len(changed)} changed since)' if changed else ''}", file=sys.stderr)
+        for p in gone:
+            print(f"warning: indexed video no longer exists (searches leave it out): {p}", file=sys.stderr)
         pre = Preprocess(info["num_frames"], model.image_size, model.image_mean, model.image_std)
-        failures: list[dict[str, str]] = []
+        failures = [{"path": p, "reason": r} for p, r in unlisted]
         t0, done = time.perf_counter(), 0
         for shard in _in_shards(pending, shard_size):
             emb, failed = embed_videos(model, shard, pre, device, batch_size, num_workers,
@@ -133,7 +176,8 @@ def build_index(model_dir: Path, videos: Sequence[Path], output: Path, device: t
         write_json(index.folder / "failures.json", failures)
     for f in failures:
         print(f"warning: not indexed: {f['reason']}", file=sys.stderr)
-    return {"total": len(wanted), "done_before": len(wanted) - len(pending), "indexed": done,
+    return {"total": len(wanted) + len(unlisted), "done_before": len(wanted) - len(pending), "indexed": done,
+            "changed": len(changed), "gone": len(gone),
             "failed": len(failures), "seconds": round(time.perf_counter() - t0, 2), "folder": str(index.folder)}
 
 
@@ -178,5 +222,12 @@ def search(index_dir: Path, device: torch.device, text: str | None = None, video
                 reason = failed[0][1]
                 raise VideoReadError(str(video), reason.removeprefix(f"{video}: "))
             query = emb["query"]
-    paths = index.paths()
-    return [(paths[r], s) for r, s in rank(index.embeddings(), query.numpy(), top)]
+    paths, emb = index.paths(), index.embeddings()
+    ranked = rank(emb, query.numpy(), min(len(paths), top * 2 + 16))
+    found = [(paths[r], s) for r, s in ranked if os.path.exists(paths[r])]
+    if len(found) < min(top, len(paths)) and len(ranked) < len(paths):  # many results gone: rank them all
+        found = [(paths[r], s) for r, s in rank(emb, query.numpy(), len(paths)) if os.path.exists(paths[r])]
+    if len(found) < len(ranked):
+        print(f"warning: {index_dir}: some indexed videos no longer exist and were left out; rerun 'vcap index'",
+              file=sys.stderr)
+    return found[:top]

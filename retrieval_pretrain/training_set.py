@@ -67,7 +67,7 @@ def training_entries(ann: Annotations, cfg: RetrievalConfig) -> tuple[list[Any],
             "caption splits (e.g. data.format=msrvtt with the official videodatainfo file), or set "
             "pretrain.allow_eval_overlap=true for retrieval-only experiments."
         )
-    novel = novel_labels(cfg.data)
+    novel = novel_labels(cfg.data, {e.label for e in ann.entries})
     if novel:  # base-to-novel: the novel labels' videos are held out of training, on purpose
         train = [e for e in train if e.label not in novel]
         print(f"stage 1: training on {len(train)} videos of base labels; those of the {len(novel)} labels in "

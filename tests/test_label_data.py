@@ -115,6 +115,18 @@ def test_eval_classify_reports_base_and_novel_accuracy(labelled, tmp_path, capsy
     assert split["base"]["videos"] + split["novel"]["videos"] == metrics["videos"]
     b, n = split["base"]["top1"], split["novel"]["top1"]
     assert split["harmonic_mean"] == pytest.approx(2 * b * n / (b + n) if b + n else 0.0, abs=1e-5)
+    # a malformed row is named, counted and listed (exit 1); a novel label no video has is an error
+    bad = tmp_path / "with_bad_row.jsonl"
+    bad.write_text((root / "labels.jsonl").read_text() + '{"video": "x.mp4", "label": 7, "split": "train"}\n')
+    assert main(["eval-classify", "data.format=labels", f"data.annotations={bad}", "data.videos=/", "run.num_workers=0",
+                 "video.num_frames=4", "--model", str(model), "--split", "train", "--output", str(tmp_path / "o3")]) == 1
+    out = capsys.readouterr()
+    assert json.loads(out.out.strip().splitlines()[-1])["annotation_problems"] == 1 and f"{bad}:21" in out.err
+    assert json.loads((tmp_path / "o3" / "skipped.json").read_text())["annotation_problems"][0]["source"] == f"{bad}:21"
+    (tmp_path / "typo.txt").write_text("moving sideways\n")
+    assert main(["eval-classify", *args[2:], f"data.novel_labels={tmp_path / 'typo.txt'}", "--model", str(model),
+                 "--split", "train", "--output", str(tmp_path / "o4")]) == 3
+    assert "1 label(s) no video has: 'moving sideways'" in capsys.readouterr().err
 
 
 def test_pretrain_on_labels_holds_out_the_novel_labels(labelled, tmp_path, capsys):

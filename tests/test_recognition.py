@@ -28,6 +28,14 @@ def test_labels_from_a_file_a_label_map_or_a_list(tmp_path, shared_data):
         read_labels(" , ")
     with pytest.raises(DatasetError, match="exactly once"):
         read_templates(["a video of"])
+    for bad in ("a {} {x}", "a {} {", "a {}}"):
+        with pytest.raises(DatasetError, match="no other brace"):
+            read_templates([bad])
+    for missing in (str(tmp_path / "no_labels.txt"), str(tmp_path)):
+        with pytest.raises(DatasetError, match="not a label file"):
+            read_labels(missing)
+    (tmp_path / "bom.txt").write_text("\ufeffcircle\nsquare\n", encoding="utf-8")
+    assert read_labels(str(tmp_path / "bom.txt")) == ["circle", "square"]
     assert read_templates(None) == TEMPLATES and len(TEMPLATES) == 16
 
 

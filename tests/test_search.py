@@ -119,3 +119,30 @@ def test_rank_is_cosine_top_k_over_chunks():
     assert out[0][0] == 65_537 and out[0][1] == pytest.approx(1.0, abs=1e-3)
     want = np.argsort(-(emb.astype(np.float16).astype(np.float32) @ query))[:3]
     assert [r for r, _ in out] == want.tolist()
+
+
+def test_a_changed_file_is_embedded_again_and_a_gone_one_is_never_returned(clips, tmp_path, capsys):
+    model, folder, truth = clips
+    work = tmp_path / "v"
+    work.mkdir()
+    videos = sorted(truth)[:4]
+    for v in videos:
+        shutil.copy(v, work / Path(v).name)
+    mine = sorted(str(p) for p in work.iterdir())
+    build_index(model, mine, tmp_path / "idx", CPU, batch_size=4)
+    before = VideoIndex(tmp_path / "idx").embeddings().astype(np.float32)
+    shutil.copy(sorted(truth)[5], mine[0])  # another clip under the first one's name
+    os.unlink(mine[1])
+    report = build_index(model, mine, tmp_path / "idx", CPU, batch_size=4)
+    assert (report["changed"], report["gone"], report["indexed"]) == (1, 1, 1)
+    index = VideoIndex(tmp_path / "idx")
+    paths = index.paths()
+    assert sorted(paths) == mine  # each path once: the changed one by its newest row (now last)
+    after = dict(zip(paths, index.embeddings().astype(np.float32)))
+    assert not np.allclose(after[mine[0]], before[0], atol=1e-2)
+    assert all(np.array_equal(after[p], before[i]) for i, p in enumerate(mine) if i >= 2)
+    assert main(["search", str(tmp_path / "idx"), "moving up", "--top", "4", "--json"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out.strip().splitlines()[-1])
+    assert mine[1] not in [p for p, _ in result["results"]] and len(result["results"]) == 3
+    assert "no longer exist and were left out" in out.err
