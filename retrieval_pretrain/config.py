@@ -114,12 +114,21 @@ class VideoConfig:
 
 @dataclass
 class ClipConfig:
-    """The CLIP backbone: an open_clip name + pretrained tag or local checkpoint file, or - with
-    ``custom`` set - an open_clip architecture dict (``embed_dim``, ``vision_cfg``,
-    ``text_cfg``) built from scratch (the tiny test/demo model). ``kind`` picks the library the
-    backbone comes from (``retrieval_pretrain.parts.build_backbone``)."""
+    """The CLIP backbone. ``kind`` picks the library it comes from
+    (``retrieval_pretrain.parts.build_backbone``):
 
-    kind: str = choice("open_clip", "open_clip")
+    * ``open_clip``: an open_clip name + pretrained tag or local checkpoint file, or - with
+      ``custom`` set - an open_clip architecture dict (``embed_dim``, ``vision_cfg``,
+      ``text_cfg``) built from scratch (the tiny test/demo model).
+    * ``xclip``: X-CLIP (transformers ``XCLIPModel``): ``model`` is a Hugging Face name
+      (``microsoft/xclip-base-patch32``) or a local folder; ``pretrained: null`` builds its
+      architecture with random weights, any other value loads its weights. With ``custom`` set,
+      ``XCLIPConfig`` arguments (``projection_dim``, ``text_config``, ``vision_config``, ...)
+      built from scratch (``pretrained`` null). X-CLIP brings its own temporal head (the MIT),
+      so ``pretrain.head*`` do not apply; ``video.num_frames`` must be its frame count.
+    """
+
+    kind: str = choice("open_clip", "open_clip", "xclip")
     # st_mix: each frame's tokens also attend to the previous and next frame's (Open-VCLIP); no new weights
     temporal_attention: str = choice("none", "none", "st_mix")
     model: str = "ViT-B-32"

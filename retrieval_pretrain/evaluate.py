@@ -1,7 +1,9 @@
 """Stage-1 retrieval evaluation: text-to-video and video-to-text R@1/5/10, median and mean rank.
 
 Each video and caption of the split is embedded once; the similarity matrix is texts x videos;
-``--dsl`` adds the dual-softmax re-weighted results (CLIP2TV / CAMoE) beside the plain ones.
+``--dsl`` adds the dual-softmax re-weighted results (CLIP2TV / CAMoE) beside the plain ones. For a
+pairwise model (``model.PairwiseScorer``: X-CLIP) each video and caption is encoded once into its
+scoring state and the model scores every (text, video) pair, in blocks (``encode.pair_score_matrix``).
 """
 
 from __future__ import annotations
@@ -19,17 +21,21 @@ from retrieval_pretrain.atomic import write_json
 from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
 from retrieval_pretrain.config import RetrievalConfig
 from retrieval_pretrain.data import Preprocess
-from retrieval_pretrain.encode import embed_videos
+from retrieval_pretrain.encode import embed_videos, pair_score_matrix, video_states
 from retrieval_pretrain.annotation_table import splits_found
 from retrieval_pretrain.errors import DatasetError
+from retrieval_pretrain.model import scores_pairwise
 from retrieval_pretrain.model_folder import from_pretrained, warn_if_video_differs
 from retrieval_pretrain.retrieval_metrics import dsl_retrieval_metrics, retrieval_metrics
 
 
 @torch.no_grad()
-def embed_texts(model: Any, tokenize: Any, texts: list[str], device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """Normalised caption embeddings (N, D) on the CPU, ``batch_size`` captions at a time."""
-    chunks = [model.encode_text(tokenize(texts[i:i + batch_size]).to(device)).float().cpu()
+def embed_texts(model: Any, tokenize: Any, texts: list[str], device: torch.device, batch_size: int = 256,
+                encode: Any = None) -> torch.Tensor:
+    """Normalised caption embeddings (N, D) on the CPU, ``batch_size`` captions at a time (or, with
+    ``encode``, what it gives for a batch of token ids, e.g. ``encode_text_state``)."""
+    encode = encode or model.encode_text
+    chunks = [encode(tokenize(texts[i:i + batch_size]).to(device)).float().cpu()
               for i in range(0, len(texts), batch_size)]
     return torch.cat(chunks)
 
@@ -53,8 +59,10 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
     entries = split_entries(load_annotations(cfg.data), split, cfg.data.annotations)
     pre = Preprocess(info["num_frames"], model.image_size, model.image_mean, model.image_std)
     videos = [(e.video_id, Path(e.path)) for e in entries]
-    emb, failures = embed_videos(model, videos, pre, device, batch_size or cfg.pretrain.eval_batch_size,
-                                 cfg.run.num_workers, method=info.get("eval_sampling", cfg.video.eval_sampling))
+    pairwise = scores_pairwise(model)
+    encode = video_states if pairwise else embed_videos  # {video_id: state} or {video_id: embedding (D,)}
+    emb, failures = encode(model, videos, pre, device, batch_size or cfg.pretrain.eval_batch_size,
+                           cfg.run.num_workers, method=info.get("eval_sampling", cfg.video.eval_sampling))
     for _, reason in failures:
         print(f"warning: cannot evaluate on unreadable video {reason}", file=sys.stderr)
     kept = [e for e in entries if e.video_id in emb]
@@ -63,8 +71,13 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
                            "could be read (each is named above)")
     texts = [c for e in kept for c in e.captions]
     text_to_video = np.asarray([vi for vi, e in enumerate(kept) for _ in e.captions])
-    sim = (embed_texts(model, tokenizer_from_info(info), texts, device)
-           @ torch.stack([emb[e.video_id] for e in kept]).T).numpy()  # (N_text, V)
+    tokenize = tokenizer_from_info(info)
+    if pairwise:
+        text_states = embed_texts(model, tokenize, texts, device, encode=model.encode_text_state)  # (N_text, D)
+        sim = pair_score_matrix(model, [emb[e.video_id] for e in kept], text_states, device).T.numpy()  # (N_text, V)
+    else:
+        sim = (embed_texts(model, tokenize, texts, device)
+               @ torch.stack([emb[e.video_id] for e in kept]).T).numpy()  # (N_text, V)
     metrics: dict[str, Any] = {"split": split, "videos": len(kept), "captions": len(texts),
                                "unreadable_videos": len(failures)}
     metrics.update(retrieval_metrics(sim, text_to_video))

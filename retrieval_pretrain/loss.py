@@ -12,6 +12,13 @@ offset by the sizes of the lower ranks (open_clip's ``local_loss`` with ``gather
 Each process's value is weighted by its share of the global batch, so the mean over processes
 (DDP's gradient mean) is exactly the loss - and the gradient - over the global batch, also when
 per-process batch sizes differ (a process may drop an unreadable video).
+
+A pairwise model (X-CLIP: each caption is prompted by the video it is scored with) gives the
+batch's score matrix itself; ``info_nce_scores`` / ``kl_matching_scores`` take that (B_video,
+B_text) logits matrix. Its negatives are the process's own batch: scoring another process's
+pairs would need its videos' whole states (patch tokens) and a prompt-generator pass per pair,
+as X-CLIP's own training computes its loss per GPU. Each process's value is weighted by its
+share of the global batch, as above.
 """
 
 from __future__ import annotations
@@ -92,6 +99,54 @@ def info_nce(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor 
     # Weight by this process's share of the global batch: DDP's mean over processes of these
     # values (and of their gradients) is then exactly the global-batch loss, sizes equal or not.
     return local * (video.shape[0] * world / all_video.shape[0])
+
+
+def _local_share(rows: int, device: torch.device) -> float:
+    """``rows * world / global_rows``: the weight that makes DDP's mean over processes of local
+    losses the mean over the global batch's rows (1.0 with one process)."""
+    world, _ = _world()
+    if world == 1:
+        return 1.0
+    size = torch.tensor([rows], device=device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    return rows * world / sum(int(s) for s in sizes)
+
+
+def _check_square(logits: torch.Tensor) -> None:
+    if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"pairwise logits must be (B, B) with matching pairs on the diagonal, "
+                         f"got {tuple(logits.shape)}")
+
+
+def info_nce_scores(logits: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over a model's own score matrix: ``(CE(rows) + CE(columns)) / 2``.
+
+    Args:
+        logits: (B, B) scaled scores, video rows and text columns, pair i on the diagonal (a
+            pairwise model's ``forward`` output ``"logits"``). Equal to ``info_nce`` when
+            ``logits = logit_scale * video @ text.T``.
+    Returns:
+        a scalar over the process's batch, weighted by its share of the global batch.
+    """
+    _check_square(logits)
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    local = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    return local * _local_share(logits.shape[0], logits.device)
+
+
+def kl_matching_scores(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """ActionCLIP's loss (``kl_matching``) over a model's own (B, B) score matrix (video rows,
+    text columns); ``tokens`` (B, L) say which texts are the same. Over the process's batch,
+    weighted by its share of the global batch."""
+    _check_square(logits)
+    if tokens.shape[0] != logits.shape[0]:
+        raise ValueError(f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} must have one row per pair")
+    groups = text_groups(tokens)
+    target = (groups[:, None] == groups[None, :]).float()  # (B, B), symmetric
+    target = target / target.sum(dim=1, keepdim=True)
+    local = (_kl_rows(logits, target) + _kl_rows(logits.T, target)) / 2
+    return local * _local_share(logits.shape[0], logits.device)
 
 
 def text_groups(tokens: torch.Tensor) -> torch.Tensor:

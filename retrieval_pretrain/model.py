@@ -8,13 +8,20 @@ normalised features are averaged over the real frames (mask True), and the mean 
 again. Padding frames (mask False) are never encoded by the image tower, are excluded from
 attention as keys, and are left out of the mean, so their contents can never change an embedding.
 
+Two kinds of stage-1 model share one contract. An *embedding* model (this one) scores a (video,
+text) pair by the dot product of two independent embeddings, so each video and caption is
+embedded once and the batch's similarity is one matrix product. A *pairwise* model
+(``PairwiseScorer``: X-CLIP, whose caption embedding is prompted by each video) scores each pair
+with a function of both; its ``forward`` returns the batch's logits and retrieval evaluation
+scores every (video, text) pair from states encoded once per video and per caption.
+
 This module defines networks only; ``retrieval_pretrain.parts`` builds them from a config and
 ``retrieval_pretrain.model_folder`` reads and writes model folders.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +29,36 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from retrieval_pretrain.heads import TemporalHead
+
+
+@runtime_checkable
+class PairwiseScorer(Protocol):
+    """The pairwise-score capability of a stage-1 model (``pairwise = True``), beside the usual
+    ``encode_frames`` / ``pool`` / ``encode_video`` / ``encode_text``:
+
+    * ``encode_video_state(frames, mask) -> dict[str, Tensor]``: what scoring needs of each video,
+      every tensor with the batch as its first dimension (so states can be cached per video and
+      stacked again);
+    * ``encode_text_state(tokens) -> Tensor``: what scoring needs of each caption, (B, ...);
+    * ``pair_scores(video_state, text_state) -> Tensor``: (B_video, B_text) similarity of every
+      pair of the two batches, on the scale of a cosine (the temperature is applied by ``forward``);
+    * ``forward(frames, mask, tokens)`` returns ``"logits"`` (B, B), video rows and text columns
+      with matching pairs on the diagonal, which the loss uses instead of ``"video"`` / ``"text"``.
+    """
+
+    pairwise: bool
+
+    def encode_video_state(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]: ...
+
+    def encode_text_state(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def pair_scores(self, video_state: dict[str, torch.Tensor], text_state: torch.Tensor) -> torch.Tensor: ...
+
+
+def scores_pairwise(model: Any) -> bool:
+    """Whether ``model`` (or the model inside an Accelerate/DDP wrapper) scores pairs itself
+    (``PairwiseScorer``) rather than by a dot product of its embeddings."""
+    return bool(getattr(getattr(model, "module", model), "pairwise", False))
 
 
 class VideoTextModel(nn.Module):
@@ -41,6 +78,8 @@ class VideoTextModel(nn.Module):
             so ``model_folder.save_pretrained`` can write it; never read here.
         head_from_text: whether the head started as a copy of CLIP's text transformer (recorded).
     """
+
+    pairwise = False  # an embedding model: a pair's score is the dot product of its embeddings
 
     def __init__(self, clip: nn.Module, head: TemporalHead, image_mean: Sequence[float] = OPENAI_DATASET_MEAN,
                  image_std: Sequence[float] = OPENAI_DATASET_STD, build_info: dict[str, Any] | None = None,

@@ -3,8 +3,9 @@
 A model folder holds exactly two files:
 
 * ``config.json``: everything needed to rebuild the network without any download - the resolved
-  open_clip architecture dict (``clip.arch``), the temporal head, frames, image size and
-  normalisation, the tokenizer and ``max_words`` - plus the caller's ``extra`` (e.g. sampling).
+  open_clip architecture dict (``clip.arch``; for ``clip.kind=xclip`` the resolved ``XCLIPConfig``
+  dict), the temporal head, frames, image size and normalisation, the tokenizer and ``max_words``
+  - plus the caller's ``extra`` (e.g. sampling).
 * ``model.safetensors``: all weights, CLIP towers and head (the fine-tuned video tower).
 
 The folder is written whole through ``atomic.write_folder``; loading is strict (a missing or
@@ -21,15 +22,18 @@ from typing import Any
 
 import open_clip
 import torch
+import transformers
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from retrieval_pretrain.atomic import write_folder
-from retrieval_pretrain.backbones import clip_from_arch
+from retrieval_pretrain.backbones import clip_from_arch, xclip_from_config
 from retrieval_pretrain.errors import ModelFolderError, check_finite
 from retrieval_pretrain.model import VideoTextModel
 from retrieval_pretrain.parts import build_temporal_head
 from retrieval_pretrain.st_mix import enable_st_mix
+from retrieval_pretrain.xclip import XClipVideoTextModel
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -40,21 +44,28 @@ _ARCH_KEYS = ("format", "format_version", "clip", "head", "head_layers", "head_i
               "image_size", "image_mean", "image_std", "tokenizer", "context_length", "max_words")
 
 
-def model_config(model: VideoTextModel) -> dict[str, Any]:
+def _head_config(model: VideoTextModel | XClipVideoTextModel) -> dict[str, Any]:
+    """The temporal head's part of ``config.json`` (X-CLIP's is its MIT, built from ``clip.arch``)."""
+    if isinstance(model, XClipVideoTextModel):
+        return {"head": model.head_kind, "head_layers": model.head_layers, "head_input_norm": False,
+                "head_heads": model.head_heads, "head_init_from_text": False}
+    return {"head": model.head_kind, "head_layers": model.head_layers, "head_input_norm": model.head.input_norm,
+            "head_heads": model.head.heads, "head_init_from_text": model.head_from_text}
+
+
+def model_config(model: VideoTextModel | XClipVideoTextModel) -> dict[str, Any]:
     """What ``config.json`` holds for ``model`` (without the caller's extra keys)."""
     b = model.build_info
     if "clip" not in b or "tokenizer" not in b:
         raise ValueError("this model was not built by retrieval_pretrain.parts (no build_info); "
                          "use build_video_text_model")
+    versions = ({"transformers_version": transformers.__version__} if isinstance(model, XClipVideoTextModel)
+                else {"open_clip_version": open_clip.__version__})
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "clip": b["clip"],
-        "head": model.head_kind,
-        "head_layers": model.head_layers,
-        "head_input_norm": model.head.input_norm,
-        "head_heads": model.head.heads,
-        "head_init_from_text": model.head_from_text,
+        **_head_config(model),
         "num_frames": model.num_frames,
         "embed_dim": model.embed_dim,
         "image_size": model.image_size,
@@ -65,7 +76,7 @@ def model_config(model: VideoTextModel) -> dict[str, Any]:
         "tokenizer": b["tokenizer"],
         "context_length": model.context_length,
         "max_words": b["max_words"],
-        "open_clip_version": open_clip.__version__,
+        **versions,
     }
 
 
@@ -112,7 +123,24 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return info
 
 
-def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> tuple[VideoTextModel, dict[str, Any]]:
+def _build_from_info(info: dict[str, Any]) -> VideoTextModel | XClipVideoTextModel:
+    """The (randomly initialised) network ``config.json`` describes; never downloads."""
+    build_info = {k: info[k] for k in ("clip", "tokenizer", "max_words", "image_interpolation",
+                                       "image_resize_mode") if k in info}
+    if info["clip"].get("kind", "open_clip") == "xclip":
+        return XClipVideoTextModel(xclip_from_config(info["clip"]["arch"]), image_mean=info["image_mean"],
+                                   image_std=info["image_std"], build_info=build_info)
+    clip = clip_from_arch(info["clip"]["arch"])
+    head, _ = build_temporal_head(info["head"], info["head_layers"], info["num_frames"], clip,
+                                  input_norm=bool(info["head_input_norm"]), init_from_text=False)
+    layout = enable_st_mix(clip.visual) if info["clip"].get("temporal_attention") == "st_mix" else None
+    return VideoTextModel(clip, head, image_mean=info["image_mean"], image_std=info["image_std"],
+                          build_info=build_info, head_from_text=bool(info["head_init_from_text"]),
+                          frame_layout=layout)
+
+
+def from_pretrained(folder: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[VideoTextModel | XClipVideoTextModel, dict[str, Any]]:
     """Load a model folder: ``(model in eval mode on device, config.json as a dict)``.
 
     The architecture is rebuilt from ``config.json`` alone (never downloads) and every weight is
@@ -122,16 +150,8 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> t
     folder = Path(folder)
     info = _read_config(folder)
     try:
-        clip = clip_from_arch(info["clip"]["arch"])
-        build_info = {k: info[k] for k in ("clip", "tokenizer", "max_words", "image_interpolation",
-                                           "image_resize_mode") if k in info}
-        head, _ = build_temporal_head(info["head"], info["head_layers"], info["num_frames"], clip,
-                                      input_norm=bool(info["head_input_norm"]), init_from_text=False)
-        layout = enable_st_mix(clip.visual) if info["clip"].get("temporal_attention") == "st_mix" else None
-        model = VideoTextModel(clip, head, image_mean=info["image_mean"], image_std=info["image_std"],
-                               build_info=build_info, head_from_text=bool(info["head_init_from_text"]),
-                               frame_layout=layout)
-    except (TypeError, ValueError, KeyError) as e:
+        model = _build_from_info(info)
+    except (TypeError, ValueError, KeyError, AttributeError, StrictDataclassError) as e:
         raise ModelFolderError(f"{folder / CONFIG_NAME}: cannot build the architecture it describes ({e})") from e
     weights = folder / WEIGHTS_NAME
     try:

@@ -5,6 +5,7 @@ branch in the training loop).
 | part            | config field     | choices today                         | built by                 |
 |-----------------|------------------|---------------------------------------|--------------------------|
 | backbone        | ``clip.kind``    | ``open_clip`` (image + text towers);  | ``build_backbone``       |
+|                 |                  | ``xclip`` (X-CLIP, its own MIT head)  | ``backbones.build_xclip``|
 |                 | ``clip.temporal_attention`` | ``none``, ``st_mix`` (Open-VCLIP) | ``st_mix.enable_st_mix`` |
 | temporal head   | ``pretrain.head``| ``meanP``, ``seqTransf``, ``seqLSTM`` | ``build_temporal_head``  |
 | loss            | ``pretrain.loss``| ``infonce``, ``kl`` (ActionCLIP)      | ``build_loss``           |
@@ -12,6 +13,8 @@ branch in the training loop).
 
 The text side is CLIP's text tower inside the backbone. The training loop only ever calls
 ``loss_fn(model(frames, mask, tokens), tokens)`` and the optimizer over the trainable parameters.
+A model whose scores are pairwise (``model.PairwiseScorer``, X-CLIP) returns the batch's
+``logits`` and the losses take those instead of the two embeddings.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ import torch
 from open_clip.transformer import ResidualAttentionBlock, Transformer
 from torch import nn
 
-from retrieval_pretrain.backbones import build_clip, resolve_arch
+from retrieval_pretrain.backbones import BACKBONE_KINDS, build_clip, build_xclip, resolve_arch
 from retrieval_pretrain.clip_tokenizer import check_max_words
 from retrieval_pretrain.errors import ConfigError
 from retrieval_pretrain.heads import TemporalHead
-from retrieval_pretrain.loss import info_nce, kl_matching
+from retrieval_pretrain.loss import info_nce, info_nce_scores, kl_matching, kl_matching_scores
 from retrieval_pretrain.model import VideoTextModel
 from retrieval_pretrain.st_mix import enable_st_mix
+from retrieval_pretrain.xclip import XClipVideoTextModel
 
 LOSSES = ("infonce", "kl")
 MODES = ("full",)
@@ -48,10 +52,13 @@ def _text_parts(clip: nn.Module) -> tuple[nn.Module | None, torch.Tensor | None]
 
 
 def build_backbone(cfg: Any) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...], dict[str, Any]]:
-    """``(clip, image_mean, image_std, tokenizer_spec)`` for ``cfg.clip`` (``clip.kind``)."""
-    if cfg.clip.kind != "open_clip":
-        raise ConfigError(f"clip.kind: unknown backbone {cfg.clip.kind!r}; choose one of open_clip")
-    return build_clip(cfg.clip)
+    """``(clip, image_mean, image_std, tokenizer_spec)`` for ``cfg.clip`` (``clip.kind``): an
+    open_clip CLIP, or a transformers ``XCLIPModel`` for ``video.num_frames`` frames."""
+    if cfg.clip.kind == "open_clip":
+        return build_clip(cfg.clip)
+    if cfg.clip.kind == "xclip":
+        return build_xclip(cfg.clip, cfg.video.num_frames)
+    raise ConfigError(f"clip.kind: unknown backbone {cfg.clip.kind!r}; choose one of {', '.join(BACKBONE_KINDS)}")
 
 
 def build_temporal_head(kind: str, layers: int, num_frames: int, clip: nn.Module, input_norm: bool = False,
@@ -72,11 +79,28 @@ def build_temporal_head(kind: str, layers: int, num_frames: int, clip: nn.Module
     return head, from_text
 
 
-def build_video_text_model(cfg: Any) -> VideoTextModel:
+def _xclip_info(cfg: Any, xclip: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
+    """What an X-CLIP model folder records of how it was built: the resolved ``XCLIPConfig``
+    dict as ``clip.arch``, so the folder rebuilds without a download."""
+    return {
+        "clip": {"kind": "xclip", "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
+                 "custom": copy.deepcopy(cfg.clip.custom), "arch": xclip.config.to_dict(),
+                 "temporal_attention": "none"},
+        "tokenizer": spec,
+        "max_words": cfg.pretrain.max_words,
+        "image_interpolation": "bicubic",  # XCLIPProcessor: bicubic resize of the short side, centre crop
+        "image_resize_mode": "shortest",
+    }
+
+
+def build_video_text_model(cfg: Any) -> VideoTextModel | XClipVideoTextModel:
     """The stage-1 model for a config with ``.clip``, ``.pretrain`` (head, head_layers, max_words)
-    and ``.video.num_frames``; CLIP weights as ``build_backbone`` gets them."""
+    and ``.video.num_frames``; CLIP weights as ``build_backbone`` gets them. For ``clip.kind=xclip``
+    the whole model is X-CLIP's (its MIT is the temporal head; ``pretrain.head*`` do not apply)."""
     clip, mean, std, spec = build_backbone(cfg)
     check_max_words(cfg.pretrain.max_words, spec["context_length"])  # fail now, not in a worker
+    if cfg.clip.kind == "xclip":
+        return XClipVideoTextModel(clip, image_mean=mean, image_std=std, build_info=_xclip_info(cfg, clip, spec))
     layout = enable_st_mix(clip.visual) if cfg.clip.temporal_attention == "st_mix" else None
     pre = getattr(clip.visual, "preprocess_cfg", {}) or {}
     info = {
@@ -98,21 +122,27 @@ def build_loss(cfg: Any) -> Callable[[dict[str, torch.Tensor], torch.Tensor], to
     """The stage-1 loss of the model's output and the batch's caption tokens (``pretrain.loss``):
     ``infonce`` is CLIP's symmetric InfoNCE over the (global) batch at the model's temperature;
     ``kl`` is ActionCLIP's, where videos whose texts are identical are all positives of each other
-    (equal to ``infonce`` when every text of the batch differs)."""
+    (equal to ``infonce`` when every text of the batch differs). Over the output's ``logits`` when
+    the model gives them (pairwise models), else over ``video`` x ``text`` embeddings."""
     if cfg.pretrain.loss == "infonce":
-        return lambda out, tokens: info_nce(out["video"], out["text"], out["logit_scale"])
+        return lambda out, tokens: (info_nce_scores(out["logits"]) if "logits" in out
+                                    else info_nce(out["video"], out["text"], out["logit_scale"]))
     if cfg.pretrain.loss == "kl":
-        return lambda out, tokens: kl_matching(out["video"], out["text"], out["logit_scale"], tokens)
+        return lambda out, tokens: (kl_matching_scores(out["logits"], tokens) if "logits" in out
+                                    else kl_matching(out["video"], out["text"], out["logit_scale"], tokens))
     raise ConfigError(f"pretrain.loss: unknown loss {cfg.pretrain.loss!r}; choose one of {', '.join(LOSSES)}")
 
 
 def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """``(clip_params, new_params)``: the CLIP backbone (towers and logit scale) and the layers
-    CLIP4Clip adds (the temporal head), for separate learning rates. Unwraps DDP-style ``.module``."""
+    added to it, for separate learning rates: CLIP4Clip's temporal head, or what the model's
+    ``new_parameter(name)`` names (X-CLIP: message tokens, MIT, prompt generator). Unwraps
+    DDP-style ``.module``."""
     model = getattr(model, "module", model)
+    is_new = getattr(model, "new_parameter", None) or (lambda name: not name.startswith("clip."))
     clip_params, new_params = [], []
     for name, p in model.named_parameters():
-        (clip_params if name.startswith("clip.") else new_params).append(p)
+        (new_params if is_new(name) else clip_params).append(p)
     return clip_params, new_params
 
 
