@@ -97,7 +97,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from caption.evaluate import evaluate
 
     metrics = evaluate(Path(args.model), cfg, features=_opt_path(args.features), split=args.split,
-                       output=_opt_path(args.output))
+                       output=_opt_path(args.output), report=args.report)
     _print_json(metrics)
     return 1 if metrics["not_captioned"] else 0
 
@@ -115,7 +115,25 @@ def _caption(args: argparse.Namespace) -> int:
     captions = {p: r for p, r in results.items() if isinstance(r, str)}
     failed = {e.path: str(e) for e in unlisted}
     failed.update({p: str(r) for p, r in results.items() if not isinstance(r, str)})
+    if args.report:
+        from caption.report import caption_report, make_rows
+
+        rows = make_rows({p: p for p in [*captions, *failed]}, captions, {}, not_captioned=failed)
+        where = caption_report(args.report, rows, {"videos": len(captions), "not_captioned": len(failed)},
+                               "Captions", subtitle=f"model {args.model}")
+        print(f"report: {where}", file=sys.stderr)
     return _per_video_output(captions, failed, "captioned", "captions", args.json, str)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from caption.report import run_report
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise ConfigError(f"{run} is not a folder; give a run folder (vcap pretrain / vcap train --output)")
+    where = run_report(run, Path(args.output) if args.output else run / "report.html")
+    print(where)
+    return 0
 
 
 def _per_video_output(done: dict[str, Any], failed: dict[str, str], verb: str, key: str, as_json: bool,
@@ -233,7 +251,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "data": _data, "pretrain": _pretrain, "eval-retrieval": _eval_retrieval, "extract": _extract, "train": _train,
     "evaluate": _evaluate, "caption": _caption, "classify": _classify, "eval-classify": _eval_classify,
     "index": _index,
-    "search": _search, "score": _score, "demo": _demo,
+    "search": _search, "score": _score, "report": _report, "demo": _demo,
 }
 
 

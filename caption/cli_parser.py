@@ -99,6 +99,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", default=None, metavar="FEATS", help="feature folder (else decode videos)")
     p.add_argument("--split", default=None, help="split (default: data.test_split)")
     p.add_argument("--output", default=None, metavar="OUT", help="output folder (default: next to the model)")
+    p.add_argument("--report", action="store_true",
+                   help="also write OUT/report.html: one self-contained page with the metrics, every video's frames, "
+                        "caption, references and CIDEr (worst first, sortable) and the run's training curves")
 
 
 def _add_caption(sub: argparse._SubParsersAction) -> None:
@@ -114,6 +117,17 @@ def _add_caption(sub: argparse._SubParsersAction) -> None:
                    help='print one JSON object {"captions": {video: caption}, "failed": {video: reason}} '
                         "as the last line (default: one 'video<TAB>caption' line per video)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--report", default=None, metavar="OUT.html",
+                   help="also write one self-contained HTML page: each video's frames beside its caption")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "report", "an HTML page of a training run's curves",
+                 "Write one self-contained HTML page of a run folder (vcap pretrain or vcap train): loss, learning "
+                 "rate and validation curves per step and epoch as plots, and the run's config. Open it in any "
+                 "browser; it loads nothing from the network.", config=False)
+    p.add_argument("run", metavar="RUN", help="a run folder (holds log.jsonl)")
+    p.add_argument("--output", default=None, metavar="OUT.html", help="where to write it (default: RUN/report.html)")
 
 
 def _add_recognizer(p: argparse.ArgumentParser) -> None:
@@ -236,6 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_data, _add_pretrain, _add_eval_retrieval, _add_extract, _add_train, _add_evaluate,
-                _add_caption, _add_classify, _add_eval_classify, _add_index, _add_search, _add_score, _add_demo):
+                _add_caption, _add_classify, _add_eval_classify, _add_index, _add_search, _add_score, _add_report, _add_demo):
         add(sub)
     return parser

@@ -62,7 +62,8 @@ def collate_pairs(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, tor
 
 
 class VideoFeatures(Dataset):
-    """One item per video id (for decoding)."""
+    """One item per video id (for decoding, and SCST's training videos). Keys beyond the length
+    (``EpochShuffleSampler``'s ``epoch * n + i``) are reduced to ``i``."""
 
     def __init__(self, store: FeatureStore, video_ids: Sequence[str], max_frames: int):
         self.store, self.video_ids, self.max_frames = store, list(video_ids), max_frames
@@ -71,7 +72,7 @@ class VideoFeatures(Dataset):
         return len(self.video_ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        vid = self.video_ids[i]
+        vid = self.video_ids[int(i) % len(self.video_ids)]
         return {"video_id": vid, "features": fit_frames(self.store.load(vid), self.max_frames)}
 
 

@@ -75,8 +75,10 @@ def check_features_match(model: Any, store: FeatureStore) -> None:
 
 
 def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: str | None = None,
-             output: Path | None = None) -> dict[str, Any]:
-    """Caption ``split`` and score it; writes predictions.json and metrics.json; returns the metrics."""
+             output: Path | None = None, report: bool = False) -> dict[str, Any]:
+    """Caption ``split`` and score it; writes predictions.json and metrics.json (and, with
+    ``report``, report.html: every video of the split with frames, captions and its CIDEr, worst
+    first, plus the training curves when the model sits in a run folder); returns the metrics."""
     from caption.pipeline import CaptionPipeline  # the pipeline loads the video tower lazily
 
     split = split or cfg.data.test_split
@@ -114,4 +116,26 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
     if missing:
         write_json(out_dir / "not_captioned.json", missing)
     write_json(out_dir / "metrics.json", metrics)
+    if report:
+        path = write_evaluation_report(out_dir / "report.html", model_dir, entries, predictions, missing, metrics,
+                                       cfg.run.num_workers)
+        print(f"report: {path}", file=sys.stderr)
     return metrics
+
+
+def write_evaluation_report(path: Path, model_dir: Path, entries: Sequence[Any], predictions: dict[str, str],
+                            missing: list[dict[str, str]], metrics: dict[str, Any], workers: int = 1) -> Path:
+    """``report.html`` of an evaluation: one row per video of the split (captioned or not), each
+    with its per-video CIDEr-D (document frequencies of the captioned set, as ``metrics``)."""
+    from caption.metrics import per_caption_cider
+    from caption.report import caption_report, make_rows, training_curves
+
+    refs = {e.video_id: [normalize_caption(c) for c in e.captions] for e in entries}
+    scored = {v: refs[v] for v in predictions}
+    cider = per_caption_cider(predictions, scored) if len(predictions) > 1 else {}
+    rows = make_rows({e.video_id: e.path for e in entries}, predictions, refs, cider,
+                     {m["video_id"]: m["reason"] for m in missing}, workers=max(1, workers))
+    run = Path(model_dir).parent
+    curves = training_curves(run) if (run / "log.jsonl").is_file() else None
+    return caption_report(path, rows, metrics, f"Captions: {metrics['split']} split",
+                          subtitle=f"model {model_dir}", curves=curves)

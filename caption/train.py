@@ -31,6 +31,7 @@ from caption.data import CaptionPairs
 from caption.evaluate import caption_batches, feature_loader
 from caption.metrics import score_captions
 from caption.pipeline import TOWER_DIR
+from caption.scst import scst_step_loss
 from caption.tokenizer import CaptionTokenizer, normalize_caption
 from caption.train_setup import Stage2, setup
 from decoders.loss import caption_loss, caption_loss_sums
@@ -135,20 +136,27 @@ def _token_mean_loss(acc: Any, logits: torch.Tensor, labels: torch.Tensor, label
     return sums.sum() * acc.num_processes / tokens.clamp(min=1.0).squeeze(0)
 
 
-def _step(run: Stage2, batch: dict[str, Any], cfg: Config) -> torch.Tensor:
-    """One teacher-forced forward/backward (an optimizer step when accumulation is complete)."""
+def _step(run: Stage2, batch: dict[str, Any], cfg: Config) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One forward/backward (an optimizer step when accumulation is complete): teacher-forced
+    cross-entropy, or SCST's policy gradient on sampled captions (``caption.scst``). Returns the
+    loss and what the objective reports besides it (SCST: rewards and timings)."""
     acc, c = run.accelerator, cfg.caption
+    extra: dict[str, Any] = {}
     with acc.accumulate(run.model):
-        logits = run.model(frame_features=batch["frame_features"], frame_mask=batch["frame_mask"],
-                           decoder_input_ids=batch["decoder_input_ids"]).logits  # (B, L, V)
-        loss = _token_mean_loss(acc, logits, batch["labels"], c.label_smoothing, run.tokenizer.PAD)
+        if c.objective == "scst":
+            loss, stats = scst_step_loss(acc, run.model, batch, cfg, run.tokenizer, run.rewarder)
+            extra = {k: round(v, 5) for k, v in vars(stats).items() if v is not None}
+        else:
+            logits = run.model(frame_features=batch["frame_features"], frame_mask=batch["frame_mask"],
+                               decoder_input_ids=batch["decoder_input_ids"]).logits  # (B, L, V)
+            loss = _token_mean_loss(acc, logits, batch["labels"], c.label_smoothing, run.tokenizer.PAD)
         acc.backward(loss)
         if acc.sync_gradients and c.max_grad_norm > 0:
             acc.clip_grad_norm_(run.model.parameters(), c.max_grad_norm)
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad()
-    return loss
+    return loss, extra
 
 
 def _resume(run: Stage2, output: Path) -> tuple[int, int, int]:
@@ -183,7 +191,7 @@ def _train(cfg: Config, features: Path, output: Path, acc: Accelerator, resume: 
             for batch in batches:
                 timer.data_ready()
                 batches_done += 1
-                loss = _step(run, batch, cfg)
+                loss, extra = _step(run, batch, cfg)
                 stop_if_diverged(acc, loss, step + 1, epoch, output)
                 timer.step_done()
                 if not acc.sync_gradients:
@@ -195,7 +203,7 @@ def _train(cfg: Config, features: Path, output: Path, acc: Accelerator, resume: 
                     data_s, compute_s = timer.reset()
                     log.log(step=step, epoch=epoch, loss=mean_over_processes(acc, loss), lr=run.scheduler.get_last_lr()[0],
                             data_s=round(data_s, 4), compute_s=round(compute_s, 4),
-                            steps_per_s=round(step / max(time.perf_counter() - t0, 1e-9), 3))
+                            steps_per_s=round(step / max(time.perf_counter() - t0, 1e-9), 3), **extra)
                 if c.save_every > 0 and step % c.save_every == 0:
                     save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done, "best": run.best,
                                                         "log_lines": log.lines})

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
 from caption.config import Config
-from caption.data import CaptionPairs, collate_pairs
+from caption.data import CaptionPairs, VideoFeatures, collate_pairs, collate_videos
 from caption.pipeline import load_caption_model
 from caption.tokenizer import CaptionTokenizer, normalize_caption
 from decoders.model import CaptionModel, make_config
@@ -60,6 +60,7 @@ class Stage2:
     tower: Path  # the stage-1 model folder the features came from
     total_steps: int
     best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": -1})
+    rewarder: Any = None  # caption.objective=scst: the reward of sampled captions (caption.scst.Rewarder)
 
 
 def _tokenizer(cfg: Config, output: Path, init_from: Path | None, train_captions: list[str],
@@ -166,9 +167,12 @@ def setup(cfg: Config, features: Path, output: Path, accelerator: Accelerator, i
     def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_pairs(items, tokenizer.PAD)
 
-    train_set = CaptionPairs(store, pairs(train_entries), c.max_frames)
+    if c.objective == "scst":  # every training video once per epoch, its captions as the reward's references
+        train_set, train_collate = VideoFeatures(store, [e.video_id for e in train_entries], c.max_frames), collate_videos
+    else:
+        train_set, train_collate = CaptionPairs(store, pairs(train_entries), c.max_frames), collate
     sampler = EpochShuffleSampler(len(train_set), seed=cfg.run.seed)
-    loader = DataLoader(train_set, batch_size=c.batch_size, sampler=sampler, collate_fn=collate,
+    loader = DataLoader(train_set, batch_size=c.batch_size, sampler=sampler, collate_fn=train_collate,
                         num_workers=cfg.run.num_workers)
     val_videos = val_entries[: c.val_max_videos] if c.val_max_videos > 0 else val_entries
     val = ValSplit(val_videos, pairs(val_videos), store, collate, c.eval_batch_size, c.max_frames) if val_videos else None
@@ -177,5 +181,9 @@ def setup(cfg: Config, features: Path, output: Path, accelerator: Accelerator, i
     total = per_epoch * c.epochs  # optimizer steps of this run
     scheduler = get_linear_schedule_with_warmup(optimizer, *scheduler_length(total, c.warmup_ratio, accelerator))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    rewarder = None
+    if c.objective == "scst":
+        from caption.scst import Rewarder
+        rewarder = Rewarder(cfg, train_entries, Path(meta["tower"]), accelerator.device)
     return Stage2(accelerator, model, optimizer, scheduler, loader, sampler, val, tokenizer, tok_path,
-                  Path(meta["tower"]), total)
+                  Path(meta["tower"]), total, rewarder=rewarder)

@@ -262,6 +262,29 @@ class CaptionModel(BartForConditionalGeneration):
         return tokens, self._score(logp, tokens, length_penalty)
 
     @torch.no_grad()
+    def sample_captions(self, frame_features: torch.Tensor, frame_mask: torch.Tensor | None = None,
+                        num_samples: int = 5, temperature: float = 1.0, max_new_tokens: int = 28) -> torch.Tensor:
+        """``num_samples`` captions per video drawn token by token from softmax(logits / temperature)
+        - plain multinomial sampling, no top-k / top-p truncation (SCST's policy).
+
+        Returns tokens (B * num_samples, L) long, without the start token, EOS then PAD, grouped by
+        video: rows ``i * num_samples ... (i + 1) * num_samples - 1`` belong to video ``i``. Draws
+        from torch's global RNG (so a checkpoint that restores it resumes the same draws).
+        """
+        max_new_tokens = min(max_new_tokens, self.config.max_position_embeddings - 1)
+        embeds = self.embed_frames(frame_features)  # (B, T, D)
+        if frame_mask is None:
+            frame_mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        c = self.config
+        gen = GenerationConfig(
+            do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_beams=1,
+            num_return_sequences=num_samples, max_new_tokens=max_new_tokens, min_new_tokens=0,
+            use_cache=True, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+            decoder_start_token_id=c.decoder_start_token_id, return_dict_in_generate=True)
+        out = self.generate(inputs_embeds=embeds, attention_mask=frame_mask.to(torch.long), generation_config=gen)
+        return self._after_first_eos_to_pad(out.sequences[:, 1:])  # (B * k, L)
+
+    @torch.no_grad()
     def sequence_scores(self, frame_features: torch.Tensor, frame_mask: torch.Tensor | None, tokens: torch.Tensor,
                         length_penalty: float = 1.0) -> torch.Tensor:
         """Teacher-forced score (B,) of given captions ``tokens`` (B, L) (no BOS; EOS then PAD, as
