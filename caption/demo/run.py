@@ -41,10 +41,12 @@ def _stage(name: str) -> float:
     return time.perf_counter()
 
 
-def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[str] | None = None) -> dict[str, Any]:
+def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[str] | None = None,
+             spec: demo_data.DemoSpec | None = None) -> dict[str, Any]:
     """Run the whole pipeline in ``output``; returns the metrics (also in
     ``output/metrics.json``; the CLI prints them as the last line) - and a few generated captions
-    beside references in ``output/examples.txt``. ``overrides``: changes to the demo's config."""
+    beside references in ``output/examples.txt``. ``overrides``: changes to the demo's config.
+    ``spec``: another generated world (benchmarks); its ``seed`` is replaced by ``seed``."""
     from caption.evaluate import evaluate
     from caption.train import train as train_captioner
     from retrieval_pretrain.evaluate import evaluate_retrieval
@@ -57,7 +59,7 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[s
     timings: dict[str, float] = {}
 
     t = _stage("1/6 generating the demo dataset (cached)")
-    spec = demo_data.quick_spec() if quick else demo_data.DemoSpec()
+    spec = spec or (demo_data.quick_spec() if quick else demo_data.DemoSpec())
     spec.seed = seed
     data_dir = output / ("data_quick" if quick else "data")
     demo_data.generate_dataset(data_dir, spec)
