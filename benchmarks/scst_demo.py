@@ -24,8 +24,7 @@ from caption.demo.run import demo_config, run_demo
 
 WORLDS = {
     "demo": dict(quick=False, seed=0, spec=None),
-    "second": dict(quick=True, seed=7, spec=demo_data.DemoSpec(num_train=364, num_val=21, num_test=42, frames=24,
-                                                                fps=12, captions_per_video=3)),
+    "second": dict(quick=True, seed=7, spec=demo_data.second_world_spec()),
 }
 SCST = ["caption.objective=scst", "caption.epochs=3", "caption.lr=3e-4", "caption.warmup_ratio=0",
         "caption.batch_size=16", "caption.scst.samples=5", "caption.select_by=last", "run.log_every=1",
