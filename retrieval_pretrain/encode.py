@@ -103,3 +103,27 @@ def pair_score_matrix(model: Any, states: list[dict[str, torch.Tensor]], texts: 
                 for t0 in range(0, n_text, text_block)]
         rows.append(torch.cat(cols, dim=1))  # (bv, N_text)
     return torch.cat(rows) if rows else torch.zeros(0, n_text)
+
+
+@torch.no_grad()
+def batch_pair_scores(model: Any, state: dict[str, torch.Tensor], texts: torch.Tensor, device: torch.device,
+                      pairs_per_block: int = 16384) -> torch.Tensor:
+    """``model.pair_scores`` of one batch of video states against every text: (B, N_text) on the
+    CPU, float32. The batched counterpart of ``pair_score_matrix`` for states that come batched
+    (``encode_video_batches(..., encode=model.encode_video_state)``), with the same blocks.
+
+    Args:
+        state: ``{name: (B, ...)}``, as ``encode_video_state`` returns it (on any device).
+        texts: (N_text, ...) the texts' ``encode_text_state``, in column order.
+        pairs_per_block: pairs scored per call (videos x texts), as in ``pair_score_matrix``.
+    """
+    n_video = next(iter(state.values())).shape[0]
+    n_text = texts.shape[0]
+    text_block = max(1, min(n_text, pairs_per_block))
+    video_block = max(1, pairs_per_block // text_block)
+    rows = []
+    for v0 in range(0, n_video, video_block):
+        chunk = {k: v[v0:v0 + video_block].to(device) for k, v in state.items()}  # (bv, ...)
+        rows.append(torch.cat([model.pair_scores(chunk, texts[t0:t0 + text_block].to(device)).float().cpu()
+                               for t0 in range(0, n_text, text_block)], dim=1))  # (bv, N_text)
+    return torch.cat(rows) if rows else torch.zeros(0, n_text)

@@ -3,6 +3,15 @@ al. 2022): each label becomes sentences through prompt templates, a class is the
 its sentences' embeddings, and a video's class probabilities are the softmax of its similarities to
 the classes at the model's logit scale.
 
+A pairwise model (``model.PairwiseScorer``: X-CLIP) has no class embedding: its prompt generator
+conditions each sentence on the video. Every label prompt (label x template) is encoded once into
+its text state; per batch of videos the model scores every (video, prompt) pair
+(``pair_scores``), and a class's score is the mean of its templates' scores - a mean of logits,
+which with one template is exactly ``XCLIPModel.forward``'s ``logits_per_video`` over the label
+prompts (transformers' zero-shot recipe: the softmax of those logits), and with several is the mean
+of that matrix's columns per label. (The template-mean text state, prompted once, would be cheaper
+but scores an average sentence X-CLIP never saw; it is not the model's own score of any prompt.)
+
 The model is a stage-1 model folder, or a plain open_clip CLIP (the config's ``clip`` section: a
 name + tag, a checkpoint file, or a from-scratch architecture) whose frame features are mean-pooled
 (a ``meanP`` head): the zero-shot CLIP baseline of the papers.
@@ -20,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from retrieval_pretrain.errors import DatasetError
+from retrieval_pretrain.model import scores_pairwise
 
 # Prompt templates in the manner of ActionCLIP's ensemble ("{}" is the label). Written for this
 # toolkit; the paper's point is the ensemble, not the exact sentences.
@@ -94,6 +104,66 @@ def class_embeddings(model: Any, tokenize: Any, labels: Sequence[str], templates
     return torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)
 
 
+@torch.no_grad()
+def class_text_states(model: Any, tokenize: Any, labels: Sequence[str], templates: Sequence[str],
+                      device: torch.device) -> torch.Tensor:
+    """A pairwise model's ``encode_text_state`` of every label prompt, once: (C * T, ...) on the
+    CPU, label-major (label 0's T templates first, as ``class_embeddings`` orders its sentences)."""
+    from retrieval_pretrain.evaluate import embed_texts
+
+    sentences = [t.replace("{}", label) for label in labels for t in templates]
+    return embed_texts(model, tokenize, sentences, device, encode=model.encode_text_state)
+
+
+def pairwise_class_scores(model: Any, state: dict[str, torch.Tensor], prompts: torch.Tensor, n_templates: int,
+                          device: torch.device) -> torch.Tensor:
+    """(B, C): per video of the batch ``state`` (``encode_video_state``), each class's mean over its
+    ``n_templates`` prompts (``prompts``: ``class_text_states``) of the model's pair score (a cosine)."""
+    from retrieval_pretrain.encode import batch_pair_scores
+
+    scores = batch_pair_scores(model, state, prompts, device)  # (B, C * T)
+    return scores.view(scores.shape[0], -1, n_templates).mean(dim=-1)  # (B, C)
+
+
+def class_logits(net: Any, info: dict[str, Any], videos: Sequence[tuple[str, Path]], labels: Sequence[str],
+                 templates: Sequence[str], device: torch.device, batch_size: int = 8, num_workers: int = 0,
+                 desc: str = "classify") -> tuple[list[str], torch.Tensor, list[tuple[str, str]]]:
+    """Every readable video's logits over the classes, each video decoded and encoded once.
+
+    An embedding model: ``logit_scale * video @ classes.T`` with the ensembled class embeddings
+    (``class_embeddings``); a pairwise model: ``logit_scale`` times the template mean of its pair
+    scores (``pairwise_class_scores``; see the module docstring).
+
+    Returns:
+        ``(video ids read, in the order of videos; (V, C) logits, rows in that order; failures as
+        (path, reason))``. The softmax of a row (over all classes or any subset) gives probabilities.
+    """
+    from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
+    from retrieval_pretrain.data import Preprocess
+    from retrieval_pretrain.encode import embed_videos, encode_video_batches
+
+    tokenize, scale = tokenizer_from_info(info), model_scale(net)
+    pre = Preprocess(info["num_frames"], net.image_size, net.image_mean, net.image_std)
+    method = info.get("eval_sampling", "uniform")
+    if not scores_pairwise(net):
+        classes = class_embeddings(net, tokenize, labels, templates, device)  # (C, D)
+        emb, failures = embed_videos(net, list(videos), pre, device, batch_size, num_workers, method=method, desc=desc)
+        done = [vid for vid, _ in videos if vid in emb]
+        video = torch.stack([emb[v] for v in done]) if done else classes.new_zeros(0, classes.shape[1])
+        return done, scale * video.float() @ classes.float().T, failures  # (V, C), as class_probabilities
+    prompts = class_text_states(net, tokenize, labels, templates, device)  # (C * T, ...)
+    scores: dict[str, torch.Tensor] = {}
+    failures: list[tuple[str, str]] = []
+    for ids, state, _, failed in encode_video_batches(net, list(videos), pre, device, batch_size, num_workers,
+                                                      method, desc, encode=net.encode_video_state):
+        failures.extend(failed)
+        if ids:
+            scores.update(zip(ids, pairwise_class_scores(net, state, prompts, len(templates), device)))  # (C,) each
+    done = [vid for vid, _ in videos if vid in scores]
+    rows = torch.stack([scores[v] for v in done]) if done else torch.zeros(0, len(labels))
+    return done, scale * rows, failures  # (V, C)
+
+
 def class_probabilities(video: torch.Tensor, classes: torch.Tensor, logit_scale: float) -> torch.Tensor:
     """(V, C) softmax over classes of ``logit_scale * video @ classes.T`` (both L2-normalised)."""
     return torch.softmax(logit_scale * video.float() @ classes.float().T, dim=-1)
@@ -150,18 +220,10 @@ def load_recognizer(cfg: Any, model: str | None, pretrained: str | None, device:
 def classify_videos(net: Any, info: dict[str, Any], videos: Sequence[tuple[str, Path]], labels: Sequence[str],
                     templates: Sequence[str], device: torch.device, top: int = 5, batch_size: int = 8,
                     num_workers: int = 0) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:
-    """``({video: [(label, probability)] * top}, {video: why it could not be read})``."""
-    from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
-    from retrieval_pretrain.data import Preprocess
-    from retrieval_pretrain.encode import embed_videos
-
-    classes = class_embeddings(net, tokenizer_from_info(info), labels, templates, device)  # (C, D)
-    pre = Preprocess(info["num_frames"], net.image_size, net.image_mean, net.image_std)
-    emb, failures = embed_videos(net, list(videos), pre, device, batch_size, num_workers,
-                                 method=info.get("eval_sampling", "uniform"), desc="classify")
-    done = [vid for vid, _ in videos if vid in emb]
-    ranked = top_k(class_probabilities(torch.stack([emb[v] for v in done]), classes, model_scale(net)),
-                   labels, top) if done else []
+    """``({video: [(label, probability)] * top}, {video: why it could not be read})``; the
+    probabilities are the softmax of ``class_logits`` (pairwise models: their own pair scores)."""
+    done, logits, failures = class_logits(net, info, videos, labels, templates, device, batch_size, num_workers)
+    ranked = top_k(torch.softmax(logits, dim=-1), labels, top) if done else []
     return dict(zip(done, ranked)), {path: reason for path, reason in failures}
 
 
@@ -183,9 +245,6 @@ def evaluate_classification(net: Any, info: dict[str, Any], cfg: Any, split: str
     reports. Writes ``metrics.json``; unreadable videos are named and counted."""
     from retrieval_pretrain.annotations import load_annotations
     from retrieval_pretrain.atomic import write_json
-    from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
-    from retrieval_pretrain.data import Preprocess
-    from retrieval_pretrain.encode import embed_videos
     from retrieval_pretrain.evaluate import split_entries
     from retrieval_pretrain.label_formats import class_list, novel_labels
 
@@ -199,21 +258,18 @@ def evaluate_classification(net: Any, info: dict[str, Any], cfg: Any, split: str
                            f"{cfg.data.format} holds captions); eval-classify needs a labelled format")
     labels = class_list(cfg.data) or sorted({e.label for e in ann.entries})
     device = next(net.parameters()).device
-    classes = class_embeddings(net, tokenizer_from_info(info), labels, templates, device)
-    pre = Preprocess(info["num_frames"], net.image_size, net.image_mean, net.image_std)
-    emb, failures = embed_videos(net, [(e.video_id, Path(e.path)) for e in entries], pre, device,
-                                 cfg.pretrain.eval_batch_size, cfg.run.num_workers,
-                                 method=info.get("eval_sampling", "uniform"), desc="eval-classify")
+    done, logits, failures = class_logits(net, info, [(e.video_id, Path(e.path)) for e in entries], labels,
+                                          templates, device, cfg.pretrain.eval_batch_size, cfg.run.num_workers,
+                                          desc="eval-classify")  # (V, C), rows in the order of kept
     for _, reason in failures:
         print(f"warning: not classified: {reason}", file=sys.stderr)
-    kept = [e for e in entries if e.video_id in emb]
+    read = set(done)
+    kept = [e for e in entries if e.video_id in read]
     if not kept:
         raise DatasetError(f"{cfg.data.annotations}: none of the {len(entries)} videos of split '{split}' could be read")
-    video = torch.stack([emb[e.video_id] for e in kept])
-    scale = model_scale(net)
     metrics: dict[str, Any] = {"split": split, "labels": len(labels), "unreadable_videos": len(failures),
                                "annotation_problems": len(ann.problems),
-                               **_accuracy(class_probabilities(video, classes, scale),
+                               **_accuracy(torch.softmax(logits, dim=-1),
                                            torch.tensor([labels.index(e.label) for e in kept]))}
     novel = novel_labels(cfg.data, {e.label for e in ann.entries}) & set(labels)
     if novel:
@@ -221,7 +277,7 @@ def evaluate_classification(net: Any, info: dict[str, Any], cfg: Any, split: str
             rows = [i for i, e in enumerate(kept) if e.label in group]
             if rows:
                 cols = [labels.index(x) for x in group]
-                probs = class_probabilities(video[rows], classes[cols], scale)
+                probs = torch.softmax(logits[rows][:, cols], dim=-1)  # among the group's labels only
                 metrics[name] = _accuracy(probs, torch.tensor([group.index(kept[i].label) for i in rows]))
         if "base" in metrics and "novel" in metrics:
             b, n = metrics["base"]["top1"], metrics["novel"]["top1"]
