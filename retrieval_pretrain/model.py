@@ -38,7 +38,8 @@ class PairwiseScorer(Protocol):
 
     * ``encode_video_state(frames, mask) -> dict[str, Tensor]``: what scoring needs of each video,
       every tensor with the batch as its first dimension (so states can be cached per video and
-      stacked again);
+      stacked again), including ``"video"``, the pooled normalised embedding (what ``vcap index``
+      stores as the index's embedding and ``vcap search --video`` compares by cosine);
     * ``encode_text_state(tokens) -> Tensor``: what scoring needs of each caption, (B, ...);
     * ``pair_scores(video_state, text_state) -> Tensor``: (B_video, B_text) similarity of every
       pair of the two batches, on the scale of a cosine (the temperature is applied by ``forward``);
