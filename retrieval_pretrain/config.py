@@ -139,11 +139,17 @@ class ClipConfig:
 @dataclass
 class PretrainConfig:
     """Stage 1: the temporal head and contrastive training (CLIP4Clip's recipe). ``head``,
-    ``loss`` and ``mode`` pick stage 1's parts (``retrieval_pretrain.parts``)."""
+    ``loss`` and ``mode`` pick stage 1's parts (``retrieval_pretrain.parts``).
 
-    head: str = choice("seqTransf", "meanP", "seqTransf", "seqLSTM")
+    ``head``: CLIP4Clip's similarity heads - ``meanP``, ``seqLSTM``, ``seqTransf`` (a video
+    embedding, scored by a dot product) or ``tightTransf`` (a ``head_layers``-block cross-modal
+    transformer over caption tokens and frames scores every pair: ``retrieval_pretrain.tight_transf``;
+    retrieval evaluation then costs one cross-encoder pass per (text, video) pair)."""
+
+    head: str = choice("seqTransf", "meanP", "seqTransf", "seqLSTM", "tightTransf")
     head_layers: int = at_least(4, 1)
-    head_input_norm: bool = False  # layer-normalise frame features before seqTransf (from-scratch towers)
+    # layer-normalise the features entering seqTransf / tightTransf (towers trained from scratch)
+    head_input_norm: bool = False
     loss: str = choice("infonce", "infonce", "kl")
     mode: str = choice("full", "full")
     max_words: int = at_least(32, 2)

@@ -13,6 +13,10 @@ Luo et al., "CLIP4Clip" (2021), the "loose" similarity types:
   to each video's real length), plus a residual to the frame features, then the mean.
 
 Padding frames (mask False) are excluded from attention as keys.
+
+``tightTransf`` (``pretrain.head=tightTransf``) is not a temporal head: it scores each (text, video)
+pair with a cross-modal transformer (``retrieval_pretrain.tight_transf``); its model uses ``meanP``
+here for the per-frame features and the fallback video embedding.
 """
 
 from __future__ import annotations
@@ -25,6 +29,26 @@ from torch import nn
 from retrieval_pretrain.errors import ConfigError
 
 HEADS = ("meanP", "seqTransf", "seqLSTM")
+
+
+@torch.no_grad()
+def copy_text_blocks(transformer: Transformer, text_transformer: Transformer) -> bool:
+    """Copy the first ``len(transformer.resblocks)`` blocks of CLIP's text transformer into
+    ``transformer`` (CLIP4Clip's initialisation trick). Returns False, changing nothing, where
+    the widths or block counts do not fit or the blocks are built differently."""
+    blocks = transformer.resblocks
+    if text_transformer.width != transformer.width or len(text_transformer.resblocks) < len(blocks):
+        return False
+    states = [text_transformer.resblocks[i].state_dict() for i in range(len(blocks))]
+    before = [{k: v.clone() for k, v in block.state_dict().items()} for block in blocks]
+    try:
+        for block, state in zip(blocks, states):
+            block.load_state_dict(state)
+    except RuntimeError:  # a differently built text block (layer scale, custom attention)
+        for block, state in zip(blocks, before):
+            block.load_state_dict(state)
+        return False
+    return True
 
 
 class TemporalHead(nn.Module):
@@ -73,15 +97,9 @@ class TemporalHead(nn.Module):
         Returns False, leaving the random init, where the shapes do not fit."""
         if self.transformer is None:
             return False
-        blocks = self.transformer.resblocks
-        if (text_transformer.width != self.dim or len(text_transformer.resblocks) < len(blocks)
-                or text_pos.shape[0] < self.num_frames or text_pos.shape[1] != self.dim):
+        if text_pos.shape[0] < self.num_frames or text_pos.shape[1] != self.dim:
             return False
-        states = [text_transformer.resblocks[i].state_dict() for i in range(len(blocks))]
-        try:
-            for block, state in zip(blocks, states):
-                block.load_state_dict(state)
-        except RuntimeError:  # a differently built text block (layer scale, custom attention)
+        if not copy_text_blocks(self.transformer, text_transformer):
             return False
         if not self.input_norm:  # text positions are on the scale of raw features, not normalised ones
             self.frame_position_embeddings.copy_(text_pos[: self.num_frames])

@@ -31,8 +31,9 @@ from retrieval_pretrain.atomic import write_folder
 from retrieval_pretrain.backbones import clip_from_arch, xclip_from_config
 from retrieval_pretrain.errors import ModelFolderError, check_finite
 from retrieval_pretrain.model import VideoTextModel
-from retrieval_pretrain.parts import build_temporal_head
+from retrieval_pretrain.parts import build_temporal_head, build_tight_transf
 from retrieval_pretrain.st_mix import enable_st_mix
+from retrieval_pretrain.tight_transf import TightTransfModel
 from retrieval_pretrain.xclip import XClipVideoTextModel
 
 CONFIG_NAME = "config.json"
@@ -45,10 +46,14 @@ _ARCH_KEYS = ("format", "format_version", "clip", "head", "head_layers", "head_i
 
 
 def _head_config(model: VideoTextModel | XClipVideoTextModel) -> dict[str, Any]:
-    """The temporal head's part of ``config.json`` (X-CLIP's is its MIT, built from ``clip.arch``)."""
+    """The temporal head's part of ``config.json`` (X-CLIP's is its MIT, built from ``clip.arch``;
+    tightTransf's is its cross encoder)."""
     if isinstance(model, XClipVideoTextModel):
         return {"head": model.head_kind, "head_layers": model.head_layers, "head_input_norm": False,
                 "head_heads": model.head_heads, "head_init_from_text": False}
+    if isinstance(model, TightTransfModel):
+        return {"head": model.head_kind, "head_layers": model.cross.layers, "head_input_norm": model.cross.input_norm,
+                "head_heads": model.cross.heads, "head_init_from_text": model.head_from_text}
     return {"head": model.head_kind, "head_layers": model.head_layers, "head_input_norm": model.head.input_norm,
             "head_heads": model.head.heads, "head_init_from_text": model.head_from_text}
 
@@ -123,7 +128,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return info
 
 
-def _build_from_info(info: dict[str, Any]) -> VideoTextModel | XClipVideoTextModel:
+def _build_from_info(info: dict[str, Any]) -> VideoTextModel | TightTransfModel | XClipVideoTextModel:
     """The (randomly initialised) network ``config.json`` describes; never downloads."""
     build_info = {k: info[k] for k in ("clip", "tokenizer", "max_words", "image_interpolation",
                                        "image_resize_mode") if k in info}
@@ -131,9 +136,16 @@ def _build_from_info(info: dict[str, Any]) -> VideoTextModel | XClipVideoTextMod
         return XClipVideoTextModel(xclip_from_config(info["clip"]["arch"]), image_mean=info["image_mean"],
                                    image_std=info["image_std"], build_info=build_info)
     clip = clip_from_arch(info["clip"]["arch"])
+    layout = enable_st_mix(clip.visual) if info["clip"].get("temporal_attention") == "st_mix" else None
+    if info["head"] == "tightTransf":
+        model = build_tight_transf(clip, info["head_layers"], info["num_frames"], info["max_words"],
+                                   input_norm=bool(info["head_input_norm"]), init_from_text=False,
+                                   image_mean=info["image_mean"], image_std=info["image_std"], build_info=build_info,
+                                   frame_layout=layout)
+        model.head_from_text = bool(info["head_init_from_text"])  # how it started, recorded (weights come next)
+        return model
     head, _ = build_temporal_head(info["head"], info["head_layers"], info["num_frames"], clip,
                                   input_norm=bool(info["head_input_norm"]), init_from_text=False)
-    layout = enable_st_mix(clip.visual) if info["clip"].get("temporal_attention") == "st_mix" else None
     return VideoTextModel(clip, head, image_mean=info["image_mean"], image_std=info["image_std"],
                           build_info=build_info, head_from_text=bool(info["head_init_from_text"]),
                           frame_layout=layout)

@@ -8,12 +8,13 @@ branch in the training loop).
 |                 |                  | ``xclip`` (X-CLIP, its own MIT head)  | ``backbones.build_xclip``|
 |                 | ``clip.temporal_attention`` | ``none``, ``st_mix`` (Open-VCLIP) | ``st_mix.enable_st_mix`` |
 | temporal head   | ``pretrain.head``| ``meanP``, ``seqTransf``, ``seqLSTM`` | ``build_temporal_head``  |
+|                 |                  | ``tightTransf`` (pairwise, CLIP4Clip) | ``build_tight_transf``   |
 | loss            | ``pretrain.loss``| ``infonce``, ``kl`` (ActionCLIP)      | ``build_loss``           |
 | training mode   | ``pretrain.mode``| ``full`` (+ ``pretrain.freeze``)      | ``build_training_mode``  |
 
 The text side is CLIP's text tower inside the backbone. The training loop only ever calls
 ``loss_fn(model(frames, mask, tokens), tokens)`` and the optimizer over the trainable parameters.
-A model whose scores are pairwise (``model.PairwiseScorer``, X-CLIP) returns the batch's
+A model whose scores are pairwise (``model.PairwiseScorer``: X-CLIP, tightTransf) returns the batch's
 ``logits`` and the losses take those instead of the two embeddings.
 """
 
@@ -34,6 +35,7 @@ from retrieval_pretrain.heads import TemporalHead
 from retrieval_pretrain.loss import info_nce, info_nce_scores, kl_matching, kl_matching_scores
 from retrieval_pretrain.model import VideoTextModel
 from retrieval_pretrain.st_mix import enable_st_mix
+from retrieval_pretrain.tight_transf import CrossEncoder, TightTransfModel
 from retrieval_pretrain.xclip import XClipVideoTextModel
 
 LOSSES = ("infonce", "kl")
@@ -61,22 +63,43 @@ def build_backbone(cfg: Any) -> tuple[nn.Module, tuple[float, ...], tuple[float,
     raise ConfigError(f"clip.kind: unknown backbone {cfg.clip.kind!r}; choose one of {', '.join(BACKBONE_KINDS)}")
 
 
+def _block_style(clip: nn.Module) -> tuple[int, int | None, type[nn.Module]]:
+    """``(dim, heads, act)`` for new transformer blocks over ``clip``'s joint embeddings: the width
+    of its image tower's output, and the text tower's heads and activation where the text width
+    matches (so a copy of its blocks is exact); else the defaults (``dim // 64`` heads, GELU)."""
+    dim = getattr(clip.visual, "output_dim", None)
+    if dim is None:
+        raise ValueError("the CLIP image tower does not say its output width (visual.output_dim)")
+    text, _ = _text_parts(clip)
+    text_block = text.resblocks[0] if text is not None and len(text.resblocks) else None
+    if isinstance(text_block, ResidualAttentionBlock) and text.width == dim:
+        return dim, text_block.attn.num_heads, type(text_block.mlp.gelu)  # match the blocks we copy
+    return dim, None, nn.GELU
+
+
 def build_temporal_head(kind: str, layers: int, num_frames: int, clip: nn.Module, input_norm: bool = False,
                         init_from_text: bool = True) -> tuple[TemporalHead, bool]:
     """The temporal head over ``clip``'s frame features, and whether it started as a copy of CLIP's
     text transformer (CLIP4Clip's initialisation trick, where the widths agree). Its blocks use the
     text tower's heads and activation when they match, so the copy is exact."""
-    dim = getattr(clip.visual, "output_dim", None)
-    if dim is None:
-        raise ValueError("the CLIP image tower does not say its output width (visual.output_dim)")
+    dim, heads, act = _block_style(clip)
     text, text_pos = _text_parts(clip)
-    heads, act = None, nn.GELU
-    text_block = text.resblocks[0] if text is not None and len(text.resblocks) else None
-    if isinstance(text_block, ResidualAttentionBlock) and text.width == dim:
-        heads, act = text_block.attn.num_heads, type(text_block.mlp.gelu)  # match the blocks we copy
     head = TemporalHead(dim, kind, layers, num_frames, heads=heads, act_layer=act, input_norm=input_norm)
     from_text = bool(init_from_text and text is not None and head.init_from_text(text, text_pos))
     return head, from_text
+
+
+def build_tight_transf(clip: nn.Module, layers: int, num_frames: int, max_words: int, input_norm: bool = False,
+                       init_from_text: bool = True, **model_kwargs: Any) -> TightTransfModel:
+    """CLIP4Clip's tightTransf model over ``clip``: a ``layers``-block cross encoder, started as a
+    copy of CLIP's first text blocks and positions where the widths agree (recorded as
+    ``head_from_text``); captions of at most ``max_words`` tokens. ``model_kwargs`` go to the model
+    (normalisation, build info, frame layout)."""
+    dim, heads, act = _block_style(clip)
+    cross = CrossEncoder(dim, layers, num_frames, heads=heads, act_layer=act, input_norm=input_norm)
+    text, text_pos = _text_parts(clip)
+    from_text = bool(init_from_text and text is not None and cross.init_from_text(text, text_pos))
+    return TightTransfModel(clip, cross, max_words, head_from_text=from_text, **model_kwargs)
 
 
 def _xclip_info(cfg: Any, xclip: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
@@ -93,10 +116,11 @@ def _xclip_info(cfg: Any, xclip: nn.Module, spec: dict[str, Any]) -> dict[str, A
     }
 
 
-def build_video_text_model(cfg: Any) -> VideoTextModel | XClipVideoTextModel:
+def build_video_text_model(cfg: Any) -> VideoTextModel | TightTransfModel | XClipVideoTextModel:
     """The stage-1 model for a config with ``.clip``, ``.pretrain`` (head, head_layers, max_words)
     and ``.video.num_frames``; CLIP weights as ``build_backbone`` gets them. For ``clip.kind=xclip``
-    the whole model is X-CLIP's (its MIT is the temporal head; ``pretrain.head*`` do not apply)."""
+    the whole model is X-CLIP's (its MIT is the temporal head; ``pretrain.head*`` do not apply);
+    ``pretrain.head=tightTransf`` gives CLIP4Clip's cross-encoder model (pairwise scores)."""
     clip, mean, std, spec = build_backbone(cfg)
     check_max_words(cfg.pretrain.max_words, spec["context_length"])  # fail now, not in a worker
     if cfg.clip.kind == "xclip":
@@ -112,6 +136,10 @@ def build_video_text_model(cfg: Any) -> VideoTextModel | XClipVideoTextModel:
         "image_interpolation": pre.get("interpolation", "bicubic"),
         "image_resize_mode": pre.get("resize_mode", "shortest"),
     }
+    if cfg.pretrain.head == "tightTransf":
+        return build_tight_transf(clip, cfg.pretrain.head_layers, cfg.video.num_frames, cfg.pretrain.max_words,
+                                  input_norm=cfg.pretrain.head_input_norm, image_mean=mean, image_std=std,
+                                  build_info=info, frame_layout=layout)
     head, from_text = build_temporal_head(cfg.pretrain.head, cfg.pretrain.head_layers, cfg.video.num_frames, clip,
                                           input_norm=cfg.pretrain.head_input_norm)
     return VideoTextModel(clip, head, image_mean=mean, image_std=std, build_info=info, head_from_text=from_text,
