@@ -214,10 +214,11 @@ class TightTransfModel(VideoTextModel):
     def encode_video_state(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """What scoring needs of each video: ``{"frames": (B, T, D) the image tower's frame features
         (padding rows zero), "mask": (B, T) 1.0 for real frames, 0.0 for padding}`` (a float, so a
-        state survives ``.float()``)."""
+        state survives ``.float()``), and ``"video"`` (B, D), the meanP embedding (what an index
+        stores as the video's embedding and ``search --video`` compares)."""
         feats = self.encode_frames(frames, mask)  # (B, T, D): the meanP head passes them through
         real = torch.ones(feats.shape[:2], device=feats.device) if mask is None else mask.to(feats.device)
-        return {"frames": feats, "mask": real.to(feats.dtype)}
+        return {"video": self.pool(feats, mask), "frames": feats, "mask": real.to(feats.dtype)}
 
     def encode_text_state(self, tokens: torch.Tensor) -> torch.Tensor:
         """What scoring needs of each caption, one tensor: (B, text_length, D + 1), the projected

@@ -252,3 +252,23 @@ def test_train_evaluate_extract_and_stage2_on_real_files(clips, tmp_path, capsys
               "decode.num_beams=1"]
     assert main(["train", "--features", str(feats), "--output", str(s2), *_run_args(clips, stage2)]) == 0
     assert {"config.json", "model.safetensors", "video_tower"} <= {p.name for p in (s2 / "model").iterdir()}
+
+    # index / search / classify go through the cross encoder too (the index stores each video's state)
+    idx = tmp_path / "idx"
+    assert main(["index", *[str(clips / r["video"]) for r in train_rows], "--model", str(s1 / "model"),
+                 "--output", str(idx), "--num-workers", "0"]) == 0
+    query = train_rows[0]["captions"][0]
+    capsys.readouterr()
+    assert main(["search", str(idx), query, "--top", "8", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
+
+    with torch.no_grad():
+        text = model.encode_text_state(tokenizer_from_info(info)([query]))
+        stacked = {k: torch.stack([states[r["video"]][k] for r in train_rows]) for k in ("video", "frames", "mask")}
+        exact = model.pair_scores(stacked, text)[:, 0]
+    by_path = {str(clips / r["video"]): float(exact[i]) for i, r in enumerate(train_rows)}
+    assert [p for p, _ in got] == sorted(by_path, key=by_path.get, reverse=True)
+    np.testing.assert_allclose([s for _, s in got], [by_path[p] for p, _ in got], atol=2e-2)  # fp16 states
+    assert main(["classify", str(clips / train_rows[0]["video"]), "--labels", "red,blue,green",
+                 "--model", str(s1 / "model"), "--template", "a {} shape", "--json"]) == 0
