@@ -5,9 +5,9 @@ attribute accuracy after each phase, the time each took, and the reward's share 
     python benchmarks/scst_demo.py --output scst_out                 # the demo world (vcap demo's data)
     python benchmarks/scst_demo.py --output scst_out --world second  # another generated world
 
-``demo``: ``vcap demo``'s data and recipe (1,092 training clips). ``second``: another world - a
-different seed, 24 frames per clip at 12 fps (each motion covers more ground), 3 captions per clip,
-364 training clips and the ``--quick`` training length. One seed each.
+``demo``: ``vcap demo --quick``'s data and recipe (364 training clips). ``second``: another world
+(``caption.demo.data.second_world_spec``) - seed 7, 24 frames per clip at 12 fps (each motion covers
+more ground), 3 captions per clip, the same sizes and training length. One seed each.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from caption.demo import data as demo_data
 from caption.demo.run import demo_config, run_demo
 
 WORLDS = {
-    "demo": dict(quick=False, seed=0, spec=None),
+    "demo": dict(quick=True, seed=0, spec=None),
     "second": dict(quick=True, seed=7, spec=demo_data.second_world_spec()),
 }
 SCST = ["caption.objective=scst", "caption.epochs=3", "caption.lr=3e-4", "caption.warmup_ratio=0",
