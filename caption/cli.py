@@ -247,11 +247,43 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import flask  # noqa: F401
+        import waitress  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"vcap serve needs the web extra ({e.name} is not installed): "
+                          "pip install 'vcap-toolkit[web]'") from None
+    from caption.serve import ServeModels, create_app, make_server, path_guard
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: not a port (0 to 65535)")
+    for folder in args.allow or []:  # before the models load
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--allow {folder}: not a folder")
+    models = ServeModels.load(args.caption_model, args.retrieval_model, args.index, device=args.device)
+    guard = path_guard(models, args.allow)
+    app = create_app(models, guard, args.max_upload_mb, host=args.host)
+    try:
+        server = make_server(app, args.host, args.port, max_upload_mb=args.max_upload_mb)
+    except OSError as e:
+        raise ConfigError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e})") from None
+    port = getattr(server, "effective_port", args.port)
+    where = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"vcap serve: http://{where}:{port}/ (models on {models.pipe.device}; allowed folders: "
+          f"{', '.join(map(str, guard.roots)) or 'none'}; Ctrl-C stops)", file=sys.stderr, flush=True)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # waitress's run() ends on KeyboardInterrupt
+    server.run()
+    print("vcap serve: stopped (Ctrl-C)", file=sys.stderr)
+    return 130
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "data": _data, "pretrain": _pretrain, "eval-retrieval": _eval_retrieval, "extract": _extract, "train": _train,
     "evaluate": _evaluate, "caption": _caption, "classify": _classify, "eval-classify": _eval_classify,
     "index": _index,
-    "search": _search, "score": _score, "report": _report, "demo": _demo,
+    "search": _search, "score": _score, "report": _report, "demo": _demo, "serve": _serve,
 }
 
 

@@ -236,6 +236,38 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="changes to the demo's config, e.g. pretrain.head=seqLSTM (the demo's numbers are for none)")
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "serve", "a local web page: caption a video, search an index, classify with your labels",
+                 "Serve one web page (and its JSON API) for the three jobs: caption an uploaded video or a file "
+                 "inside an allowed folder, search an index by a sentence (results play in the page), classify a "
+                 "video with a typed label list. The models are loaded once, at start. Binds 127.0.0.1 (this "
+                 "machine only) unless --host says otherwise. Needs the web extra: pip install "
+                 "'vcap-toolkit[web]'. Stop it with Ctrl-C.", config=False)
+    p.add_argument("--caption-model", required=True, metavar="RUN2/model", help="caption model folder")
+    p.add_argument("--retrieval-model", default=None, metavar="RUN/model",
+                   help="stage-1 model for classifying (default: the caption model's own video tower)")
+    p.add_argument("--index", default=None, metavar="IDX", help="an index made by 'vcap index', for search")
+    p.add_argument("--allow", action="append", default=None, metavar="DIR",
+                   help="a folder whose videos the page may caption, classify and play (repeatable; default: "
+                        "the folders of the index's videos, or none)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; 0.0.0.0 serves every network: anyone who can reach "
+                        "the port can use the models and read the allowed folders)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    p.add_argument("--max-upload-mb", type=_positive, default=200.0, help="largest upload accepted (default 200)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     codes = "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
@@ -250,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_data, _add_pretrain, _add_eval_retrieval, _add_extract, _add_train, _add_evaluate,
-                _add_caption, _add_classify, _add_eval_classify, _add_index, _add_search, _add_score, _add_report, _add_demo):
+                _add_caption, _add_classify, _add_eval_classify, _add_index, _add_search, _add_score, _add_report, _add_demo,
+                _add_serve):
         add(sub)
     return parser
