@@ -108,6 +108,10 @@ def _caption(args: argparse.Namespace) -> int:
     # VideoReadError when nothing was given; folder entries that lead nowhere (broken or looping
     # symbolic links, folders that cannot be listed) are failed inputs like unreadable videos.
     paths, unlisted = expand_videos(args.videos)
+    if args.report:
+        from caption.report import check_report_path
+
+        check_report_path(args.report, paths)
     results: dict[str, Any] = {}
     if paths:
         pipe = CaptionPipeline.from_pretrained(Path(args.model), device=args.device)
@@ -131,7 +135,9 @@ def _report(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if not run.is_dir():
         raise ConfigError(f"{run} is not a folder; give a run folder (vcap pretrain / vcap train --output)")
-    where = run_report(run, Path(args.output) if args.output else run / "report.html")
+    from caption.report import check_report_path
+
+    where = run_report(run, check_report_path(args.output if args.output else run / "report.html"))
     print(where)
     return 0
 
@@ -368,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parse(argv)
     try:
-        if getattr(args, "output", None):
+        if getattr(args, "output", None) and args.command != "report":  # vcap report --output is a file
             check_output(args.output)
         return _run_command(args)
     except VcapError as e:

@@ -31,8 +31,8 @@ class ScstConfig:
     (each with ``samples`` captions), and every training video is visited once per epoch.
     """
 
-    samples: int = at_least(5, 1)
-    temperature: float = positive(0.5)
+    samples: int = at_least(5, 1, 256)
+    temperature: float = at_least(0.5, 0.01, 100.0)
     baseline: str = choice("mean", "mean", "greedy")
     max_new_tokens: int = at_least(0, 0)
 

@@ -82,8 +82,16 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
     from caption.pipeline import CaptionPipeline  # the pipeline loads the video tower lazily
 
     split = split or cfg.data.test_split
+    out_dir = Path(output) if output else Path(model_dir).parent / f"eval_{split}"
+    if report:
+        from caption.report import check_report_path
+
+        check_report_path(out_dir / "report.html")
     device = pick_device(cfg.run.device)
-    entries = split_entries(load_annotations(cfg.data), split, cfg.data.annotations)
+    ann = load_annotations(cfg.data)
+    for problem in ann.problems:  # rows the reader left out (a duplicate id, an empty caption): said, not dropped
+        print(f"warning: left out: {problem.source}: {problem.reason}", file=sys.stderr)
+    entries = split_entries(ann, split, cfg.data.annotations)
     pipe = CaptionPipeline.from_pretrained(model_dir, device=device, load_tower=features is None)
     missing: list[dict[str, str]] = []
     if features is not None:
@@ -105,13 +113,16 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
     for m in missing:
         print(f"warning: not captioned: {m['video_id']}: {m['reason']}", file=sys.stderr)
     if not predictions:
+        if report:  # the page still shows every video and why it failed
+            write_json(out_dir / "not_captioned.json", missing)
+            write_evaluation_report(out_dir / "report.html", model_dir, entries, {}, missing,
+                                    {"split": split, "videos": 0, "not_captioned": len(missing)})
         raise DatasetError(f"{cfg.data.annotations}: no video of split '{split}' could be captioned "
                            "(each is named above)")
     refs = {e.video_id: [normalize_caption(c) for c in e.captions] for e in entries if e.video_id in predictions}
     metrics: dict[str, Any] = score_captions(predictions, refs)
     metrics.update({"split": split, "videos": len(predictions), "not_captioned": len(missing),
-                    "num_beams": cfg.decode.num_beams})
-    out_dir = Path(output) if output else Path(model_dir).parent / f"eval_{split}"
+                    "num_beams": cfg.decode.num_beams, "annotation_problems": len(ann.problems)})
     write_json(out_dir / "predictions.json", predictions)
     if missing:
         write_json(out_dir / "not_captioned.json", missing)

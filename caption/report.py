@@ -22,6 +22,7 @@ import html
 import io
 import json
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,14 +32,15 @@ from PIL import Image
 
 from caption.metrics import METRICS
 from retrieval_pretrain.atomic import write_file
-from retrieval_pretrain.errors import DatasetError, VideoReadError
+from retrieval_pretrain.errors import ConfigError, DatasetError, VideoReadError
 from retrieval_pretrain.video import read_frames
 
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.json"
 _X_KEYS = ("step", "epoch")
 _NOT_PLOTTED = ("time", "best_epoch")  # wall-clock stamps; the best epoch is drawn as a marker instead
-_FIRST = ("loss", "lr", "lr_new", "lr_clip", "logit_scale", "val_loss", "val_CIDEr")  # plot order
+_FIRST = ("loss", "lr", "lr_new", "lr_clip", "logit_scale", "val_loss", "val_CIDEr",  # plot order
+          "reward", "baseline", "cider", "clip")  # SCST's rewards: its signal, next to its (noisy) loss
 _SHOWN_REFERENCES = 5  # more are folded away (MSR-VTT has 20 per video)
 
 
@@ -314,9 +316,9 @@ td.frames{width:1%}.strip{display:grid;grid-template-columns:repeat(3,auto);gap:
 .strip img{height:72px;border-radius:3px;display:block;transition:transform .1s}
 .strip img:hover{transform:scale(2.4);transform-origin:left top;position:relative;z-index:5;
 box-shadow:0 4px 16px rgba(0,0,0,.35)}
-.gen{font-size:16px;font-weight:600;margin:0 0 4px}.gen::before{content:"\\201C"}.gen::after{content:"\\201D"}
+.gen{font-size:16px;font-weight:600;margin:0 0 4px;overflow-wrap:anywhere}.gen::before{content:"\\201C"}.gen::after{content:"\\201D"}
 .missing{color:var(--bad);font-weight:600;margin:0 0 4px}
-.refs{margin:0;padding-left:20px;color:#4a5260;font-size:13.5px}.refs li{margin:1px 0}
+.refs{margin:0;padding-left:20px;color:#4a5260;font-size:13.5px;overflow-wrap:anywhere}.refs li{margin:1px 0}
 details summary{cursor:pointer;color:#5b6472;font-size:13px}
 .noframes{color:var(--bad);font-size:13px;width:300px}
 .warn{color:var(--bad)}
@@ -418,6 +420,32 @@ def _flags(rows: Sequence[ReportRow]) -> list[str]:
     low, high = (sorted(scored)[k - 1], sorted(scored)[-k]) if scored else (math.inf, math.inf)
     return ["worst" if r.cider is None or r.cider <= low else "best" if r.cider >= high and len(scored) > 1 else ""
             for r in rows]
+
+
+def check_report_path(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse a report path before any work: it must end in ``.html`` (``vcap caption --report
+    v1.mp4 v2.mp4`` would otherwise replace the first video with the page), must not be one of the
+    ``inputs``, and, where something already stands there, it must be a regular file - not a folder,
+    a device such as ``/dev/null`` or a symbolic link, which the atomic rename would replace."""
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"report path {path}: give a file name ending in .html (the page is HTML)")
+    if os.path.lexists(path):
+        if path.is_symlink():
+            raise ConfigError(f"report path {path} is a symbolic link; give the file itself "
+                              "(writing would replace the link, not its target)")
+        if not path.is_file():
+            raise ConfigError(f"report path {path} exists and is not a regular file; give a new .html file name")
+    resolved = path.resolve()
+    for given in inputs:
+        if Path(given).resolve() == resolved:
+            raise ConfigError(f"report path {path} is one of the videos to caption; give another file name")
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise ConfigError(f"report path {path}: {parent} is a file, not a folder")
+            break
+    return path
 
 
 def caption_report(path: str | Path, rows: Iterable[ReportRow | Mapping[str, Any] | Any], metrics: Mapping[str, Any],

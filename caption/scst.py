@@ -103,6 +103,7 @@ class ScstStats:
     clip: float | None
     sample_s: float  # drawing the captions (and the greedy baseline)
     reward_s: float  # scoring them
+    advantage_max: float  # the largest |reward - baseline|: 0 means the step learned nothing
 
 
 def scst_step_loss(acc: Any, model: Any, batch: dict[str, Any], cfg: Config, tokenizer: CaptionTokenizer,
@@ -147,5 +148,5 @@ def scst_step_loss(acc: Any, model: Any, batch: dict[str, Any], cfg: Config, tok
     stats = ScstStats(reward=float(scored["reward"].mean()), baseline=float(baseline.mean()),
                       cider=float(scored["cider"].mean()) if "cider" in scored else None,
                       clip=float(scored["clip"].mean()) if "clip" in scored else None,
-                      sample_s=t1 - t0, reward_s=t2 - t1)
+                      sample_s=t1 - t0, reward_s=t2 - t1, advantage_max=float(np.abs(scored["reward"] - baseline).max()))
     return loss, stats

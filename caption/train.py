@@ -38,6 +38,7 @@ from decoders.loss import caption_loss, caption_loss_sums
 from retrieval_pretrain.accelerate_setup import make_accelerator, mean_over_processes
 from retrieval_pretrain.atomic import write_folder
 from retrieval_pretrain.checkpoints import epoch_batches, load_checkpoint, save_checkpoint, stop_if_diverged
+from retrieval_pretrain.features import FeatureStore
 from retrieval_pretrain.folder_lock import folder_lock
 from retrieval_pretrain.run_log import JsonlLogger, StepTimer
 
@@ -109,6 +110,12 @@ def save_caption_model(model: Any, tokenizer_path: Path, folder: Path, tower: Pa
 def _end_of_epoch(run: Stage2, cfg: Config, output: Path, epoch: int, step: int, log: JsonlLogger) -> None:
     """Validate, keep the epoch if it is the best so far (``output/best``), log, checkpoint."""
     acc = run.accelerator
+    if cfg.caption.objective == "scst" and run.scst_signal == 0 and acc.is_main_process:
+        print(f"warning: SCST epoch {epoch}: every sampled caption had its baseline's reward, so the epoch learned "
+              "nothing (weight decay aside). Causes: one training video or identical references (CIDEr-D's "
+              "document frequencies are then 0), caption.scst.max_new_tokens too small, caption.scst.temperature "
+              "too low (identical samples)", file=sys.stderr)
+    run.scst_signal = 0.0
     record: dict[str, Any] = {"epoch": epoch, "step": step, **validate(run, cfg)}
     score = _selection_score(cfg.caption.select_by, record, epoch)
     if run.best["score"] is None or score > run.best["score"]:
@@ -146,6 +153,7 @@ def _step(run: Stage2, batch: dict[str, Any], cfg: Config) -> tuple[torch.Tensor
         if c.objective == "scst":
             loss, stats = scst_step_loss(acc, run.model, batch, cfg, run.tokenizer, run.rewarder)
             extra = {k: round(v, 5) for k, v in vars(stats).items() if v is not None}
+            run.scst_signal = max(run.scst_signal, stats.advantage_max)
         else:
             logits = run.model(frame_features=batch["frame_features"], frame_mask=batch["frame_mask"],
                                decoder_input_ids=batch["decoder_input_ids"]).logits  # (B, L, V)
@@ -170,6 +178,7 @@ def _resume(run: Stage2, output: Path) -> tuple[int, int, int]:
 
 def train(cfg: Config, features: Path, output: Path, resume: bool = False, init_from: Path | None = None) -> Path:
     """Train stage 2; returns ``output/model``. The folder is locked while it runs."""
+    FeatureStore(features).meta()  # not a feature folder: refused before the output folder is made
     acc = make_accelerator(cfg.run.mixed_precision, cfg.caption.grad_accum, cfg.run.device, cfg.run.seed)
     with folder_lock(output, "vcap train", acc):
         return _train(cfg, Path(features), Path(output), acc, resume, init_from)

@@ -5,6 +5,7 @@ Accelerate; the val split kept as pairs that each process validates its share of
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from caption.config import Config
 from caption.data import CaptionPairs, VideoFeatures, collate_pairs, collate_videos
 from caption.pipeline import load_caption_model
 from caption.tokenizer import CaptionTokenizer, normalize_caption
-from decoders.model import CaptionModel, make_config
+from decoders.model import CaptionModel, CaptionModelConfig, make_config
 from retrieval_pretrain.accelerate_setup import scheduler_length
 from retrieval_pretrain.annotation_table import near_misses, splits_found
 from retrieval_pretrain.annotations import load_annotations
@@ -61,6 +62,7 @@ class Stage2:
     total_steps: int
     best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": -1})
     rewarder: Any = None  # caption.objective=scst: the reward of sampled captions (caption.scst.Rewarder)
+    scst_signal: float = 0.0  # SCST: the epoch's largest |reward - baseline| so far (0: nothing learned)
 
 
 def _tokenizer(cfg: Config, output: Path, init_from: Path | None, train_captions: list[str],
@@ -145,11 +147,59 @@ def _optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.caption.lr, betas=(0.9, 0.98))
 
 
+def check_init_from(init_from: Path) -> None:
+    """``--init-from`` must be a caption model folder (``RUN2/model``), not a run folder, a stage-1
+    model or a missing path."""
+    config = Path(init_from) / "config.json"
+    kind = None
+    if config.is_file():
+        try:
+            kind = json.loads(config.read_text(encoding="utf-8")).get("model_type") or "a stage-1 model"
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            kind = "unreadable"
+    if kind == CaptionModelConfig.model_type:
+        return
+    hint = f" (did you mean {Path(init_from) / 'model'}?)" if (Path(init_from) / "model" / "config.json").is_file() else ""
+    what = ("does not exist" if not Path(init_from).exists() else "has no config.json" if kind is None
+            else f"holds {kind}, not a caption model" if kind != "unreadable" else "has an unreadable config.json")
+    raise ConfigError(f"--init-from {init_from} {what}; give a caption model folder (RUN2/model){hint}")
+
+
+def tower_folder(meta: dict[str, Any], features: Path, init_from: Path | None) -> Path:
+    """The stage-1 model the features came from (copied into the caption model folder at the end):
+    the folder ``meta.json`` names, or else the ``video_tower/`` of ``--init-from`` when it is the
+    same tower (same fingerprint). Checked before training, not after it."""
+    from caption.pipeline import TOWER_DIR
+    from retrieval_pretrain.model_folder import model_fingerprint
+
+    named = Path(meta["tower"])
+    if named.is_dir():
+        return named
+    if init_from is not None and (Path(init_from) / TOWER_DIR).is_dir():
+        copy = Path(init_from) / TOWER_DIR
+        if model_fingerprint(copy) == meta.get("tower_fingerprint"):
+            return copy
+    raise FeatureStoreError(f"{features}: the stage-1 model these features came from, {named}, is gone; the "
+                            "caption model folder must include it - restore it, or extract the features again "
+                            "with the model you have")
+
+
 def setup(cfg: Config, features: Path, output: Path, accelerator: Accelerator, init_from: Path | None,
           resume: bool = False) -> Stage2:
     c, main = cfg.caption, accelerator.is_main_process
     store = FeatureStore(features)
     meta = store.meta()  # not a feature folder: an error before anything is written
+    if init_from is not None:
+        check_init_from(init_from)
+    tower = tower_folder(meta, Path(features), init_from)
+    if c.objective == "scst":
+        if c.select_by == "loss":
+            raise ConfigError("caption.select_by=loss ranks epochs by cross-entropy, which SCST does not minimise "
+                              "(it rises as CIDEr does); use caption.select_by=CIDEr or last with "
+                              "caption.objective=scst")
+        if init_from is None and main:
+            print("warning: SCST from randomly initialised weights: its samples are noise and their rewards near 0; "
+                  "train with cross-entropy first and pass --init-from RUN2/model", file=sys.stderr)
     inputs = {"features": str(Path(features).resolve()), "features_tower": meta["tower_fingerprint"],
               "init_from": str(Path(init_from).resolve()) if init_from else ""}
     claim(output, "train", cfg, resume, accelerator, inputs)
@@ -184,6 +234,6 @@ def setup(cfg: Config, features: Path, output: Path, accelerator: Accelerator, i
     rewarder = None
     if c.objective == "scst":
         from caption.scst import Rewarder
-        rewarder = Rewarder(cfg, train_entries, Path(meta["tower"]), accelerator.device)
+        rewarder = Rewarder(cfg, train_entries, tower, accelerator.device)
     return Stage2(accelerator, model, optimizer, scheduler, loader, sampler, val, tokenizer, tok_path,
-                  Path(meta["tower"]), total, rewarder=rewarder)
+                  tower, total, rewarder=rewarder)

@@ -9,6 +9,7 @@ silently ignored. Overrides use dotted keys (``pretrain.lr=1e-4``) and YAML valu
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -44,6 +45,8 @@ def positive(default: float) -> Any:
 
 
 def _check_value(path: str, value: Any, meta: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
+        raise ConfigError(f"{path}: {value!r} is not a finite number")
     allowed = meta.get("choices")
     if allowed and value not in allowed:
         raise ConfigError(f"{path}: {value!r} is not one of {', '.join(allowed)}")

@@ -5,6 +5,7 @@ raises the training set's CIDEr, checkpoints and resumes."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,12 @@ def test_config_checks():
     with pytest.raises(ConfigError, match="not one of"):
         load(None, ["caption.scst.baseline=best"])
     assert load(None, ["caption.scst.samples=1", "caption.scst.baseline=greedy"]).caption.scst.samples == 1
+    for bad in ("caption.reward.cider_weight=.nan", "caption.reward.clip_weight=.inf", "caption.scst.temperature=.inf",
+                "caption.lr=.nan"):
+        with pytest.raises(ConfigError, match="not a finite number"):
+            load(None, [bad])
+    with pytest.raises(ConfigError, match=r"must be in \[0.01, 100.0\]"):
+        load(None, ["caption.scst.temperature=1e-45"])  # torch.multinomial would fail on inf probabilities
 
 
 def test_sampling_is_plain_multinomial():
@@ -217,3 +224,76 @@ def test_reports_from_the_command_line(xe_run, tmp_path, capsys):
     assert main(["caption", str(clip), str(bad), "--model", str(xe), "--report", str(tmp_path / "c.html")]) == 1
     page = (tmp_path / "c.html").read_text()
     assert str(clip) in page and "not captioned" in page and str(bad) in page
+
+
+def test_report_paths_are_checked_before_any_work(tmp_path):
+    from caption.report import check_report_path
+
+    video = tmp_path / "v1.mp4"
+    video.write_bytes(b"not really")
+    with pytest.raises(ConfigError, match="ending in .html"):
+        check_report_path(video)  # `vcap caption --report v1.mp4 v2.mp4` would replace v1.mp4
+    page = tmp_path / "v1.html"
+    with pytest.raises(ConfigError, match="one of the videos"):
+        check_report_path(page, [page])
+    (tmp_path / "real.html").write_text("x")
+    (tmp_path / "link.html").symlink_to(tmp_path / "real.html")
+    with pytest.raises(ConfigError, match="symbolic link"):
+        check_report_path(tmp_path / "link.html")
+    os.mkfifo(tmp_path / "pipe.html")
+    (tmp_path / "dir.html").mkdir()
+    for special in ("pipe.html", "dir.html"):  # a device such as /dev/null is refused the same way
+        with pytest.raises(ConfigError, match="not a regular file"):
+            check_report_path(tmp_path / special)
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        check_report_path(tmp_path / "real.html" / "x.html")
+    assert check_report_path(tmp_path / "new" / "r.html") == tmp_path / "new" / "r.html"
+    assert check_report_path(tmp_path / "real.html") == tmp_path / "real.html"  # an earlier report: replaced
+
+
+def test_scst_refusals_and_warnings(xe_run, tmp_path, capsys):
+    """select_by=loss refused for SCST; --init-from must be a caption model folder; a stage-1 tower
+    moved away is found in --init-from's video_tower/ (else refused before training); an epoch whose
+    samples all tie with their baseline is said to have learned nothing."""
+    import shutil
+
+    from caption.train import train as train_captions
+    from retrieval_pretrain.errors import FeatureStoreError
+
+    root, data, xe = xe_run
+    base = data + S1_TINY + S2_TINY + ["caption.objective=scst", "caption.epochs=1", "caption.scst.samples=2"]
+    with pytest.raises(ConfigError, match="select_by=loss ranks epochs by cross-entropy"):
+        train_captions(load(CONFIG_PATH, base + ["caption.select_by=loss"]), root / "feats", tmp_path / "a", init_from=xe)
+    cfg = load(CONFIG_PATH, base)
+    for bad, why in ((tmp_path / "nope", "does not exist"), (root / "xe", "did you mean"),
+                     (root / "s1" / "model", "not a caption model")):
+        with pytest.raises(ConfigError, match=why):
+            train_captions(cfg, root / "feats", tmp_path / "b", init_from=bad)
+    # Features whose stage-1 folder is gone
+    moved = tmp_path / "feats"
+    shutil.copytree(root / "feats", moved)
+    meta = json.loads((moved / "meta.json").read_text())
+    meta["tower"] = str(tmp_path / "gone" / "model")
+    (moved / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(FeatureStoreError, match="is gone"):
+        train_captions(load(CONFIG_PATH, data + S1_TINY + S2_TINY + ["caption.epochs=1"]), moved, tmp_path / "c")
+    assert not (tmp_path / "c" / "checkpoints").exists()
+    capsys.readouterr()
+    out = train_captions(load(CONFIG_PATH, base + ["caption.scst.max_new_tokens=1"]), moved, tmp_path / "d",
+                         init_from=xe)
+    assert (out / "video_tower" / "model.safetensors").is_file()
+    assert "learned nothing" in capsys.readouterr().err  # one-token samples: every reward 0
+
+
+def test_evaluate_names_annotation_rows_it_left_out(xe_run, tmp_path, capsys):
+    from caption.evaluate import evaluate
+
+    root, data, xe = xe_run
+    ann = Path(data[0].split("=", 1)[1])
+    rows = ann.read_text().splitlines()
+    dup = tmp_path / "ann.jsonl"
+    dup.write_text("\n".join(rows + [rows[0]]) + "\n")  # the same video id twice: the second is left out
+    cfg = load(CONFIG_PATH, [f"data.annotations={dup}", data[1], *S1_TINY, *S2_TINY])
+    metrics = evaluate(xe, cfg, features=root / "feats", split="train", output=tmp_path / "ev")
+    assert metrics["annotation_problems"] == 1
+    assert "warning: left out:" in capsys.readouterr().err
