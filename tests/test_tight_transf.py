@@ -272,3 +272,11 @@ def test_train_evaluate_extract_and_stage2_on_real_files(clips, tmp_path, capsys
     np.testing.assert_allclose([s for _, s in got], [by_path[p] for p, _ in got], atol=2e-2)  # fp16 states
     assert main(["classify", str(clips / train_rows[0]["video"]), "--labels", "red,blue,green",
                  "--model", str(s1 / "model"), "--template", "a {} shape", "--json"]) == 0
+
+    # the caption model knows its tower: `vcap caption` works from its folder alone
+    clip_file = clips / train_rows[1]["video"]
+    capsys.readouterr()
+    assert main(["caption", str(clip_file), "--model", str(s2 / "model"), "--beam", "1", "--json"]) == 0
+    captions = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["captions"]
+    assert list(captions) == [str(clip_file)] and isinstance(captions[str(clip_file)], str)
+    assert json.loads((s2 / "model" / "video_tower" / "config.json").read_text())["head"] == "tightTransf"

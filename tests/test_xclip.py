@@ -350,3 +350,11 @@ def test_train_extract_evaluate_and_stage2_on_real_files(clips, tmp_path, capsys
               "decode.num_beams=1"]
     assert main(["train", "--features", str(feats), "--output", str(s2), *_run_args(clips, stage2)]) == 0
     assert {"config.json", "model.safetensors", "video_tower"} <= {p.name for p in (s2 / "model").iterdir()}
+
+    # the caption model knows its tower: `vcap caption` works from its folder alone
+    clip_file = sorted(clips.rglob("*.mp4"))[0]
+    capsys.readouterr()
+    assert main(["caption", str(clip_file), "--model", str(s2 / "model"), "--beam", "1", "--json"]) == 0
+    captions = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["captions"]
+    assert list(captions) == [str(clip_file)] and isinstance(captions[str(clip_file)], str)
+    assert json.loads((s2 / "model" / "video_tower" / "config.json").read_text())["clip"]["kind"] == "xclip"
