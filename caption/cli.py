@@ -240,6 +240,14 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interpolate(args: argparse.Namespace) -> int:
+    from retrieval_pretrain.interpolate import check_alpha, interpolate_folders
+
+    check_alpha(args.alpha)  # before any model is read
+    _print_json(interpolate_folders(args.base, Path(args.finetuned), args.alpha, Path(args.output)))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from caption.demo import CONFIG_PATH, run_demo
 
@@ -289,7 +297,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "data": _data, "pretrain": _pretrain, "eval-retrieval": _eval_retrieval, "extract": _extract, "train": _train,
     "evaluate": _evaluate, "caption": _caption, "classify": _classify, "eval-classify": _eval_classify,
     "index": _index,
-    "search": _search, "score": _score, "report": _report, "demo": _demo, "serve": _serve,
+    "search": _search, "score": _score, "report": _report, "interpolate": _interpolate, "demo": _demo,
+    "serve": _serve,
 }
 
 

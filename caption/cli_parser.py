@@ -52,7 +52,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "pretrain", "stage 1: train the CLIP video-text model by contrastive retrieval",
                  "Stage 1 (CLIP4Clip recipe): fine-tune CLIP into a video-text model on the dataset's training "
                  "split. Writes RUN/log.jsonl, RUN/checkpoints/ and the final model folder RUN/model (config.json "
-                 "+ model.safetensors). Runs under 'accelerate launch' for several GPUs.")
+                 "+ model.safetensors; with pretrain.swa.enabled the epoch average, the last epoch's weights in "
+                 "RUN/model_last). Runs under 'accelerate launch' for several GPUs.")
     p.add_argument("--output", required=True, metavar="RUN", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN")
 
@@ -220,6 +221,22 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, metavar="OUT", help="folder for metrics.json")
 
 
+def _add_interpolate(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "interpolate", "patch a fine-tuned stage-1 model towards the CLIP it started from",
+                 "Weight-space patching (Open-VCLIP; Ilharco et al.): write ALPHA * BASE + (1 - ALPHA) * FINETUNED "
+                 "for every tensor the two share (same name and shape) as a stage-1 model folder of the fine-tuned "
+                 "architecture; layers only the fine-tuned model has (the temporal head) are kept from it. BASE is a "
+                 "stage-1 model folder, an open_clip checkpoint file (.bin/.pt/.pth state dict or .safetensors) of "
+                 "the fine-tuned model's CLIP, or a pretrained tag of its open_clip model (e.g. openai). Their CLIP "
+                 "tensors must match one for one. The interpolation is recorded in DIR/config.json; a JSON summary "
+                 "is the last line of stdout.", config=False)
+    p.add_argument("--base", required=True, metavar="BASE", help="stage-1 model folder, CLIP checkpoint file or tag")
+    p.add_argument("--finetuned", required=True, metavar="RUN/model", help="the fine-tuned stage-1 model folder")
+    p.add_argument("--alpha", required=True, type=float, metavar="A",
+                   help="weight of the base, in [0, 1] (0: the fine-tuned model; Open-VCLIP patches with 0.5)")
+    p.add_argument("--output", required=True, metavar="DIR", help="the new model folder")
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "demo", "the whole two-stage pipeline on built-in generated videos, on a CPU",
                  "Generate a procedural video-caption dataset (real H.264 mp4 files), train a tiny CLIP video-text "
@@ -282,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_data, _add_pretrain, _add_eval_retrieval, _add_extract, _add_train, _add_evaluate,
-                _add_caption, _add_classify, _add_eval_classify, _add_index, _add_search, _add_score, _add_report, _add_demo,
+                _add_caption, _add_classify, _add_eval_classify, _add_index, _add_search, _add_score, _add_report, _add_interpolate, _add_demo,
                 _add_serve):
         add(sub)
     return parser

@@ -140,6 +140,35 @@ class ClipConfig:
 
 
 @dataclass
+class InterpolationConfig:
+    """Open-VCLIP's interpolated weight optimisation (``retrieval_pretrain.interpolate``): with
+    ``enabled``, each step also takes the loss at ``ratio * base + (1 - ratio) * weights``, ``ratio``
+    drawn from U(``low``, ``high``), and adds ``weight`` (lambda) times its gradient (taken at that
+    point, as the paper's code). ``base``: a stage-1 model folder, an open_clip checkpoint file of
+    the same CLIP, or a pretrained tag of it; empty: the CLIP weights this run started from."""
+
+    enabled: bool = False
+    low: float = fraction(0.0)
+    high: float = fraction(0.6)
+    weight: float = at_least(0.5, 0.0)
+    base: str = ""
+
+    def check(self, where: str) -> None:
+        if self.low > self.high:
+            raise ConfigError(f"{where}.low={self.low} is above {where}.high={self.high}")
+
+
+@dataclass
+class SwaConfig:
+    """Weight averaging (Open-VCLIP): with ``enabled``, the final model (``RUN/model``) is the mean
+    of the weights at the end of each epoch from ``start_epoch`` (counted from 0, as log.jsonl) on;
+    the last epoch's own weights go to ``RUN/model_last``."""
+
+    enabled: bool = False
+    start_epoch: int = at_least(1, 0)
+
+
+@dataclass
 class PretrainConfig:
     """Stage 1: the temporal head and contrastive training (CLIP4Clip's recipe). ``head``,
     ``loss`` and ``mode`` pick stage 1's parts (``retrieval_pretrain.parts``).
@@ -173,6 +202,15 @@ class PretrainConfig:
     # A stage-1 model folder whose weights (every tensor, strictly) start this run instead of the
     # backbone's: fine-tune a caption-trained model on labels (ActionCLIP from a video-text model).
     init_from: str = ""
+    # How many of the newest checkpoints RUN/checkpoints keeps (older ones are removed).
+    keep_checkpoints: int = at_least(2, 1)
+    interpolation: InterpolationConfig = field(default_factory=InterpolationConfig)
+    swa: SwaConfig = field(default_factory=SwaConfig)
+
+    def check(self, where: str) -> None:
+        if self.swa.enabled and self.swa.start_epoch >= self.epochs:
+            raise ConfigError(f"{where}.swa.start_epoch={self.swa.start_epoch}: the run has {self.epochs} epochs "
+                              f"(0 to {self.epochs - 1}), so no epoch would be averaged")
 
 
 @dataclass

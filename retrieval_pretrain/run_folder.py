@@ -28,7 +28,7 @@ from retrieval_pretrain.errors import ConfigError
 RUN_FILE = "run.json"
 # Settings a resumed run may change: they decide how often it logs and saves and how many loader
 # workers it uses, not what it computes.
-RESUMABLE = ("run.num_workers", "run.log_every", "pretrain.save_every", "caption.save_every")
+RESUMABLE = ("run.num_workers", "run.log_every", "pretrain.save_every", "caption.save_every", "pretrain.keep_checkpoints")
 # The config sections each command trains from (stage 2 reads video and CLIP only through its features).
 SECTIONS = {"pretrain": ("data", "video", "clip", "pretrain", "run"), "train": ("data", "caption", "decode", "run")}
 

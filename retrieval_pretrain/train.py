@@ -8,6 +8,9 @@ and training mode are stage 1's parts (``retrieval_pretrain.parts``); the loop k
 
 ``vcap pretrain --config C --output RUN [--resume]`` writes ``RUN/log.jsonl``,
 ``RUN/checkpoints/step_N`` (Accelerate ``save_state``) and the model folder ``RUN/model``.
+Open-VCLIP's training options (``retrieval_pretrain.interpolate``): ``pretrain.interpolation`` adds
+the gradient at interpolated weights to each step; ``pretrain.swa`` makes ``RUN/model`` the average
+of the end-of-epoch weights (the last epoch's in ``RUN/model_last``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from retrieval_pretrain.config import RetrievalConfig, config_to_dict
 from retrieval_pretrain.data import steps_per_epoch
 from retrieval_pretrain.errors import DatasetError
 from retrieval_pretrain.folder_lock import folder_lock
+from retrieval_pretrain.interpolate import InterpolationRegulariser, WeightAverage, load_base
 from retrieval_pretrain.model_folder import init_weights_from, save_pretrained
 from retrieval_pretrain.parts import build_loss, build_training_mode, build_video_text_model, param_groups
 from retrieval_pretrain.run_folder import claim
@@ -78,6 +82,8 @@ class Stage1:
     skipped: int
     total_steps: int
     failures: list[tuple[str, str]] = field(default_factory=list)
+    interp: InterpolationRegulariser | None = None  # pretrain.interpolation (Open-VCLIP)
+    swa: WeightAverage | None = None  # pretrain.swa
 
 
 def _select_videos(cfg: RetrievalConfig, output: Path, main: bool) -> tuple[list[Any], int]:
@@ -112,9 +118,27 @@ def setup(cfg: RetrievalConfig, output: Path, accelerator: Accelerator, resume: 
     p = cfg.pretrain
     total = steps_per_epoch(len(entries), p.batch_size, p.grad_accum, accelerator.num_processes) * p.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, *scheduler_length(total, p.warmup_ratio, accelerator))
+    i = cfg.pretrain.interpolation  # its default base: the weights this run starts from, kept now
+    start = {n: q.detach().clone() for n, q in model.named_parameters()} if i.enabled and not i.base else {}
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    return Stage1(accelerator, model, optimizer, scheduler, loader, sampler, build_loss(cfg), len(entries),
-                  skipped, total)
+    run = Stage1(accelerator, model, optimizer, scheduler, loader, sampler, build_loss(cfg), len(entries),
+                 skipped, total)
+    _open_vclip_parts(run, cfg, start)
+    return run
+
+
+def _open_vclip_parts(run: Stage1, cfg: RetrievalConfig, start: dict[str, torch.Tensor]) -> None:
+    """The interpolation regulariser and the weight average, when the config asks for them; both
+    are registered for checkpointing (in this order), so a resumed run continues them exactly."""
+    acc, p = run.accelerator, cfg.pretrain
+    if p.interpolation.enabled:
+        i = p.interpolation
+        base = load_base(i.base, acc.unwrap_model(run.model), "pretrain.interpolation.base") if i.base else start
+        run.interp = InterpolationRegulariser(acc.unwrap_model(run.model), base, i.low, i.high, i.weight, cfg.run.seed)
+        acc.register_for_checkpointing(run.interp)
+    if p.swa.enabled:
+        run.swa = WeightAverage(p.swa.start_epoch)
+        acc.register_for_checkpointing(run.swa)
 
 
 def _resume(run: Stage1, output: Path) -> tuple[int, int, int]:
@@ -131,6 +155,9 @@ def _step(run: Stage1, batch: dict[str, Any], max_grad_norm: float) -> tuple[tor
     the temperature the loss used."""
     acc = run.accelerator
     with acc.accumulate(run.model):
+        if run.interp is not None:  # first, so the ordinary backward all-reduces both gradients
+            run.interp.backward(acc, run.model, lambda: run.loss_fn(run.model(
+                frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"]), batch["tokens"]))
         out = run.model(frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"])
         loss = run.loss_fn(out, batch["tokens"])
         acc.backward(loss)
@@ -146,9 +173,10 @@ def _log_record(run: Stage1, loss: torch.Tensor, scale: torch.Tensor, step: int,
                 seen: int, t0: float) -> dict[str, Any]:
     data_s, compute_s = timer.reset()
     lrs = run.scheduler.get_last_lr()
+    interp = {"loss_interp": run.interp.last_loss} if run.interp is not None else {}
     return {"step": step, "epoch": epoch, "loss": mean_over_processes(run.accelerator, loss), "lr_new": lrs[-1], "lr_clip": lrs[0],
             "logit_scale": float(scale), "data_s": round(data_s, 4), "compute_s": round(compute_s, 4),
-            "videos_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 3)}
+            "videos_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 3), **interp}
 
 
 def _note_failures(run: Stage1, batch: dict[str, Any]) -> None:
@@ -174,10 +202,15 @@ def _finish(run: Stage1, cfg: RetrievalConfig, output: Path, step: int, seconds:
         if run.failures:
             print(f"warning: {len(run.failures)} unreadable videos were skipped (listed in "
                   f"{output / 'failures.json'})", file=sys.stderr)
-        save_pretrained(acc.unwrap_model(run.model), model_dir, extra={
-            "num_frames": cfg.video.num_frames, "eval_sampling": cfg.video.eval_sampling,
-            "trained_on": {"annotations": cfg.data.annotations, "split": cfg.data.train_split,
-                           "videos": run.videos, "steps": step}})
+        model = acc.unwrap_model(run.model)
+        extra = {"num_frames": cfg.video.num_frames, "eval_sampling": cfg.video.eval_sampling,
+                 "trained_on": {"annotations": cfg.data.annotations, "split": cfg.data.train_split,
+                                "videos": run.videos, "steps": step}}
+        if run.swa is not None:  # the last epoch's weights beside the average, which becomes the model
+            save_pretrained(model, output / "model_last", extra=extra)
+            model.load_state_dict(run.swa.averaged(model), strict=True)
+            extra["swa"] = {"start_epoch": run.swa.start_epoch, "epochs_averaged": run.swa.count}
+        save_pretrained(model, model_dir, extra=extra)
         print(f"stage 1 done: {step} steps on {run.videos} videos ({run.skipped} skipped, {len(run.failures)} "
               f"unreadable) in {seconds:.0f} s; model in {model_dir}", file=sys.stderr)
     acc.wait_for_everyone()
@@ -223,7 +256,10 @@ def _train(cfg: RetrievalConfig, output: Path, acc: Accelerator, resume: bool) -
                     log.log(**_log_record(run, loss, scale, step, epoch, timer, seen, t0))
                 if p.save_every > 0 and step % p.save_every == 0:
                     save_checkpoint(acc, output, step, {"epoch": epoch, "batches_done": batches_done,
-                                                        "log_lines": log.lines, "failures": _all_failures(run)})
+                                                        "log_lines": log.lines, "failures": _all_failures(run)},
+                                    keep=p.keep_checkpoints)
+            if run.swa is not None:
+                run.swa.update(acc.unwrap_model(run.model), epoch)
     finally:
         bar.close()
     return _finish(run, cfg, output, step, time.perf_counter() - t0)

@@ -11,7 +11,7 @@ import pytest
 from caption.cli import main
 
 COMMANDS = ["pretrain", "eval-retrieval", "extract", "train", "evaluate", "caption", "classify", "eval-classify",
-            "index", "search", "score", "demo"]
+            "index", "search", "score", "report", "serve", "interpolate", "demo"]
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -35,16 +35,20 @@ CONTRACT = {
     "classify": ["--model", "--labels", "--template", "--top", "--json"],
     "eval-classify": ["--model", "--config", "--split", "--output"],
     "index": ["--model", "--output"], "search": ["--video", "--top", "--json"],
+    "evaluate --report": ["--report"], "report": ["--output"],
+    "serve": ["--caption-model", "--retrieval-model", "--index", "--port", "--host"],
+    "interpolate": ["--base", "--finetuned", "--alpha", "--output"],
 }
 
 
 @pytest.mark.parametrize("cmd", sorted(CONTRACT))
 def test_each_command_takes_the_contract_options(cmd, capsys):
+    words = [w for w in cmd.split() if not w.startswith("--")]
     with pytest.raises(SystemExit) as e:
-        main(cmd.split() + ["--help"])
+        main(words + ["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"usage: vcap {cmd}")
+    assert out.startswith(f"usage: vcap {' '.join(words)}")
     missing = [opt for opt in CONTRACT[cmd] if opt not in out]
     assert not missing, f"vcap {cmd} --help lacks {missing}"
 
