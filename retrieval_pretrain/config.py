@@ -159,6 +159,20 @@ class InterpolationConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Momentum distillation (CLIP2TV after ALBEF; ``retrieval_pretrain.distill``): with
+    ``enabled``, an EMA teacher of the whole model (``momentum`` per optimizer step), FIFO queues
+    of its last ``queue_size`` video and caption embeddings as extra negatives, and soft targets
+    ``alpha * teacher softmax + (1 - alpha) * ground truth``. The defaults are ALBEF's for large
+    data; a small dataset needs a queue well under its number of training videos."""
+
+    enabled: bool = False
+    momentum: float = fraction(0.995, below_one=True)
+    queue_size: int = at_least(65536, 0)
+    alpha: float = fraction(0.4)
+
+
+@dataclass
 class SwaConfig:
     """Weight averaging (Open-VCLIP): with ``enabled``, the final model (``RUN/model``) is the mean
     of the weights at the end of each epoch from ``start_epoch`` (counted from 0, as log.jsonl) on;
@@ -206,6 +220,7 @@ class PretrainConfig:
     keep_checkpoints: int = at_least(2, 1)
     interpolation: InterpolationConfig = field(default_factory=InterpolationConfig)
     swa: SwaConfig = field(default_factory=SwaConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def check(self, where: str) -> None:
         if self.swa.enabled and self.swa.start_epoch >= self.epochs:

@@ -128,8 +128,9 @@ class MomentumDistiller(nn.Module):
         tkey = row_keys(list(tokens)).to(frames.device)
         keep_v2t = self._keep(vkey, tkey, self.queue_video_key, self.queue_text_key)  # captions queued
         keep_t2v = keep_v2t  # a queued (video, caption) pair is kept or left out as a whole
+        # copies: the backward pass needs the queues as they were, and _enqueue overwrites them now
         loss = soft_target_loss(out["video"], out["text"], out["logit_scale"], t_video, t_text,
-                                self.queue_video, self.queue_text, keep_v2t, keep_t2v, self.alpha)
+                                self.queue_video.clone(), self.queue_text.clone(), keep_v2t, keep_t2v, self.alpha)
         self._enqueue(t_video, t_text, vkey, tkey)
         return loss
 

@@ -10,7 +10,9 @@ and training mode are stage 1's parts (``retrieval_pretrain.parts``); the loop k
 ``RUN/checkpoints/step_N`` (Accelerate ``save_state``) and the model folder ``RUN/model``.
 Open-VCLIP's training options (``retrieval_pretrain.interpolate``): ``pretrain.interpolation`` adds
 the gradient at interpolated weights to each step; ``pretrain.swa`` makes ``RUN/model`` the average
-of the end-of-epoch weights (the last epoch's in ``RUN/model_last``).
+of the end-of-epoch weights (the last epoch's in ``RUN/model_last``). CLIP2TV's momentum
+distillation (``retrieval_pretrain.distill``, ``pretrain.distill``) replaces the loss by soft targets
+from an EMA teacher with queued negatives; teacher and queues are checkpointed.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from retrieval_pretrain.checkpoints import epoch_batches, load_checkpoint, save_
 from retrieval_pretrain.clip_tokenizer import build_tokenizer
 from retrieval_pretrain.config import RetrievalConfig, config_to_dict
 from retrieval_pretrain.data import steps_per_epoch
-from retrieval_pretrain.errors import DatasetError
+from retrieval_pretrain.distill import MomentumDistiller
+from retrieval_pretrain.errors import ConfigError, DatasetError
 from retrieval_pretrain.folder_lock import folder_lock
 from retrieval_pretrain.interpolate import InterpolationRegulariser, WeightAverage, load_base
+from retrieval_pretrain.model import scores_pairwise
 from retrieval_pretrain.model_folder import init_weights_from, save_pretrained
 from retrieval_pretrain.parts import build_loss, build_training_mode, build_video_text_model, param_groups
 from retrieval_pretrain.run_folder import claim
@@ -84,6 +88,7 @@ class Stage1:
     failures: list[tuple[str, str]] = field(default_factory=list)
     interp: InterpolationRegulariser | None = None  # pretrain.interpolation (Open-VCLIP)
     swa: WeightAverage | None = None  # pretrain.swa
+    distill: MomentumDistiller | None = None  # pretrain.distill (CLIP2TV)
 
 
 def _select_videos(cfg: RetrievalConfig, output: Path, main: bool) -> tuple[list[Any], int]:
@@ -139,6 +144,17 @@ def _open_vclip_parts(run: Stage1, cfg: RetrievalConfig, start: dict[str, torch.
     if p.swa.enabled:
         run.swa = WeightAverage(p.swa.start_epoch)
         acc.register_for_checkpointing(run.swa)
+    if p.distill.enabled:
+        inner = acc.unwrap_model(run.model)
+        if scores_pairwise(inner):
+            raise ConfigError("pretrain.distill needs a model that embeds videos and captions apart; this one scores "
+                              "pairs (X-CLIP, tightTransf), so there is nothing to queue")
+        if acc.num_processes > 1:
+            raise ConfigError("pretrain.distill runs on one process (its queues and teacher are not shared "
+                              "across processes); launch without several processes")
+        d = p.distill
+        run.distill = MomentumDistiller(inner, d.momentum, d.queue_size, d.alpha, inner.embed_dim)
+        acc.register_for_checkpointing(run.distill)
 
 
 def _resume(run: Stage1, output: Path) -> tuple[int, int, int]:
@@ -159,13 +175,18 @@ def _step(run: Stage1, batch: dict[str, Any], max_grad_norm: float) -> tuple[tor
             run.interp.backward(acc, run.model, lambda: run.loss_fn(run.model(
                 frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"]), batch["tokens"]))
         out = run.model(frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"])
-        loss = run.loss_fn(out, batch["tokens"])
+        if run.distill is not None:  # soft targets from the EMA teacher, queued negatives
+            loss = run.distill.loss(out, batch["frames"], batch["mask"], batch["tokens"], batch["video_ids"])
+        else:
+            loss = run.loss_fn(out, batch["tokens"])
         acc.backward(loss)
         if acc.sync_gradients and max_grad_norm > 0:
             acc.clip_grad_norm_(run.model.parameters(), max_grad_norm)
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad()
+        if run.distill is not None and acc.sync_gradients:
+            run.distill.update_teacher(acc.unwrap_model(run.model))
     return loss, out["logit_scale"].detach()
 
 

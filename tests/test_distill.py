@@ -128,3 +128,49 @@ def test_alpha_and_queue_change_the_loss():
     assert d0.loss(student(frames, None, tokens), frames, None, tokens, list("abcd")).item() == pytest.approx(plain.item(), abs=1e-6)
     d1 = MomentumDistiller(student, momentum=0.99, queue_size=0, alpha=0.4, dim=4)
     assert d1.loss(student(frames, None, tokens), frames, None, tokens, list("abcd")).item() != pytest.approx(plain.item(), abs=1e-4)
+
+
+def test_distilled_training_on_real_files_checkpoints_teacher_and_queues(tmp_path):
+    """`vcap pretrain` with pretrain.distill on real mp4s: another loss than plain InfoNCE, and a run
+    cut after step 3's checkpoint and resumed ends with the straight run's losses and weights (teacher
+    and queues restored)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from caption.config import load
+    from caption.demo import CONFIG_PATH
+    from caption.demo import data as demo_data
+    from retrieval_pretrain.train import train
+
+    data = tmp_path / "data"
+    demo_data.generate_dataset(data, demo_data.DemoSpec(num_train=8, num_val=0, num_test=1, frames=8, size=64, seed=3,
+                                                        captions_per_video=1), progress=False, workers=1)
+    args = [f"data.annotations={data / 'annotations.jsonl'}", f"data.videos={data}", "video.num_frames=4",
+            "pretrain.batch_size=4", "pretrain.epochs=3", "run.num_workers=0", "run.log_every=1",
+            "video.cache_frames=0", "pretrain.head_layers=1", "pretrain.save_every=1", "pretrain.keep_checkpoints=10",
+            "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}",
+            "clip.custom.text_cfg.layers=1"]
+    distill = ["pretrain.distill.enabled=true", "pretrain.distill.queue_size=6", "pretrain.distill.momentum=0.9"]
+    plain = train(load(CONFIG_PATH, args), tmp_path / "plain")
+    cfg = load(CONFIG_PATH, args + distill)
+    straight = train(cfg, tmp_path / "straight")
+
+    def losses(run):
+        return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "straight")
+    # soft targets from step 1 on (the teacher starts as the student), queued negatives from step 2
+    assert len(a) == len(b) == 6 and all(x != pytest.approx(y, abs=1e-4) for x, y in zip(a, b))
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "straight", cut)
+    for ckpt in (cut / "checkpoints").glob("step_*"):
+        if int(ckpt.name.split("_")[1]) > 3:
+            shutil.rmtree(ckpt)
+    shutil.rmtree(cut / "model")
+    resumed = train(cfg, cut, resume=True)
+    wa, wb = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert losses(cut) == b
+    assert not all(torch.equal(wa[k], load_file(plain / "model.safetensors")[k]) for k in wa)
