@@ -110,6 +110,22 @@ def claim(output: Path, command: str, cfg: Any, resume: bool, accelerator: Any,
     _check(Path(output), command, cfg, resume, {**(inputs or {}), **_data_files(cfg.data)}, accelerator)
 
 
+def _only_new_defaults(old: dict[str, Any], new: dict[str, Any], command: str, cfg: Any) -> bool:
+    """True when the recorded run and this one differ only by settings the recorded run predates
+    (a key a later version added, at its default value): such a run trained exactly as it would
+    now, so ``--resume`` may continue it."""
+    if old.get("command") != new["command"] or old.get("inputs", {}) != new["inputs"]:
+        return False
+    defaults = _identity(command, type(cfg)(), new["inputs"])["config"]
+    before, after = old.get("config", {}), new["config"]
+    for key in set(before) | set(after):
+        if before.get(key) == after.get(key):
+            continue
+        if key in before or key not in after or after[key] != defaults.get(key, object()):
+            return False
+    return True
+
+
 def _check(output: Path, command: str, cfg: Any, resume: bool, inputs: dict[str, str], accelerator: Any) -> None:
     new = _identity(command, cfg, inputs)
     record = output / RUN_FILE
@@ -124,7 +140,7 @@ def _check(output: Path, command: str, cfg: Any, resume: bool, inputs: dict[str,
             old = json.loads(record.read_text())
         except (OSError, ValueError) as e:
             raise ConfigError(f"{record}: cannot be read ({e}); this folder cannot be resumed") from None
-        if old.get("fingerprint") != new["fingerprint"]:
+        if old.get("fingerprint") != new["fingerprint"] and not _only_new_defaults(old, new, command, cfg):
             diff = _differences(old, new)
             raise ConfigError(f"{output} holds another run than this one ({'; '.join(diff[:8]) or 'fingerprint'}"
                               f"{'; ...' if len(diff) > 8 else ''}): resume it with its own settings, or give a "

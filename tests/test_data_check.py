@@ -159,8 +159,19 @@ def test_cli_probe_samples_with_the_configs_video_section(shared_data: Path, tmp
     shutil.copy(shared_data / "videos/decord/corrupted.mp4", Path(data.videos) / "pool.mp4")  # now broken
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data:\n  format: jsonl\n  annotations: {data.annotations}\n  videos: {data.videos}\n")
-    for num_frames, frame in [(12, 29), (4, 31)]:  # 4 frames: picks 6 18 31 43, segments 0-12 13-24 25-37 38-49
+    from retrieval_pretrain.video import sample_indices
+    from retrieval_pretrain.video_integrity import probe_indices
+
+    for num_frames in (12, 4):  # 4 frames: picks 6 18 31 43, segments 0-12 13-24 25-37 38-49
         assert main(["data", "check", "--probe", "--config", str(cfg), f"video.num_frames={num_frames}"]) == 1
         items = json.loads(capsys.readouterr().out.splitlines()[-1])["unreadable_videos"]["items"]
         reasons = [it["reason"].split(" (")[0] for it in items]
-        assert reasons == [f"{data.videos}/pool.mp4: decoding failed at frame {frame}"]
+        assert len(reasons) == 1 and reasons[0].startswith(f"{data.videos}/pool.mp4: decoding failed"), reasons
+        # Where it failed is named when the one-frame-at-a-time search finds it: a frame the probe
+        # decodes for this sampling, past the 28 frames PyAV gets out of the stream, give or take
+        # the decoder's threads (whose timing decides where the error surfaces: 27 or 29 with 12
+        # frames on a loaded machine, 29 on a quiet one; now and then the search itself decodes).
+        if " at frame " in reasons[0]:
+            frame = int(reasons[0].rsplit(" ", 1)[1])
+            wanted = probe_indices(50, [sample_indices(50, num_frames, "uniform")[0]], [num_frames]).tolist()
+            assert frame in wanted and 20 <= frame <= 49, (frame, wanted)

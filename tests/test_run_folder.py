@@ -112,3 +112,21 @@ def test_a_second_process_on_a_locked_folder_is_refused(tmp_path):
     with folder_lock(tmp_path, "vcap extract"):  # SIGKILL left no stale lock
         with folder_lock(tmp_path, "vcap extract"):  # and the same process may nest it
             pass
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_when_it_is_at_its_default(tmp_path):
+    """A run.json written by an older version lacks the settings added since (e.g. pretrain.distill.*):
+    at their defaults the run trains as it did, so --resume continues it; set otherwise, refused."""
+    cfg = load(None, ["pretrain.epochs=3"])
+    claim(tmp_path, "pretrain", cfg, resume=False, accelerator=_One())
+    record = json.loads((tmp_path / RUN_FILE).read_text())
+    record["config"] = {k: v for k, v in record["config"].items() if not k.startswith("pretrain.distill.")}
+    record["fingerprint"] = "from-an-older-version"
+    (tmp_path / RUN_FILE).write_text(json.dumps(record))
+    _checkpoint(tmp_path)
+    claim(tmp_path, "pretrain", cfg, resume=True, accelerator=_One())
+    with pytest.raises(ConfigError, match=r"pretrain\.distill\.enabled None -> True"):
+        claim(tmp_path, "pretrain", load(None, ["pretrain.epochs=3", "pretrain.distill.enabled=true"]), resume=True,
+              accelerator=_One())
+    with pytest.raises(ConfigError, match=r"pretrain\.epochs 3 -> 4"):
+        claim(tmp_path, "pretrain", load(None, ["pretrain.epochs=4"]), resume=True, accelerator=_One())
