@@ -199,7 +199,9 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
 def _add_search(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "search", "rank indexed videos by a sentence or an example clip",
                  "Search an index made by 'vcap index': the videos most similar to QUERY (a sentence) or to "
-                 "--video CLIP, by cosine similarity of the stage-1 model's embeddings.", config=False)
+                 "--video CLIP, by cosine similarity of the stage-1 model's embeddings - or, for a model that "
+                 "scores pairs (X-CLIP, tightTransf), a sentence by the model's own pair score against each "
+                 "video's stored state, and --video by cosine of the pooled embeddings.", config=False)
     p.add_argument("index", metavar="IDX")
     p.add_argument("query", nargs="?", default=None, metavar="QUERY", help="a sentence")
     p.add_argument("--video", default=None, metavar="CLIP", help="search by this example clip instead")
