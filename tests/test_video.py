@@ -8,6 +8,8 @@ decord's does), rotated by the frame's display-matrix angle.
 
 from __future__ import annotations
 
+import re
+
 import json
 import pickle
 from pathlib import Path
@@ -444,7 +446,10 @@ def test_deep_probe_decodes_what_extraction_samples(videos):
     path = videos / "decord/corrupted.mp4"
     with pytest.raises(VideoReadError) as info:  # frame 0 decodes; the TSN segment [30, 34) does not
         probe_video(path, samplings=DEEP)
-    assert info.value.reason.startswith("decoding failed at frame 29 (the container lists 50 frames)")
+    # where the error surfaces depends on the decoder's threads: frame 29 on a quiet machine, 27 (or
+    # no frame named) under load - always past the 28 frames PyAV gets out of the stream, give or take
+    assert re.match(r"decoding failed (at frame (27|29) )?\(the container lists 50 frames\)", info.value.reason), \
+        info.value.reason
     with pytest.raises(ValueError, match="unknown sampling method"):
         probe_video(path, samplings=[(12, "random")])
 
