@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -130,9 +130,11 @@ def render_background(name: str, size: int, rng: np.random.Generator) -> np.ndar
 
 
 def render_frames(shape: str, rgb: Iterable[float], background: np.ndarray, traj: Trajectory,
-                  supersample: int = 3) -> np.ndarray:
+                  supersample: int = 3, inside: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                  ) -> np.ndarray:
     """(frames, H, W, 3) uint8: the object drawn over ``background`` along ``traj``, anti-aliased by
-    supersampling only the object's bounding box."""
+    supersampling only the object's bounding box. ``inside(x, y)``: the shape's mask in object
+    coordinates (default: the demo's ``shape``; other worlds pass their own)."""
     size = background.shape[0]
     colour = np.asarray(list(rgb), dtype=np.float32)
     out = np.empty((len(traj.cx), size, size, 3), dtype=np.uint8)
@@ -146,7 +148,8 @@ def render_frames(shape: str, rgb: Iterable[float], background: np.ndarray, traj
         if x1 > x0 and y1 > y0:
             xs = ((np.arange(x0, x1)[:, None] + offsets[None]).ravel() - cxp) / dp
             ys = ((np.arange(y0, y1)[:, None] + offsets[None]).ravel() - cyp) / dp
-            cover = _inside(shape, xs[None, :], ys[:, None]).astype(np.float32)
+            cover = (inside(xs[None, :], ys[:, None]) if inside is not None
+                     else _inside(shape, xs[None, :], ys[:, None])).astype(np.float32)
             alpha = cover.reshape(y1 - y0, ss, x1 - x0, ss).mean(axis=(1, 3))[..., None]
             region = frame[y0:y1, x0:x1]
             frame[y0:y1, x0:x1] = region * (1 - alpha) + colour * alpha

@@ -89,29 +89,6 @@ EXTRA_MASKS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
-def _render_extra(shape: str, rgb: np.ndarray, background: np.ndarray, traj: Trajectory,
-                  supersample: int = 3) -> np.ndarray:
-    """(frames, H, W, 3) uint8: an extra shape drawn as ``render.render_frames`` draws the demo's
-    (supersampled coverage over the object's bounding box, blended over the background)."""
-    inside = EXTRA_MASKS[shape]
-    size = background.shape[0]
-    out = np.empty((len(traj.cx), size, size, 3), dtype=np.uint8)
-    offsets = (np.arange(supersample) + 0.5) / supersample
-    for f, (cx, cy, d) in enumerate(zip(traj.cx, traj.cy, traj.size)):
-        frame = background.copy()
-        cxp, cyp, dp = cx * size, cy * size, d * size
-        x0, x1 = max(0, int(np.floor(cxp - 0.6 * dp))), min(size, int(np.ceil(cxp + 0.6 * dp)))
-        y0, y1 = max(0, int(np.floor(cyp - 0.6 * dp))), min(size, int(np.ceil(cyp + 0.6 * dp)))
-        if x1 > x0 and y1 > y0:
-            xs = ((np.arange(x0, x1)[:, None] + offsets[None]).ravel() - cxp) / dp
-            ys = ((np.arange(y0, y1)[:, None] + offsets[None]).ravel() - cyp) / dp
-            cover = inside(xs[None, :], ys[:, None]).astype(np.float32)  # (Y * ss, X * ss)
-            alpha = cover.reshape(y1 - y0, supersample, x1 - x0, supersample).mean(axis=(1, 3))[..., None]
-            frame[y0:y1, x0:x1] = frame[y0:y1, x0:x1] * (1 - alpha) + rgb * alpha
-        out[f] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
-    return out
-
-
 def shape_mask(shape: str, size: int = IMAGE_SIZE) -> np.ndarray:
     """(size, size) bool: which pixel centres a centred ``shape`` filling the frame covers."""
     grid = (np.arange(size) + 0.5) / size - 0.5
@@ -134,7 +111,7 @@ def render_object(shape: str, rgb: np.ndarray, background: np.ndarray, traj: Tra
     """(frames, H, W, 3) uint8: any shape of the extended palette along ``traj`` (the demo's shapes
     through ``render.render_frames`` itself, so they are the very pixels its videos show)."""
     if shape in EXTRA_MASKS:
-        return _render_extra(shape, np.asarray(rgb, dtype=np.float32), background, traj)
+        return render_frames(shape, np.asarray(rgb, dtype=np.float32), background, traj, inside=EXTRA_MASKS[shape])
     return render_frames(shape, rgb, background, traj)
 
 
