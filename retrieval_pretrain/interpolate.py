@@ -164,6 +164,10 @@ def interpolate_folders(base: str | Path, finetuned: str | Path, alpha: float, o
     for name, path in (("--finetuned", finetuned), ("--base", Path(base))):
         if path.exists() and output.resolve() == path.resolve():
             raise ConfigError(f"--output {output} is the {name} model itself; give a new folder")
+    if output.is_dir() and any(output.iterdir()) and not (output / "config.json").is_file():
+        # the folder is swapped in whole: what else it holds would be lost without a word
+        raise ConfigError(f"--output {output} is a folder holding other files (not a model folder); give a new "
+                          "or empty folder, or an earlier interpolated model to replace")
     model, info = from_pretrained(finetuned)
     weights = load_base(base, model)
     state, mixed, kept = interpolate_state(model.state_dict(), weights, alpha)

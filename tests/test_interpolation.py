@@ -270,3 +270,16 @@ def test_impossible_settings_are_refused_when_the_config_is_read():
         load(CONFIG_PATH, ["pretrain.epochs=3", "pretrain.swa.enabled=true", "pretrain.swa.start_epoch=3"])
     with pytest.raises(ConfigError, match=r"pretrain.interpolation.high: 1.5 must be in \[0.0, 1.0\]"):
         load(CONFIG_PATH, ["pretrain.interpolation.high=1.5"])
+
+
+def test_interpolate_refuses_an_output_folder_holding_other_files(tmp_path):
+    """The output folder is replaced whole, so a folder of the user's other files is refused, untouched."""
+    from retrieval_pretrain.errors import ConfigError
+    from retrieval_pretrain.interpolate import interpolate_folders
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="holding other files"):
+        interpolate_folders(tmp_path / "base", tmp_path / "ft", 0.5, out)
+    assert (out / "notes.txt").read_text() == "keep me"
