@@ -50,6 +50,8 @@ class TextPrompt(nn.Module):
         ``ValueError`` when a caption leaves no room for the prompts."""
         B, ctx = tokens.shape
         P, S = self.prefix.shape[0], self.suffix.shape[0]
+        if B == 0:
+            return tokens.new_zeros((0, ctx)), tokens.new_zeros((0,))
         eot = tokens.argmax(dim=-1)  # (B,) the end token: the highest id (open_clip's argmax pooling)
         if int(eot.max()) + P + S >= ctx:
             raise ValueError(f"a caption of {int(eot.max()) - 1} tokens and {P + S} prompt vectors do not fit the "
@@ -68,6 +70,10 @@ class TextPrompt(nn.Module):
     def encode(self, clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         """The prompted caption features (B, D), not normalised, as ``clip.encode_text`` returns."""
         t = _text_owner(clip)
+        width = t.token_embedding.weight.shape[1]
+        if self.prefix.shape[1] != width:
+            raise ValueError(f"the prompt vectors are {self.prefix.shape[1]} wide, the text tower's token "
+                             f"embeddings {width}; build TextPrompt with width={width}")
         cast = t.transformer.get_cast_dtype()
         emb = t.token_embedding(tokens).to(cast)  # (B, ctx, W)
         B = tokens.shape[0]

@@ -65,3 +65,10 @@ def test_too_long_caption_is_refused(clip_and_tokens):
     clip, tokens = clip_and_tokens
     with pytest.raises(ValueError, match="do not fit"):
         TextPrompt(_width(clip), 8, 8).encode(clip, tokens)
+
+
+def test_wrong_width_and_empty_batch(clip_and_tokens):
+    clip, tokens = clip_and_tokens
+    with pytest.raises(ValueError, match="wide"):
+        TextPrompt(_width(clip) - 1, 2, 2).encode(clip, tokens)
+    assert TextPrompt(_width(clip), 2, 2).encode(clip, tokens[:0]).shape[0] == 0
