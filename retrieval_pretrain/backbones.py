@@ -140,6 +140,12 @@ def _local_weights_error(path: str, err: BaseException) -> WeightsUnavailableErr
     return WeightsUnavailableError(f"clip.pretrained={path}: cannot load this checkpoint file: {reason}")
 
 
+def text_tower(clip: torch.nn.Module) -> torch.nn.Module:
+    """The module holding an open_clip model's text tower (``CLIP`` keeps its parts flat,
+    ``CustomTextCLIP`` under ``.text``)."""
+    return clip.text if hasattr(clip, "text") else clip
+
+
 def tokenizer_spec(arch: dict[str, Any]) -> dict[str, Any]:
     """What ``ClipTokenizer`` takes for a backbone's architecture dict (open_clip's, or an X-CLIP
     config dict, whose text model reads CLIP's BPE ids: same vocabulary, end token 49407)."""

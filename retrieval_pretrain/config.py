@@ -183,9 +183,25 @@ class SwaConfig:
 
 
 @dataclass
+class PromptConfig:
+    """Prompt tuning (Ju et al., ``pretrain.mode=prompt``; ``retrieval_pretrain.prompt``): ``prefix``
+    learnt vectors before and ``suffix`` after every caption's (or label prompt's) words in CLIP's
+    text tower, initialised with std 0.01. The paper's 16 + 16 need a caption of at most
+    ``context_length - 32`` tokens (``pretrain.max_words``; CLIP's context is 77)."""
+
+    prefix: int = at_least(16, 0)
+    suffix: int = at_least(16, 0)
+
+
+@dataclass
 class PretrainConfig:
     """Stage 1: the temporal head and contrastive training (CLIP4Clip's recipe). ``head``,
     ``loss`` and ``mode`` pick stage 1's parts (``retrieval_pretrain.parts``).
+
+    ``mode``: ``full`` fine-tunes CLIP (except the ``freeze`` prefixes); ``prompt`` is Ju et al.'s
+    prompt tuning: CLIP frozen whole, ``prompt`` vectors and the head trained, from frame features
+    the frozen image tower computes once per training video (``video.cache_frames`` frames of each,
+    32 when 0) instead of decoding every step.
 
     ``head``: CLIP4Clip's similarity heads - ``meanP``, ``seqLSTM``, ``seqTransf`` (a video
     embedding, scored by a dot product) or ``tightTransf`` (a ``head_layers``-block cross-modal
@@ -197,7 +213,9 @@ class PretrainConfig:
     # layer-normalise the features entering seqTransf / tightTransf (towers trained from scratch)
     head_input_norm: bool = False
     loss: str = choice("infonce", "infonce", "kl")
-    mode: str = choice("full", "full")
+    # full: fine-tune (all but pretrain.freeze); prompt: every CLIP weight frozen, learnt prompt vectors in
+    # the text tower + the temporal head, trained from image-tower features computed once per video
+    mode: str = choice("full", "full", "prompt")
     max_words: int = at_least(32, 2)
     batch_size: int = at_least(128, 1)
     epochs: int = at_least(5, 0)
@@ -221,6 +239,7 @@ class PretrainConfig:
     interpolation: InterpolationConfig = field(default_factory=InterpolationConfig)
     swa: SwaConfig = field(default_factory=SwaConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
 
     def check(self, where: str) -> None:
         if self.swa.enabled and self.swa.start_epoch >= self.epochs:

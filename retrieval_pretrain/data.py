@@ -7,7 +7,8 @@ Two datasets:
 * ``ContrastiveTrainSet`` - one item per training video, with one caption drawn at random per
   epoch (CLIP4Clip trains on (video, caption) pairs; drawing per video per epoch keeps every
   video equally weighted whatever its caption count). With a ``FrameCache`` (``video.cache_frames``)
-  its frames come from memory instead of the decoder.
+  its frames come from memory instead of the decoder; with a ``FeatureCache`` (prompt tuning) its
+  "frames" are the frozen image tower's features of those frames, (T, D).
 
 A video that cannot be decoded never kills a run: its item carries ``ok=False`` and the reason,
 ``collate_videos`` drops it from the batch and lists it under ``"failures"``, and the caller
@@ -52,9 +53,10 @@ class Preprocess:
 
 
 def _load(pre: Preprocess, path: Path, method: str, rng: np.random.Generator | None,
-          cached: Callable[[str, np.random.Generator | None], dict[str, Any]] | None = None) -> dict[str, Any]:
+          cached: Callable[[str, np.random.Generator | None], dict[str, Any]] | None = None,
+          frame_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Decode one video (or take its frames from ``cached``); on any failure return a placeholder
-    with ``ok=False`` and the reason."""
+    with ``ok=False`` and the reason (frames of ``frame_shape`` each, default (3, S, S))."""
     try:
         item = cached(method, rng) if cached is not None else pre(path, method, rng)
         item["ok"] = True
@@ -63,7 +65,7 @@ def _load(pre: Preprocess, path: Path, method: str, rng: np.random.Generator | N
         reason = _failure_reason(path, e)
         s = pre.image_size
         item = {
-            "frames": torch.zeros(pre.num_frames, 3, s, s),
+            "frames": torch.zeros(pre.num_frames, *(frame_shape or (3, s, s))),
             "mask": torch.zeros(pre.num_frames, dtype=torch.bool),
             "ok": False,
             "error": reason,
@@ -137,6 +139,69 @@ class FrameCache:
                 "mask": torch.from_numpy(mask)}
 
 
+class FeatureCache:
+    """Prompt tuning's training input (``pretrain.mode=prompt``): the frozen image tower's features
+    of up to ``max_frames`` frames of every training video, computed once.
+
+    Each video is decoded once as ``FrameCache`` does (the same kept frames), its frames normalised
+    with ``mean``/``std`` and passed through ``encode`` ((N, 3, S, S) -> (N, D), the frozen image
+    tower), in batches of about ``batch_frames`` frames; (n_i, D) float32 rows are kept per video.
+    Training samples frames among them with the same ``sample_indices`` and draws as the decoder,
+    so an item's features are exactly the image tower's features of the frames a decoded item
+    would hold (for videos of at most ``max_frames`` frames). An unreadable video keeps its reason
+    and is reported whenever it is drawn.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], max_frames: int, image_size: int, mean: Sequence[float],
+                 std: Sequence[float], encode: Callable[[torch.Tensor], torch.Tensor], num_workers: int = 0,
+                 progress: bool = True, batch_frames: int = 256):
+        if max_frames < 1:
+            raise ValueError(f"the feature cache needs max_frames >= 1, got {max_frames}")
+        self.features: list[torch.Tensor | None] = [None] * len(paths)  # (n_i, D) float32
+        self.errors: list[str] = [""] * len(paths)
+        self.mean, self.std, self.encode, self.width = tuple(mean), tuple(std), encode, 0
+        loader = DataLoader(_CacheFill(paths, max_frames, image_size), batch_size=1, num_workers=num_workers,
+                            collate_fn=_only_item)
+        pending: list[tuple[int, torch.Tensor]] = []
+        for index, frames, error in tqdm(loader, desc="encode once", unit="video", file=sys.stderr,
+                                         disable=not progress):
+            if frames is None:
+                self.errors[index] = error
+                continue
+            pending.append((index, frames.clone()))
+            if sum(len(f) for _, f in pending) >= batch_frames:
+                self._encode(pending)
+                pending = []
+        if pending:
+            self._encode(pending)
+
+    def _encode(self, pending: list[tuple[int, torch.Tensor]]) -> None:
+        frames = normalise_frames(torch.cat([f for _, f in pending]), self.mean, self.std)  # (N, 3, S, S)
+        feats = self.encode(frames).detach().float().cpu()  # (N, D)
+        self.width = feats.shape[-1]
+        for (index, _), rows in zip(pending, feats.split([len(f) for _, f in pending])):
+            self.features[index] = rows.clone()
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        return (self.width,)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.numel() * f.element_size() for f in self.features if f is not None)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def sample(self, index: int, pre: Preprocess, method: str, rng: np.random.Generator | None) -> dict[str, Any]:
+        """``{"frames": (T, D) features, "mask": (T,)}`` for video ``index``, frames drawn as ``Preprocess`` would."""
+        kept = self.features[index]
+        if kept is None:
+            raise RuntimeError(self.errors[index])  # the reason names the file
+        indices, mask = sample_indices(len(kept), pre.num_frames, method, rng=rng)
+        return {"frames": kept[torch.from_numpy(indices)], "mask": torch.from_numpy(mask)}
+
+
 def estimate_cache_bytes(num_videos: int, max_frames: int, image_size: int) -> int:
     """Upper bound of a ``FrameCache``'s memory: videos x frames x 3 x size^2 bytes."""
     return num_videos * max_frames * 3 * image_size * image_size
@@ -174,11 +239,12 @@ class ContrastiveTrainSet(Dataset):
         tokenize: list of strings -> LongTensor (N, L).
         method: frame sampling while training (``tsn`` or ``uniform``).
         seed: run seed.
-        cache: the entries' frames in memory (same order as ``entries``), or None to decode.
+        cache: the entries' frames (``FrameCache``) or image-tower features (``FeatureCache``: items
+            then carry (T, D) features as ``frames``) in memory, same order as ``entries``; None to decode.
     """
 
     def __init__(self, entries: Sequence[Any], pre: Preprocess, tokenize: Callable[[list[str]], torch.Tensor],
-                 method: str = "tsn", seed: int = 0, cache: FrameCache | None = None):
+                 method: str = "tsn", seed: int = 0, cache: FrameCache | FeatureCache | None = None):
         self.entries = list(entries)
         self.pre = pre
         self.tokenize = tokenize
@@ -188,8 +254,10 @@ class ContrastiveTrainSet(Dataset):
             if len(cache) != len(self.entries):
                 raise ValueError(f"the frame cache holds {len(cache)} videos, the training set {len(self.entries)}")
             if method not in ("tsn", "uniform"):
-                raise ConfigError(f"video.cache_frames works with train_sampling tsn or uniform, not {method!r} "
-                                 "(fps sampling needs the file's own frame rate); set video.cache_frames=0")
+                fix = ("prompt tuning always trains from cached features" if isinstance(cache, FeatureCache)
+                       else "set video.cache_frames=0")
+                raise ConfigError(f"frames cached in memory work with video.train_sampling tsn or uniform, not "
+                                  f"{method!r} (fps sampling needs the file's own frame rate); {fix}")
         self.cache = cache
 
     def __len__(self) -> int:
@@ -205,7 +273,7 @@ class ContrastiveTrainSet(Dataset):
         cached = None
         if self.cache is not None:
             cached = functools.partial(self.cache.sample, index, self.pre)
-        item = _load(self.pre, Path(entry.path), self.method, rng, cached)
+        item = _load(self.pre, Path(entry.path), self.method, rng, cached, getattr(self.cache, "frame_shape", None))
         item.update(video_id=entry.video_id, path=str(entry.path), caption=caption,
                     tokens=self.tokenize([caption])[0])
         return item

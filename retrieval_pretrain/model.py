@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
+from retrieval_pretrain.backbones import text_tower
 from retrieval_pretrain.heads import TemporalHead
 
 
@@ -78,15 +79,18 @@ class VideoTextModel(nn.Module):
         build_info: JSON-able description of how the backbone was built (source, tokenizer), carried
             so ``model_folder.save_pretrained`` can write it; never read here.
         head_from_text: whether the head started as a copy of CLIP's text transformer (recorded).
+        prompt: learnt prompt vectors around every caption in the text tower
+            (``prompt.TextPrompt``, ``pretrain.mode=prompt``), or None for plain captions.
     """
 
     pairwise = False  # an embedding model: a pair's score is the dot product of its embeddings
 
     def __init__(self, clip: nn.Module, head: TemporalHead, image_mean: Sequence[float] = OPENAI_DATASET_MEAN,
                  image_std: Sequence[float] = OPENAI_DATASET_STD, build_info: dict[str, Any] | None = None,
-                 head_from_text: bool = False, frame_layout: Any = None):
+                 head_from_text: bool = False, frame_layout: Any = None, prompt: nn.Module | None = None):
         super().__init__()
         self.clip = clip
+        self.prompt = prompt
         self.frame_layout = frame_layout  # st_mix: tells the image tower which frames are neighbours
         self.head = head
         self.head_from_text = head_from_text
@@ -123,8 +127,7 @@ class VideoTextModel(nn.Module):
 
     @property
     def context_length(self) -> int:
-        owner = self.clip.text if hasattr(self.clip, "text") else self.clip
-        return int(owner.context_length)
+        return int(text_tower(self.clip).context_length)
 
     @property
     def logit_scale(self) -> nn.Parameter:
@@ -137,12 +140,17 @@ class VideoTextModel(nn.Module):
         """Per-frame features after the temporal head, before pooling (what stage 2 caches).
 
         Args:
-            frames: (B, T, 3, H, W), already CLIP-normalised.
+            frames: (B, T, 3, H, W), already CLIP-normalised; or (B, T, D), the image tower's
+                features of those frames, computed before (prompt mode's feature cache), which go
+                straight to the head.
             mask: (B, T) bool, True for real frames; None means all real. Padding frames are not
                 run through the image tower (their features are zeros going into the head).
         Returns:
             (B, T, D), not normalised. Rows of padding frames are meaningless.
         """
+        if frames.dim() == 3:  # image-tower features already
+            feats = frames if mask is None else frames * mask.unsqueeze(-1).to(frames.dtype)
+            return self.head(feats, mask)
         B, T = frames.shape[:2]
         flat = frames.flatten(0, 1)  # (B*T, 3, H, W)
         real = torch.ones(B * T, dtype=torch.bool, device=frames.device) if mask is None else mask.reshape(B * T).bool()
@@ -175,8 +183,10 @@ class VideoTextModel(nn.Module):
         return self.pool(self.encode_frames(frames, mask), mask)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """L2-normalised caption embeddings (B, D) from token ids (B, context_length)."""
-        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+        """L2-normalised caption embeddings (B, D) from token ids (B, context_length), through the
+        learnt prompts when the model has them."""
+        feats = self.clip.encode_text(tokens) if self.prompt is None else self.prompt.encode(self.clip, tokens)
+        return F.normalize(feats, dim=-1)
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"video": (B, D), "text": (B, D), "logit_scale": ()}``; the scale is ``exp`` of CLIP's

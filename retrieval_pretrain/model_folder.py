@@ -4,8 +4,9 @@ A model folder holds exactly two files:
 
 * ``config.json``: everything needed to rebuild the network without any download - the resolved
   open_clip architecture dict (``clip.arch``; for ``clip.kind=xclip`` the resolved ``XCLIPConfig``
-  dict), the temporal head, frames, image size and normalisation, the tokenizer and ``max_words``
-  - plus the caller's ``extra`` (e.g. sampling).
+  dict), the temporal head, frames, image size and normalisation, the tokenizer and ``max_words``,
+  the prompt lengths of a prompt-tuned model (``prompt``: ``{prefix, suffix}``) - plus the caller's
+  ``extra`` (e.g. sampling).
 * ``model.safetensors``: all weights, CLIP towers and head (the fine-tuned video tower).
 
 The folder is written whole through ``atomic.write_folder``; loading is strict (a missing or
@@ -28,10 +29,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from retrieval_pretrain.atomic import write_folder
-from retrieval_pretrain.backbones import clip_from_arch, xclip_from_config
+from retrieval_pretrain.backbones import clip_from_arch, text_tower, xclip_from_config
 from retrieval_pretrain.errors import ModelFolderError, check_finite
 from retrieval_pretrain.model import VideoTextModel
 from retrieval_pretrain.parts import build_temporal_head, build_tight_transf
+from retrieval_pretrain.prompt import TextPrompt
 from retrieval_pretrain.st_mix import enable_st_mix
 from retrieval_pretrain.tight_transf import TightTransfModel
 from retrieval_pretrain.xclip import XClipVideoTextModel
@@ -42,7 +44,7 @@ FORMAT = "vcap-video-text-model"
 FORMAT_VERSION = 1
 # Keys of config.json that define the network; ``extra`` may repeat them but never change them.
 _ARCH_KEYS = ("format", "format_version", "clip", "head", "head_layers", "head_input_norm", "num_frames", "embed_dim",
-              "image_size", "image_mean", "image_std", "tokenizer", "context_length", "max_words")
+              "image_size", "image_mean", "image_std", "tokenizer", "context_length", "max_words", "prompt")
 
 
 def _head_config(model: VideoTextModel | XClipVideoTextModel) -> dict[str, Any]:
@@ -56,6 +58,14 @@ def _head_config(model: VideoTextModel | XClipVideoTextModel) -> dict[str, Any]:
                 "head_heads": model.cross.heads, "head_init_from_text": model.head_from_text}
     return {"head": model.head_kind, "head_layers": model.head_layers, "head_input_norm": model.head.input_norm,
             "head_heads": model.head.heads, "head_init_from_text": model.head_from_text}
+
+
+def _prompt_config(model: Any) -> dict[str, Any]:
+    """``{"prompt": {prefix, suffix}}`` for a prompt-tuned model, else nothing."""
+    prompt = getattr(model, "prompt", None)
+    if prompt is None:
+        return {}
+    return {"prompt": {"prefix": int(prompt.prefix.shape[0]), "suffix": int(prompt.suffix.shape[0])}}
 
 
 def model_config(model: VideoTextModel | XClipVideoTextModel) -> dict[str, Any]:
@@ -81,6 +91,7 @@ def model_config(model: VideoTextModel | XClipVideoTextModel) -> dict[str, Any]:
         "tokenizer": b["tokenizer"],
         "context_length": model.context_length,
         "max_words": b["max_words"],
+        **_prompt_config(model),
         **versions,
     }
 
@@ -146,9 +157,13 @@ def _build_from_info(info: dict[str, Any]) -> VideoTextModel | TightTransfModel 
         return model
     head, _ = build_temporal_head(info["head"], info["head_layers"], info["num_frames"], clip,
                                   input_norm=bool(info["head_input_norm"]), init_from_text=False)
+    prompt = None
+    if info.get("prompt") is not None:  # pretrain.mode=prompt: the learnt vectors come with the weights
+        width = text_tower(clip).token_embedding.weight.shape[1]
+        prompt = TextPrompt(width, int(info["prompt"]["prefix"]), int(info["prompt"]["suffix"]))
     return VideoTextModel(clip, head, image_mean=info["image_mean"], image_std=info["image_std"],
                           build_info=build_info, head_from_text=bool(info["head_init_from_text"]),
-                          frame_layout=layout)
+                          frame_layout=layout, prompt=prompt)
 
 
 def from_pretrained(folder: str | Path, device: str | torch.device = "cpu"

@@ -10,7 +10,9 @@ branch in the training loop).
 | temporal head   | ``pretrain.head``| ``meanP``, ``seqTransf``, ``seqLSTM`` | ``build_temporal_head``  |
 |                 |                  | ``tightTransf`` (pairwise, CLIP4Clip) | ``build_tight_transf``   |
 | loss            | ``pretrain.loss``| ``infonce``, ``kl`` (ActionCLIP)      | ``build_loss``           |
-| training mode   | ``pretrain.mode``| ``full`` (+ ``pretrain.freeze``)      | ``build_training_mode``  |
+| training mode   | ``pretrain.mode``| ``full`` (+ ``pretrain.freeze``);     | ``build_training_mode``  |
+|                 |                  | ``prompt`` (frozen CLIP, text prompts,| ``build_prompt``         |
+|                 |                  | cached frame features; Ju et al.)     |                          |
 
 The text side is CLIP's text tower inside the backbone. The training loop only ever calls
 ``loss_fn(model(frames, mask, tokens), tokens)`` and the optimizer over the trainable parameters.
@@ -28,24 +30,25 @@ import torch
 from open_clip.transformer import ResidualAttentionBlock, Transformer
 from torch import nn
 
-from retrieval_pretrain.backbones import BACKBONE_KINDS, build_clip, build_xclip, resolve_arch
+from retrieval_pretrain.backbones import BACKBONE_KINDS, build_clip, build_xclip, resolve_arch, text_tower
 from retrieval_pretrain.clip_tokenizer import check_max_words
 from retrieval_pretrain.errors import ConfigError
 from retrieval_pretrain.heads import TemporalHead
 from retrieval_pretrain.loss import info_nce, info_nce_scores, kl_matching, kl_matching_scores
 from retrieval_pretrain.model import VideoTextModel
+from retrieval_pretrain.prompt import TextPrompt
 from retrieval_pretrain.st_mix import enable_st_mix
 from retrieval_pretrain.tight_transf import CrossEncoder, TightTransfModel
 from retrieval_pretrain.xclip import XClipVideoTextModel
 
 LOSSES = ("infonce", "kl")
-MODES = ("full",)
+MODES = ("full", "prompt")
 
 
 def _text_parts(clip: nn.Module) -> tuple[nn.Module | None, torch.Tensor | None]:
     """CLIP's text transformer and its position table (``CLIP`` keeps them flat, ``CustomTextCLIP``
     under ``.text``); ``(None, None)`` for text towers without them (e.g. Hugging Face ones)."""
-    owner = clip.text if hasattr(clip, "text") else clip
+    owner = text_tower(clip)
     transformer = getattr(owner, "transformer", None)
     pos = getattr(owner, "positional_embedding", None)
     if not isinstance(transformer, Transformer) or not isinstance(pos, torch.Tensor):
@@ -102,6 +105,26 @@ def build_tight_transf(clip: nn.Module, layers: int, num_frames: int, max_words:
     return TightTransfModel(clip, cross, max_words, head_from_text=from_text, **model_kwargs)
 
 
+def build_prompt(cfg: Any, clip: nn.Module, max_words: int) -> TextPrompt:
+    """Prompt tuning's learnt vectors for ``clip``'s text tower (``pretrain.prompt``), refusing the
+    towers it cannot prompt and captions that would leave no room for them. Needs an embedding model
+    whose frames are encoded one by one: the image tower's features are computed once per video."""
+    p = cfg.pretrain.prompt
+    why = {"xclip": "X-CLIP prompts its text with each video itself",
+           "tightTransf": "tightTransf reads the caption's token states, not one prompted feature",
+           "st_mix": "st_mix makes a frame's features depend on its neighbours, so they cannot be computed once"}
+    for value in (cfg.clip.kind, cfg.pretrain.head, cfg.clip.temporal_attention):
+        if value in why:
+            raise ConfigError(f"pretrain.mode=prompt does not work with {value}: {why[value]}")
+    owner = text_tower(clip)
+    context = int(owner.context_length)
+    if max_words + p.prefix + p.suffix > context:
+        raise ConfigError(f"pretrain.mode=prompt: pretrain.max_words={max_words} + pretrain.prompt.prefix={p.prefix} "
+                          f"+ pretrain.prompt.suffix={p.suffix} exceed the text tower's {context} positions; "
+                          f"shorten max_words or the prompts")
+    return TextPrompt(owner.token_embedding.weight.shape[1], p.prefix, p.suffix)
+
+
 def _xclip_info(cfg: Any, xclip: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
     """What an X-CLIP model folder records of how it was built: the resolved ``XCLIPConfig``
     dict as ``clip.arch``, so the folder rebuilds without a download."""
@@ -123,6 +146,8 @@ def build_video_text_model(cfg: Any) -> VideoTextModel | TightTransfModel | XCli
     ``pretrain.head=tightTransf`` gives CLIP4Clip's cross-encoder model (pairwise scores)."""
     clip, mean, std, spec = build_backbone(cfg)
     check_max_words(cfg.pretrain.max_words, spec["context_length"])  # fail now, not in a worker
+    if cfg.pretrain.mode == "prompt" and (cfg.clip.kind == "xclip" or cfg.pretrain.head == "tightTransf"):
+        build_prompt(cfg, clip, cfg.pretrain.max_words)  # the error saying why
     if cfg.clip.kind == "xclip":
         return XClipVideoTextModel(clip, image_mean=mean, image_std=std, build_info=_xclip_info(cfg, clip, spec))
     layout = enable_st_mix(clip.visual) if cfg.clip.temporal_attention == "st_mix" else None
@@ -140,10 +165,11 @@ def build_video_text_model(cfg: Any) -> VideoTextModel | TightTransfModel | XCli
         return build_tight_transf(clip, cfg.pretrain.head_layers, cfg.video.num_frames, cfg.pretrain.max_words,
                                   input_norm=cfg.pretrain.head_input_norm, image_mean=mean, image_std=std,
                                   build_info=info, frame_layout=layout)
+    prompt = build_prompt(cfg, clip, cfg.pretrain.max_words) if cfg.pretrain.mode == "prompt" else None
     head, from_text = build_temporal_head(cfg.pretrain.head, cfg.pretrain.head_layers, cfg.video.num_frames, clip,
                                           input_norm=cfg.pretrain.head_input_norm)
     return VideoTextModel(clip, head, image_mean=mean, image_std=std, build_info=info, head_from_text=from_text,
-                          frame_layout=layout)
+                          frame_layout=layout, prompt=prompt)
 
 
 def build_loss(cfg: Any) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
@@ -196,10 +222,19 @@ def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:
 
 def build_training_mode(cfg: Any, model: nn.Module) -> nn.Module:
     """Set which parameters train (``pretrain.mode``): ``full`` fine-tunes everything except the
-    ``pretrain.freeze`` prefixes. Returns the model."""
+    ``pretrain.freeze`` prefixes; ``prompt`` freezes all of CLIP (towers, token embedding, logit
+    scale), so only the prompt vectors, the head and what ``pretrain.freeze`` leaves of them train.
+    Returns the model."""
     if cfg.pretrain.mode not in MODES:
         raise ConfigError(f"pretrain.mode: unknown training mode {cfg.pretrain.mode!r}; choose one of "
                           f"{', '.join(MODES)}")
+    if cfg.pretrain.mode == "prompt":
+        if getattr(model, "prompt", None) is None:
+            raise ConfigError("pretrain.mode=prompt needs a model built with prompts (build_video_text_model)")
+        frozen = freeze_parameters(model, ["clip"])
+        trained = sum(q.numel() for q in model.parameters() if q.requires_grad)
+        print(f"stage 1, prompt tuning: CLIP's {frozen:,} parameters frozen; training {trained:,} (prompts "
+              f"{model.prompt.length} x {model.prompt.prefix.shape[1]}, head)", file=sys.stderr)
     if cfg.pretrain.freeze:
         frozen = freeze_parameters(model, cfg.pretrain.freeze)
         total = sum(q.numel() for q in model.parameters())

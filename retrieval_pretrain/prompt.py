@@ -1,8 +1,8 @@
 """Continuous prompt vectors around a caption in CLIP's text tower (Ju et al., "Prompting
 Visual-Language Models for Efficient Video Understanding", ECCV 2022).
 
-A building block of issue 15's ``pretrain.mode=prompt``, which is not wired into ``vcap pretrain``
-yet (see the closing note of the stop that added it): ``TextPrompt`` encodes token ids as
+The text side of ``pretrain.mode=prompt`` (``parts.build_video_text_model`` attaches it to the model
+as ``VideoTextModel.prompt``): ``TextPrompt`` encodes token ids as
 
     [SOT] p_1 .. p_P  w_1 .. w_n  s_1 .. s_S [EOT] (padding)
 
@@ -17,10 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from retrieval_pretrain.backbones import text_tower
+
 
 def _text_owner(clip: nn.Module) -> nn.Module:
-    """The module holding the text tower's parts (``CLIP`` keeps them flat, ``CustomTextCLIP`` under ``.text``)."""
-    owner = clip.text if hasattr(clip, "text") else clip
+    """The text tower's module, checked to have what prompting reads."""
+    owner = text_tower(clip)
     for name in ("token_embedding", "positional_embedding", "transformer", "ln_final"):
         if not hasattr(owner, name):
             raise ValueError(f"prompt tuning needs an open_clip text tower with {name}; this one has none")

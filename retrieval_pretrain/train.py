@@ -63,11 +63,11 @@ def _optimizer(model: torch.nn.Module, cfg: RetrievalConfig) -> torch.optim.Opti
     (not on biases, norms and the logit scale, as open_clip); frozen parameters are left out."""
     clip_params, new_params = param_groups(model)
     groups = []
-    for params, lr in ((clip_params, cfg.pretrain.clip_lr), (new_params, cfg.pretrain.lr)):
+    for name, params, lr in (("clip", clip_params, cfg.pretrain.clip_lr), ("new", new_params, cfg.pretrain.lr)):
         decay = [p for p in params if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in params if p.requires_grad and p.ndim < 2]
-        groups.append({"params": decay, "lr": lr, "weight_decay": cfg.pretrain.weight_decay})
-        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+        groups.append({"params": decay, "lr": lr, "weight_decay": cfg.pretrain.weight_decay, "name": name})
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": name})
     return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.98), eps=1e-6)
 
 
@@ -107,6 +107,25 @@ def _select_videos(cfg: RetrievalConfig, output: Path, main: bool) -> tuple[list
     return entries, len(skipped)
 
 
+def _frozen_image_tower(model: torch.nn.Module, accelerator: Accelerator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Prompt tuning's one pass of the frozen image tower over the training frames: on the
+    accelerator's device, in eval mode (a ResNet tower's batch norm uses its running statistics,
+    as at inference), under the run's mixed precision, without gradients."""
+    model.to(accelerator.device)
+
+    def encode(frames: torch.Tensor) -> torch.Tensor:
+        visual = model.clip.visual
+        was_training = visual.training
+        visual.eval()
+        try:
+            with torch.no_grad(), accelerator.autocast():
+                return model.clip.encode_image(frames.to(accelerator.device))
+        finally:
+            visual.train(was_training)
+
+    return encode
+
+
 def setup(cfg: RetrievalConfig, output: Path, accelerator: Accelerator, resume: bool = False) -> Stage1:
     """Data, model (from its parts), optimizer and schedule, prepared by Accelerate."""
     main = accelerator.is_main_process
@@ -118,7 +137,8 @@ def setup(cfg: RetrievalConfig, output: Path, accelerator: Accelerator, resume: 
     if cfg.pretrain.init_from:
         init_weights_from(model, cfg.pretrain.init_from)
     model = build_training_mode(cfg, model)
-    loader, sampler = train_loader(entries, cfg, model, build_tokenizer(cfg), main)
+    encode = _frozen_image_tower(model, accelerator) if cfg.pretrain.mode == "prompt" else None
+    loader, sampler = train_loader(entries, cfg, model, build_tokenizer(cfg), main, encode)
     optimizer = _optimizer(model, cfg)
     p = cfg.pretrain
     total = steps_per_epoch(len(entries), p.batch_size, p.grad_accum, accelerator.num_processes) * p.epochs
@@ -193,9 +213,9 @@ def _step(run: Stage1, batch: dict[str, Any], max_grad_norm: float) -> tuple[tor
 def _log_record(run: Stage1, loss: torch.Tensor, scale: torch.Tensor, step: int, epoch: int, timer: StepTimer,
                 seen: int, t0: float) -> dict[str, Any]:
     data_s, compute_s = timer.reset()
-    lrs = run.scheduler.get_last_lr()
+    lrs = dict(zip([g.get("name") for g in run.optimizer.param_groups], run.scheduler.get_last_lr()))
     interp = {"loss_interp": run.interp.last_loss} if run.interp is not None else {}
-    return {"step": step, "epoch": epoch, "loss": mean_over_processes(run.accelerator, loss), "lr_new": lrs[-1], "lr_clip": lrs[0],
+    return {"step": step, "epoch": epoch, "loss": mean_over_processes(run.accelerator, loss), "lr_new": lrs.get("new", 0.0), "lr_clip": lrs.get("clip", 0.0),
             "logit_scale": float(scale), "data_s": round(data_s, 4), "compute_s": round(compute_s, 4),
             "videos_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 3), **interp}
 

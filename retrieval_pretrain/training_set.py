@@ -1,11 +1,12 @@
 """What stage 1 trains on: the training split's videos (never an evaluation split's), and how they
-reach the model - decoded in DataLoader workers every step, or decoded once into memory
-(``video.cache_frames``) - as batches of TSN-sampled frames with one caption per video per epoch."""
+reach the model - decoded in DataLoader workers every step, decoded once into memory
+(``video.cache_frames``), or for prompt tuning encoded once by the frozen image tower - as batches of TSN-sampled frames with one caption per video per epoch."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ from retrieval_pretrain.config import RetrievalConfig
 from retrieval_pretrain.data import (
     ContrastiveTrainSet,
     EpochShuffleSampler,
+    FeatureCache,
     FrameCache,
     Preprocess,
     collate_videos,
@@ -99,11 +101,44 @@ def frame_cache(entries: list[Any], cfg: RetrievalConfig, image_size: int, main:
     return cache
 
 
+FEATURE_CACHE_FRAMES = 32  # frames per video prompt tuning encodes when video.cache_frames is 0
+
+
+def feature_cache(entries: list[Any], cfg: RetrievalConfig, model: Any, encode: Callable[[torch.Tensor], torch.Tensor],
+                  main: bool) -> FeatureCache:
+    """Prompt tuning's frame features: every training video decoded once and its kept frames
+    (``video.cache_frames``, 32 when 0) encoded by the frozen image tower through ``encode``."""
+    n = cfg.video.cache_frames or FEATURE_CACHE_FRAMES
+    need = len(entries) * n * model.embed_dim * 4
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > ram // 2:
+        raise ConfigError(f"pretrain.mode=prompt: the features of {len(entries)} videos x {n} frames take up to "
+                          f"{need / 1e9:.1f} GB, more than half of this machine's {ram / 1e9:.1f} GB; lower "
+                          f"video.cache_frames")
+    start = time.perf_counter()
+    cache = FeatureCache([e.path for e in entries], n, model.image_size, model.image_mean, model.image_std, encode,
+                         cfg.run.num_workers, progress=main, batch_frames=max(64, 4 * cfg.pretrain.batch_size))
+    bad = sum(1 for e in cache.errors if e)
+    if len(entries) - bad < 2:
+        shown = "; ".join(e for e in cache.errors if e)[:2000]
+        raise DatasetError(f"{cfg.data.annotations}: prompt tuning needs at least 2 readable training videos, "
+                           f"{len(entries) - bad} of {len(entries)} could be read ({shown})")
+    print(f"stage 1: {len(entries) - bad} training videos encoded once by the frozen image tower "
+          f"({cache.nbytes / 1e6:.1f} MB of features, {time.perf_counter() - start:.0f} s)"
+          + (f"; {bad} could not be read and are reported when drawn" if bad else ""), file=sys.stderr)
+    return cache
+
+
 def train_loader(entries: list[Any], cfg: RetrievalConfig, model: Any, tokenize: Callable[[list[str]], torch.Tensor],
-                 main: bool) -> tuple[DataLoader, EpochShuffleSampler]:
-    """The training loader (one item per video, shuffled per epoch by the returned sampler)."""
+                 main: bool, encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> tuple[DataLoader, EpochShuffleSampler]:
+    """The training loader (one item per video, shuffled per epoch by the returned sampler). With
+    ``encode`` (prompt tuning: the frozen image tower) its items carry image-tower features."""
     pre = Preprocess(cfg.video.num_frames, model.image_size, model.image_mean, model.image_std)
-    cache = frame_cache(entries, cfg, model.image_size, main) if cfg.video.cache_frames else None
+    if encode is not None:
+        cache = feature_cache(entries, cfg, model, encode, main)
+    else:
+        cache = frame_cache(entries, cfg, model.image_size, main) if cfg.video.cache_frames else None
     dataset = ContrastiveTrainSet(entries, pre, tokenize, method=cfg.video.train_sampling, seed=cfg.run.seed,
                                   cache=cache)
     sampler = EpochShuffleSampler(len(dataset), seed=cfg.run.seed)

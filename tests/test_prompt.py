@@ -72,3 +72,151 @@ def test_wrong_width_and_empty_batch(clip_and_tokens):
     with pytest.raises(ValueError, match="wide"):
         TextPrompt(_width(clip) - 1, 2, 2).encode(clip, tokens)
     assert TextPrompt(_width(clip), 2, 2).encode(clip, tokens[:0]).shape[0] == 0
+
+
+# ----------------------------------------------------------------------------- pretrain.mode=prompt
+
+_TINY = ["video.num_frames=4", "pretrain.batch_size=4", "pretrain.epochs=3", "run.num_workers=0", "run.log_every=1",
+         "pretrain.head_layers=1", "pretrain.save_every=0", "pretrain.max_words=12", "pretrain.mode=prompt",
+         "pretrain.prompt.prefix=2", "pretrain.prompt.suffix=2",
+         "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}",
+         "clip.custom.text_cfg.layers=1"]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """8 real mp4s of 8 frames (the demo world), one caption each, and a CLIP checkpoint file to start from."""
+    from caption.demo import data as demo_data
+    from retrieval_pretrain.parts import build_video_text_model
+
+    root = tmp_path_factory.mktemp("prompt")
+    data = root / "data"
+    demo_data.generate_dataset(data, demo_data.DemoSpec(num_train=8, num_val=0, num_test=1, frames=8, size=64, seed=3,
+                                                        captions_per_video=1), progress=False, workers=1)
+    torch.manual_seed(1)
+    net = build_video_text_model(load(CONFIG_PATH, [*_TINY, "clip.pretrained=null"]))
+    ckpt = root / "clip.pt"
+    torch.save(net.clip.state_dict(), ckpt)
+    args = [f"data.annotations={data / 'annotations.jsonl'}", f"data.videos={data}", f"clip.pretrained={ckpt}", *_TINY]
+    return data, ckpt, args
+
+
+def test_prompt_mode_gradients_reach_only_prompts_and_head(clips):
+    from retrieval_pretrain.parts import build_training_mode, build_video_text_model, param_groups
+
+    _, _, args = clips
+    cfg = load(CONFIG_PATH, args)
+    model = build_training_mode(cfg, build_video_text_model(cfg))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("prompt.", "head.")) for n in trainable)
+    assert {"prompt.prefix", "prompt.suffix"} <= trainable
+    assert not param_groups(model)[0] or not any(p.requires_grad for p in param_groups(model)[0])
+    feats = torch.randn(3, 4, model.embed_dim)  # (B, T, D) image-tower features, as the cache gives
+    mask = torch.tensor([[True] * 4, [True] * 4, [True, True, False, False]])
+    from retrieval_pretrain.clip_tokenizer import build_tokenizer
+
+    tokens = build_tokenizer(cfg)(["a red circle moves left", "a blue star grows", "the green square falls"])
+    out = model(frames=feats, mask=mask, tokens=tokens)
+    from retrieval_pretrain.loss import info_nce
+
+    info_nce(out["video"], out["text"], out["logit_scale"]).backward()
+    got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert {"prompt.prefix", "prompt.suffix"} <= got and any(n.startswith("head.") for n in got)
+    assert got <= trainable  # not one CLIP weight, the logit scale included
+    # padding rows never matter: other values there give the same embedding
+    other = feats.clone()
+    other[2, 2:] = 100.0
+    assert torch.allclose(model.encode_video(other, mask), model.encode_video(feats, mask), atol=1e-6)
+
+
+def test_feature_cache_equals_the_image_tower_on_decoded_frames(clips, tmp_path):
+    """A cached item is the frozen tower's features of exactly the frames a decoded item holds; an
+    unreadable file keeps its reason (naming it) and gives a placeholder of the features' shape."""
+    import numpy as np
+
+    from retrieval_pretrain.data import FeatureCache, Preprocess, _load
+    from retrieval_pretrain.parts import build_video_text_model
+
+    data, _, args = clips
+    model = build_video_text_model(load(CONFIG_PATH, args)).eval()
+    paths = sorted((data / "videos").glob("*.mp4"))[:3]
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    calls = []
+
+    def encode(x):
+        calls.append(len(x))
+        with torch.no_grad():
+            return model.clip.encode_image(x)
+
+    cache = FeatureCache([*paths, bad], 8, 64, model.image_mean, model.image_std, encode, batch_frames=10)
+    assert sum(calls) == 3 * 8 and len(calls) == 2  # every kept frame once, in batches of >= 10 frames
+    pre = Preprocess(4, 64, model.image_mean, model.image_std)
+    for i, path in enumerate(paths):
+        got = cache.sample(i, pre, "tsn", np.random.default_rng([7, i]))
+        decoded = pre(path, "tsn", np.random.default_rng([7, i]))
+        with torch.no_grad():
+            want = model.clip.encode_image(decoded["frames"])
+        assert torch.equal(got["mask"], decoded["mask"])
+        assert torch.allclose(got["frames"], want, atol=1e-5)
+    assert "broken.mp4" in cache.errors[3]
+    item = _load(pre, bad, "tsn", np.random.default_rng(0), lambda m, r: cache.sample(3, pre, m, r), cache.frame_shape)
+    assert not item["ok"] and "broken.mp4" in item["error"] and item["frames"].shape == (4, model.embed_dim)
+
+
+def test_prompt_mode_end_to_end_no_decoding_after_the_cache(clips, tmp_path, monkeypatch):
+    """`vcap pretrain` with pretrain.mode=prompt on real mp4s: each video decoded once and its frames
+    through the image tower once (3 epochs later, still once), CLIP's weights exactly the checkpoint's,
+    the prompts trained, and the model folder rebuilding the prompted text tower."""
+    import json
+
+    from open_clip.model import CLIP
+
+    from retrieval_pretrain import data as data_module
+    from retrieval_pretrain.model_folder import from_pretrained
+    from retrieval_pretrain.train import train
+
+    _, ckpt, args = clips
+    decoded, encoded = [], []
+    read, encode_image = data_module.read_frames, CLIP.encode_image
+    monkeypatch.setattr(data_module, "read_frames", lambda path, *a, **k: decoded.append(path) or read(path, *a, **k))
+    monkeypatch.setattr(CLIP, "encode_image", lambda self, x, **k: encoded.append(len(x)) or encode_image(self, x, **k))
+    from retrieval_pretrain import parts
+
+    born = []
+
+    class Recorded(TextPrompt):  # keeps the prompts' initial values
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            born.append(self.prefix.detach().clone())
+
+    monkeypatch.setattr(parts, "TextPrompt", Recorded)
+    folder = train(load(CONFIG_PATH, args), tmp_path / "run")
+    assert len(decoded) == 8 and sum(encoded) == 8 * 8  # once per video, never again in 3 epochs
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 6 and all(r["lr_clip"] == 0.0 for r in log) and log[0]["lr_new"] > 0  # no CLIP group
+    assert len({round(r["logit_scale"], 6) for r in log}) == 1  # the temperature is CLIP's, frozen
+    model, info = from_pretrained(folder)
+    assert info["prompt"] == {"prefix": 2, "suffix": 2}
+    start = torch.load(ckpt, weights_only=True)
+    assert all(torch.equal(model.clip.state_dict()[k], v) for k, v in start.items())
+    assert len(born) == 1 and (model.prompt.prefix.detach() - born[0]).abs().max() > 1e-3  # trained
+    tokens = torch.zeros(1, 16, dtype=torch.long)
+    tokens[0, :3] = torch.tensor([49406, 320, 49407])
+    with torch.no_grad():
+        assert not torch.allclose(model.encode_text(tokens), torch.nn.functional.normalize(
+            model.clip.encode_text(tokens), dim=-1), atol=1e-3)  # the reloaded model uses its prompts
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["pretrain.head=tightTransf"], "tightTransf"),
+    (["clip.temporal_attention=st_mix"], "st_mix"),
+    (["pretrain.max_words=14"], "exceed the text tower's 16 positions"),
+])
+def test_prompt_mode_refuses_what_it_cannot_prompt(clips, extra, match):
+    from retrieval_pretrain.errors import ConfigError
+    from retrieval_pretrain.parts import build_video_text_model
+
+    _, _, args = clips
+    with pytest.raises(ConfigError, match=match):
+        build_video_text_model(load(CONFIG_PATH, [*args, *extra]))
