@@ -241,7 +241,14 @@ def create_app(models: ServeModels, guard: PathGuard, max_upload_mb: float = 200
     for the ``Host`` check (any ``Host`` is accepted when it is not a loopback address)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
-    page = PAGE.read_text(encoding="utf-8")
+    _install_guards(app, host, max_upload_mb)
+    _add_model_routes(app, models, guard, max_upload_mb, upload_dir)
+    _add_file_routes(app, guard)
+    return app
+
+
+def _install_guards(app: Flask, host: str, max_upload_mb: float) -> None:
+    """Same-site and ``Host`` checks, security headers, and errors as JSON ``{"error": ...}``."""
 
     @app.before_request
     def _same_site_only() -> None:
@@ -277,23 +284,30 @@ def create_app(models: ServeModels, guard: PathGuard, max_upload_mb: float = 200
         traceback.print_exception(e, file=sys.stderr)
         return jsonify(error=f"internal error ({type(e).__name__}); the details are in the server's log"), 500
 
-    @contextmanager
-    def request_video() -> Iterator[tuple[str, Path]]:
-        """The request's video: an upload (saved in a temporary folder removed afterwards) or a
-        server path the guard allows. Yields ``(name shown, file)``."""
-        upload = request.files.get("video")
-        if upload is not None and upload.filename:
-            name = upload.filename[-200:]
-            suffix = Path(name).suffix.lower()
-            with tempfile.TemporaryDirectory(prefix="vcap-serve-", dir=upload_dir) as folder:
-                path = Path(folder) / f"upload{suffix if suffix in VIDEO_EXTENSIONS else ''}"
-                upload.save(path)
-                yield name, path
-        elif request.form.get("path"):
-            text = request.form["path"]
-            yield text, guard.resolve(text)
-        else:
-            raise BadRequest("no video: upload a file (form field 'video') or give a server path (field 'path')")
+
+@contextmanager
+def _request_video(guard: PathGuard, upload_dir: str | Path | None) -> Iterator[tuple[str, Path]]:
+    """The current request's video: an upload (saved in a temporary folder removed afterwards) or a
+    server path the guard allows. Yields ``(name shown, file)``."""
+    upload = request.files.get("video")
+    if upload is not None and upload.filename:
+        name = upload.filename[-200:]
+        suffix = Path(name).suffix.lower()
+        with tempfile.TemporaryDirectory(prefix="vcap-serve-", dir=upload_dir) as folder:
+            path = Path(folder) / f"upload{suffix if suffix in VIDEO_EXTENSIONS else ''}"
+            upload.save(path)
+            yield name, path
+    elif request.form.get("path"):
+        text = request.form["path"]
+        yield text, guard.resolve(text)
+    else:
+        raise BadRequest("no video: upload a file (form field 'video') or give a server path (field 'path')")
+
+
+def _add_model_routes(app: Flask, models: ServeModels, guard: PathGuard, max_upload_mb: float,
+                      upload_dir: str | Path | None) -> None:
+    """The page and what runs a model: ``/api/info``, ``/api/caption``, ``/api/classify``, ``/api/search``."""
+    page = PAGE.read_text(encoding="utf-8")
 
     @app.get("/")
     def _page() -> Response:
@@ -308,15 +322,11 @@ def create_app(models: ServeModels, guard: PathGuard, max_upload_mb: float = 200
                        index=index, allowed=[str(r) for r in guard.roots], max_upload_mb=max_upload_mb,
                        beam=models.pipe.default_decode().num_beams, max_beam=MAX_BEAM, device=str(models.pipe.device))
 
-    @app.get("/api/videos")
-    def _videos() -> Response:
-        return jsonify(videos=guard.listing())
-
     @app.post("/api/caption")
     def _caption() -> Response:
         t0 = time.perf_counter()
         beam = _int_arg(request.form.get("beam"), "beam", None, 1, MAX_BEAM)
-        with request_video() as (name, path):
+        with _request_video(guard, upload_dir) as (name, path):
             shots = video_thumbnails(path, count=6, height=96)  # the content check: the toolkit's reader
             if shots.error:
                 raise VideoReadError(name, _reason(shots.error, path))
@@ -330,7 +340,7 @@ def create_app(models: ServeModels, guard: PathGuard, max_upload_mb: float = 200
         t0 = time.perf_counter()
         labels = parse_labels(request.form.get("labels", ""))
         top = _int_arg(request.form.get("top"), "top", 5, 1, MAX_LABELS)
-        with request_video() as (name, path):
+        with _request_video(guard, upload_dir) as (name, path):
             ranked, seconds = models.classify(name, path, labels, min(top, len(labels)))
         return jsonify(video=name, labels=len(labels), predictions=[[label, p] for label, p in ranked],
                        seconds={"model": round(seconds, 3), "total": round(time.perf_counter() - t0, 3)})
@@ -348,6 +358,14 @@ def create_app(models: ServeModels, guard: PathGuard, max_upload_mb: float = 200
         return jsonify(query=text, results=[{"path": p, "name": Path(p).name, "score": s} for p, s in found],
                        seconds={"model": round(seconds, 3), "total": round(time.perf_counter() - t0, 3)})
 
+
+def _add_file_routes(app: Flask, guard: PathGuard) -> None:
+    """The allowed folders' videos: ``/api/videos`` (listing), ``/api/thumbnails``, ``/api/video``."""
+
+    @app.get("/api/videos")
+    def _videos() -> Response:
+        return jsonify(videos=guard.listing())
+
     @app.get("/api/thumbnails")
     def _thumbs() -> Response:
         real = guard.resolve(request.args.get("path", ""))
@@ -363,8 +381,6 @@ def create_app(models: ServeModels, guard: PathGuard, max_upload_mb: float = 200
         real = guard.resolve(request.args.get("path", ""))
         kind = _CONTENT_TYPES.get(real.suffix.lower(), "application/octet-stream")
         return send_file(real, mimetype=kind, conditional=True, max_age=0)
-
-    return app
 
 
 # ---------------------------------------------------------------- serving
