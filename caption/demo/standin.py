@@ -196,6 +196,20 @@ def save_checkpoint(model: torch.nn.Module, output_file: Path) -> Path:
     return write_file(output_file, lambda tmp: torch.save(state, tmp))
 
 
+def _fresh_model(arch: dict[str, Any], seed: int) -> torch.nn.Module:
+    """The stand-in's randomly initialised CLIP, in train mode, its token embedding frozen."""
+    from retrieval_pretrain.backbones import clip_from_arch
+
+    torch.manual_seed(seed)
+    model = clip_from_arch(arch).train()
+    # The from-scratch token embedding stays at its random init, as in the demo's stage 1: Adam moves a
+    # rarely seen row by about the learning rate each time, so the words that carry colour and shape
+    # would keep moving while the image tower tries to align with them (BENCHMARKS.md, "a frozen
+    # token embedding"). Random 128-d rows are already distinct codes; the text layer above learns.
+    model.token_embedding.weight.requires_grad_(False)
+    return model
+
+
 def train_standin(output_file: str | Path, steps: int = 1000, seed: int = 0, batch_size: int | None = None,
                   lr: float = 2e-3, weight_decay: float = 0.1, warmup: int = 30, progress: bool = True,
                   arch: dict[str, Any] | None = None) -> Path:
@@ -225,7 +239,7 @@ def train_standin(output_file: str | Path, steps: int = 1000, seed: int = 0, bat
     from open_clip.loss import ClipLoss
     from tqdm import tqdm
 
-    from retrieval_pretrain.backbones import clip_from_arch, tokenizer_spec
+    from retrieval_pretrain.backbones import tokenizer_spec
     from retrieval_pretrain.clip_tokenizer import ClipTokenizer
     from retrieval_pretrain.transforms import normalise_frames
 
@@ -236,13 +250,7 @@ def train_standin(output_file: str | Path, steps: int = 1000, seed: int = 0, bat
     if steps < 1:
         raise ValueError(f"steps={steps}: at least 1")
     arch = arch if arch is not None else _standin_arch()
-    torch.manual_seed(seed)
-    model = clip_from_arch(arch).train()
-    # The from-scratch token embedding stays at its random init, as in the demo's stage 1: Adam moves a
-    # rarely seen row by about the learning rate each time, so the words that carry colour and shape
-    # would keep moving while the image tower tries to align with them (BENCHMARKS.md, "a frozen
-    # token embedding"). Random 128-d rows are already distinct codes; the text layer above learns.
-    model.token_embedding.weight.requires_grad_(False)
+    model = _fresh_model(arch, seed)
     image_size = int(arch["vision_cfg"]["image_size"])
     spec = tokenizer_spec(arch)
     tokenize = ClipTokenizer(spec, spec["context_length"])
