@@ -50,13 +50,18 @@ def split_times(log: Path, skip_first: bool = True) -> dict[str, float]:
             "data_share": round(data / (data + compute), 3)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=2, help="epochs per stage (quick demo data)")
+def quick_demo_arguments(doc: str, epochs_help: str) -> argparse.ArgumentParser:
+    """``--epochs``, ``--workers`` and ``--data`` (the quick demo set, generated once and cached)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=2, help=epochs_help)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (run.num_workers)")
     ap.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "vcap_bench_data"),
                     help="folder for the generated videos (cached between runs)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = quick_demo_arguments(__doc__, "epochs per stage (quick demo data)").parse_args(argv)
 
     from caption.train import train as train_captioner
     from retrieval_pretrain.extract import extract_features

@@ -96,7 +96,31 @@ class VideoClipDataset(Dataset):
         return item
 
 
-class FrameCache:
+class _KeptPerVideo:
+    """Rows kept in memory for each training video (``rows[i]``: its frames or their features; None
+    when it could not be read, ``errors[i]`` saying why), drawn from as the decoder samples frames."""
+
+    rows: list[torch.Tensor | None]
+    errors: list[str]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.numel() * r.element_size() for r in self.rows if r is not None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _draw(self, index: int, pre: Preprocess, method: str,
+              rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows at the sampled frame indices, mask)``; the reason of an unreadable video as a RuntimeError."""
+        kept = self.rows[index]
+        if kept is None:
+            raise RuntimeError(self.errors[index])  # the reason names the file
+        indices, mask = sample_indices(len(kept), pre.num_frames, method, rng=rng)
+        return kept[torch.from_numpy(indices)], torch.from_numpy(mask)
+
+
+class FrameCache(_KeptPerVideo):
     """Every training video decoded once, at the model's input size, kept in memory as uint8.
 
     Stage 1 decodes ``num_frames`` frames of every video in every epoch; on a small dataset (the
@@ -113,33 +137,27 @@ class FrameCache:
                  progress: bool = True):
         if max_frames < 1:
             raise ValueError(f"video.cache_frames must be >= 1 to cache, got {max_frames}")
-        self.frames: list[torch.Tensor | None] = [None] * len(paths)  # (n_i, 3, S, S) uint8
+        self.rows: list[torch.Tensor | None] = [None] * len(paths)  # (n_i, 3, S, S) uint8
         self.errors: list[str] = [""] * len(paths)
         loader = DataLoader(_CacheFill(paths, max_frames, image_size), batch_size=1, num_workers=num_workers,
                             collate_fn=_only_item)
         for index, frames, error in tqdm(loader, desc="decode once", unit="video", file=sys.stderr,
                                          disable=not progress):
             # clone: a tensor from a worker lives in shared memory, one open file per tensor otherwise
-            self.frames[index], self.errors[index] = (frames.clone() if frames is not None else None), error
+            self.rows[index], self.errors[index] = (frames.clone() if frames is not None else None), error
 
     @property
-    def nbytes(self) -> int:
-        return sum(f.numel() for f in self.frames if f is not None)
-
-    def __len__(self) -> int:
-        return len(self.frames)
+    def frames(self) -> list[torch.Tensor | None]:
+        """Each video's kept frames, (n_i, 3, S, S) uint8 (None: unreadable)."""
+        return self.rows
 
     def sample(self, index: int, pre: Preprocess, method: str, rng: np.random.Generator | None) -> dict[str, Any]:
         """What ``Preprocess`` returns for video ``index``, its frames picked from memory."""
-        kept = self.frames[index]
-        if kept is None:
-            raise RuntimeError(self.errors[index])  # the reason names the file
-        indices, mask = sample_indices(len(kept), pre.num_frames, method, rng=rng)
-        return {"frames": normalise_frames(kept[torch.from_numpy(indices)], pre.mean, pre.std),
-                "mask": torch.from_numpy(mask)}
+        frames, mask = self._draw(index, pre, method, rng)
+        return {"frames": normalise_frames(frames, pre.mean, pre.std), "mask": mask}
 
 
-class FeatureCache:
+class FeatureCache(_KeptPerVideo):
     """Prompt tuning's training input (``pretrain.mode=prompt``): the frozen image tower's features
     of up to ``max_frames`` frames of every training video, computed once.
 
@@ -157,7 +175,7 @@ class FeatureCache:
                  progress: bool = True, batch_frames: int = 256):
         if max_frames < 1:
             raise ValueError(f"the feature cache needs max_frames >= 1, got {max_frames}")
-        self.features: list[torch.Tensor | None] = [None] * len(paths)  # (n_i, D) float32
+        self.rows: list[torch.Tensor | None] = [None] * len(paths)  # (n_i, D) float32
         self.errors: list[str] = [""] * len(paths)
         self.mean, self.std, self.encode, self.width = tuple(mean), tuple(std), encode, 0
         loader = DataLoader(_CacheFill(paths, max_frames, image_size), batch_size=1, num_workers=num_workers,
@@ -180,26 +198,17 @@ class FeatureCache:
         feats = self.encode(frames).detach().float().cpu()  # (N, D)
         self.width = feats.shape[-1]
         for (index, _), rows in zip(pending, feats.split([len(f) for _, f in pending])):
-            self.features[index] = rows.clone()
+            self.rows[index] = rows.clone()
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
+        """One item's row shape: (D,)."""
         return (self.width,)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(f.numel() * f.element_size() for f in self.features if f is not None)
-
-    def __len__(self) -> int:
-        return len(self.features)
 
     def sample(self, index: int, pre: Preprocess, method: str, rng: np.random.Generator | None) -> dict[str, Any]:
         """``{"frames": (T, D) features, "mask": (T,)}`` for video ``index``, frames drawn as ``Preprocess`` would."""
-        kept = self.features[index]
-        if kept is None:
-            raise RuntimeError(self.errors[index])  # the reason names the file
-        indices, mask = sample_indices(len(kept), pre.num_frames, method, rng=rng)
-        return {"frames": kept[torch.from_numpy(indices)], "mask": torch.from_numpy(mask)}
+        frames, mask = self._draw(index, pre, method, rng)
+        return {"frames": frames, "mask": mask}
 
 
 def estimate_cache_bytes(num_videos: int, max_frames: int, image_size: int) -> int:
