@@ -53,7 +53,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                  "Stage 1 (CLIP4Clip recipe): fine-tune CLIP into a video-text model on the dataset's training "
                  "split. Writes RUN/log.jsonl, RUN/checkpoints/ and the final model folder RUN/model (config.json "
                  "+ model.safetensors; with pretrain.swa.enabled the epoch average, the last epoch's weights in "
-                 "RUN/model_last). Runs under 'accelerate launch' for several GPUs.")
+                 "RUN/model_last). Recipes are config choices: pretrain.mode=prompt (frozen CLIP, learnt text "
+                 "prompts + head, frames encoded once), pretrain.distill.enabled, pretrain.interpolation.enabled, "
+                 "pretrain.swa.enabled (README). Runs under 'accelerate launch' for several GPUs.")
     p.add_argument("--output", required=True, metavar="RUN", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN")
 
