@@ -112,6 +112,7 @@ class VideoConfig:
     # Stage 1 only: > 0 decodes each training video once, keeping up to this many frames (all of a
     # shorter video) at the model's input size in memory, and samples training frames from there
     # (videos x frames x 3 x size^2 bytes per process: for small datasets). 0 decodes every step.
+    # pretrain.mode=prompt always encodes this many frames per video once (32 when 0) and keeps features.
     cache_frames: int = at_least(0, 0)
 
 
