@@ -112,7 +112,7 @@ class VideoConfig:
     # Stage 1 only: > 0 decodes each training video once, keeping up to this many frames (all of a
     # shorter video) at the model's input size in memory, and samples training frames from there
     # (videos x frames x 3 x size^2 bytes per process: for small datasets). 0 decodes every step.
-    # pretrain.mode=prompt always encodes this many frames per video once (32 when 0) and keeps features.
+    # pretrain.mode=prompt always encodes this many frames per video once (when 0: 32, or num_frames if more) and keeps features.
     cache_frames: int = at_least(0, 0)
 
 
@@ -202,7 +202,7 @@ class PretrainConfig:
     ``mode``: ``full`` fine-tunes CLIP (except the ``freeze`` prefixes); ``prompt`` is Ju et al.'s
     prompt tuning: CLIP frozen whole, ``prompt`` vectors and the head trained, from frame features
     the frozen image tower computes once per training video (``video.cache_frames`` frames of each,
-    32 when 0) instead of decoding every step.
+    when 0: 32, or ``video.num_frames`` if more) instead of decoding every step.
 
     ``head``: CLIP4Clip's similarity heads - ``meanP``, ``seqLSTM``, ``seqTransf`` (a video
     embedding, scored by a dot product) or ``tightTransf`` (a ``head_layers``-block cross-modal
@@ -269,6 +269,28 @@ class RetrievalConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def check(self, where: str) -> None:
+        """Choices of different sections that cannot go together, refused before anything is built
+        (a backbone download, a pass over the videos)."""
+        if self.video.train_sampling == "fps" and (self.video.cache_frames or self.pretrain.mode == "prompt"):
+            raise ConfigError("video.train_sampling=fps needs each file's own frame rate, so it cannot sample frames "
+                              "kept in memory (video.cache_frames > 0, or pretrain.mode=prompt's features); use tsn "
+                              "or uniform")
+        if self.pretrain.mode != "prompt":
+            return
+        why = {"xclip": ("clip.kind", "X-CLIP prompts its text with each video itself"),
+               "tightTransf": ("pretrain.head", "tightTransf reads the caption's token states, not one prompted feature"),
+               "st_mix": ("clip.temporal_attention", "st_mix makes a frame's features depend on its neighbours, so "
+                          "they cannot be computed once")}
+        for value in (self.clip.kind, self.pretrain.head, self.clip.temporal_attention):
+            if value in why:
+                raise ConfigError(f"pretrain.mode=prompt does not work with {why[value][0]}={value}: {why[value][1]}")
+        if self.pretrain.interpolation.enabled and not self.pretrain.interpolation.base:
+            raise ConfigError("pretrain.interpolation with pretrain.mode=prompt: CLIP is frozen, so interpolating "
+                              "towards the weights the run started from changes nothing; give "
+                              "pretrain.interpolation.base a model folder to interpolate the prompts and head "
+                              "towards, or leave interpolation off")
 
 
 # ----------------------------------------------------------------------------- loading

@@ -139,6 +139,20 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return info
 
 
+def _prompt_lengths(info: dict[str, Any], context: int) -> tuple[int, int]:
+    """``(prefix, suffix)`` of a prompt-tuned folder, checked before anything is allocated: whole
+    numbers >= 0 whose sum with ``max_words`` fits the text tower (what training checked)."""
+    p = info["prompt"]
+    ok = isinstance(p, dict) and set(p) == {"prefix", "suffix"} and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in p.values())
+    if not ok:
+        raise ValueError(f"'prompt' must be {{\"prefix\": n, \"suffix\": n}} with whole numbers >= 0, got {p!r}")
+    if info["max_words"] + p["prefix"] + p["suffix"] > context:
+        raise ValueError(f"max_words={info['max_words']} + prompt prefix {p['prefix']} + suffix {p['suffix']} "
+                         f"exceed the text tower's {context} positions")
+    return p["prefix"], p["suffix"]
+
+
 def _build_from_info(info: dict[str, Any]) -> VideoTextModel | TightTransfModel | XClipVideoTextModel:
     """The (randomly initialised) network ``config.json`` describes; never downloads."""
     build_info = {k: info[k] for k in ("clip", "tokenizer", "max_words", "image_interpolation",
@@ -158,9 +172,10 @@ def _build_from_info(info: dict[str, Any]) -> VideoTextModel | TightTransfModel 
     head, _ = build_temporal_head(info["head"], info["head_layers"], info["num_frames"], clip,
                                   input_norm=bool(info["head_input_norm"]), init_from_text=False)
     prompt = None
-    if info.get("prompt") is not None:  # pretrain.mode=prompt: the learnt vectors come with the weights
-        width = text_tower(clip).token_embedding.weight.shape[1]
-        prompt = TextPrompt(width, int(info["prompt"]["prefix"]), int(info["prompt"]["suffix"]))
+    if "prompt" in info:  # pretrain.mode=prompt: the learnt vectors come with the weights
+        owner = text_tower(clip)
+        prefix, suffix = _prompt_lengths(info, int(owner.context_length))
+        prompt = TextPrompt(owner.token_embedding.weight.shape[1], prefix, suffix)
     return VideoTextModel(clip, head, image_mean=info["image_mean"], image_std=info["image_std"],
                           build_info=build_info, head_from_text=bool(info["head_init_from_text"]),
                           frame_layout=layout, prompt=prompt)

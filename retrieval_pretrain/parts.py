@@ -106,23 +106,21 @@ def build_tight_transf(clip: nn.Module, layers: int, num_frames: int, max_words:
 
 
 def build_prompt(cfg: Any, clip: nn.Module, max_words: int) -> TextPrompt:
-    """Prompt tuning's learnt vectors for ``clip``'s text tower (``pretrain.prompt``), refusing the
-    towers it cannot prompt and captions that would leave no room for them. Needs an embedding model
-    whose frames are encoded one by one: the image tower's features are computed once per video."""
+    """Prompt tuning's learnt vectors for ``clip``'s text tower (``pretrain.prompt``), refusing
+    captions that would leave no room for them. (The towers it cannot prompt - X-CLIP, tightTransf,
+    st_mix - are refused when the config is read: ``RetrievalConfig.check``.)"""
     p = cfg.pretrain.prompt
-    why = {"xclip": "X-CLIP prompts its text with each video itself",
-           "tightTransf": "tightTransf reads the caption's token states, not one prompted feature",
-           "st_mix": "st_mix makes a frame's features depend on its neighbours, so they cannot be computed once"}
-    for value in (cfg.clip.kind, cfg.pretrain.head, cfg.clip.temporal_attention):
-        if value in why:
-            raise ConfigError(f"pretrain.mode=prompt does not work with {value}: {why[value]}")
     owner = text_tower(clip)
-    context = int(owner.context_length)
-    if max_words + p.prefix + p.suffix > context:
-        raise ConfigError(f"pretrain.mode=prompt: pretrain.max_words={max_words} + pretrain.prompt.prefix={p.prefix} "
-                          f"+ pretrain.prompt.suffix={p.suffix} exceed the text tower's {context} positions; "
-                          f"shorten max_words or the prompts")
+    check_prompt_fits(max_words, p.prefix, p.suffix, int(owner.context_length), "pretrain.")
     return TextPrompt(owner.token_embedding.weight.shape[1], p.prefix, p.suffix)
+
+
+def check_prompt_fits(max_words: int, prefix: int, suffix: int, context: int, where: str = "") -> None:
+    """``ConfigError`` unless a caption of ``max_words`` tokens and the prompts fit ``context`` positions."""
+    if max_words + prefix + suffix > context:
+        raise ConfigError(f"pretrain.mode=prompt: {where}max_words={max_words} + {where}prompt.prefix={prefix} + "
+                          f"{where}prompt.suffix={suffix} exceed the text tower's {context} positions; shorten "
+                          f"max_words or the prompts")
 
 
 def _xclip_info(cfg: Any, xclip: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
@@ -146,8 +144,6 @@ def build_video_text_model(cfg: Any) -> VideoTextModel | TightTransfModel | XCli
     ``pretrain.head=tightTransf`` gives CLIP4Clip's cross-encoder model (pairwise scores)."""
     clip, mean, std, spec = build_backbone(cfg)
     check_max_words(cfg.pretrain.max_words, spec["context_length"])  # fail now, not in a worker
-    if cfg.pretrain.mode == "prompt" and (cfg.clip.kind == "xclip" or cfg.pretrain.head == "tightTransf"):
-        build_prompt(cfg, clip, cfg.pretrain.max_words)  # the error saying why
     if cfg.clip.kind == "xclip":
         return XClipVideoTextModel(clip, image_mean=mean, image_std=std, build_info=_xclip_info(cfg, clip, spec))
     layout = enable_st_mix(clip.visual) if cfg.clip.temporal_attention == "st_mix" else None
@@ -224,20 +220,28 @@ def build_training_mode(cfg: Any, model: nn.Module) -> nn.Module:
     """Set which parameters train (``pretrain.mode``): ``full`` fine-tunes everything except the
     ``pretrain.freeze`` prefixes; ``prompt`` freezes all of CLIP (towers, token embedding, logit
     scale), so only the prompt vectors, the head and what ``pretrain.freeze`` leaves of them train.
-    Returns the model."""
+    Returns the model; ``ConfigError`` when nothing is left to train."""
     if cfg.pretrain.mode not in MODES:
         raise ConfigError(f"pretrain.mode: unknown training mode {cfg.pretrain.mode!r}; choose one of "
                           f"{', '.join(MODES)}")
+    frozen = []
     if cfg.pretrain.mode == "prompt":
         if getattr(model, "prompt", None) is None:
             raise ConfigError("pretrain.mode=prompt needs a model built with prompts (build_video_text_model)")
-        frozen = freeze_parameters(model, ["clip"])
-        trained = sum(q.numel() for q in model.parameters() if q.requires_grad)
-        print(f"stage 1, prompt tuning: CLIP's {frozen:,} parameters frozen; training {trained:,} (prompts "
-              f"{model.prompt.length} x {model.prompt.prefix.shape[1]}, head)", file=sys.stderr)
+        freeze_parameters(model, ["clip"])
+        frozen.append("all of CLIP")
+        if cfg.clip.pretrained is None and not cfg.pretrain.init_from:
+            print("warning: pretrain.mode=prompt freezes a randomly initialised CLIP (clip.pretrained is null): its "
+                  "towers know nothing, so prompts and head have little to work with", file=sys.stderr)
     if cfg.pretrain.freeze:
-        frozen = freeze_parameters(model, cfg.pretrain.freeze)
-        total = sum(q.numel() for q in model.parameters())
-        print(f"stage 1: {frozen:,} of {total:,} parameters frozen ({', '.join(cfg.pretrain.freeze)})",
-              file=sys.stderr)
+        freeze_parameters(model, cfg.pretrain.freeze)
+        frozen.extend(cfg.pretrain.freeze)
+    total = sum(q.numel() for q in model.parameters())
+    trained = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    if trained == 0:
+        raise ConfigError(f"pretrain.mode={cfg.pretrain.mode} with pretrain.freeze={cfg.pretrain.freeze} leaves "
+                          f"nothing to train")
+    if frozen:
+        print(f"stage 1 ({cfg.pretrain.mode}): training {trained:,} of {total:,} parameters; frozen: "
+              f"{', '.join(frozen)}", file=sys.stderr)
     return model

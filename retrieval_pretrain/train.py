@@ -129,6 +129,9 @@ def _frozen_image_tower(model: torch.nn.Module, accelerator: Accelerator) -> Cal
 def setup(cfg: RetrievalConfig, output: Path, accelerator: Accelerator, resume: bool = False) -> Stage1:
     """Data, model (from its parts), optimizer and schedule, prepared by Accelerate."""
     main = accelerator.is_main_process
+    if cfg.pretrain.batch_size * accelerator.num_processes < 2:
+        raise ConfigError(f"pretrain.batch_size={cfg.pretrain.batch_size} on {accelerator.num_processes} process: a "
+                          "contrastive step needs at least 2 videos, so every step would be skipped")
     claim(output, "pretrain", cfg, resume, accelerator)
     if main:
         write_json(output / "config.json", config_to_dict(cfg))

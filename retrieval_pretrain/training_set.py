@@ -84,10 +84,18 @@ def training_entries(ann: Annotations, cfg: RetrievalConfig) -> tuple[list[Any],
     return kept, skipped
 
 
+def _warn_if_fewer(cfg: RetrievalConfig) -> None:
+    if 0 < cfg.video.cache_frames < cfg.video.num_frames:
+        print(f"warning: video.cache_frames={cfg.video.cache_frames} keeps fewer frames of each video than "
+              f"video.num_frames={cfg.video.num_frames}: training items hold at most {cfg.video.cache_frames} real "
+              f"frames (the rest padding), while evaluation decodes {cfg.video.num_frames}", file=sys.stderr)
+
+
 def frame_cache(entries: list[Any], cfg: RetrievalConfig, image_size: int, main: bool) -> FrameCache:
     """Decode the training videos once into memory (``video.cache_frames``), refusing a cache
     that would take more than half of this machine's memory."""
     n = cfg.video.cache_frames
+    _warn_if_fewer(cfg)
     need = estimate_cache_bytes(len(entries), n, image_size)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > ram // 2:
@@ -101,14 +109,16 @@ def frame_cache(entries: list[Any], cfg: RetrievalConfig, image_size: int, main:
     return cache
 
 
-FEATURE_CACHE_FRAMES = 32  # frames per video prompt tuning encodes when video.cache_frames is 0
+FEATURE_CACHE_FRAMES = 32  # frames per video prompt tuning encodes when video.cache_frames is 0 (or num_frames)
 
 
 def feature_cache(entries: list[Any], cfg: RetrievalConfig, model: Any, encode: Callable[[torch.Tensor], torch.Tensor],
                   main: bool) -> FeatureCache:
     """Prompt tuning's frame features: every training video decoded once and its kept frames
-    (``video.cache_frames``, 32 when 0) encoded by the frozen image tower through ``encode``."""
-    n = cfg.video.cache_frames or FEATURE_CACHE_FRAMES
+    (``video.cache_frames``; when 0, 32 or ``video.num_frames`` if more) encoded by the frozen image
+    tower through ``encode``."""
+    n = cfg.video.cache_frames or max(FEATURE_CACHE_FRAMES, cfg.video.num_frames)
+    _warn_if_fewer(cfg)
     need = len(entries) * n * model.embed_dim * 4
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > ram // 2:

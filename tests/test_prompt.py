@@ -209,14 +209,67 @@ def test_prompt_mode_end_to_end_no_decoding_after_the_cache(clips, tmp_path, mon
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["pretrain.head=tightTransf"], "tightTransf"),
+    # refused when the config is read, before a backbone is built (no download) or a video decoded
+    (["pretrain.head=tightTransf", "clip.custom=null", "clip.model=ViT-B-32", "clip.pretrained=openai"], "tightTransf"),
+    (["clip.kind=xclip", "clip.custom=null"], "X-CLIP"),
     (["clip.temporal_attention=st_mix"], "st_mix"),
-    (["pretrain.max_words=14"], "exceed the text tower's 16 positions"),
+    (["video.train_sampling=fps"], "fps"),
+    (["pretrain.interpolation.enabled=true"], "changes nothing"),
 ])
-def test_prompt_mode_refuses_what_it_cannot_prompt(clips, extra, match):
+def test_prompt_mode_refuses_at_config_time(clips, extra, match):
     from retrieval_pretrain.errors import ConfigError
-    from retrieval_pretrain.parts import build_video_text_model
 
     _, _, args = clips
     with pytest.raises(ConfigError, match=match):
-        build_video_text_model(load(CONFIG_PATH, [*args, *extra]))
+        load(CONFIG_PATH, [*args, *extra])
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["pretrain.max_words=14"], "exceed the text tower's 16 positions"),
+    (["pretrain.freeze=[prompt, head]"], "leaves nothing to train"),
+])
+def test_prompt_mode_refuses_what_it_cannot_build(clips, extra, match):
+    from retrieval_pretrain.errors import ConfigError
+    from retrieval_pretrain.parts import build_training_mode, build_video_text_model
+
+    _, _, args = clips
+    cfg = load(CONFIG_PATH, [*args, *extra])
+    with pytest.raises(ConfigError, match=match):
+        build_training_mode(cfg, build_video_text_model(cfg))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c.update(max_words=16), "exceed the text tower's 16 positions"),
+    (lambda c: c["prompt"].update(prefix=10 ** 11), "exceed"),  # refused before allocating 51 TB
+    (lambda c: c["prompt"].update(prefix=2.7), "whole numbers"),
+    (lambda c: c["prompt"].update(depth=3), "whole numbers"),
+    (lambda c: c.update(prompt={}), "whole numbers"),
+    (lambda c: c.update(prompt=None), "whole numbers"),
+])
+def test_a_hand_edited_prompt_folder_is_refused_naming_its_config(clips, tmp_path, edit, match):
+    import json
+
+    from retrieval_pretrain.errors import ModelFolderError
+    from retrieval_pretrain.model_folder import from_pretrained, save_pretrained
+    from retrieval_pretrain.parts import build_video_text_model
+
+    _, _, args = clips
+    folder = save_pretrained(build_video_text_model(load(CONFIG_PATH, args)), tmp_path / "m")
+    info = json.loads((folder / "config.json").read_text())
+    assert info["prompt"] == {"prefix": 2, "suffix": 2}
+    edit(info)
+    (folder / "config.json").write_text(json.dumps(info))
+    with pytest.raises(ModelFolderError, match=match) as e:
+        from_pretrained(folder)
+    assert "config.json" in str(e.value)
+
+
+@pytest.mark.parametrize("mode", ["full", "prompt"])
+def test_a_batch_of_one_video_is_refused_before_a_run_that_would_train_nothing(clips, tmp_path, mode):
+    from retrieval_pretrain.errors import ConfigError
+    from retrieval_pretrain.train import train
+
+    _, _, args = clips
+    with pytest.raises(ConfigError, match="at least 2 videos"):
+        train(load(CONFIG_PATH, [*args, f"pretrain.mode={mode}", "pretrain.batch_size=1"]), tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists()
