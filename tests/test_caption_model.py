@@ -28,13 +28,7 @@ def tiny_model(vocab: int = 40, seed: int = 0, eos_bias: float = 2.0, init_std: 
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not suffer from a busy CI machine); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the module's torch ops on one thread
 
 
 @pytest.fixture(scope="module")

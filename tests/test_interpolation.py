@@ -30,18 +30,15 @@ from retrieval_pretrain.interpolate import InterpolationRegulariser, interpolate
 from retrieval_pretrain.model_folder import from_pretrained, save_pretrained
 from retrieval_pretrain.parts import build_loss, build_video_text_model
 
+from demo_clips import cli_args, make_clips
+
 VISION = "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}"
 TINY = ["video.num_frames=4", "pretrain.head_layers=1", "clip.custom.text_cfg.layers=1", VISION]
 RUN = ["pretrain.batch_size=4", "run.num_workers=0", "run.log_every=1", "video.cache_frames=0", "pretrain.epochs=3",
        "pretrain.lr=1e-3", "pretrain.clip_lr=1e-3", "pretrain.save_every=0"]  # 8 videos: 2 steps an epoch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the module's torch ops on one thread
 
 
 def _model(extra: list[str] = (), seed: int = 0) -> torch.nn.Module:
@@ -168,18 +165,11 @@ def test_a_step_adds_lambda_times_the_gradient_at_the_interpolated_point_and_sta
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    """8 training and 4 test videos of 8 frames, one caption each: real H.264 mp4 files."""
-    from caption.demo import data as demo_data
-
-    folder = tmp_path_factory.mktemp("interp_clips")
-    spec = demo_data.DemoSpec(num_train=8, num_val=0, num_test=4, frames=8, size=64, seed=3, captions_per_video=1)
-    demo_data.generate_dataset(folder, spec, progress=False, workers=1)
-    return folder
+    return make_clips(tmp_path_factory.mktemp("interp_clips"))
 
 
 def _args(data: Path, extra: list[str] = ()) -> list[str]:
-    return ["--config", str(CONFIG_PATH), f"data.annotations={data / 'annotations.jsonl'}", f"data.videos={data}",
-            *TINY, *RUN, *extra]
+    return cli_args(data, *TINY, *RUN, *extra)
 
 
 OPEN_VCLIP = ["pretrain.interpolation.enabled=true", "pretrain.interpolation.low=0.1",

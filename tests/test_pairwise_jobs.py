@@ -41,12 +41,7 @@ OPEN_CLIP_TINY = [f"video.num_frames={T}", "clip.pretrained=null", "clip.custom=
                   "{layers: 1, width: 32, heads: 2, context_length: 77, vocab_size: 49408}}"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the module's torch ops on one thread
 
 
 def _folder(overrides: list[str], path: Path, seed: int) -> Path:

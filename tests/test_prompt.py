@@ -86,18 +86,16 @@ _TINY = ["video.num_frames=4", "pretrain.batch_size=4", "pretrain.epochs=3", "ru
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     """8 real mp4s of 8 frames (the demo world), one caption each, and a CLIP checkpoint file to start from."""
-    from caption.demo import data as demo_data
+    from demo_clips import data_args, make_clips
     from retrieval_pretrain.parts import build_video_text_model
 
     root = tmp_path_factory.mktemp("prompt")
-    data = root / "data"
-    demo_data.generate_dataset(data, demo_data.DemoSpec(num_train=8, num_val=0, num_test=1, frames=8, size=64, seed=3,
-                                                        captions_per_video=1), progress=False, workers=1)
+    data = make_clips(root / "data", num_test=1)
     torch.manual_seed(1)
     net = build_video_text_model(load(CONFIG_PATH, [*_TINY, "clip.pretrained=null"]))
     ckpt = root / "clip.pt"
     torch.save(net.clip.state_dict(), ckpt)
-    args = [f"data.annotations={data / 'annotations.jsonl'}", f"data.videos={data}", f"clip.pretrained={ckpt}", *_TINY]
+    args = [*data_args(data), f"clip.pretrained={ckpt}", *_TINY]
     return data, ckpt, args
 
 

@@ -44,14 +44,7 @@ TINY = {
 T = 6  # frames per video in these tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model gains nothing from threads, and a busy CI box makes them slower: one thread
-    here, restored afterwards for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the module's torch ops on one thread
 
 
 def tiny_cfg(head: str = "seqTransf", custom: dict | None = None, model: str = "tiny",

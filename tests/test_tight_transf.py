@@ -26,18 +26,15 @@ from retrieval_pretrain.model_folder import from_pretrained, save_pretrained
 from retrieval_pretrain.parts import build_loss, build_video_text_model, param_groups
 from retrieval_pretrain.tight_transf import TightTransfModel, block_forward, text_token_features
 
+from demo_clips import cli_args, make_clips
+
 T = 4
 TINY = ["video.num_frames=4", "pretrain.head=tightTransf", "pretrain.head_layers=1", "clip.custom.text_cfg.layers=1",
         "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}"]
 CAPTIONS = ["a red square moves left", "a blue circle", "a green triangle turns slowly to the right", "a dog"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the module's torch ops on one thread
 
 
 def _model(extra: list[str] = (), seed: int = 0) -> tuple[TightTransfModel, object]:
@@ -191,19 +188,12 @@ def test_model_folder_rebuilds_to_identical_scores(tmp_path):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    """8 training and 4 test videos of 8 frames each, one distinct caption each, real H.264 mp4
-    files from the demo generator."""
-    from caption.demo import data as demo_data
-
-    folder = tmp_path_factory.mktemp("tight_clips")
-    spec = demo_data.DemoSpec(num_train=8, num_val=0, num_test=4, frames=8, size=64, seed=3, captions_per_video=1)
-    demo_data.generate_dataset(folder, spec, progress=False, workers=1)
-    return folder
+    return make_clips(tmp_path_factory.mktemp("tight_clips"))
 
 
 def _run_args(data: Path, extra: list[str] = ()) -> list[str]:
-    return ["--config", str(CONFIG_PATH), f"data.annotations={data / 'annotations.jsonl'}", f"data.videos={data}",
-            *TINY, "pretrain.batch_size=4", "run.num_workers=0", "run.log_every=1", "video.cache_frames=0", *extra]
+    return cli_args(data, *TINY, "pretrain.batch_size=4", "run.num_workers=0", "run.log_every=1",
+                    "video.cache_frames=0", *extra)
 
 
 def test_train_evaluate_extract_and_stage2_on_real_files(clips, tmp_path, capsys):

@@ -30,6 +30,8 @@ from retrieval_pretrain.model_folder import from_pretrained, save_pretrained
 from retrieval_pretrain.parts import build_loss, build_video_text_model, param_groups
 from retrieval_pretrain.xclip import XClipVideoTextModel, spread_real_frames, text_attention_mask
 
+from demo_clips import cli_args, make_clips
+
 ROOT = Path(__file__).resolve().parents[1]
 T = 4
 TINY = ("{projection_dim: 32, prompt_layers: 1, prompt_num_attention_heads: 2, "
@@ -42,12 +44,7 @@ XCLIP = ["clip.kind=xclip", "clip.model=tiny-xclip", "clip.pretrained=null", f"c
 CAPTIONS = ["a red square moves left", "a blue circle", "so great!~ a green triangle turns", "a dog"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the module's torch ops on one thread
 
 
 def _model(extra: list[str] = (), seed: int = 0) -> tuple[XClipVideoTextModel, object]:
@@ -298,21 +295,13 @@ def test_frame_count_follows_video_num_frames_when_not_given():
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    """8 training and 4 test videos of 3 frames each (fewer than the 4 X-CLIP takes: every clip is
-    spread), one distinct caption each, real H.264 mp4 files from the demo generator."""
-    from caption.demo import data as demo_data
-
-    folder = tmp_path_factory.mktemp("xclip_clips")
-    spec = demo_data.DemoSpec(num_train=8, num_val=0, num_test=4, frames=3, size=64, seed=3, captions_per_video=1)
-    demo_data.generate_dataset(folder, spec, progress=False, workers=1)
-    return folder
+    """Clips of 3 frames each: fewer than the 4 X-CLIP takes, so every clip is spread."""
+    return make_clips(tmp_path_factory.mktemp("xclip_clips"), frames=3)
 
 
 def _run_args(data: Path, extra: list[str] = ()) -> list[str]:
-    from caption.demo import CONFIG_PATH
-
-    return ["--config", str(CONFIG_PATH), f"data.annotations={data / 'annotations.jsonl'}", f"data.videos={data}",
-            *XCLIP, "pretrain.batch_size=4", "run.num_workers=0", "run.log_every=1", "video.cache_frames=0", *extra]
+    return cli_args(data, *XCLIP, "pretrain.batch_size=4", "run.num_workers=0", "run.log_every=1",
+                    "video.cache_frames=0", *extra)
 
 
 def test_train_extract_evaluate_and_stage2_on_real_files(clips, tmp_path, capsys):
