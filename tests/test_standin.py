@@ -31,6 +31,37 @@ def test_captions_name_colour_or_shape_and_never_a_motion() -> None:
                 assert named["colour"] == colour, caption
 
 
+def test_where_captions_say_the_stills_place_and_size_and_fit_the_text_tower() -> None:
+    """``where``: a caption's place phrase is the side the object is nearest to and its size word is
+    which half of SIZE_RANGE it is in; about half the captions have each; none passes 16 tokens."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    rng = np.random.default_rng(5)
+    places = sizes = 0
+    low, high = standin.SIZE_RANGE
+    for i in range(400):
+        colour, shape = standin.all_pairs()[i % 90]
+        image, background, traj = standin.render_still(colour, shape, rng)
+        caption = standin.make_caption(colour, shape, background, rng, traj)
+        cx, cy, d = float(traj.cx[0]), float(traj.cy[0]), float(traj.size[0])
+        for phrase in ("on the left", "on the right", "at the top", "at the bottom"):
+            if caption.endswith(phrase):
+                places += 1
+                horizontal = abs(cx - 0.5) >= abs(cy - 0.5)
+                want = (("on the left" if cx < 0.5 else "on the right") if horizontal
+                        else ("at the top" if cy < 0.5 else "at the bottom"))
+                assert phrase == want, (caption, cx, cy)
+        words = caption.split()
+        for word in ("small", "big"):
+            if word in words:
+                sizes += 1
+                assert word == ("small" if d < (low + high) / 2 else "big"), (caption, d)
+        assert len(tok.encode(caption)) + 2 <= 16, caption
+        assert colour in words or shape in words, caption
+    assert 150 < places < 250 and 150 < sizes < 250, (places, sizes)
+
+
 def test_extra_shape_masks_are_nonempty_and_distinct() -> None:
     masks = {s: standin.shape_mask(s, 64) for s in standin.STANDIN_SHAPES}
     for shape in standin.EXTRA_SHAPES:

@@ -116,16 +116,17 @@ def render_object(shape: str, rgb: np.ndarray, background: np.ndarray, traj: Tra
 
 
 def render_still(colour: str, shape: str, rng: np.random.Generator, size: int = IMAGE_SIZE
-                 ) -> tuple[np.ndarray, str]:
-    """One still picture ``(image (size, size, 3) uint8, background name)``: the object at a random
-    position and size (``SIZE_RANGE``, fully in view) over a random demo background."""
+                 ) -> tuple[np.ndarray, str, Trajectory]:
+    """One still picture ``(image (size, size, 3) uint8, background name, where: its one-frame
+    trajectory)``: the object at a random position and size (``SIZE_RANGE``, fully in view) over a
+    random demo background."""
     background = BACKGROUNDS_NAMES[int(rng.integers(len(BACKGROUNDS_NAMES)))]
     rgb = colour_rgb(colour, rng)
     d = rng.uniform(*SIZE_RANGE)
     margin = d / 2 + 0.02
     cx, cy = rng.uniform(margin, 1 - margin, size=2)
     traj = Trajectory(np.array([cx]), np.array([cy]), np.array([d]))
-    return render_object(shape, rgb, render_background(background, size, rng), traj)[0], background
+    return render_object(shape, rgb, render_background(background, size, rng), traj)[0], background, traj
 
 
 # Captions: most name colour and shape; a quarter name one of them, so "a red shape" or "a star"
@@ -141,13 +142,37 @@ def with_article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def make_caption(colour: str, shape: str, background: str, rng: np.random.Generator) -> str:
-    """One caption of a still: colour and shape (three in four), or only one of them."""
+def make_caption(colour: str, shape: str, background: str, rng: np.random.Generator,
+                 where: Trajectory | None = None) -> str:
+    """One caption of a still: colour and shape (three in four), or only one of them. With
+    ``where`` (the still's position and size), half the captions also say where the object is
+    ("on the left", "at the top") and half how big it is ("a small red star")."""
     kind = rng.random()
     pool = _BOTH if kind < 0.75 else _COLOUR_ONLY if kind < 0.875 else _SHAPE_ONLY
+    c, s, place = colour, shape, ""
+    if where is not None:
+        if rng.random() < 0.5:  # the size word goes before the first attribute the template names
+            big = _size_word(float(where.size[0]))
+            c, s = (f"{big} {colour}", shape) if kind < 0.875 else (colour, f"{big} {shape}")
+        if rng.random() < 0.5:  # and the place at the end, with no background (16 tokens hold no more)
+            place = " " + _place_phrase(float(where.cx[0]), float(where.cy[0]))
+            pool = [t for t in pool if "{bg}" not in t]
     template = pool[int(rng.integers(len(pool)))]
-    return template.format(cs=with_article(f"{colour} {shape}"), c=colour, s=shape, bg=background,
-                           c_shape=with_article(f"{colour} shape"), a_s=with_article(shape))
+    text = template.format(cs=with_article(f"{c} {s}"), c=c, s=s, bg=background, c_shape=with_article(f"{c} shape"),
+                           a_s=with_article(s))
+    return text + place
+
+
+def _size_word(d: float) -> str:
+    low, high = SIZE_RANGE
+    return "small" if d < low + (high - low) / 2 else "big"
+
+
+def _place_phrase(cx: float, cy: float) -> str:
+    """Where a still's object is, by its larger offset from the centre."""
+    if abs(cx - 0.5) >= abs(cy - 0.5):
+        return "on the left" if cx < 0.5 else "on the right"
+    return "at the top" if cy < 0.5 else "at the bottom"
 
 
 def all_pairs() -> list[tuple[str, str]]:
@@ -155,14 +180,15 @@ def all_pairs() -> list[tuple[str, str]]:
     return [(c, s) for c in STANDIN_COLOURS for s in STANDIN_SHAPES]
 
 
-def still_batch(pairs: Sequence[tuple[str, str]], rng: np.random.Generator, size: int = IMAGE_SIZE
-                ) -> tuple[np.ndarray, list[str]]:
-    """``(images (B, size, size, 3) uint8, captions)``: one still and caption per pair, in order."""
+def still_batch(pairs: Sequence[tuple[str, str]], rng: np.random.Generator, size: int = IMAGE_SIZE,
+                where: bool = False) -> tuple[np.ndarray, list[str]]:
+    """``(images (B, size, size, 3) uint8, captions)``: one still and caption per pair, in order
+    (with ``where``, captions may also name the object's place and size: ``make_caption``)."""
     images, captions = [], []
     for colour, shape in pairs:
-        image, background = render_still(colour, shape, rng, size)
+        image, background, traj = render_still(colour, shape, rng, size)
         images.append(image)
-        captions.append(make_caption(colour, shape, background, rng))
+        captions.append(make_caption(colour, shape, background, rng, traj if where else None))
     return np.stack(images), captions
 
 
@@ -212,7 +238,7 @@ def _fresh_model(arch: dict[str, Any], seed: int) -> torch.nn.Module:
 
 def train_standin(output_file: str | Path, steps: int = 1000, seed: int = 0, batch_size: int | None = None,
                   lr: float = 2e-3, weight_decay: float = 0.1, warmup: int = 30, progress: bool = True,
-                  arch: dict[str, Any] | None = None) -> Path:
+                  arch: dict[str, Any] | None = None, where: bool = False) -> Path:
     """Pretrain the stand-in CLIP and write its open_clip state dict to ``output_file``.
 
     A stand-in for pretrained CLIP weights (see the module docstring): open_clip's ``CLIP`` of
@@ -232,6 +258,8 @@ def train_standin(output_file: str | Path, steps: int = 1000, seed: int = 0, bat
         lr / weight_decay / warmup: AdamW's peak learning rate, decay and warm-up steps.
         progress: show a progress bar on stderr.
         arch: an open_clip architecture dict; the default is the demo's.
+        where: captions may also say where the object is and how big (``make_caption``), so the
+            image features keep position and size, as a real CLIP's do coarsely (off by default).
 
     Returns the path written.
     """
@@ -262,7 +290,7 @@ def train_standin(output_file: str | Path, steps: int = 1000, seed: int = 0, bat
     for step in bar:
         rng = np.random.default_rng([seed, step])
         batch = [pairs[i] for i in rng.choice(len(pairs), batch_size, replace=False)]
-        images, captions = still_batch(batch, rng, image_size)
+        images, captions = still_batch(batch, rng, image_size, where=where)
         x = normalise_frames(torch.from_numpy(images).permute(0, 3, 1, 2), OPENAI_DATASET_MEAN,
                              OPENAI_DATASET_STD)  # (B, 3, S, S)
         image_features, text_features, scale = model(x, tokenize(captions))  # (B, D), (B, D), ()
@@ -287,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=None, help="default: every (colour, shape) pair once")
+    parser.add_argument("--where", action="store_true",
+                        help="captions may also name the object's place and size (\"a small red star on the left\")")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    path = train_standin(args.output, steps=args.steps, seed=args.seed, batch_size=args.batch_size)
+    path = train_standin(args.output, steps=args.steps, seed=args.seed, batch_size=args.batch_size, where=args.where)
     print(f"stand-in CLIP written to {path} in {time.perf_counter() - start:.0f} s; load it with "
           f"clip.custom=<tiny_demo.yaml's clip.custom> clip.pretrained={path}", file=sys.stderr)
     return 0
