@@ -2,7 +2,14 @@
 demo; built on ``retrieval_pretrain`` (stage 1 and the foundation) and ``decoders`` (the caption
 model)."""
 
-import decoders as _decoders
+import os as _os
+
+# Passive OpenMP waits for every entry point of the toolkit (`vcap`, `python -m caption.demo.standin`,
+# the benchmarks), set before torch loads: spinning threads run up to 50x slower on a CPU shared with
+# other work (BENCHMARKS.md, "CPU threading"); a value the user set wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import decoders as _decoders  # noqa: E402
 
 if getattr(_decoders, "DISTRIBUTION", None) != "vcap-toolkit":
     raise ImportError(
