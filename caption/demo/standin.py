@@ -22,6 +22,12 @@ open_clip state dict (``.safetensors``, or ``.pt``), loaded by the toolkit like 
 checkpoint file: ``clip.custom=<the arch> clip.pretrained=standin.safetensors`` (strictly).
 
     python -m caption.demo.standin --output standin.safetensors      # about 5 minutes on 2 cores
+    python -m caption.demo.standin --where --output standin_where.safetensors
+
+``--where``: captions may also name the object's place and size ("a small red star on the left").
+Without it the image features learn to ignore place and size - exactly what a motion changes - and
+fine-tuning on the demo videos learns motion slowly (BENCHMARKS.md, "Issue 15's recipes on the
+stand-in"); a real CLIP's features keep them coarsely, as the ``--where`` stand-in's do.
 """
 
 from __future__ import annotations
