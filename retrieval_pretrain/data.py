@@ -181,15 +181,17 @@ class FeatureCache(_KeptPerVideo):
         loader = DataLoader(_CacheFill(paths, max_frames, image_size), batch_size=1, num_workers=num_workers,
                             collate_fn=_only_item)
         pending: list[tuple[int, torch.Tensor]] = []
+        waiting = 0  # frames in pending
         for index, frames, error in tqdm(loader, desc="encode once", unit="video", file=sys.stderr,
                                          disable=not progress):
             if frames is None:
                 self.errors[index] = error
                 continue
             pending.append((index, frames.clone()))
-            if sum(len(f) for _, f in pending) >= batch_frames:
+            waiting += len(frames)
+            if waiting >= batch_frames:
                 self._encode(pending)
-                pending = []
+                pending, waiting = [], 0
         if pending:
             self._encode(pending)
 
