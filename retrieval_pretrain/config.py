@@ -235,24 +235,26 @@ class RetrievalConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-    def check(self, where: str) -> None:
-        """Choices of different sections that cannot go together, refused before anything is built
-        (a backbone download, a pass over the videos)."""
-        if self.video.train_sampling == "fps" and (self.video.cache_frames or self.pretrain.mode == "prompt"):
-            raise ConfigError("video.train_sampling=fps needs each file's own frame rate, so it cannot sample frames "
-                              "kept in memory (video.cache_frames > 0, or pretrain.mode=prompt's features); use tsn "
-                              "or uniform")
-        if self.pretrain.mode != "prompt":
-            return
-        why = {"xclip": ("clip.kind", "X-CLIP prompts its text with each video itself"),
-               "tightTransf": ("pretrain.head", "tightTransf reads the caption's token states, not one prompted feature"),
-               "st_mix": ("clip.temporal_attention", "st_mix makes a frame's features depend on its neighbours, so "
-                          "they cannot be computed once")}
-        for value in (self.clip.kind, self.pretrain.head, self.clip.temporal_attention):
-            if value in why:
-                raise ConfigError(f"pretrain.mode=prompt does not work with {why[value][0]}={value}: {why[value][1]}")
-        if self.pretrain.interpolation.enabled and not self.pretrain.interpolation.base:
-            raise ConfigError("pretrain.interpolation with pretrain.mode=prompt: CLIP is frozen, so interpolating "
-                              "towards the weights the run started from changes nothing; give "
-                              "pretrain.interpolation.base a model folder to interpolate the prompts and head "
-                              "towards, or leave interpolation off")
+
+def check_training_choices(cfg: RetrievalConfig) -> None:
+    """Choices of different sections that cannot train together (``vcap pretrain`` checks them
+    before anything is built: a backbone download, a pass over the videos). Not part of reading a
+    config: evaluation, recognition and captioning never use them, so a training YAML still serves."""
+    if cfg.video.train_sampling == "fps" and (cfg.video.cache_frames or cfg.pretrain.mode == "prompt"):
+        raise ConfigError("video.train_sampling=fps needs each file's own frame rate, so it cannot sample frames "
+                          "kept in memory (video.cache_frames > 0, or pretrain.mode=prompt's features); use tsn "
+                          "or uniform")
+    if cfg.pretrain.mode != "prompt":
+        return
+    why = {"xclip": ("clip.kind", "X-CLIP prompts its text with each video itself"),
+           "tightTransf": ("pretrain.head", "tightTransf reads the caption's token states, not one prompted feature"),
+           "st_mix": ("clip.temporal_attention", "st_mix makes a frame's features depend on its neighbours, so "
+                      "they cannot be computed once")}
+    for value in (cfg.clip.kind, cfg.pretrain.head, cfg.clip.temporal_attention):
+        if value in why:
+            raise ConfigError(f"pretrain.mode=prompt does not work with {why[value][0]}={value}: {why[value][1]}")
+    if cfg.pretrain.interpolation.enabled and not cfg.pretrain.interpolation.base:
+        raise ConfigError("pretrain.interpolation with pretrain.mode=prompt: CLIP is frozen, so interpolating "
+                          "towards the weights the run started from changes nothing; give "
+                          "pretrain.interpolation.base a model folder to interpolate the prompts and head "
+                          "towards, or leave interpolation off")

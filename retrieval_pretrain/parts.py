@@ -108,7 +108,7 @@ def build_tight_transf(clip: nn.Module, layers: int, num_frames: int, max_words:
 def build_prompt(cfg: Any, clip: nn.Module, max_words: int) -> TextPrompt:
     """Prompt tuning's learnt vectors for ``clip``'s text tower (``pretrain.prompt``), refusing
     captions that would leave no room for them. (The towers it cannot prompt - X-CLIP, tightTransf,
-    st_mix - are refused when the config is read: ``RetrievalConfig.check``.)"""
+    st_mix - are refused before training builds anything: ``config.check_training_choices``.)"""
     p = cfg.pretrain.prompt
     owner = text_tower(clip)
     check_prompt_fits(max_words, p.prefix, p.suffix, int(owner.context_length), "pretrain.")

@@ -34,7 +34,7 @@ from retrieval_pretrain.annotations import load_annotations
 from retrieval_pretrain.atomic import write_json
 from retrieval_pretrain.checkpoints import epoch_batches, load_checkpoint, save_checkpoint, stop_if_diverged
 from retrieval_pretrain.clip_tokenizer import build_tokenizer
-from retrieval_pretrain.config import RetrievalConfig, config_to_dict
+from retrieval_pretrain.config import RetrievalConfig, check_training_choices, config_to_dict
 from retrieval_pretrain.data import steps_per_epoch
 from retrieval_pretrain.distill import MomentumDistiller
 from retrieval_pretrain.errors import ConfigError, DatasetError
@@ -129,6 +129,7 @@ def _frozen_image_tower(model: torch.nn.Module, accelerator: Accelerator) -> Cal
 def setup(cfg: RetrievalConfig, output: Path, accelerator: Accelerator, resume: bool = False) -> Stage1:
     """Data, model (from its parts), optimizer and schedule, prepared by Accelerate."""
     main = accelerator.is_main_process
+    check_training_choices(cfg)
     if cfg.pretrain.batch_size * accelerator.num_processes < 2:
         raise ConfigError(f"pretrain.batch_size={cfg.pretrain.batch_size} on {accelerator.num_processes} process: a "
                           "contrastive step needs at least 2 videos, so every step would be skipped")

@@ -207,19 +207,22 @@ def test_prompt_mode_end_to_end_no_decoding_after_the_cache(clips, tmp_path, mon
 
 
 @pytest.mark.parametrize("extra, match", [
-    # refused when the config is read, before a backbone is built (no download) or a video decoded
+    # refused when training starts, before a backbone is built (no download) or a video decoded
     (["pretrain.head=tightTransf", "clip.custom=null", "clip.model=ViT-B-32", "clip.pretrained=openai"], "tightTransf"),
     (["clip.kind=xclip", "clip.custom=null"], "X-CLIP"),
     (["clip.temporal_attention=st_mix"], "st_mix"),
     (["video.train_sampling=fps"], "fps"),
     (["pretrain.interpolation.enabled=true"], "changes nothing"),
 ])
-def test_prompt_mode_refuses_at_config_time(clips, extra, match):
+def test_prompt_mode_refuses_before_training_builds_anything(clips, tmp_path, extra, match):
     from retrieval_pretrain.errors import ConfigError
+    from retrieval_pretrain.train import train
 
     _, _, args = clips
+    cfg = load(CONFIG_PATH, [*args, *extra])  # reading it is fine: eval, classify, caption never train
     with pytest.raises(ConfigError, match=match):
-        load(CONFIG_PATH, [*args, *extra])
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists()
 
 
 @pytest.mark.parametrize("extra, match", [
