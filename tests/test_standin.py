@@ -136,3 +136,16 @@ def test_a_pt_checkpoint_loads_too(tmp_path) -> None:
     state = torch.load(path, weights_only=True)
     clip, _, _, _ = build_clip(load(CONFIG_PATH, [f"clip.pretrained={path}"]).clip)
     assert all(torch.equal(clip.state_dict()[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--output", "{tmp}"], "a folder"),
+    (["--output", "{tmp}/no/such/x.safetensors"], "does not exist"),
+    (["--output", "{tmp}/x.safetensors", "--steps", "0"], "--steps 0"),
+    (["--output", "{tmp}/x.safetensors", "--batch-size", "1"], "--batch-size 1"),
+])
+def test_the_command_refuses_bad_arguments_before_training(tmp_path, capsys, argv, said) -> None:
+    with pytest.raises(SystemExit) as e:
+        standin.main([a.format(tmp=tmp_path) for a in argv])
+    assert e.value.code == 2 and said in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.safetensors"))

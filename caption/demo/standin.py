@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -324,6 +325,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--where", action="store_true",
                         help="captions may also name the object's place and size (\"a small red star on the left\")")
     args = parser.parse_args(argv)
+    # Checked before minutes of training, not when the file is finally written.
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: at least 1")
+    if args.batch_size is not None and not 2 <= args.batch_size <= len(all_pairs()):
+        parser.error(f"--batch-size {args.batch_size}: between 2 and the {len(all_pairs())} (colour, shape) pairs")
+    if args.output.is_dir():
+        parser.error(f"--output {args.output}: a folder; give a checkpoint file name (e.g. standin.safetensors)")
+    if not args.output.parent.is_dir() or not os.access(args.output.parent, os.W_OK):
+        parser.error(f"--output {args.output}: its folder {args.output.parent} does not exist or is not writable")
     start = time.perf_counter()
     path = train_standin(args.output, steps=args.steps, seed=args.seed, batch_size=args.batch_size, where=args.where)
     print(f"stand-in CLIP written to {path} in {time.perf_counter() - start:.0f} s; load it with "
