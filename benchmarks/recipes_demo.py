@@ -44,7 +44,9 @@ recipe. ``--set KEY=VALUE`` adds config overrides to every trained row (experime
 model (``OUTPUT/<row>/run/model``) is reused by a later call with the same settings (``--only v``
 after ``ii``); other settings into the same folder are refused. All rows: about 25 minutes on 2 cores
 (BENCHMARKS.md, "Adaptation recipes on the stand-in").
-Prints a markdown table; writes ``OUTPUT/results.json``.
+Prints a markdown table; writes ``OUTPUT/results.json`` (atomically; rows of other settings are dropped) and
+exits 1 when a row failed. A ``--data`` folder holding anything but this script's demo set is refused, never
+regenerated over.
 """
 
 from __future__ import annotations
@@ -64,8 +66,10 @@ import torch
 from caption.config import load
 from caption.demo import standin
 from caption.demo.captions import MOTIONS
-from caption.demo.data import DemoSpec, generate_dataset
+from caption.demo.data import DemoSpec, generate_dataset, is_complete
 from caption.demo.run import CONFIG_PATH
+from retrieval_pretrain.atomic import write_json
+from retrieval_pretrain.backbones import build_clip
 
 
 def _standin_demo() -> Any:
@@ -127,22 +131,32 @@ def fine_tune(row: str, folder: Path, common: list[str], epochs: int) -> tuple[P
 
     model, seconds_file = folder / "run" / "model", folder / "seconds.json"
     overrides = common + recipe_overrides(row, epochs)
-    if (model / "config.json").is_file() and seconds_file.is_file():
-        given = json.loads((folder / "overrides.json").read_text())
+    done = _read_json(seconds_file)  # written (atomically) last: the run finished
+    if (model / "config.json").is_file() and done is not None:
+        given = _read_json(folder / "overrides.json")
         if given != overrides:
-            raise SystemExit(f"{folder} holds row {row}'s model trained with other settings ({' '.join(given)}); "
-                             "give another --output, or delete that folder to retrain")
-        return model, json.loads(seconds_file.read_text())["stage1_s"], True
+            raise SystemExit(f"{folder} holds row {row}'s model trained with other settings "
+                             f"({' '.join(given or ['unreadable overrides.json'])}); give another --output, or "
+                             "delete that folder to retrain")
+        return model, done["stage1_s"], True
     if (folder / "run").exists():
         shutil.rmtree(folder / "run")  # an unfinished run (interrupted, or failed)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = load(CONFIG_PATH, overrides)
-    (folder / "overrides.json").write_text(json.dumps(overrides, indent=1) + "\n")
+    write_json(folder / "overrides.json", overrides)
     start = time.perf_counter()
     model = train(cfg, folder / "run")
     seconds = time.perf_counter() - start
-    seconds_file.write_text(json.dumps({"stage1_s": seconds}) + "\n")
+    write_json(seconds_file, {"stage1_s": seconds})
     return model, seconds, False
+
+
+def _read_json(path: Path) -> Any:
+    """The file's JSON, or None when it is missing or unreadable (a run killed before writing it)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _line(name: str, m: dict[str, float] | None, seconds: float | None, note: str = "") -> str:
@@ -221,6 +235,10 @@ def _arguments() -> argparse.Namespace:
     args = parser.parse_args()
     if args.standin is not None and not args.standin.is_file():
         parser.error(f"--standin {args.standin}: no such file")
+    if args.epochs < 1:
+        parser.error(f"--epochs {args.epochs}: at least 1 (0 would score an untrained head as a recipe)")
+    if any(not 0.0 <= a <= 1.0 for a in args.alphas):
+        parser.error(f"--alphas {' '.join(map(str, args.alphas))}: each in [0, 1]")
     return args
 
 
@@ -232,7 +250,12 @@ class Recipes:
         self.out.mkdir(parents=True, exist_ok=True)
         self.checkpoint = (args.standin or self._train_standin()).resolve()
         self.data = (args.data or self.out / "data").resolve()
-        generate_dataset(self.data, DemoSpec(seed=args.data_seed), progress=False, workers=2)
+        spec = DemoSpec(seed=args.data_seed)
+        foreign = args.data is not None and self.data.is_dir() and any(self.data.iterdir())
+        if foreign and not is_complete(self.data, spec):
+            raise SystemExit(f"--data {self.data}: holds something else than the demo set this script makes "
+                             f"(DemoSpec(seed={args.data_seed})), and generating would replace it; give an empty or "
+                             "new folder")
         self.demo_rows = [r for r in map(json.loads, (self.data / "annotations.jsonl").read_text().splitlines())
                           if r["split"] == "test"]
         self.extra_videos = self.out / "extra_videos"
@@ -243,9 +266,14 @@ class Recipes:
         common += [f"pretrain.clip_lr={args.clip_lr}"] if args.clip_lr is not None else []
         common += [f"pretrain.lr={args.lr}"] if args.lr is not None else []
         self.common = common + list(args.extra)
-        load(CONFIG_PATH, self.common)  # a bad --set is an error now, not after the first training
+        cfg = load(CONFIG_PATH, self.common)  # a bad --set or stand-in is an error now, not after the first training
+        build_clip(cfg.clip)
+        generate_dataset(self.data, spec, progress=False, workers=2)
         self.results_file = self.out / "results.json"
-        self.results: dict[str, Any] = json.loads(self.results_file.read_text()) if self.results_file.is_file() else {}
+        self.results: dict[str, Any] = _read_json(self.results_file) or {}
+        if self.results.get("common_overrides") not in (None, self.common):  # another stand-in, data or settings
+            print(f"note: {self.results_file} held rows of other settings; they are dropped", file=sys.stderr)
+            self.results = {}
         self.results.update({"standin": str(self.checkpoint), "data": str(self.data), "epochs": args.epochs,
                              "common_overrides": self.common, "templates": list(sd.STANDIN_TEMPLATES),
                              "threads": torch.get_num_threads(), "test_clips": len(self.demo_rows),
@@ -253,7 +281,7 @@ class Recipes:
         self.results.setdefault("rows", {})
 
     def _train_standin(self) -> Path:
-        checkpoint = self.out / ("standin_where.safetensors" if self.args.where else "standin.safetensors")
+        checkpoint = self.out / f"standin{'_where' if self.args.where else ''}_seed{self.args.seed}.safetensors"
         if not checkpoint.is_file():
             t = time.perf_counter()
             standin.train_standin(checkpoint, seed=self.args.seed, where=self.args.where)
@@ -261,7 +289,7 @@ class Recipes:
         return checkpoint
 
     def save(self) -> None:
-        self.results_file.write_text(json.dumps(self.results, indent=1) + "\n")
+        write_json(self.results_file, self.results)
 
     def evaluate(self, model: Path, work: Path) -> dict[str, float]:
         """``evaluate``'s recognition metrics, the motion labels' text cosine, and caption retrieval on
@@ -293,7 +321,8 @@ class Recipes:
 
     def row_i(self) -> dict[str, Any]:
         model = self.out / "i" / "model"
-        if not (model / "config.json").is_file():
+        made_from = (_read_json(model / "config.json") or {}).get("trained_on", {}).get("standin_checkpoint")
+        if made_from != str(self.checkpoint):  # none yet, or made from another stand-in
             sd._stage1_folder(self.checkpoint, model)
         t = time.perf_counter()
         m = self.evaluate(model, self.out / "i" / "eval")
@@ -326,10 +355,16 @@ class Recipes:
         return entry
 
 
-def main() -> None:
+def main() -> int:
+    from retrieval_pretrain.errors import VcapError
+
     args = _arguments()
     t_all = time.perf_counter()
-    run = Recipes(args)
+    try:
+        run = Recipes(args)
+    except VcapError as e:  # a bad --set, an unloadable stand-in: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for row in args.only or ROWS:
         run.attempt(row)
     results = run.results
@@ -345,7 +380,11 @@ def main() -> None:
         if chord:
             print(f"\nrow {row} against the straight line between its alpha 0 and 1:\n" + "\n".join(chord))
     print(f"\ntotal {results['total_s']:.0f} s; results in {run.results_file}")
+    failed = [row for row in args.only or ROWS if "failed" in results["rows"].get(row, {}).get("note", "")]
+    if failed:
+        print(f"error: rows {', '.join(failed)} failed (see above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
