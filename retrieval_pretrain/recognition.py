@@ -186,7 +186,9 @@ def zero_shot_clip(cfg: Any) -> tuple[Any, dict[str, Any]]:
     in eval mode, with the ``info`` a model folder would give (frames, sampling, tokenizer)."""
     from retrieval_pretrain.parts import build_video_text_model
 
-    plain = replace(cfg, pretrain=replace(cfg.pretrain, head="meanP"))
+    # meanP, no head options, no prompts: a training config's seqTransf, head_input_norm or
+    # pretrain.mode=prompt (random, untrained prompt vectors) must not reach the zero-shot baseline
+    plain = replace(cfg, pretrain=replace(cfg.pretrain, head="meanP", head_input_norm=False, mode="full"))
     model = build_video_text_model(plain).eval()
     info = {"num_frames": cfg.video.num_frames, "eval_sampling": cfg.video.eval_sampling,
             **model.build_info}

@@ -274,3 +274,19 @@ def test_a_batch_of_one_video_is_refused_before_a_run_that_would_train_nothing(c
     with pytest.raises(ConfigError, match="at least 2 videos"):
         train(load(CONFIG_PATH, [*args, f"pretrain.mode={mode}", "pretrain.batch_size=1"]), tmp_path / "run")
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_the_zero_shot_baseline_ignores_a_training_configs_prompts_and_head(clips):
+    """`vcap classify --pretrained CKPT` with a prompt-tuning YAML (seqTransf, head_input_norm, mode=prompt):
+    plain CLIP text and mean-pooled frames, not random untrained prompts or a random head."""
+    from retrieval_pretrain.clip_tokenizer import build_tokenizer
+    from retrieval_pretrain.recognition import load_recognizer
+
+    _, ckpt, args = clips
+    cfg = load(CONFIG_PATH, [*args, "pretrain.head=seqTransf", "pretrain.head_input_norm=true"])
+    net, _ = load_recognizer(cfg, None, str(ckpt), torch.device("cpu"))
+    assert net.prompt is None and net.head_kind == "meanP"
+    tokens = build_tokenizer(cfg)(["a red circle"])
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(net.clip.encode_text(tokens), dim=-1)
+        assert torch.allclose(net.encode_text(tokens), want)
