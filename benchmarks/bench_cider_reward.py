@@ -1,7 +1,7 @@
 """SCST reward: ``caption.cider_reward.CiderD`` against pycocoevalcap's ``Cider`` on one SCST batch.
 
-    python benchmarks/bench_cider_reward.py                      # MSR-VTT test split, 64 x 5 samples
-    python benchmarks/bench_cider_reward.py --videos 64 --samples 5 --repeat 20
+    python -m benchmarks.bench_cider_reward                      # MSR-VTT test split, 64 x 5 samples
+    python -m benchmarks.bench_cider_reward --videos 64 --samples 5 --repeat 20
 
 References: the 2,990 MSR-VTT test videos x 20 captions of ``../shared/data`` (the only full split
 there), tokenised by ``words``. ``build`` is ``CiderD(references)``: document frequencies,

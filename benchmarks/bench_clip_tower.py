@@ -1,7 +1,7 @@
 """Frames per second of CLIP ViT-B/32's image tower (the stage-1 / extraction cost per frame).
 
-    python benchmarks/bench_clip_tower.py                       # batches 12 and 48, fp32, CPU
-    python benchmarks/bench_clip_tower.py --batch-sizes 12 48 96 --device cuda
+    python -m benchmarks.bench_clip_tower                       # batches 12 and 48, fp32, CPU
+    python -m benchmarks.bench_clip_tower --batch-sizes 12 48 96 --device cuda
 
 Randomly initialised weights (``pretrained=None``: speed does not depend on the values), eval mode,
 ``torch.no_grad``, fp32 unless ``--precision`` says otherwise. One warm-up batch, then ``--iters``

@@ -1,7 +1,7 @@
 """Sampled-frame decoding (``read_frames``, 12 frames, uniform) against decoding every frame.
 
-    python benchmarks/bench_decode.py                        # every clip decord opens, best of 5
-    python benchmarks/bench_decode.py --repeat 3 --videos DIR --sizes native 224 112
+    python -m benchmarks.bench_decode                        # every clip decord opens, best of 5
+    python -m benchmarks.bench_decode --repeat 3 --videos DIR --sizes native 224 112
 
 For each clip in ``--videos`` (default ``../shared/data/videos``) that ``read_frames`` can read, and
 each output size (``native``; ``224``/``112`` = shorter side resized in the decoder):
@@ -33,7 +33,7 @@ import decord
 import numpy as np
 from PIL import Image
 
-from retrieval_pretrain.video import VideoReadError, probe_video, read_frames
+from retrieval_pretrain.reading.video import VideoReadError, probe_video, read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Pipeline throughput, measured in one run so the ratios compare like with like.
 
-    python benchmarks/bench_pipeline.py [--videos N] [--repeat R]
+    python -m benchmarks.bench_pipeline [--videos N] [--repeat R]
 
 1. Loader: videos/s of ``VideoClipDataset`` (decord decode of 12 uniform frames + CLIP
    preprocessing at 224 px) on the real clips in ../shared/data/videos, per DataLoader worker.
@@ -25,14 +25,13 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from decoders.model import CaptionModel, make_config  # noqa: E402
-from retrieval_pretrain.config import ClipConfig  # noqa: E402
-from retrieval_pretrain.data import Preprocess, VideoClipDataset, collate_videos  # noqa: E402
-from retrieval_pretrain.backbones import build_clip  # noqa: E402
-from retrieval_pretrain.model import VideoTextModel  # noqa: E402
-from retrieval_pretrain.parts import build_temporal_head  # noqa: E402
+from retrieval_pretrain.stage1.config import ClipConfig  # noqa: E402
+from retrieval_pretrain.stage1.data import Preprocess, VideoClipDataset, collate_videos  # noqa: E402
+from retrieval_pretrain.modeling.backbones import build_clip  # noqa: E402
+from retrieval_pretrain.modeling.model import VideoTextModel  # noqa: E402
+from retrieval_pretrain.modeling.parts import build_temporal_head  # noqa: E402
 
 CLIPS = ["mmaction2/test.mp4", "mmaction2/demo.mp4", "mmaction2/test_video_structuralize.mp4",
          "decord/flipping_a_pancake.mkv", "swinbert/G0mjFqytJt4_000152_000162.mp4", "torchcodec/nasa_13013.mp4",

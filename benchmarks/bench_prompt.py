@@ -1,6 +1,6 @@
 """Stage-1 step time of prompt tuning (``pretrain.mode=prompt``) against full fine-tuning, in one run.
 
-    python benchmarks/bench_prompt.py [--epochs 2] [--workers 2]
+    python -m benchmarks.bench_prompt [--epochs 2] [--workers 2]
 
 On the demo's quick data (364 training clips, cached in ``--data``) with the demo's tiny configuration
 (caption/demo/tiny_demo.yaml), ``vcap pretrain``'s training function runs three times with the same
@@ -29,12 +29,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from bench_training import quick_demo_arguments, split_times  # noqa: E402
+from benchmarks.bench_training import quick_demo_arguments, split_times  # noqa: E402
 from caption.config import load  # noqa: E402
 from caption.demo import CONFIG_PATH  # noqa: E402
 from caption.demo import data as demo_data  # noqa: E402
@@ -49,7 +47,7 @@ RUNS = {
 
 def main(argv: list[str] | None = None) -> dict:
     args = quick_demo_arguments(__doc__, "epochs of each run").parse_args(argv)
-    from retrieval_pretrain.train import train as pretrain
+    from retrieval_pretrain.stage1.train import train as pretrain
 
     data = Path(args.data)
     demo_data.generate_dataset(data, demo_data.quick_spec())

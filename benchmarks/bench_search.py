@@ -1,8 +1,8 @@
 """Search: query time on a 100k-video index, and R@1 of caption queries through the index on the
 demo's test videos beside `vcap eval-retrieval`'s t2v R@1 (same model).
 
-    python benchmarks/bench_search.py                                   # 100k generated embeddings
-    python benchmarks/bench_search.py --model demo_out/stage1/model --data demo_out/data
+    python -m benchmarks.bench_search                                   # 100k generated embeddings
+    python -m benchmarks.bench_search --model demo_out/stage1/model --data demo_out/data
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval_pretrain.search import VideoIndex, build_index, rank
+from vcap_toolkit.jobs.search import VideoIndex, build_index, rank
 
 
 def query_time(n: int = 100_000, dim: int = 512, queries: int = 20) -> None:
@@ -41,9 +41,9 @@ def query_time(n: int = 100_000, dim: int = 512, queries: int = 20) -> None:
 
 def demo_recall(model: Path, data: Path) -> None:
     from caption.config import load
-    from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
-    from retrieval_pretrain.evaluate import embed_texts, evaluate_retrieval
-    from retrieval_pretrain.model_folder import from_pretrained
+    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
+    from retrieval_pretrain.stage1.evaluate import embed_texts, evaluate_retrieval
+    from retrieval_pretrain.modeling.model_folder import from_pretrained
 
     rows = [json.loads(x) for x in (data / "annotations.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["split"] == "test"]

@@ -1,6 +1,6 @@
 """``vcap serve`` timings: page load, one caption's latency, and 20 concurrent caption requests.
 
-    python benchmarks/bench_serve.py [--caption-model RUN2/model --index IDX --video CLIP]
+    python -m benchmarks.bench_serve [--caption-model RUN2/model --index IDX --video CLIP]
                                      [--requests 20] [--repeat 5] [--device cpu]
 
 Without ``--caption-model`` it first builds the tiny models tests/test_serve.py uses (9 demo clips,
@@ -35,7 +35,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -50,9 +49,9 @@ def build_tiny(root: Path) -> tuple[Path, Path, Path]:
     from caption.demo import CONFIG_PATH
     from caption.demo import data as demo_data
     from caption.train import train as train_captions
-    from retrieval_pretrain.extract import extract_features
-    from retrieval_pretrain.search import build_index
-    from retrieval_pretrain.train import train as train_retrieval
+    from retrieval_pretrain.stage1.extract import extract_features
+    from vcap_toolkit.jobs.search import build_index
+    from retrieval_pretrain.stage1.train import train as train_retrieval
 
     s1 = ["video.num_frames=4", "pretrain.batch_size=8", "pretrain.epochs=10", "run.num_workers=0",
           "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}",
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from caption.serve import ServeModels, create_app, make_server, path_guard, stop_server
+    from vcap_toolkit.web.serve import ServeModels, create_app, make_server, path_guard, stop_server
 
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is N": expected here
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:

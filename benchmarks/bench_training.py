@@ -1,6 +1,6 @@
 """Training throughput of both stages, split into waiting for data and computing, in one run.
 
-    python benchmarks/bench_training.py [--epochs 2] [--workers 2]
+    python -m benchmarks.bench_training [--epochs 2] [--workers 2]
 
 On the demo's generated data (the ``--quick`` set, cached in ``--data``) with the demo's tiny
 configuration (caption/demo/tiny_demo.yaml), it runs the real training functions - ``vcap pretrain``'s
@@ -27,7 +27,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -64,8 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = quick_demo_arguments(__doc__, "epochs per stage (quick demo data)").parse_args(argv)
 
     from caption.train import train as train_captioner
-    from retrieval_pretrain.extract import extract_features
-    from retrieval_pretrain.train import train as pretrain
+    from retrieval_pretrain.stage1.extract import extract_features
+    from retrieval_pretrain.stage1.train import train as pretrain
 
     data = Path(args.data)
     demo_data.generate_dataset(data, demo_data.quick_spec())

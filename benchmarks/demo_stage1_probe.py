@@ -1,6 +1,6 @@
 """How fast can the tiny stage-1 model learn the demo's attributes? Ablations in one process.
 
-    python benchmarks/demo_stage1_probe.py --data vcap_demo/data --frames 4 --steps 600 [key=value ...]
+    python -m benchmarks.demo_stage1_probe --data vcap_demo/data --frames 4 --steps 600 [key=value ...]
 
 Trains the real ``VideoTextModel`` with the real ``info_nce`` on the demo dataset, with every
 clip decoded once into memory (16 frames at the model's size) so that runs compare models and
@@ -29,7 +29,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -39,14 +38,14 @@ from transformers import get_cosine_schedule_with_warmup  # noqa: E402
 from caption.demo import CONFIG_PATH  # noqa: E402
 from caption.demo import data as demo_data  # noqa: E402
 from caption.config import load  # noqa: E402
-from retrieval_pretrain.annotations import load_annotations  # noqa: E402
-from retrieval_pretrain.clip_tokenizer import build_tokenizer  # noqa: E402
-from retrieval_pretrain.loss import info_nce  # noqa: E402
-from retrieval_pretrain.parts import build_video_text_model as build_model  # noqa: E402
-from retrieval_pretrain.parts import freeze_parameters  # noqa: E402
-from retrieval_pretrain.train import _optimizer  # noqa: E402
-from retrieval_pretrain.transforms import preprocess_frames  # noqa: E402
-from retrieval_pretrain.video import read_frames, sample_indices  # noqa: E402
+from retrieval_pretrain.reading.annotations import load_annotations  # noqa: E402
+from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer  # noqa: E402
+from retrieval_pretrain.modeling.loss import info_nce  # noqa: E402
+from retrieval_pretrain.modeling.parts import build_video_text_model as build_model  # noqa: E402
+from retrieval_pretrain.modeling.parts import freeze_parameters  # noqa: E402
+from retrieval_pretrain.stage1.train import _optimizer  # noqa: E402
+from retrieval_pretrain.reading.transforms import preprocess_frames  # noqa: E402
+from retrieval_pretrain.reading.video import read_frames, sample_indices  # noqa: E402
 
 KEYS = (("colour", demo_data.COLOURS), ("shape", demo_data.SHAPES), ("motion", demo_data.MOTIONS))
 VERB = {"left": "moves left", "right": "moves right", "up": "moves up", "down": "moves down", "grow": "grows",

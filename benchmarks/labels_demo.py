@@ -5,7 +5,7 @@ novel motions it never saw as labels. KL loss (clips sharing a label are positiv
 InfoNCE (they are negatives of each other).
 
     vcap demo --output demo_out
-    python benchmarks/labels_demo.py --model demo_out/stage1/model --data demo_out/data --epochs 3
+    python -m benchmarks.labels_demo --model demo_out/stage1/model --data demo_out/data --epochs 3
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 
 from caption.config import load
 from caption.demo import CONFIG_PATH
-from retrieval_pretrain.model_folder import from_pretrained
-from retrieval_pretrain.recognition import evaluate_classification
+from retrieval_pretrain.modeling.model_folder import from_pretrained
+from vcap_toolkit.jobs.recognition import evaluate_classification
 
 PHRASE = {"still": "staying still", "grow": "growing", "shrink": "shrinking"}
 NOVEL = ("down", "shrink", "still")
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = _write(args.data, Path(tmp))

@@ -1,12 +1,12 @@
 """Issue 15's CLIP adaptation recipes at toy scale: what fine-tuning a "pretrained" CLIP on videos
-keeps of what it knew, recipe by recipe, with the stand-in CLIP of ``caption.demo.standin`` (trained
+keeps of what it knew, recipe by recipe, with the stand-in CLIP of ``benchmarks.standin`` (trained
 on still pictures of colour and shape only: it knows colour and shape, including colours and shapes
 the demo videos never show, and nothing of motion).
 
-    python benchmarks/recipes_demo.py --output /tmp/recipes --where          # trains a --where stand-in first (~5 min)
-    python benchmarks/recipes_demo.py --output /tmp/recipes --standin standin.safetensors   # all rows
-    python benchmarks/recipes_demo.py --output OUT --standin S --only i ii v # a subset of rows
-    python benchmarks/recipes_demo.py --output OUT --standin S --only ii --clip-lr 1e-4 --epochs 40
+    python -m benchmarks.recipes_demo --output /tmp/recipes --where          # trains a --where stand-in first (~5 min)
+    python -m benchmarks.recipes_demo --output /tmp/recipes --standin standin.safetensors   # all rows
+    python -m benchmarks.recipes_demo --output OUT --standin S --only i ii v # a subset of rows
+    python -m benchmarks.recipes_demo --output OUT --standin S --only ii --clip-lr 1e-4 --epochs 40
 
 The protocol is Open-VCLIP's base-to-novel one, measured by the toolkit's recognition
 (``evaluate_classification``, what ``vcap eval-classify`` runs; templates
@@ -28,7 +28,7 @@ The protocol is Open-VCLIP's base-to-novel one, measured by the toolkit's recogn
 Rows (``--only`` takes their ids):
 
 * ``i``   the stand-in as it is (``meanP``, no new weights);
-* ``ii``  plain fine-tuning (``retrieval_pretrain.train.train``, ``seqTransf`` head);
+* ``ii``  plain fine-tuning (``retrieval_pretrain.stage1.train.train``, ``seqTransf`` head);
 * ``iii`` prompt tuning (``pretrain.mode=prompt``, 2 + 2 learnt context vectors, CLIP frozen);
 * ``iv``  momentum distillation (``pretrain.distill``, small-data queue);
 * ``v``   weight interpolation of row ii's model towards the stand-in (``interpolate_folders``,
@@ -52,7 +52,6 @@ regenerated over.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -64,25 +63,15 @@ from typing import Any
 import torch
 
 from caption.config import load
-from caption.demo import standin
+from benchmarks import standin
+from benchmarks import standin_demo as sd
 from caption.demo.captions import MOTIONS
 from caption.demo.data import DemoSpec, generate_dataset, is_complete
 from caption.demo.run import CONFIG_PATH
-from retrieval_pretrain.atomic import write_json
-from retrieval_pretrain.backbones import build_clip
+from retrieval_pretrain.foundation.atomic import write_json
+from retrieval_pretrain.modeling.backbones import build_clip
 
 
-def _standin_demo() -> Any:
-    """``benchmarks/standin_demo.py`` as a module (``benchmarks`` is not a package)."""
-    path = Path(__file__).resolve().with_name("standin_demo.py")
-    spec = importlib.util.spec_from_file_location("standin_demo", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("standin_demo", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-sd = _standin_demo()
 
 ROWS = ("i", "ii", "iii", "iv", "v", "vi", "vii")
 TITLES = {"i": "(i) stand-in as is (meanP)", "ii": "(ii) plain fine-tuning", "iii": "(iii) prompt tuning",
@@ -127,7 +116,7 @@ def evaluate(model: Path, demo_rows: list[dict[str, Any]], demo_videos: Path, ex
 def fine_tune(row: str, folder: Path, common: list[str], epochs: int) -> tuple[Path, float, bool]:
     """``(model folder, stage-1 seconds, reused)``: row ``row``'s run into ``folder/run`` (reused when
     its model exists: its seconds are read back from ``folder/seconds.json``)."""
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.train import train
 
     model, seconds_file = folder / "run" / "model", folder / "seconds.json"
     overrides = common + recipe_overrides(row, epochs)
@@ -205,8 +194,8 @@ def _chord(results: dict[str, Any], row: str = "v") -> list[str]:
 def text_separation(model: Path) -> float:
     """Mean cosine between the model's embeddings of the 7 motion label phrases (1.0: it cannot tell
     them apart, so no video embedding can match one better than another)."""
-    from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
-    from retrieval_pretrain.model_folder import from_pretrained
+    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
+    from retrieval_pretrain.modeling.model_folder import from_pretrained
 
     net, info = from_pretrained(model)
     with torch.no_grad():
@@ -295,7 +284,7 @@ class Recipes:
         """``evaluate``'s recognition metrics, the motion labels' text cosine, and caption retrieval on
         the demo test split (``vcap eval-retrieval``: CLIP2TV's own measure; every test clip is another
         colour x shape x motion, so its captions tell it from the others only with the motion)."""
-        from retrieval_pretrain.evaluate import evaluate_retrieval
+        from retrieval_pretrain.stage1.evaluate import evaluate_retrieval
 
         m = evaluate(model, self.demo_rows, self.data, self.extra_rows, self.extra_videos, work)
         cfg = load(CONFIG_PATH, [f"data.annotations={self.data / 'annotations.jsonl'}", f"data.videos={self.data}",
@@ -337,7 +326,7 @@ class Recipes:
                 "overrides": recipe_overrides(row, self.args.epochs), "note": "reused model" if reused else ""}
 
     def patching(self, row: str, of: str) -> dict[str, Any]:
-        from retrieval_pretrain.interpolate import interpolate_folders
+        from retrieval_pretrain.stage1.interpolate import interpolate_folders
 
         finetuned, _, _ = fine_tune(of, self.out / of, self.common, self.args.epochs)
         entry: dict[str, Any] = {"of": of, "finetuned": str(finetuned), "base": str(self.checkpoint), "alphas": {}}
@@ -356,7 +345,7 @@ class Recipes:
 
 
 def main() -> int:
-    from retrieval_pretrain.errors import VcapError
+    from retrieval_pretrain.foundation.errors import VcapError
 
     args = _arguments()
     t_all = time.perf_counter()

@@ -2,8 +2,8 @@
 similarity, from the same cross-entropy model on the same cached features; test-split CIDEr and
 attribute accuracy after each phase, the time each took, and the reward's share of an SCST step.
 
-    python benchmarks/scst_demo.py --output scst_out                 # the demo world (vcap demo's data)
-    python benchmarks/scst_demo.py --output scst_out --world second  # another generated world
+    python -m benchmarks.scst_demo --output scst_out                 # the demo world (vcap demo's data)
+    python -m benchmarks.scst_demo --output scst_out --world second  # another generated world
 
 ``demo``: ``vcap demo --quick``'s data and recipe (364 training clips). ``second``: another world
 (``caption.demo.data.second_world_spec``) - seed 7, 24 frames per clip at 12 fps (each motion covers

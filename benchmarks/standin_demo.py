@@ -1,10 +1,10 @@
-"""The stand-in for pretrained CLIP weights (``caption.demo.standin``), shown to be "pretrained": it is
+"""The stand-in for pretrained CLIP weights (``benchmarks.standin``), shown to be "pretrained": it is
 trained on still pictures only, then recognises colour and shape zero-shot on held-out stills and
 on videos it has never seen as videos - the demo world's clips and clips of the extra colours and
 shapes the demo videos never use - and knows nothing about motion (chance).
 
-    python benchmarks/standin_demo.py --output /tmp/standin_bench            # about 8 minutes on 2 cores
-    python benchmarks/standin_demo.py --output OUT --data vcap_demo/data     # a demo's own test clips
+    python -m benchmarks.standin_demo --output /tmp/standin_bench            # about 8 minutes on 2 cores
+    python -m benchmarks.standin_demo --output OUT --data vcap_demo/data     # a demo's own test clips
 
 Videos go through the toolkit's own recognition: the stand-in loaded as a stage-1 model
 (``clip.custom`` = the demo's architecture, ``clip.pretrained`` = the stand-in file, a ``meanP``
@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from caption.config import load
-from caption.demo import standin
+from benchmarks import standin
 from caption.demo.captions import COLOURS, MOTIONS, SHAPES
 from caption.demo.data import DemoSpec, generate_dataset
 from caption.demo.render import BACKGROUNDS_NAMES, render_background, sample_trajectory, write_mp4
 from caption.demo.run import CONFIG_PATH
-from retrieval_pretrain.recognition import TEMPLATES, class_embeddings, evaluate_classification, load_recognizer
+from vcap_toolkit.jobs.recognition import TEMPLATES, class_embeddings, evaluate_classification, load_recognizer
 
 # Templates in the stand-in's own caption style (a pretrained CLIP is prompted in its captions' style).
 STANDIN_TEMPLATES: tuple[str, ...] = ("a photo of {}.", "{}", "an image of {}.", "a picture of {}.")
@@ -51,9 +51,9 @@ def _still_accuracy(checkpoint: Path, per_pair: int, seed: int, templates: Seque
     """Zero-shot colour (10-way) and shape (9-way) top-1 on held-out stills, split by palette."""
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    from retrieval_pretrain.backbones import build_clip
-    from retrieval_pretrain.clip_tokenizer import ClipTokenizer
-    from retrieval_pretrain.transforms import normalise_frames
+    from retrieval_pretrain.modeling.backbones import build_clip
+    from retrieval_pretrain.modeling.clip_tokenizer import ClipTokenizer
+    from retrieval_pretrain.reading.transforms import normalise_frames
 
     cfg = load(CONFIG_PATH, [f"clip.pretrained={checkpoint}"])
     clip, _, _, spec = build_clip(cfg.clip)
@@ -85,8 +85,8 @@ def _stage1_folder(checkpoint: Path, folder: Path) -> Path:
     the file's."""
     from safetensors.torch import load_file
 
-    from retrieval_pretrain.model_folder import save_pretrained
-    from retrieval_pretrain.parts import build_video_text_model
+    from retrieval_pretrain.modeling.model_folder import save_pretrained
+    from retrieval_pretrain.modeling.parts import build_video_text_model
 
     cfg = load(CONFIG_PATH, [f"clip.pretrained={checkpoint}", "pretrain.head=meanP", "pretrain.head_input_norm=false"])
     net = build_video_text_model(cfg)

@@ -1,7 +1,7 @@
 """Stage 1's video towers side by side on the demo world (`vcap demo --quick` data and recipe), each
 through both stages: stage-1 time, retrieval R@1 and the caption model's attribute accuracy.
 
-    python benchmarks/towers_demo.py --output towers_out [--world second] [--only NAME ...]
+    python -m benchmarks.towers_demo --output towers_out [--world second] [--only NAME ...]
 
 ``--world second``: another generated world (``caption.demo.data.second_world_spec``, seed 7:
 24 frames per clip at 12 fps, 3 captions per clip), same recipe.

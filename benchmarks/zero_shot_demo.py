@@ -2,7 +2,7 @@
 prompts by a demo stage-1 model that never saw a label (it was trained on captions only).
 
     vcap demo --output demo_out          # or any finished demo run
-    python benchmarks/zero_shot_demo.py --model demo_out/stage1/model --data demo_out/data
+    python -m benchmarks.zero_shot_demo --model demo_out/stage1/model --data demo_out/data
 
 Prints accuracy per attribute beside chance, with the built-in 16-template ensemble and with the
 label phrases alone (template "{}").
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from caption.config import load
-from retrieval_pretrain.recognition import TEMPLATES, classify_videos, load_recognizer
+from vcap_toolkit.jobs.recognition import TEMPLATES, classify_videos, load_recognizer
 
 # The label of each attribute value, as a caption would word it.
 PHRASES = {

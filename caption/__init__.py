@@ -4,7 +4,7 @@ model)."""
 
 import os as _os
 
-# Passive OpenMP waits for every entry point of the toolkit (`vcap`, `python -m caption.demo.standin`,
+# Passive OpenMP waits for every entry point of the toolkit (`vcap`, `python -m benchmarks.standin`,
 # the benchmarks), set before torch loads: spinning threads run up to 50x slower on a CPU shared with
 # other work (BENCHMARKS.md, "CPU threading"); a value the user set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from caption.metrics import score_captions
-from retrieval_pretrain.atomic import write_json
-from retrieval_pretrain.errors import DatasetError
+from retrieval_pretrain.foundation.atomic import write_json
+from retrieval_pretrain.foundation.errors import DatasetError
 
 
 def _read_json(path: str | Path) -> Any:

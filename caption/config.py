@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval_pretrain.config import RetrievalConfig, at_least, choice, fraction, load_config, positive
-from retrieval_pretrain.errors import ConfigError
+from retrieval_pretrain.stage1.config import RetrievalConfig, at_least, choice, fraction, load_config, positive
+from retrieval_pretrain.foundation.errors import ConfigError
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from retrieval_pretrain.features import FeatureStore
+from retrieval_pretrain.reading.features import FeatureStore
 
 
 def fit_frames(feats: np.ndarray, max_frames: int) -> np.ndarray:

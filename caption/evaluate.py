@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -19,14 +19,15 @@ from tqdm.auto import tqdm
 from caption.config import Config, DecodeConfig
 from caption.data import VideoFeatures, collate_videos
 from caption.metrics import score_captions
+from caption.pipeline import CaptionPipeline
 from caption.tokenizer import CaptionTokenizer, normalize_caption
-from retrieval_pretrain.accelerate_setup import pick_device
-from retrieval_pretrain.annotations import load_annotations
-from retrieval_pretrain.atomic import write_json
-from retrieval_pretrain.errors import DatasetError, FeatureMismatchError
-from retrieval_pretrain.evaluate import split_entries
-from retrieval_pretrain.features import FeatureStore
-from retrieval_pretrain.model_folder import warn_if_video_differs
+from retrieval_pretrain.foundation.accelerate_setup import pick_device
+from retrieval_pretrain.reading.annotations import load_annotations
+from retrieval_pretrain.foundation.atomic import write_json
+from retrieval_pretrain.foundation.errors import DatasetError, FeatureMismatchError
+from retrieval_pretrain.stage1.evaluate import split_entries
+from retrieval_pretrain.reading.features import FeatureStore
+from retrieval_pretrain.modeling.model_folder import warn_if_video_differs
 
 
 def decode_kwargs(decode: DecodeConfig, num_beams: int | None = None) -> dict[str, Any]:
@@ -74,19 +75,22 @@ def check_features_match(model: Any, store: FeatureStore) -> None:
         )
 
 
+# (path, model_dir, entries, predictions, missing, metrics, workers) -> the page written
+ReportWriter = Callable[..., Path]
+
+
+def evaluation_folder(model_dir: Path, split: str, output: Path | None = None) -> Path:
+    """Where ``evaluate`` writes: ``output``, else ``eval_<split>`` beside the model folder."""
+    return Path(output) if output else Path(model_dir).parent / f"eval_{split}"
+
+
 def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: str | None = None,
-             output: Path | None = None, report: bool = False) -> dict[str, Any]:
-    """Caption ``split`` and score it; writes predictions.json and metrics.json (and, with
-    ``report``, report.html: every video of the split with frames, captions and its CIDEr, worst
-    first, plus the training curves when the model sits in a run folder); returns the metrics."""
-    from caption.pipeline import CaptionPipeline  # the pipeline loads the video tower lazily
-
+             output: Path | None = None, report: ReportWriter | None = None) -> dict[str, Any]:
+    """Caption ``split`` and score it; writes predictions.json and metrics.json; returns the metrics.
+    ``report`` (the front door's ``write_evaluation_report``) is called with ``out_dir/report.html``
+    and what was captioned - also when nothing could be, so the page shows every video and why."""
     split = split or cfg.data.test_split
-    out_dir = Path(output) if output else Path(model_dir).parent / f"eval_{split}"
-    if report:
-        from caption.report import check_report_path
-
-        check_report_path(out_dir / "report.html")
+    out_dir = evaluation_folder(model_dir, split, output)
     device = pick_device(cfg.run.device)
     ann = load_annotations(cfg.data)
     for problem in ann.problems:  # rows the reader left out (a duplicate id, an empty caption): said, not dropped
@@ -115,8 +119,8 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
     if not predictions:
         if report:  # the page still shows every video and why it failed
             write_json(out_dir / "not_captioned.json", missing)
-            write_evaluation_report(out_dir / "report.html", model_dir, entries, {}, missing,
-                                    {"split": split, "videos": 0, "not_captioned": len(missing)})
+            report(out_dir / "report.html", model_dir, entries, {}, missing,
+                   {"split": split, "videos": 0, "not_captioned": len(missing)})
         raise DatasetError(f"{cfg.data.annotations}: no video of split '{split}' could be captioned "
                            "(each is named above)")
     refs = {e.video_id: [normalize_caption(c) for c in e.captions] for e in entries if e.video_id in predictions}
@@ -128,25 +132,7 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
         write_json(out_dir / "not_captioned.json", missing)
     write_json(out_dir / "metrics.json", metrics)
     if report:
-        path = write_evaluation_report(out_dir / "report.html", model_dir, entries, predictions, missing, metrics,
-                                       cfg.run.num_workers)
+        path = report(out_dir / "report.html", model_dir, entries, predictions, missing, metrics,
+                      cfg.run.num_workers)
         print(f"report: {path}", file=sys.stderr)
     return metrics
-
-
-def write_evaluation_report(path: Path, model_dir: Path, entries: Sequence[Any], predictions: dict[str, str],
-                            missing: list[dict[str, str]], metrics: dict[str, Any], workers: int = 1) -> Path:
-    """``report.html`` of an evaluation: one row per video of the split (captioned or not), each
-    with its per-video CIDEr-D (document frequencies of the captioned set, as ``metrics``)."""
-    from caption.metrics import per_caption_cider
-    from caption.report import caption_report, make_rows, training_curves
-
-    refs = {e.video_id: [normalize_caption(c) for c in e.captions] for e in entries}
-    scored = {v: refs[v] for v in predictions}
-    cider = per_caption_cider(predictions, scored) if len(predictions) > 1 else {}
-    rows = make_rows({e.video_id: e.path for e in entries}, predictions, refs, cider,
-                     {m["video_id"]: m["reason"] for m in missing}, workers=max(1, workers))
-    run = Path(model_dir).parent
-    curves = training_curves(run) if (run / "log.jsonl").is_file() else None
-    return caption_report(path, rows, metrics, f"Captions: {metrics['split']} split",
-                          subtitle=f"model {model_dir}", curves=curves)

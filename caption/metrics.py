@@ -43,7 +43,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
-from retrieval_pretrain.errors import DatasetError
+from retrieval_pretrain.foundation.errors import DatasetError
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 TOKENIZERS = ("ptb", "none")

@@ -25,12 +25,12 @@ import torch
 from caption.config import DecodeConfig
 from caption.tokenizer import CaptionTokenizer
 from decoders.model import CaptionModel
-from retrieval_pretrain.accelerate_setup import pick_device
-from retrieval_pretrain.data import Preprocess
-from retrieval_pretrain.encode import encode_video_batches
-from retrieval_pretrain.errors import ModelFolderError, VideoReadError, check_finite
-from retrieval_pretrain.model_folder import from_pretrained as load_video_tower
-from retrieval_pretrain.model_folder import model_fingerprint
+from retrieval_pretrain.foundation.accelerate_setup import pick_device
+from retrieval_pretrain.stage1.data import Preprocess
+from retrieval_pretrain.stage1.encode import encode_video_batches
+from retrieval_pretrain.foundation.errors import ModelFolderError, VideoReadError, check_finite
+from retrieval_pretrain.modeling.model_folder import from_pretrained as load_video_tower
+from retrieval_pretrain.modeling.model_folder import model_fingerprint
 
 TOWER_DIR = "video_tower"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")

@@ -39,11 +39,11 @@ class ClipReward:
     retrieval uses."""
 
     def __init__(self, tower: Path, device: torch.device):
-        from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
-        from retrieval_pretrain.model_folder import from_pretrained
+        from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
+        from retrieval_pretrain.modeling.model_folder import from_pretrained
 
-        from retrieval_pretrain.errors import ConfigError
-        from retrieval_pretrain.model import scores_pairwise
+        from retrieval_pretrain.foundation.errors import ConfigError
+        from retrieval_pretrain.modeling.model import scores_pairwise
 
         self.model, info = from_pretrained(tower, device=device)
         if scores_pairwise(self.model):

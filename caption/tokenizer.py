@@ -29,8 +29,8 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 import torch
 
-from retrieval_pretrain.atomic import write_file
-from retrieval_pretrain.errors import ModelFolderError
+from retrieval_pretrain.foundation.atomic import write_file
+from retrieval_pretrain.foundation.errors import ModelFolderError
 
 _SPACES = re.compile(r"\s+")
 _TRAILING_PUNCT = re.compile(r"[\s.!?;:,。！？…]+$")

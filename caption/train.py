@@ -35,12 +35,12 @@ from caption.scst import scst_step_loss
 from caption.tokenizer import CaptionTokenizer, normalize_caption
 from caption.train_setup import Stage2, setup
 from decoders.loss import caption_loss, caption_loss_sums
-from retrieval_pretrain.accelerate_setup import make_accelerator, mean_over_processes
-from retrieval_pretrain.atomic import write_folder
-from retrieval_pretrain.checkpoints import epoch_batches, load_checkpoint, save_checkpoint, stop_if_diverged
-from retrieval_pretrain.features import FeatureStore
-from retrieval_pretrain.folder_lock import folder_lock
-from retrieval_pretrain.run_log import JsonlLogger, StepTimer
+from retrieval_pretrain.foundation.accelerate_setup import make_accelerator, mean_over_processes
+from retrieval_pretrain.foundation.atomic import write_folder
+from retrieval_pretrain.foundation.checkpoints import epoch_batches, load_checkpoint, save_checkpoint, stop_if_diverged
+from retrieval_pretrain.reading.features import FeatureStore
+from retrieval_pretrain.foundation.folder_lock import folder_lock
+from retrieval_pretrain.foundation.run_log import JsonlLogger, StepTimer
 
 
 @torch.no_grad()

@@ -22,15 +22,15 @@ from caption.data import CaptionPairs, VideoFeatures, collate_pairs, collate_vid
 from caption.pipeline import load_caption_model
 from caption.tokenizer import CaptionTokenizer, normalize_caption
 from decoders.model import CaptionModel, CaptionModelConfig, make_config
-from retrieval_pretrain.accelerate_setup import scheduler_length
-from retrieval_pretrain.annotation_table import near_misses, splits_found
-from retrieval_pretrain.annotations import load_annotations
-from retrieval_pretrain.atomic import write_json
-from retrieval_pretrain.config import config_to_dict
-from retrieval_pretrain.data import EpochShuffleSampler
-from retrieval_pretrain.errors import ConfigError, DatasetError, FeatureStoreError
-from retrieval_pretrain.features import FeatureStore
-from retrieval_pretrain.run_folder import claim
+from retrieval_pretrain.foundation.accelerate_setup import scheduler_length
+from retrieval_pretrain.reading.annotation_table import near_misses, splits_found
+from retrieval_pretrain.reading.annotations import load_annotations
+from retrieval_pretrain.foundation.atomic import write_json
+from retrieval_pretrain.foundation.typed_config import config_to_dict
+from retrieval_pretrain.stage1.data import EpochShuffleSampler
+from retrieval_pretrain.foundation.errors import ConfigError, DatasetError, FeatureStoreError
+from retrieval_pretrain.reading.features import FeatureStore
+from retrieval_pretrain.foundation.run_folder import claim
 
 
 @dataclass
@@ -170,7 +170,7 @@ def tower_folder(meta: dict[str, Any], features: Path, init_from: Path | None) -
     the folder ``meta.json`` names, or else the ``video_tower/`` of ``--init-from`` when it is the
     same tower (same fingerprint). Checked before training, not after it."""
     from caption.pipeline import TOWER_DIR
-    from retrieval_pretrain.model_folder import model_fingerprint
+    from retrieval_pretrain.modeling.model_folder import model_fingerprint
 
     named = Path(meta["tower"])
     if named.is_dir():

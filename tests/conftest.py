@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# See caption/cli.py: spinning OpenMP threads crawl beside DataLoader workers on a 2-core CPU.
+# See vcap_toolkit/cli/main.py: spinning OpenMP threads crawl beside DataLoader workers on a 2-core CPU.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json
@@ -56,7 +56,7 @@ def motion_model(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     from caption.config import load
     from caption.demo import CONFIG_PATH
     from caption.demo import data as demo_data
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.train import train
 
     root = tmp_path_factory.mktemp("motion")
     spec = demo_data.DemoSpec(num_train=16, num_val=0, num_test=4, frames=8, size=64, seed=5, captions_per_video=1)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from retrieval_pretrain.annotations import AnnotationError, load_annotations
-from retrieval_pretrain.config import DataConfig
+from retrieval_pretrain.reading.annotations import AnnotationError, load_annotations
+from retrieval_pretrain.reading.data_config import DataConfig
 
 
 def n_captions(entries) -> int:

@@ -1,4 +1,4 @@
-"""The atomic writers (``retrieval_pretrain.atomic``), tested by killing real writers.
+"""The atomic writers (``retrieval_pretrain.foundation.atomic``), tested by killing real writers.
 
 The kill tests SIGKILL writer processes - after random short delays and at fixed points (inside
 ``fill``, just before and just after the swap, between and after the two renames of the fallback,
@@ -32,8 +32,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from retrieval_pretrain import atomic
-from retrieval_pretrain.atomic import clear_temporaries, commit_folder, temp_folder, write_file, write_folder, write_json
+from retrieval_pretrain.foundation import atomic
+from retrieval_pretrain.foundation.atomic import clear_temporaries, commit_folder, temp_folder, write_file, write_folder, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 1_250_000  # float32 elements per version: a 5 MB model.safetensors
@@ -58,7 +58,7 @@ WRITER_SERVER = textwrap.dedent(f"""
     from pathlib import Path
     import numpy as np
     from safetensors.numpy import save_file
-    from retrieval_pretrain import atomic
+    from retrieval_pretrain.foundation import atomic
 
     N, FILE_SIZE = {N}, {FILE_SIZE}
 
@@ -477,9 +477,10 @@ def test_save_pretrained_killed_at_a_random_time_loads(tmp_path):
     interpreter spends 15-50 s importing them on a busy 2-core box)."""
     import torch
 
-    from retrieval_pretrain.config import ClipConfig, PretrainConfig, RetrievalConfig, VideoConfig
-    from retrieval_pretrain.model_folder import CONFIG_NAME, WEIGHTS_NAME, from_pretrained, save_pretrained
-    from retrieval_pretrain.parts import build_video_text_model
+    from retrieval_pretrain.reading.data_config import VideoConfig
+    from retrieval_pretrain.stage1.config import ClipConfig, PretrainConfig, RetrievalConfig
+    from retrieval_pretrain.modeling.model_folder import CONFIG_NAME, WEIGHTS_NAME, from_pretrained, save_pretrained
+    from retrieval_pretrain.modeling.parts import build_video_text_model
 
     torch.manual_seed(0)
     model = build_video_text_model(RetrievalConfig(

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from caption.caption_files import load_predictions, load_references
-from caption.cli import main
+from vcap_toolkit.cli.main import main
 from caption.config import load
-from retrieval_pretrain.annotations import load_annotations
-from retrieval_pretrain.data_check import check_dataset
-from retrieval_pretrain.errors import ConfigError, DatasetError, FeatureStoreError
-from retrieval_pretrain.features import FeatureStore
-from retrieval_pretrain.run_folder import claim
+from retrieval_pretrain.reading.annotations import load_annotations
+from retrieval_pretrain.reading.data_check import check_dataset
+from retrieval_pretrain.foundation.errors import ConfigError, DatasetError, FeatureStoreError
+from retrieval_pretrain.reading.features import FeatureStore
+from retrieval_pretrain.foundation.run_folder import claim
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -63,7 +63,7 @@ def test_score_files_with_a_repeated_id_or_an_empty_reference(tmp_path):
 
 
 def test_a_training_video_that_is_a_link_loop_or_a_folder_is_a_named_skip(tmp_path):
-    from retrieval_pretrain.training_set import training_entries
+    from retrieval_pretrain.stage1.training_set import training_entries
 
     os.symlink(tmp_path / "b.mp4", tmp_path / "a.mp4")
     os.symlink(tmp_path / "a.mp4", tmp_path / "b.mp4")
@@ -101,7 +101,7 @@ def test_a_feature_write_cut_by_a_full_disk_fails_and_leaves_nothing(tmp_path):
 import resource, signal, sys
 import numpy as np
 sys.path.insert(0, {str(ROOT)!r})
-from retrieval_pretrain.features import FeatureStore
+from retrieval_pretrain.reading.features import FeatureStore
 store = FeatureStore({str(tmp_path / 'feats')!r})
 store.init({{"tower_fingerprint": "f", "num_frames": 4, "dim": 128}})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -148,7 +148,7 @@ def test_data_check_of_an_empty_annotation_file_is_not_ok(tmp_path):
 
 
 def test_extract_of_a_split_that_does_not_exist_is_refused(tmp_path):
-    from retrieval_pretrain.extract import _wanted_videos
+    from retrieval_pretrain.stage1.extract import _wanted_videos
 
     (tmp_path / "ann.jsonl").write_text(json.dumps({"video": "a.mp4", "captions": ["x"], "split": "test"}) + "\n")
     cfg = load(None, [f"data.annotations={tmp_path / 'ann.jsonl'}", f"data.videos={tmp_path}"])
@@ -165,7 +165,7 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_inference_says_when_the_configs_sampling_is_not_the_models(capsys):
-    from retrieval_pretrain.model_folder import warn_if_video_differs
+    from retrieval_pretrain.modeling.model_folder import warn_if_video_differs
 
     warn_if_video_differs(4, 4, "M", "fps", "uniform")
     assert "video.eval_sampling=fps in the config, but M was made with uniform sampling" in capsys.readouterr().err

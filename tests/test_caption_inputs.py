@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from caption.cli import main
+from vcap_toolkit.cli.main import main
 from caption.pipeline import expand_videos
-from retrieval_pretrain.errors import VideoReadError
+from retrieval_pretrain.foundation.errors import VideoReadError
 
 ROOT_CAN_LIST_ANYTHING = hasattr(os, "geteuid") and os.geteuid() == 0
 

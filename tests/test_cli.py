@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from caption.cli import main
+from vcap_toolkit.cli.main import main
 
 COMMANDS = ["pretrain", "eval-retrieval", "extract", "train", "evaluate", "caption", "classify", "eval-classify",
             "index", "search", "score", "report", "serve", "interpolate", "demo"]

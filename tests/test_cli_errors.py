@@ -30,8 +30,8 @@ import pytest
 
 from caption.demo import CONFIG_PATH
 from caption.demo import data as demo_data
-from retrieval_pretrain import errors
-from retrieval_pretrain.errors import (
+from retrieval_pretrain.foundation import errors
+from retrieval_pretrain.foundation.errors import (
     EXIT_CODES, ConfigError, DatasetError, FeatureMismatchError, FeatureStoreError, ModelFolderError, VcapError,
     VideoReadError, WeightsUnavailableError,
 )
@@ -236,8 +236,8 @@ def _train_tiny_models(root: Path, ann: Path) -> dict[str, str]:
     """Stage 1 (1 step), its features, stage 2 (1 step) via the Python API; then broken copies."""
     from caption.config import load
     from caption.train import train as train_captioner
-    from retrieval_pretrain.extract import extract_features
-    from retrieval_pretrain.train import train as pretrain
+    from retrieval_pretrain.stage1.extract import extract_features
+    from retrieval_pretrain.stage1.train import train as pretrain
 
     cfg = load(CONFIG_PATH, [f"data.annotations={ann}", f"data.videos={ann.parent}", *TINY])
     s1 = pretrain(cfg, root / "s1")
@@ -311,7 +311,7 @@ def runs(tmp_path_factory) -> Runs:
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """A process holding ``folder``'s lock (as a running ``vcap extract`` does) until killed."""
-    code = ("import sys\nfrom retrieval_pretrain.folder_lock import folder_lock\n"
+    code = ("import sys\nfrom retrieval_pretrain.foundation.folder_lock import folder_lock\n"
             f"with folder_lock({str(folder)!r}, 'vcap extract'):\n    print('held', flush=True)\n    sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -379,7 +379,7 @@ def test_help_epilog_lists_the_exit_codes_of_errors_py():
 
 
 def test_readme_lists_the_exit_codes_of_errors_py():
-    """errors.py and caption/cli.py refer users to README.md for the exit codes: its table must
+    """errors.py and vcap_toolkit/cli/main.py refer users to README.md for the exit codes: its table must
     hold exactly the codes of EXIT_CODES, in order."""
     text = README.read_text()
     assert "Exit codes:" in text, "README.md has no 'Exit codes:' section"
@@ -497,7 +497,7 @@ def test_caption_on_cuda_without_a_gpu_says_so_in_one_line(runs):
 @pytest.mark.parametrize("custom", [False, True], ids=["ViT-B-32", "custom-arch"])
 def test_weights_guidance_for_a_missing_local_file_does_not_suggest_downloading_that_path(custom):
     from caption.config import load
-    from retrieval_pretrain.backbones import build_clip
+    from retrieval_pretrain.modeling.backbones import build_clip
 
     cfg = load(CONFIG_PATH, TINY + ["clip.model=ViT-B-32", "clip.pretrained=/no/such/file.pt"]
                + ([] if custom else ["clip.custom=null"]))

@@ -8,7 +8,7 @@ import pytest
 
 from caption.config import Config, load
 from caption.demo import CONFIG_PATH
-from retrieval_pretrain.config import ConfigError
+from retrieval_pretrain.stage1.config import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from retrieval_pretrain.config import DataConfig
-from retrieval_pretrain.annotations import AnnotationError
-from retrieval_pretrain.data_check import check_dataset, report_text
+from retrieval_pretrain.reading.data_config import DataConfig
+from retrieval_pretrain.reading.annotations import AnnotationError
+from retrieval_pretrain.reading.data_check import check_dataset, report_text
 
 
 def decord_probe(path: Path) -> None:
@@ -105,7 +105,7 @@ def test_all_good_dataset_is_ok(shared_data: Path, tmp_path: Path):
 
 
 def test_default_probe_is_the_video_module(shared_data: Path, tmp_path: Path):
-    """``probe_fn=None`` uses ``retrieval_pretrain.video.probe_video``."""
+    """``probe_fn=None`` uses ``retrieval_pretrain.reading.video.probe_video``."""
     data = make_dataset(tmp_path, shared_data, bad=True)
     s = check_dataset(data, probe=True, progress=False)
     assert s["unreadable_videos"]["count"] == 1 and s["ok"] is False
@@ -156,14 +156,14 @@ def test_default_probe_decodes_the_sampled_frames(shared_data: Path, tmp_path: P
 
 
 def test_cli_probe_samples_with_the_configs_video_section(shared_data: Path, tmp_path: Path, capsys):
-    from caption.cli import main
+    from vcap_toolkit.cli.main import main
 
     data = make_dataset(tmp_path, shared_data, bad=False)
     shutil.copy(shared_data / "videos/decord/corrupted.mp4", Path(data.videos) / "pool.mp4")  # now broken
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data:\n  format: jsonl\n  annotations: {data.annotations}\n  videos: {data.videos}\n")
-    from retrieval_pretrain.video import sample_indices
-    from retrieval_pretrain.video_integrity import probe_indices
+    from retrieval_pretrain.reading.video import sample_indices
+    from retrieval_pretrain.reading.video_integrity import probe_indices
 
     for num_frames in (12, 4):  # 4 frames: picks 6 18 31 43, segments 0-12 13-24 25-37 38-49
         assert main(["data", "check", "--probe", "--config", str(cfg), f"video.num_frames={num_frames}"]) == 1

@@ -67,8 +67,8 @@ def test_writes_h264_mp4s_decord_reads_back(small):
 
 
 def test_toolkit_reads_the_jsonl_and_ids_match_attributes(small):
-    from retrieval_pretrain.annotations import load_annotations
-    from retrieval_pretrain.config import DataConfig
+    from retrieval_pretrain.reading.annotations import load_annotations
+    from retrieval_pretrain.reading.data_config import DataConfig
 
     ann = load_annotations(DataConfig(format="jsonl", annotations=str(small / "annotations.jsonl"),
                                       videos=str(small)))

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval_pretrain.distill import MomentumDistiller, row_keys, soft_target_loss
-from retrieval_pretrain.loss import info_nce
+from retrieval_pretrain.modeling.distill import MomentumDistiller, row_keys, soft_target_loss
+from retrieval_pretrain.modeling.loss import info_nce
 
 
 def _emb(b: int, d: int, seed: int) -> torch.Tensor:
@@ -142,7 +142,7 @@ def test_distilled_training_on_real_files_checkpoints_teacher_and_queues(tmp_pat
     from caption.config import load
     from caption.demo import CONFIG_PATH
     from caption.demo import data as demo_data
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.train import train
 
     data = tmp_path / "data"
     demo_data.generate_dataset(data, demo_data.DemoSpec(num_train=8, num_val=0, num_test=1, frames=8, size=64, seed=3,

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from caption.demo import data as demo_data
-from caption.cli import main
+from vcap_toolkit.cli.main import main
 from caption.config import load
 from caption.demo import CONFIG_PATH
-from retrieval_pretrain.extract import extract_features
-from retrieval_pretrain.errors import ConfigError
-from retrieval_pretrain.features import FeatureStore
+from retrieval_pretrain.stage1.extract import extract_features
+from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.reading.features import FeatureStore
 
 CONFIG = CONFIG_PATH  # the demo's config, shipped in the package
 # A 1-layer ViT tower: the demo's ResNet tower has BatchNorm, whose running statistics are still
@@ -75,7 +75,7 @@ def test_stage1_resumed_mid_epoch_ends_where_an_uninterrupted_run_ends(tiny_data
     """8 videos, batch 4: 2 steps per epoch, 4 in all. Resume from the checkpoint of step 3 (mid
     epoch 1, so resuming must skip the batch already seen); the next loss and the final weights
     equal the uninterrupted run's."""
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.train import train
 
     cfg = load(CONFIG, _args(tiny_data)[2:] + ["pretrain.epochs=2", "pretrain.save_every=1"])
     straight = train(cfg, tmp_path / "straight")
@@ -183,8 +183,8 @@ def test_whole_pipeline_from_the_command_line(tiny_data, tmp_path, shared_data, 
 
 def test_stage1_learns_loss_falls_and_r1_beats_the_untrained_model(tiny_data, tmp_path):
     """The same seed gives the same initial weights: 0 epochs is the untrained model."""
-    from retrieval_pretrain.evaluate import evaluate_retrieval
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.evaluate import evaluate_retrieval
+    from retrieval_pretrain.stage1.train import train
 
     base = _args(tiny_data)[2:] + ["pretrain.save_every=0", "pretrain.lr=3e-3", "pretrain.clip_lr=3e-3"]
     before = train(load(CONFIG, base + ["pretrain.epochs=0"]), tmp_path / "before")
@@ -201,7 +201,7 @@ def test_stage1_learns_loss_falls_and_r1_beats_the_untrained_model(tiny_data, tm
 def test_stage1_freeze_keeps_those_parameters_fixed_and_trains_the_rest(tiny_data, tmp_path):
     from safetensors.torch import load_file
 
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.train import train
 
     base = _args(tiny_data)[2:] + ["pretrain.save_every=0", "pretrain.freeze=[clip.token_embedding, clip.visual]"]
     before = load_file(train(load(CONFIG, base + ["pretrain.epochs=0"]), tmp_path / "before") / "model.safetensors")
@@ -219,7 +219,7 @@ def test_stage1_freeze_keeps_those_parameters_fixed_and_trains_the_rest(tiny_dat
 @pytest.fixture(scope="module")
 def tiny_features(tiny_data, tmp_path_factory) -> Path:
     """A tiny stage-1 model's features of the 12 tiny videos (Python API, no CLI)."""
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.train import train
 
     run = tmp_path_factory.mktemp("s1")
     cfg = load(CONFIG, _args(tiny_data)[2:] + ["pretrain.epochs=1", "pretrain.save_every=0"])
@@ -277,7 +277,7 @@ def test_bf16_autocast_and_gradient_accumulation_on_cpu(tiny_data, tiny_features
     """The precision and accumulation switches run for real (bf16 autocast works on CPUs): 8 videos
     in batches of 4 with 2 batches per optimizer step is 1 step per epoch in each stage."""
     from caption.train import train as train_captioner
-    from retrieval_pretrain.train import train as pretrain
+    from retrieval_pretrain.stage1.train import train as pretrain
 
     extra = ["run.mixed_precision=bf16", "pretrain.grad_accum=2", "caption.grad_accum=2", "pretrain.epochs=2",
              "pretrain.save_every=0"]
@@ -300,7 +300,7 @@ def test_stage2_keeps_the_epoch_chosen_by_select_by(tiny_data, tiny_features, tm
     from caption.tokenizer import CaptionTokenizer, normalize_caption
     from caption.train import train, validation_loss
     from decoders.model import CaptionModel
-    from retrieval_pretrain.annotations import load_annotations
+    from retrieval_pretrain.reading.annotations import load_annotations
 
     extra = ["data.val_split=test", "caption.epochs=4", "caption.lr=2e-3", f"caption.select_by={select_by}"]
     cfg = load(CONFIG, _args(tiny_data)[2:] + STAGE2 + extra)
@@ -330,7 +330,7 @@ def test_a_caption_folder_without_its_tower_refuses_a_changed_tower(tiny_data, t
 
     from caption.pipeline import CaptionPipeline
     from caption.train import train
-    from retrieval_pretrain.errors import ModelFolderError
+    from retrieval_pretrain.foundation.errors import ModelFolderError
 
     model = train(load(CONFIG, _args(tiny_data)[2:] + STAGE2), tiny_features, tmp_path / "run")
     tower = tmp_path / "tower"

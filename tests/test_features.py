@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval_pretrain.errors import FeatureStoreError
-from retrieval_pretrain.features import FeatureMismatchError, FeatureStore, feature_key
+from retrieval_pretrain.foundation.errors import FeatureStoreError
+from retrieval_pretrain.reading.features import FeatureMismatchError, FeatureStore, feature_key
 
 
 def test_keys_are_safe_and_distinct():

@@ -15,8 +15,8 @@ import torch
 from caption.demo import data as demo_data
 from caption.config import load
 from caption.demo import CONFIG_PATH
-from retrieval_pretrain.data import ContrastiveTrainSet, FrameCache, Preprocess, collate_videos
-from retrieval_pretrain.video import read_frames
+from retrieval_pretrain.stage1.data import ContrastiveTrainSet, FrameCache, Preprocess, collate_videos
+from retrieval_pretrain.reading.video import read_frames
 
 CONFIG = CONFIG_PATH  # the demo's config, shipped in the package
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -101,7 +101,7 @@ def _losses(run: Path) -> list[float]:
 
 
 def test_cached_training_takes_the_same_steps(clips, tmp_path, capsys):
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.train import train
 
     base = [f"data.annotations={clips / 'annotations.jsonl'}", f"data.videos={clips}", *TINY]
     train(load(CONFIG, base + ["video.cache_frames=0"]), tmp_path / "decode")  # the yaml caches: turn it off

@@ -57,7 +57,7 @@ def _clean_env() -> dict[str, str]:
     env["PYTHONNOUSERSITE"] = "1"
     env["PIP_NO_INDEX"] = "1"
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    env["OMP_WAIT_POLICY"] = "PASSIVE"  # see caption/cli.py
+    env["OMP_WAIT_POLICY"] = "PASSIVE"  # see vcap_toolkit/cli/main.py
     return env
 
 
@@ -190,7 +190,7 @@ def test_wheel_holds_the_packages_and_their_data(installed):
     assert not any(n.startswith("tests/") for n in names), [n for n in names if n.startswith("tests/")]
     assert tops - set(PACKAGES) == {f"vcap_toolkit-{installed.wheel.name.split('-')[1]}.dist-info"}, tops
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "vcap = caption.cli:main" in zipfile.ZipFile(installed.wheel).read(entry_points).decode()
+    assert "vcap = vcap_toolkit.cli.main:main" in zipfile.ZipFile(installed.wheel).read(entry_points).decode()
 
 
 def test_installed_packages_come_from_the_venv_not_the_checkout(installed):

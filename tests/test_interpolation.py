@@ -21,14 +21,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from caption.cli import main
+from vcap_toolkit.cli.main import main
 from caption.config import load
 from caption.demo import CONFIG_PATH
-from retrieval_pretrain.clip_tokenizer import build_tokenizer
-from retrieval_pretrain.errors import ConfigError
-from retrieval_pretrain.interpolate import InterpolationRegulariser, interpolate_folders
-from retrieval_pretrain.model_folder import from_pretrained, save_pretrained
-from retrieval_pretrain.parts import build_loss, build_video_text_model
+from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
+from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.stage1.interpolate import InterpolationRegulariser, interpolate_folders
+from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
+from retrieval_pretrain.modeling.parts import build_loss, build_video_text_model
 
 from demo_clips import cli_args, make_clips
 
@@ -264,8 +264,8 @@ def test_impossible_settings_are_refused_when_the_config_is_read():
 
 def test_interpolate_refuses_an_output_folder_holding_other_files(tmp_path):
     """The output folder is replaced whole, so a folder of the user's other files is refused, untouched."""
-    from retrieval_pretrain.errors import ConfigError
-    from retrieval_pretrain.interpolate import interpolate_folders
+    from retrieval_pretrain.foundation.errors import ConfigError
+    from retrieval_pretrain.stage1.interpolate import interpolate_folders
 
     out = tmp_path / "mine"
     out.mkdir()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_gloo_pair
-from retrieval_pretrain.loss import info_nce, kl_matching, text_groups
+from retrieval_pretrain.modeling.loss import info_nce, kl_matching, text_groups
 
 
 def _pairs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +55,7 @@ def test_text_groups_are_equal_exactly_for_equal_rows():
 _WORKER = """
 import json, sys
 import torch, torch.distributed as dist, torch.nn.functional as F
-from retrieval_pretrain.loss import kl_matching
+from retrieval_pretrain.modeling.loss import kl_matching
 rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 torch.set_num_threads(1)
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from caption.cli import main
+from vcap_toolkit.cli.main import main
 from caption.config import load
-from retrieval_pretrain.annotation_table import AnnotationError
-from retrieval_pretrain.annotations import load_annotations
+from retrieval_pretrain.reading.annotation_table import AnnotationError
+from retrieval_pretrain.reading.annotations import load_annotations
 
 
 def _data(tmp_path: Path, fmt: str, annotations: Path | str = "", **extra: str) -> object:
@@ -133,7 +133,7 @@ def test_pretrain_on_labels_holds_out_the_novel_labels(labelled, tmp_path, capsy
     """Training on a labelled dataset: prompts as texts, novel labels' videos held out."""
     from caption.demo import CONFIG_PATH
     from conftest import MOTION_TINY
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.train import train
 
     model, root, labels = labelled
     cfg = load(CONFIG_PATH, [*MOTION_TINY, "data.format=labels", f"data.annotations={root / 'labels.jsonl'}",

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from caption import metrics as M
-from caption.cli import main as cli_main
+from vcap_toolkit.cli.main import main as cli_main
 from caption.caption_files import load_predictions, load_references
-from retrieval_pretrain.errors import DatasetError
+from retrieval_pretrain.foundation.errors import DatasetError
 from caption.metrics import (
     meteor_session,
     per_caption_cider,

@@ -34,7 +34,7 @@ STAGE2 = ["caption.epochs=2", "caption.vocab_size=120", "caption.max_length=40",
 def _launch(command: str, *args: str) -> subprocess.CompletedProcess:
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "caption.cli", command,
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vcap_toolkit.cli.main", command,
            "--config", str(CONFIG_PATH), *args]
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -60,8 +60,8 @@ def data(tmp_path_factory) -> tuple[Path, list[str]]:
 def one_process(data) -> dict[str, Path]:
     """Stage 1 (batch 4), extraction and stage 2 (batch 4) in this one process."""
     from caption.train import train as train_captions
-    from retrieval_pretrain.extract import extract_features
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.extract import extract_features
+    from retrieval_pretrain.stage1.train import train
 
     root, args = data
     cfg = load(CONFIG_PATH, args + ["pretrain.batch_size=4"])

@@ -18,20 +18,20 @@ import numpy as np
 import pytest
 import torch
 
-from caption.cli import main
+from vcap_toolkit.cli.main import main
 from caption.config import load
-from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
-from retrieval_pretrain.data import Preprocess, VideoClipDataset, collate_videos
-from retrieval_pretrain.encode import embed_videos, pair_score_matrix, video_states
-from retrieval_pretrain.errors import FeatureMismatchError, FeatureStoreError
-from retrieval_pretrain.evaluate import embed_texts
-from retrieval_pretrain.model import scores_pairwise
-from retrieval_pretrain.model_folder import from_pretrained, save_pretrained
-from retrieval_pretrain.parts import build_video_text_model
-from retrieval_pretrain.recognition import (class_embeddings, class_logits, class_probabilities, classify_videos,
+from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
+from retrieval_pretrain.stage1.data import Preprocess, VideoClipDataset, collate_videos
+from retrieval_pretrain.stage1.encode import embed_videos, pair_score_matrix, video_states
+from retrieval_pretrain.foundation.errors import FeatureMismatchError, FeatureStoreError
+from retrieval_pretrain.stage1.evaluate import embed_texts
+from retrieval_pretrain.modeling.model import scores_pairwise
+from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
+from retrieval_pretrain.modeling.parts import build_video_text_model
+from vcap_toolkit.jobs.recognition import (class_embeddings, class_logits, class_probabilities, classify_videos,
                                             evaluate_classification, model_scale)
-from retrieval_pretrain.search import PAIRWISE, VideoIndex, build_index, rank, rank_pairs, search
-from retrieval_pretrain.xclip import text_attention_mask
+from vcap_toolkit.jobs.search import PAIRWISE, VideoIndex, build_index, rank, rank_pairs, search
+from retrieval_pretrain.modeling.xclip import text_attention_mask
 from test_xclip import T, XCLIP
 
 CPU = torch.device("cpu")

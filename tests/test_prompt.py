@@ -6,9 +6,9 @@ import torch
 
 from caption.config import load
 from caption.demo import CONFIG_PATH
-from retrieval_pretrain.backbones import build_clip
-from retrieval_pretrain.clip_tokenizer import ClipTokenizer
-from retrieval_pretrain.prompt import TextPrompt
+from retrieval_pretrain.modeling.backbones import build_clip
+from retrieval_pretrain.modeling.clip_tokenizer import ClipTokenizer
+from retrieval_pretrain.modeling.prompt import TextPrompt
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ _TINY = ["video.num_frames=4", "pretrain.batch_size=4", "pretrain.epochs=3", "ru
 def clips(tmp_path_factory):
     """8 real mp4s of 8 frames (the demo world), one caption each, and a CLIP checkpoint file to start from."""
     from demo_clips import data_args, make_clips
-    from retrieval_pretrain.parts import build_video_text_model
+    from retrieval_pretrain.modeling.parts import build_video_text_model
 
     root = tmp_path_factory.mktemp("prompt")
     data = make_clips(root / "data", num_test=1)
@@ -100,7 +100,7 @@ def clips(tmp_path_factory):
 
 
 def test_prompt_mode_gradients_reach_only_prompts_and_head(clips):
-    from retrieval_pretrain.parts import build_training_mode, build_video_text_model, param_groups
+    from retrieval_pretrain.modeling.parts import build_training_mode, build_video_text_model, param_groups
 
     _, _, args = clips
     cfg = load(CONFIG_PATH, args)
@@ -111,11 +111,11 @@ def test_prompt_mode_gradients_reach_only_prompts_and_head(clips):
     assert not param_groups(model)[0] or not any(p.requires_grad for p in param_groups(model)[0])
     feats = torch.randn(3, 4, model.embed_dim)  # (B, T, D) image-tower features, as the cache gives
     mask = torch.tensor([[True] * 4, [True] * 4, [True, True, False, False]])
-    from retrieval_pretrain.clip_tokenizer import build_tokenizer
+    from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
 
     tokens = build_tokenizer(cfg)(["a red circle moves left", "a blue star grows", "the green square falls"])
     out = model(frames=feats, mask=mask, tokens=tokens)
-    from retrieval_pretrain.loss import info_nce
+    from retrieval_pretrain.modeling.loss import info_nce
 
     info_nce(out["video"], out["text"], out["logit_scale"]).backward()
     got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -132,8 +132,8 @@ def test_feature_cache_equals_the_image_tower_on_decoded_frames(clips, tmp_path)
     unreadable file keeps its reason (naming it) and gives a placeholder of the features' shape."""
     import numpy as np
 
-    from retrieval_pretrain.data import FeatureCache, Preprocess, _load
-    from retrieval_pretrain.parts import build_video_text_model
+    from retrieval_pretrain.stage1.data import FeatureCache, Preprocess, _load
+    from retrieval_pretrain.modeling.parts import build_video_text_model
 
     data, _, args = clips
     model = build_video_text_model(load(CONFIG_PATH, args)).eval()
@@ -170,16 +170,16 @@ def test_prompt_mode_end_to_end_no_decoding_after_the_cache(clips, tmp_path, mon
 
     from open_clip.model import CLIP
 
-    from retrieval_pretrain import data as data_module
-    from retrieval_pretrain.model_folder import from_pretrained
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1 import data as data_module
+    from retrieval_pretrain.modeling.model_folder import from_pretrained
+    from retrieval_pretrain.stage1.train import train
 
     _, ckpt, args = clips
     decoded, encoded = [], []
     read, encode_image = data_module.read_frames, CLIP.encode_image
     monkeypatch.setattr(data_module, "read_frames", lambda path, *a, **k: decoded.append(path) or read(path, *a, **k))
     monkeypatch.setattr(CLIP, "encode_image", lambda self, x, **k: encoded.append(len(x)) or encode_image(self, x, **k))
-    from retrieval_pretrain import parts
+    from retrieval_pretrain.modeling import parts
 
     born = []
 
@@ -215,8 +215,8 @@ def test_prompt_mode_end_to_end_no_decoding_after_the_cache(clips, tmp_path, mon
     (["pretrain.interpolation.enabled=true"], "changes nothing"),
 ])
 def test_prompt_mode_refuses_before_training_builds_anything(clips, tmp_path, extra, match):
-    from retrieval_pretrain.errors import ConfigError
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.foundation.errors import ConfigError
+    from retrieval_pretrain.stage1.train import train
 
     _, _, args = clips
     cfg = load(CONFIG_PATH, [*args, *extra])  # reading it is fine: eval, classify, caption never train
@@ -230,8 +230,8 @@ def test_prompt_mode_refuses_before_training_builds_anything(clips, tmp_path, ex
     (["pretrain.freeze=[prompt, head]"], "leaves nothing to train"),
 ])
 def test_prompt_mode_refuses_what_it_cannot_build(clips, extra, match):
-    from retrieval_pretrain.errors import ConfigError
-    from retrieval_pretrain.parts import build_training_mode, build_video_text_model
+    from retrieval_pretrain.foundation.errors import ConfigError
+    from retrieval_pretrain.modeling.parts import build_training_mode, build_video_text_model
 
     _, _, args = clips
     cfg = load(CONFIG_PATH, [*args, *extra])
@@ -250,9 +250,9 @@ def test_prompt_mode_refuses_what_it_cannot_build(clips, extra, match):
 def test_a_hand_edited_prompt_folder_is_refused_naming_its_config(clips, tmp_path, edit, match):
     import json
 
-    from retrieval_pretrain.errors import ModelFolderError
-    from retrieval_pretrain.model_folder import from_pretrained, save_pretrained
-    from retrieval_pretrain.parts import build_video_text_model
+    from retrieval_pretrain.foundation.errors import ModelFolderError
+    from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
+    from retrieval_pretrain.modeling.parts import build_video_text_model
 
     _, _, args = clips
     folder = save_pretrained(build_video_text_model(load(CONFIG_PATH, args)), tmp_path / "m")
@@ -267,8 +267,8 @@ def test_a_hand_edited_prompt_folder_is_refused_naming_its_config(clips, tmp_pat
 
 @pytest.mark.parametrize("mode", ["full", "prompt"])
 def test_a_batch_of_one_video_is_refused_before_a_run_that_would_train_nothing(clips, tmp_path, mode):
-    from retrieval_pretrain.errors import ConfigError
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.foundation.errors import ConfigError
+    from retrieval_pretrain.stage1.train import train
 
     _, _, args = clips
     with pytest.raises(ConfigError, match="at least 2 videos"):
@@ -279,8 +279,8 @@ def test_a_batch_of_one_video_is_refused_before_a_run_that_would_train_nothing(c
 def test_the_zero_shot_baseline_ignores_a_training_configs_prompts_and_head(clips):
     """`vcap classify --pretrained CKPT` with a prompt-tuning YAML (seqTransf, head_input_norm, mode=prompt):
     plain CLIP text and mean-pooled frames, not random untrained prompts or a random head."""
-    from retrieval_pretrain.clip_tokenizer import build_tokenizer
-    from retrieval_pretrain.recognition import load_recognizer
+    from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
+    from vcap_toolkit.jobs.recognition import load_recognizer
 
     _, ckpt, args = clips
     cfg = load(CONFIG_PATH, [*args, "pretrain.head=seqTransf", "pretrain.head_input_norm=true"])

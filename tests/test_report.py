@@ -1,4 +1,4 @@
-"""The HTML reports (caption/report.py): built from real clips, parsed, and opened in headless Chromium.
+"""The HTML reports (vcap_toolkit/reports/report.py): built from real clips, parsed, and opened in headless Chromium.
 
 What is checked: every video of the split appears once, worst CIDEr first; each row has one embedded
 JPEG per sampled frame (decodable, 96 pixels tall) or the reason its frames are unavailable; data
@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from caption.report import (ReportRow, as_row, caption_report, make_rows, run_report, training_curves,
+from vcap_toolkit.reports.report import (ReportRow, as_row, caption_report, make_rows, run_report, training_curves,
                             video_thumbnails)
-from retrieval_pretrain.errors import DatasetError
-from retrieval_pretrain.video import probe_video
+from retrieval_pretrain.foundation.errors import DatasetError
+from retrieval_pretrain.reading.video import probe_video
 
 NASTY = 'a man <script>alert("x")</script> & his dog'
 METRICS = {"BLEU-1": 0.7, "BLEU-2": 0.55, "BLEU-3": 0.43, "BLEU-4": 0.389, "METEOR": 0.352, "ROUGE-L": 0.619,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval_pretrain.retrieval_metrics import dual_softmax, retrieval_metrics
+from retrieval_pretrain.stage1.retrieval_metrics import dual_softmax, retrieval_metrics
 
 
 def test_single_caption_3x3():
@@ -129,7 +129,7 @@ def test_dual_softmax_video_to_text_normalises_over_videos():
       row t1: softmax(10, 50) = (e^-40, ~1)                                     -> (~4e-19, 0.5)
     v1's column is now t1 (0.5) > t0 (0.003681): rank 1, R@1 = 1. (Normalising over the texts of
     each column instead, the text-to-video form, keeps t0 ahead: 0.55 * 0.993307 vs 0.5 * 0.006693.)"""
-    from retrieval_pretrain.retrieval_metrics import dsl_retrieval_metrics
+    from retrieval_pretrain.stage1.retrieval_metrics import dsl_retrieval_metrics
 
     sim = np.array([[0.60, 0.55], [0.10, 0.50]])
     plain = retrieval_metrics(sim, [0, 1])

@@ -24,16 +24,17 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import run_gloo_pair
-from retrieval_pretrain.config import ClipConfig, PretrainConfig, RetrievalConfig, VideoConfig
-from retrieval_pretrain.backbones import build_clip
-from retrieval_pretrain.clip_tokenizer import build_tokenizer
-from retrieval_pretrain.clip_tokenizer import tokenizer_from_info as build_tokenizer_from_info
-from retrieval_pretrain.errors import ModelFolderError, WeightsUnavailableError
-from retrieval_pretrain.loss import info_nce
-from retrieval_pretrain.model_folder import from_pretrained, model_fingerprint, save_pretrained
-from retrieval_pretrain.parts import build_video_text_model as build_model
-from retrieval_pretrain.parts import param_groups
-from retrieval_pretrain.transforms import preprocess_frames
+from retrieval_pretrain.reading.data_config import VideoConfig
+from retrieval_pretrain.stage1.config import ClipConfig, PretrainConfig, RetrievalConfig
+from retrieval_pretrain.modeling.backbones import build_clip
+from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
+from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info as build_tokenizer_from_info
+from retrieval_pretrain.foundation.errors import ModelFolderError, WeightsUnavailableError
+from retrieval_pretrain.modeling.loss import info_nce
+from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint, save_pretrained
+from retrieval_pretrain.modeling.parts import build_video_text_model as build_model
+from retrieval_pretrain.modeling.parts import param_groups
+from retrieval_pretrain.reading.transforms import preprocess_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -152,7 +153,7 @@ def test_head_input_norm_makes_the_head_blind_to_feature_scale_not_to_order():
     assert (big - plain.pool(plain.head(feats[:, perm] * 80.0), None)).abs().max() < \
         0.1 * (pooled[0] - reordered[0]).abs().max()
     with pytest.raises(ValueError, match="seqTransf head only"):
-        from retrieval_pretrain.heads import TemporalHead
+        from retrieval_pretrain.modeling.heads import TemporalHead
         TemporalHead(64, "meanP", input_norm=True)
 
 
@@ -286,8 +287,8 @@ def test_pretrained_tag_offline_raises_weights_unavailable(tmp_path):
     """The real open_clip download path, with the Hub offline and an empty cache, in a fresh
     process (huggingface_hub reads HF_HUB_OFFLINE at import)."""
     code = (
-        "from retrieval_pretrain.config import ClipConfig\n"
-        "from retrieval_pretrain.backbones import build_clip\nfrom retrieval_pretrain.errors import WeightsUnavailableError\n"
+        "from retrieval_pretrain.stage1.config import ClipConfig\n"
+        "from retrieval_pretrain.modeling.backbones import build_clip\nfrom retrieval_pretrain.foundation.errors import WeightsUnavailableError\n"
         "try:\n"
         "    build_clip(ClipConfig(model='ViT-B-32', pretrained='openai'))\n"
         "except WeightsUnavailableError as e:\n"
@@ -384,7 +385,7 @@ def test_info_nce_by_hand():
 _DIST_WORKER = """
 import json, sys
 import torch, torch.distributed as dist, torch.nn.functional as F
-from retrieval_pretrain.loss import info_nce
+from retrieval_pretrain.modeling.loss import info_nce
 rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 torch.set_num_threads(1)
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)

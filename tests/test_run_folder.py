@@ -11,8 +11,8 @@ import pytest
 from accelerate import PartialState
 
 from caption.config import load
-from retrieval_pretrain.errors import ConfigError
-from retrieval_pretrain.run_folder import RUN_FILE, claim
+from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.foundation.run_folder import RUN_FILE, claim
 
 
 class _One:  # what claim uses of an Accelerator: one process
@@ -93,11 +93,11 @@ def test_a_second_process_on_a_locked_folder_is_refused(tmp_path):
     import subprocess
     import sys
 
-    from retrieval_pretrain.errors import FolderBusyError
-    from retrieval_pretrain.folder_lock import folder_lock
+    from retrieval_pretrain.foundation.errors import FolderBusyError
+    from retrieval_pretrain.foundation.folder_lock import folder_lock
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys\nfrom retrieval_pretrain.folder_lock import folder_lock\n"
+        "import sys\nfrom retrieval_pretrain.foundation.folder_lock import folder_lock\n"
         f"with folder_lock({str(tmp_path)!r}, 'vcap extract'):\n    print('held', flush=True)\n    sys.stdin.read()")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -18,8 +18,8 @@ from caption.demo import data as demo_data
 from caption.scst import leave_one_out_baseline
 from decoders.loss import generated_mask, scst_loss_sums
 from decoders.model import CaptionModel, make_config
-from retrieval_pretrain.errors import ConfigError
-from retrieval_pretrain.features import FeatureStore
+from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.reading.features import FeatureStore
 
 S1_TINY = ["video.num_frames=4", "pretrain.batch_size=8", "pretrain.epochs=2", "run.num_workers=0",
            "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}",
@@ -115,8 +115,8 @@ def xe_run(tmp_path_factory):
     distinct random direction per video plus a tenth of the real features, written through the
     feature store - so this test measures stage 2's SCST, not stage 1."""
     from caption.train import train as train_captions
-    from retrieval_pretrain.extract import extract_features
-    from retrieval_pretrain.train import train as train_retrieval
+    from retrieval_pretrain.stage1.extract import extract_features
+    from retrieval_pretrain.stage1.train import train as train_retrieval
 
     root = tmp_path_factory.mktemp("scst")
     spec = demo_data.DemoSpec(num_train=8, num_val=0, num_test=1, frames=8, size=64, seed=11, captions_per_video=3)
@@ -198,7 +198,7 @@ def test_reports_from_the_command_line(xe_run, tmp_path, capsys):
     loaded from outside the file."""
     import re
 
-    from caption.cli import main
+    from vcap_toolkit.cli.main import main
 
     root, data, xe = xe_run
     out = tmp_path / "ev"
@@ -227,7 +227,7 @@ def test_reports_from_the_command_line(xe_run, tmp_path, capsys):
 
 
 def test_report_paths_are_checked_before_any_work(tmp_path):
-    from caption.report import check_report_path
+    from vcap_toolkit.reports.report import check_report_path
 
     video = tmp_path / "v1.mp4"
     video.write_bytes(b"not really")
@@ -258,7 +258,7 @@ def test_scst_refusals_and_warnings(xe_run, tmp_path, capsys):
     import shutil
 
     from caption.train import train as train_captions
-    from retrieval_pretrain.errors import FeatureStoreError
+    from retrieval_pretrain.foundation.errors import FeatureStoreError
 
     root, data, xe = xe_run
     base = data + S1_TINY + S2_TINY + ["caption.objective=scst", "caption.epochs=1", "caption.scst.samples=2"]

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from caption.cli import main
-from retrieval_pretrain.errors import FeatureMismatchError
-from retrieval_pretrain.search import VideoIndex, build_index, rank
+from vcap_toolkit.cli.main import main
+from retrieval_pretrain.foundation.errors import FeatureMismatchError
+from vcap_toolkit.jobs.search import VideoIndex, build_index, rank
 
 VCAP = Path(sys.executable).with_name("vcap")
 CPU = torch.device("cpu")

@@ -12,7 +12,7 @@ import torch
 from caption.config import load
 from caption.demo import CONFIG_PATH
 from caption.demo import data as demo_data
-from retrieval_pretrain.heads import TemporalHead
+from retrieval_pretrain.modeling.heads import TemporalHead
 
 
 def test_padding_does_not_leak_and_order_matters():
@@ -31,11 +31,11 @@ def test_padding_does_not_leak_and_order_matters():
 
 
 def test_a_seq_lstm_model_trains_saves_reloads_and_extracts(tmp_path):
-    from retrieval_pretrain.encode import embed_videos
-    from retrieval_pretrain.data import Preprocess
-    from retrieval_pretrain.extract import extract_features
-    from retrieval_pretrain.model_folder import from_pretrained
-    from retrieval_pretrain.train import train
+    from retrieval_pretrain.stage1.encode import embed_videos
+    from retrieval_pretrain.stage1.data import Preprocess
+    from retrieval_pretrain.stage1.extract import extract_features
+    from retrieval_pretrain.modeling.model_folder import from_pretrained
+    from retrieval_pretrain.stage1.train import train
 
     spec = demo_data.DemoSpec(num_train=8, num_val=0, num_test=2, frames=8, size=64, seed=3, captions_per_video=1)
     ann = demo_data.generate_dataset(tmp_path / "data", spec, progress=False, workers=1)

@@ -28,7 +28,7 @@ import torch
 pytest.importorskip("flask", reason="the web extra is not installed (pip install 'vcap-toolkit[web]')")
 pytest.importorskip("waitress", reason="the web extra is not installed (pip install 'vcap-toolkit[web]')")
 
-from caption.serve import ServeModels, create_app, make_server, path_guard, stop_server  # noqa: E402
+from vcap_toolkit.web.serve import ServeModels, create_app, make_server, path_guard, stop_server  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -60,9 +60,9 @@ def built(tmp_path_factory) -> Built:
     from caption.demo import CONFIG_PATH
     from caption.demo import data as demo_data
     from caption.train import train as train_captions
-    from retrieval_pretrain.extract import extract_features
-    from retrieval_pretrain.search import build_index
-    from retrieval_pretrain.train import train as train_retrieval
+    from retrieval_pretrain.stage1.extract import extract_features
+    from vcap_toolkit.jobs.search import build_index
+    from retrieval_pretrain.stage1.train import train as train_retrieval
 
     root = tmp_path_factory.mktemp("serve")
     spec = demo_data.DemoSpec(num_train=8, num_val=0, num_test=1, frames=8, size=64, seed=11, captions_per_video=2)
@@ -157,8 +157,8 @@ def test_the_page_in_headless_chromium(built, server):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}")
-    from retrieval_pretrain.recognition import classify_videos, read_templates
-    from retrieval_pretrain.search import search
+    from vcap_toolkit.jobs.recognition import classify_videos, read_templates
+    from vcap_toolkit.jobs.search import search
 
     clip = built.videos[6]
     expected_caption = server.models.pipe.caption([clip], num_beams=2, num_workers=0)[clip]
@@ -233,8 +233,8 @@ def test_the_page_in_headless_chromium(built, server):
 def test_search_ranks_a_clips_own_caption_first(built, server):
     """Over the API, for every training caption: the clip it describes is first among the 9 for
     most of them (the tiny stage 1 is trained for seconds: 13 of 16 when measured; a random ranking
-    gets 1 in 9), and the rankings are retrieval_pretrain.search.search's (checked for 3 clips)."""
-    from retrieval_pretrain.search import search
+    gets 1 in 9), and the rankings are vcap_toolkit.jobs.search.search's (checked for 3 clips)."""
+    from vcap_toolkit.jobs.search import search
 
     hits = total = 0
     for i, (video, captions) in enumerate(built.captions.items()):
@@ -255,7 +255,7 @@ def test_search_ranks_a_clips_own_caption_first(built, server):
 def test_bad_uploads_get_the_readers_message(built, server, capsys):
     """Not a video (422, the message 'vcap caption' prints), empty (422), too large (413), none
     (400); JSON errors, never a traceback; the temporary upload folders are gone afterwards."""
-    from caption.cli import main
+    from vcap_toolkit.cli.main import main
 
     text = b"this is not a video at all\n" * 20
     status, body = call(f"{server.url}/api/caption", {}, {"video": ("holiday.mp4", text)})[:2]
@@ -347,12 +347,12 @@ def test_twenty_concurrent_captions(built, server):
 def test_vcap_serve_command(built, tmp_path):
     """``vcap serve`` on a free port answers /api/info and stops on Ctrl-C; without the web extra
     it says how to install it (exit 2)."""
-    code = ("import sys; from caption.cli import main; sys.modules['flask'] = None; "
+    code = ("import sys; from vcap_toolkit.cli.main import main; sys.modules['flask'] = None; "
             f"sys.exit(main(['serve', '--caption-model', {str(built.caption_model)!r}]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "pip install 'vcap-toolkit[web]'" in out.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "caption.cli", "serve", "--caption-model", str(built.caption_model),
+    proc = subprocess.Popen([sys.executable, "-m", "vcap_toolkit.cli.main", "serve", "--caption-model", str(built.caption_model),
                              "--index", str(built.index), "--port", "0", "--device", "cpu"],
                             cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
     try:

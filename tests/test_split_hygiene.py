@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from caption.config import Config
-from retrieval_pretrain.annotations import load_annotations
-from retrieval_pretrain.benchmark_formats import msrvtt_official_split
-from retrieval_pretrain.config import DataConfig
-from retrieval_pretrain.training_set import SplitOverlapError, training_entries
+from retrieval_pretrain.reading.annotations import load_annotations
+from retrieval_pretrain.reading.benchmark_formats import msrvtt_official_split
+from retrieval_pretrain.reading.data_config import DataConfig
+from retrieval_pretrain.stage1.training_set import SplitOverlapError, training_entries
 
 
 @pytest.mark.parametrize("video_id, split", [

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from caption.config import load
-from retrieval_pretrain.errors import ConfigError
-from retrieval_pretrain.parts import build_video_text_model
+from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.modeling.parts import build_video_text_model
 
 VIT = ["clip.pretrained=null", "video.num_frames=4", "pretrain.head=meanP", "clip.custom={embed_dim: 32, "
        "vision_cfg: {layers: 2, width: 64, head_width: 32, patch_size: 16, image_size: 32}, "
@@ -53,7 +53,7 @@ def test_a_frame_depends_on_its_neighbours_but_never_on_another_video():
 
 
 def test_the_switch_survives_the_model_folder(tmp_path):
-    from retrieval_pretrain.model_folder import from_pretrained, save_pretrained
+    from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
 
     _, mixed = _models()
     save_pretrained(mixed, tmp_path / "m", extra={"num_frames": 4, "eval_sampling": "uniform"})

@@ -1,4 +1,4 @@
-"""The stand-in for pretrained CLIP weights (``caption.demo.standin``): its palette and pictures, and a
+"""The stand-in for pretrained CLIP weights (``benchmarks.standin``): its palette and pictures, and a
 short real training whose checkpoint the toolkit loads strictly, as it would a pretrained CLIP file."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from caption.demo import standin
+from benchmarks import standin
 from caption.demo.captions import COLOURS, SHAPES, caption_attributes
 
 
@@ -99,9 +99,9 @@ def test_a_short_training_writes_a_checkpoint_the_toolkit_loads_strictly(tmp_pat
 
     from caption.config import load
     from caption.demo.run import CONFIG_PATH
-    from retrieval_pretrain.errors import WeightsUnavailableError
-    from retrieval_pretrain.model_folder import from_pretrained, save_pretrained
-    from retrieval_pretrain.parts import build_video_text_model
+    from retrieval_pretrain.foundation.errors import WeightsUnavailableError
+    from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
+    from retrieval_pretrain.modeling.parts import build_video_text_model
 
     path = standin.train_standin(tmp_path / "standin.safetensors", steps=3, batch_size=16, progress=False)
     saved = load_file(str(path))
@@ -130,7 +130,7 @@ def test_a_short_training_writes_a_checkpoint_the_toolkit_loads_strictly(tmp_pat
 def test_a_pt_checkpoint_loads_too(tmp_path) -> None:
     from caption.config import load
     from caption.demo.run import CONFIG_PATH
-    from retrieval_pretrain.backbones import build_clip
+    from retrieval_pretrain.modeling.backbones import build_clip
 
     path = standin.train_standin(tmp_path / "standin.pt", steps=1, batch_size=8, progress=False)
     state = torch.load(path, weights_only=True)

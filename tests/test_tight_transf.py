@@ -19,12 +19,12 @@ import torch
 
 from caption.config import load
 from caption.demo import CONFIG_PATH
-from retrieval_pretrain.clip_tokenizer import build_tokenizer
-from retrieval_pretrain.encode import pair_score_matrix
-from retrieval_pretrain.model import scores_pairwise
-from retrieval_pretrain.model_folder import from_pretrained, save_pretrained
-from retrieval_pretrain.parts import build_loss, build_video_text_model, param_groups
-from retrieval_pretrain.tight_transf import TightTransfModel, block_forward, text_token_features
+from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
+from retrieval_pretrain.stage1.encode import pair_score_matrix
+from retrieval_pretrain.modeling.model import scores_pairwise
+from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
+from retrieval_pretrain.modeling.parts import build_loss, build_video_text_model, param_groups
+from retrieval_pretrain.modeling.tight_transf import TightTransfModel, block_forward, text_token_features
 
 from demo_clips import cli_args, make_clips
 
@@ -197,8 +197,8 @@ def _run_args(data: Path, extra: list[str] = ()) -> list[str]:
 
 
 def test_train_evaluate_extract_and_stage2_on_real_files(clips, tmp_path, capsys):
-    from caption.cli import main
-    from retrieval_pretrain.features import FeatureStore
+    from vcap_toolkit.cli.main import main
+    from retrieval_pretrain.reading.features import FeatureStore
 
     s1 = tmp_path / "s1"
     train = ["pretrain.epochs=10", "pretrain.lr=1e-3", "pretrain.clip_lr=1e-3", "pretrain.save_every=5"]
@@ -218,8 +218,8 @@ def test_train_evaluate_extract_and_stage2_on_real_files(clips, tmp_path, capsys
 
     # the pairwise path scored these: the cross encoder's ranking of the eight training videos
     model, info = from_pretrained(s1 / "model")
-    from retrieval_pretrain.data import Preprocess
-    from retrieval_pretrain.encode import video_states
+    from retrieval_pretrain.stage1.data import Preprocess
+    from retrieval_pretrain.stage1.encode import video_states
 
     rows = [json.loads(x) for x in (clips / "annotations.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -251,7 +251,7 @@ def test_train_evaluate_extract_and_stage2_on_real_files(clips, tmp_path, capsys
     capsys.readouterr()
     assert main(["search", str(idx), query, "--top", "8", "--json"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
-    from retrieval_pretrain.clip_tokenizer import tokenizer_from_info
+    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
 
     with torch.no_grad():
         text = model.encode_text_state(tokenizer_from_info(info)([query]))

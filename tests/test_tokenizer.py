@@ -11,7 +11,7 @@ import sentencepiece as spm
 import torch
 
 from caption.tokenizer import CaptionTokenizer, normalize_caption
-from retrieval_pretrain.errors import ModelFolderError
+from retrieval_pretrain.foundation.errors import ModelFolderError
 
 CAPTIONS = [
     "A man is cooking in the kitchen.", "a woman is singing a song!", "Two dogs play in the park",

@@ -1,4 +1,4 @@
-"""Frame sampling (``retrieval_pretrain.video``): index rules, real clips, bad inputs.
+"""Frame sampling (``retrieval_pretrain.reading.video``): index rules, real clips, bad inputs.
 
 Real clips come from ``../shared/data/videos`` (facts in its README); small clips that need to be
 broken in a particular way are written here with PyAV. Pixel references are PyAV decoding every
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval_pretrain.video import (
+from retrieval_pretrain.reading.video import (
     SampledFrames,
     VideoReadError,
     probe_video,
@@ -428,7 +428,7 @@ def test_matroska_and_avi_cut_short_are_refused_as_truncated(videos, tmp_path):
 
 
 def test_truncation_tolerances():
-    from retrieval_pretrain.video_integrity import Listed, truncation
+    from retrieval_pretrain.reading.video_integrity import Listed, truncation
 
     assert truncation(Listed(frames=300), 294, 9.8, 30.0, 10**6) is None  # 6 frames = 2%: tolerated
     assert truncation(Listed(frames=300), 293, 9.77, 30.0, 10**6).startswith(

@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from caption.config import load
-from retrieval_pretrain.clip_tokenizer import build_tokenizer, tokenizer_from_info
-from retrieval_pretrain.encode import pair_score_matrix
-from retrieval_pretrain.errors import ConfigError, WeightsUnavailableError
-from retrieval_pretrain.loss import info_nce, info_nce_scores
-from retrieval_pretrain.model import scores_pairwise
-from retrieval_pretrain.model_folder import from_pretrained, save_pretrained
-from retrieval_pretrain.parts import build_loss, build_video_text_model, param_groups
-from retrieval_pretrain.xclip import XClipVideoTextModel, spread_real_frames, text_attention_mask
+from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer, tokenizer_from_info
+from retrieval_pretrain.stage1.encode import pair_score_matrix
+from retrieval_pretrain.foundation.errors import ConfigError, WeightsUnavailableError
+from retrieval_pretrain.modeling.loss import info_nce, info_nce_scores
+from retrieval_pretrain.modeling.model import scores_pairwise
+from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
+from retrieval_pretrain.modeling.parts import build_loss, build_video_text_model, param_groups
+from retrieval_pretrain.modeling.xclip import XClipVideoTextModel, spread_real_frames, text_attention_mask
 
 from demo_clips import cli_args, make_clips
 
@@ -185,7 +185,7 @@ def test_padding_frames_are_never_read_and_real_frames_are_spread():
 _GLOO = """
 import json, sys
 import torch, torch.distributed as dist
-from retrieval_pretrain.loss import info_nce_scores
+from retrieval_pretrain.modeling.loss import info_nce_scores
 rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
 n = 3 if rank == 0 else 2
@@ -258,8 +258,8 @@ def test_a_hub_name_offline_says_how_to_supply_the_model(tmp_path):
     (huggingface_hub reads HF_HUB_OFFLINE at import)."""
     code = (
         "from caption.config import load\n"
-        "from retrieval_pretrain.errors import WeightsUnavailableError\n"
-        "from retrieval_pretrain.parts import build_video_text_model\n"
+        "from retrieval_pretrain.foundation.errors import WeightsUnavailableError\n"
+        "from retrieval_pretrain.modeling.parts import build_video_text_model\n"
         "cfg = load(None, ['clip.kind=xclip', 'clip.model=microsoft/xclip-base-patch32', 'clip.custom=null',"
         " 'clip.pretrained=weights', 'video.num_frames=8'])\n"
         "try:\n    build_video_text_model(cfg)\nexcept WeightsUnavailableError as e:\n    print(e)\n"
@@ -305,8 +305,8 @@ def _run_args(data: Path, extra: list[str] = ()) -> list[str]:
 
 
 def test_train_extract_evaluate_and_stage2_on_real_files(clips, tmp_path, capsys):
-    from caption.cli import main
-    from retrieval_pretrain.features import FeatureStore
+    from vcap_toolkit.cli.main import main
+    from retrieval_pretrain.reading.features import FeatureStore
 
     s1 = tmp_path / "s1"
     train = ["pretrain.epochs=10", "pretrain.lr=1e-3", "pretrain.clip_lr=1e-3", "pretrain.save_every=5"]

@@ -37,7 +37,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from retrieval_pretrain.atomic import write_file
+from retrieval_pretrain.foundation.atomic import write_file
 from caption.demo.render import (  # noqa: F401  (re-exported: the demo's rendering)
     BACKGROUNDS,
     BACKGROUNDS_NAMES,

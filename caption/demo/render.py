@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from caption.demo.captions import MOTIONS
-from retrieval_pretrain.atomic import write_file
+from retrieval_pretrain.foundation.atomic import write_file
 
 # Saturated, well separated hues (RGB), jittered a little per clip.
 _RGB = {"red": (225, 30, 30), "orange": (250, 135, 0), "yellow": (245, 225, 25), "green": (30, 180, 50),

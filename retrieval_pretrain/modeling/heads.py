@@ -1,0 +1,135 @@
+"""CLIP4Clip's temporal heads: frame features (B, T, D) -> contextualised frame features (B, T, D).
+
+Luo et al., "CLIP4Clip" (2021), the "loose" similarity types:
+
+* ``meanP``: parameter-free; the video is the mean of its frame features.
+* ``seqTransf``: frame features + learned frame-position embeddings through a small transformer,
+  plus a residual to the frame features, then the mean. As in CLIP4Clip the transformer's blocks
+  and the position table start as copies of the first blocks / positions of CLIP's own text
+  transformer when the widths agree (CLIP4Clip's "initialization trick"); otherwise they start
+  random.
+
+* ``seqLSTM``: an LSTM over the frame features (padding frames left out: the sequence is packed
+  to each video's real length), plus a residual to the frame features, then the mean.
+
+Padding frames (mask False) are excluded from attention as keys.
+
+``tightTransf`` (``pretrain.head=tightTransf``) is not a temporal head: it scores each (text, video)
+pair with a cross-modal transformer (``retrieval_pretrain.modeling.tight_transf``); its model uses ``meanP``
+here for the per-frame features and the fallback video embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import Transformer
+from torch import nn
+
+from retrieval_pretrain.foundation.errors import ConfigError
+
+HEADS = ("meanP", "seqTransf", "seqLSTM")
+
+
+@torch.no_grad()
+def copy_text_blocks(transformer: Transformer, text_transformer: Transformer) -> bool:
+    """Copy the first ``len(transformer.resblocks)`` blocks of CLIP's text transformer into
+    ``transformer`` (CLIP4Clip's initialisation trick). Returns False, changing nothing, where
+    the widths or block counts do not fit or the blocks are built differently."""
+    blocks = transformer.resblocks
+    if text_transformer.width != transformer.width or len(text_transformer.resblocks) < len(blocks):
+        return False
+    states = [text_transformer.resblocks[i].state_dict() for i in range(len(blocks))]
+    before = [{k: v.clone() for k, v in block.state_dict().items()} for block in blocks]
+    try:
+        for block, state in zip(blocks, states):
+            block.load_state_dict(state)
+    except RuntimeError:  # a differently built text block (layer scale, custom attention)
+        for block, state in zip(blocks, before):
+            block.load_state_dict(state)
+        return False
+    return True
+
+
+class TemporalHead(nn.Module):
+    """Turns frame features (B, T, D) into contextualised frame features (B, T, D).
+
+    Args:
+        dim: feature width D (CLIP's joint embedding width).
+        kind: ``meanP`` (identity), ``seqTransf`` (position embeddings + transformer + residual) or
+            ``seqLSTM`` (LSTM + residual).
+        layers: transformer blocks for ``seqTransf``, LSTM layers for ``seqLSTM`` (CLIP4Clip: 1).
+        num_frames: size of the frame-position table (the most frames a video may have).
+        heads: attention heads; default ``max(1, dim // 64)``.
+        act_layer: MLP activation of the blocks (CLIP's text tower uses QuickGELU for OpenAI weights).
+        input_norm: ``seqTransf`` only. False (CLIP4Clip): the head works on the frame features as
+            the image tower gives them. True: each frame feature is first layer-normalised (no
+            learned scale) and the frame-position table starts at std 0.5 instead of 0.01, so
+            the frame order is visible from the first step whatever the features' scale. For
+            towers trained from scratch, whose unnormalised features grow to a norm of ~100,
+            the CLIP4Clip form leaves position embeddings ~1000x smaller than the features, and
+            the head stays blind to frame order (see BENCHMARKS.md, "the tiny demo model").
+    """
+
+    def __init__(self, dim: int, kind: str = "seqTransf", layers: int = 4, num_frames: int = 12,
+                 heads: int | None = None, act_layer: type[nn.Module] = nn.GELU, input_norm: bool = False):
+        super().__init__()
+        if kind not in HEADS:
+            raise ConfigError(f"pretrain.head: unknown temporal head {kind!r}; choose one of {', '.join(HEADS)}")
+        if input_norm and kind != "seqTransf":
+            raise ConfigError(f"pretrain.head_input_norm applies to the seqTransf head only, not {kind}; "
+                              "set pretrain.head_input_norm=false")
+        self.kind, self.dim, self.num_frames, self.input_norm = kind, dim, num_frames, input_norm
+        self.layers = layers
+        self.heads = heads or max(1, dim // 64)
+        self.frame_position_embeddings, self.transformer, self.lstm = None, None, None
+        if kind == "seqTransf":
+            pos_std = 0.5 if input_norm else 0.01
+            self.frame_position_embeddings = nn.Parameter(torch.empty(num_frames, dim).normal_(std=pos_std))
+            self.transformer = Transformer(dim, layers, self.heads, act_layer=act_layer, batch_first=True)
+        elif kind == "seqLSTM":
+            self.lstm = nn.LSTM(dim, dim, num_layers=layers, batch_first=True)
+        # meanP has no parameters: the head is the identity
+
+    @torch.no_grad()
+    def init_from_text(self, text_transformer: Transformer, text_pos: torch.Tensor) -> bool:
+        """Copy the first blocks and positions of CLIP's text transformer (CLIP4Clip's init).
+        Returns False, leaving the random init, where the shapes do not fit."""
+        if self.transformer is None:
+            return False
+        if text_pos.shape[0] < self.num_frames or text_pos.shape[1] != self.dim:
+            return False
+        if not copy_text_blocks(self.transformer, text_transformer):
+            return False
+        if not self.input_norm:  # text positions are on the scale of raw features, not normalised ones
+            self.frame_position_embeddings.copy_(text_pos[: self.num_frames])
+        return True
+
+    def _lstm(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """LSTM over each video's real frames (packed: padding neither feeds nor follows the real
+        ones), zeros at padding positions, plus the residual."""
+        B, T, _ = x.shape
+        lengths = (mask.bool().sum(dim=1) if mask is not None else torch.full((B,), T)).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, D)
+        return out.to(x.dtype) + x
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.lstm is not None:
+            return self._lstm(x, mask)
+        if self.transformer is None:  # meanP
+            return x
+        if self.input_norm:
+            x = F.layer_norm(x, (x.shape[-1],))  # (B, T, D), zero mean and unit variance per frame
+        B, T, D = x.shape
+        if T > self.num_frames:
+            raise ValueError(f"{T} frames given but the seqTransf head has {self.num_frames} frame positions")
+        h = x + self.frame_position_embeddings[:T].to(x.dtype)  # (B, T, D)
+        attn_mask = None
+        if mask is not None:
+            keep = mask.bool()
+            keep = keep | ~keep.any(dim=1, keepdim=True)  # a video without real frames: avoid all -inf rows
+            bias = torch.zeros(B, T, dtype=x.dtype, device=x.device).masked_fill(~keep, float("-inf"))
+            attn_mask = bias[:, None, :].expand(B, T, T).repeat_interleave(self.heads, dim=0)  # (B*H, T, T)
+        return self.transformer(h, attn_mask=attn_mask) + x  # residual to the frame features

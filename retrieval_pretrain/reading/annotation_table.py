@@ -1,0 +1,235 @@
+"""The table every annotation format is read into: ``VideoEntry`` rows (video id, file, captions,
+split), ``AnnotationProblem``s for malformed entries that were skipped (named, counted, never
+silent), ``AnnotationError`` for a file that cannot be read at all - and the helpers the format
+readers share (required files, split files, video paths from ids, caption cleaning, split names).
+
+A video path outside ``data.videos`` (``../../x.mp4``, or an absolute path elsewhere) is *kept*
+and recorded in ``Annotations.outside`` (``file:line`` and the path), which ``load_annotations``
+warns about on stderr and ``vcap data check`` lists (and is not OK with). Kept, not refused: a
+dataset may deliberately live on several disks; setting ``data.videos`` to a folder that holds them
+all (``/``, say) silences the warning. The check is lexical (``..`` resolved, symbolic links not):
+links inside the video folder that point elsewhere are the user's own layout. With ``data.videos``
+unset, paths are taken as given and not checked."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retrieval_pretrain.reading.data_config import DataConfig
+from retrieval_pretrain.foundation.errors import DatasetError
+
+_SPLIT_ALIASES = {"validate": "val", "validation": "val"}
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+# What a split name probably means, for hints only (never to rename a split): case, and common aliases.
+_SPLIT_ROLES = {"training": "train", "dev": "val", "valid": "val", "validate": "val", "validation": "val",
+                "testing": "test"}
+
+
+def normalize_split(name: str) -> str:
+    """``validate``/``validation`` -> ``val``; other names unchanged (stripped)."""
+    name = str(name).strip()
+    return _SPLIT_ALIASES.get(name.lower(), name)
+
+
+def split_role(name: str) -> str:
+    """The split a name probably means, for hints: lower-cased, ``dev``/``valid``/``validation`` ->
+    ``val``, ``training`` -> ``train``, ``testing`` -> ``test`` (``Train`` -> ``train``)."""
+    name = str(name).strip().lower()
+    return _SPLIT_ROLES.get(name, name)
+
+
+def near_misses(name: str, present: list[str]) -> list[str]:
+    """The names in ``present`` other than ``name`` that probably mean the same split."""
+    return [s for s in present if s != normalize_split(name) and split_role(s) == split_role(name)]
+
+
+def splits_found(ann: "Annotations", name: str) -> str:
+    """``splits found: a, b`` for a message about the empty split ``name``, plus ``did you mean
+    'Train'?`` when one of them is a near miss of it (see ``split_role``)."""
+    present = ann.splits()
+    text = f"splits found: {', '.join(present) or 'none'}"
+    near = near_misses(name, present)
+    return text + (f"; did you mean '{near[0]}'?" if near else "")
+
+
+@dataclass
+class VideoEntry:
+    """One video: its dataset id, its file (which may not exist), its captions and split.
+
+    ``official_split`` is the video's split in the benchmark's own caption splits when the format
+    knows it and the split files may differ from it: MSR-VTT videos ``video0-6512`` are train,
+    ``6513-7009`` val, ``7010-9999`` test, whatever retrieval list (e.g. CLIP4Clip's 9k) puts them
+    in. Stage 1 uses it to refuse training on caption-evaluation videos. ``label``: the class of a
+    video of a labelled dataset (``retrieval_pretrain.reading.label_formats``); stage 1 then trains on the
+    label through a random prompt template instead of a caption."""
+
+    video_id: str
+    path: Path
+    captions: list[str]
+    split: str
+    official_split: str | None = None
+    label: str | None = None  # label datasets: the class (its captions are ``[label]``)
+
+
+class AnnotationError(DatasetError):
+    """An annotation file that cannot be read at all; the message names the file and why."""
+
+
+@dataclass
+class AnnotationProblem:
+    """A malformed entry that was skipped: where (``file:line`` or ``file (id)``) and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class Annotations:
+    """The dataset as one table, plus the entries that were skipped and why."""
+
+    entries: list[VideoEntry] = field(default_factory=list)
+    problems: list[AnnotationProblem] = field(default_factory=list)
+    outside: list[AnnotationProblem] = field(default_factory=list)  # kept entries whose video is outside data.videos
+
+    def split(self, name: str) -> list[VideoEntry]:
+        """The entries of split ``name`` (``validate`` means ``val``), in file order."""
+        name = normalize_split(name)
+        return [e for e in self.entries if e.split == name]
+
+    def splits(self) -> list[str]:
+        """Split names present: train, val, test first, then others alphabetically."""
+        names = {e.split for e in self.entries}
+        return sorted(names, key=lambda s: (_SPLIT_ORDER.get(s, 3), s))
+
+
+class Table:
+    """Collects entries; an id seen twice or an entry with no captions becomes a problem. With
+    ``videos`` (``data.videos``), a kept entry whose file is outside it is recorded in ``outside``."""
+
+    def __init__(self, videos: str | Path = "") -> None:
+        self.ann = Annotations()
+        self._seen: dict[str, str] = {}
+        self._videos = Path(videos) if str(videos).strip() else None
+
+    def problem(self, source: str, reason: str) -> None:
+        self.ann.problems.append(AnnotationProblem(source, reason))
+
+    def add(self, video_id: str, path: Path, captions: list[str], split: str, source: str,
+            official_split: str | None = None, label: str | None = None) -> None:
+        split = normalize_split(split)
+        if not captions:
+            self.problem(source, f"video '{video_id}' has no captions; skipped")
+        elif video_id in self._seen:
+            self.problem(source, f"duplicate video id '{video_id}' (first seen in split "
+                                 f"'{self._seen[video_id]}'); skipped")
+        else:
+            self._seen[video_id] = split
+            self.ann.entries.append(VideoEntry(video_id, Path(path), captions, split, official_split, label))
+            if self._videos is not None and not _inside(Path(path), self._videos):
+                given = _as_given(Path(path), self._videos)
+                self.ann.outside.append(AnnotationProblem(
+                    source, f"video path '{given}' is outside the video folder {self._videos}"))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or under it, lexically (``..`` resolved, links not followed)."""
+    p, f = os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(folder))
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def _as_given(path: Path, folder: Path) -> str:
+    """The path as the annotation wrote it: relative to ``folder`` when joined to it, else as is."""
+    try:
+        return path.relative_to(folder).as_posix()  # lexical: keeps the '..'
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------------------- file helpers
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a video file one could open (without decoding it), or None."""
+    if path.is_symlink() and not path.exists():
+        try:
+            os.stat(path)
+        except OSError as e:
+            return "symbolic link loop" if e.errno == errno.ELOOP else f"broken symbolic link (to {os.readlink(path)})"
+    if path.is_dir():
+        return "a folder, not a video file"
+    if not path.exists():
+        return "video file not found"
+    if not path.is_file():
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "no permission to read it"
+    return None
+
+
+def required_file(path_str: str, key: str, fmt: str) -> Path:
+    if not str(path_str).strip():
+        raise AnnotationError(f"data.{key} is not set (format '{fmt}' needs it)")
+    path = Path(path_str)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: file not found (data.{key})")
+    return path
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnnotationError(f"{path}: cannot read: {e}") from e
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}: not valid JSON: {e}") from e
+    except RecursionError:
+        raise AnnotationError(f"{path}: not valid JSON: nested too deeply") from None
+
+
+def split_files(data: DataConfig, fmt: str, exclude: tuple[str, ...] = ()) -> dict[str, Path]:
+    """``data.split_files`` minus ``exclude``, normalised split -> existing file."""
+    out = {}
+    for split, path_str in data.split_files.items():
+        if split not in exclude:
+            out[normalize_split(split)] = required_file(path_str, f"split_files.{split}", fmt)
+    return out
+
+
+def video_path(data: DataConfig, stem: str, first: str | None = ".mp4") -> Path:
+    """``<videos>/stem<ext>`` for the first extension (``first``, then ``data.video_ext``) whose file
+    exists, else the first extension."""
+    folder = Path(data.videos)
+    candidates = list(dict.fromkeys(e if e.startswith(".") else f".{e}" for e in [first or "", *data.video_ext] if e))
+    for ext in candidates:
+        if (folder / f"{stem}{ext}").exists():
+            return folder / f"{stem}{ext}"
+    return folder / f"{stem}{candidates[0] if candidates else ''}"
+
+
+def clean_captions(value: Any) -> tuple[list[str], str]:
+    """A list of caption strings, stripped, or ``([], reason)`` when it is not one."""
+    if not isinstance(value, list) or not value:
+        return [], "empty captions list" if value == [] else f"captions must be a list, got {type(value).__name__}"
+    bad = [c for c in value if not isinstance(c, str) or not c.strip()]
+    if bad:
+        return [], f"captions must be non-empty strings, got {bad[0]!r}"
+    return [c.strip() for c in value], ""
+
+
+def no_split_files(data: DataConfig, fmt: str) -> None:
+    if data.split_files:
+        raise AnnotationError(f"format '{fmt}' takes its splits from data.annotations; "
+                              f"data.split_files ({', '.join(data.split_files)}) is not used - remove it")
+
+
+# ----------------------------------------------------------------------------- jsonl

@@ -1,0 +1,195 @@
+"""Labelled video datasets (action recognition): each video has one class label. Stage 1 trains on a
+label through a random prompt template (ActionCLIP), ``vcap eval-classify`` scores recognition.
+
+* ``labels`` - ``data.annotations`` is a ``.jsonl`` file of ``{"video", "label", "split"}`` rows or a
+  ``.csv`` file with ``video,label,split`` columns (``video`` relative to ``data.videos``).
+* ``kinetics`` - Kinetics csv files (``label,youtube_id,time_start,time_end[,split,...]``): one
+  ``data.annotations`` with a ``split`` column, or ``data.split_files.<split>``. The file of a row
+  is ``<videos>/<youtube_id>_<start:06d>_<end:06d>.<ext>`` or the same inside a ``<label>/`` folder
+  (the two layouts the common downloaders write).
+* ``ucf101`` - ``data.annotations`` is ``classInd.txt`` (``N ClassName``); ``data.split_files``
+  maps splits to the official lists (``trainlist01.txt``: ``Class/v_Class_gXX_cYY.avi N``,
+  ``testlist01.txt``: ``Class/v_...avi``). Labels are the class names in words
+  (``ApplyEyeMakeup`` -> ``apply eye makeup``), as ActionCLIP prompts them.
+* ``hmdb51`` - ``data.annotations`` is a glob of the official split files of one split, e.g.
+  ``testTrainMulti_7030_splits/*_test_split1.txt`` (``video.avi 1|2|0`` per line: train, test, not
+  used); the class is the file name before ``_test_split`` (``brush_hair`` -> ``brush hair``), the
+  video ``<videos>/<class>/<video>``.
+
+A malformed row is named (``file:line``) and skipped, like a bad caption line. A label outside the
+dataset's class list - ``data.labels_file`` (one label per line), or for UCF101 ``classInd.txt`` -
+is an error naming the row: it would be a class no evaluation can score.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from retrieval_pretrain.reading.annotation_table import (AnnotationError, Table, read_text, required_file, split_files,
+                                                 video_path)
+from retrieval_pretrain.reading.label_lists import read_labels
+from retrieval_pretrain.reading.data_config import DataConfig
+
+
+def class_list(data: DataConfig) -> list[str] | None:
+    """``data.labels_file`` as a list (one label per line), or None when not set."""
+    if not str(data.labels_file).strip():
+        return None
+    return read_labels(str(required_file(data.labels_file, "labels_file", data.format)))
+
+
+def novel_labels(data: DataConfig, used: set[str] | None = None) -> set[str]:
+    """The labels of ``data.novel_labels`` (held out of training), or none. With ``used`` (the
+    labels the rows use), a novel label no row uses is an error: a typo would hold out nothing."""
+    if not str(data.novel_labels).strip():
+        return set()
+    novel = set(read_labels(str(required_file(data.novel_labels, "novel_labels", data.format))))
+    absent = sorted(novel - used) if used is not None else []
+    if absent:
+        raise AnnotationError(f"data.novel_labels={data.novel_labels}: {len(absent)} label(s) no video has: "
+                              f"{', '.join(map(repr, absent[:10]))}")
+    return novel
+
+
+def _check_label(label: str, known: list[str] | None, where: str, listed_in: str) -> None:
+    if known is not None and label not in known:
+        raise AnnotationError(f"{where}: label {label!r} is not in {listed_in} ({len(known)} labels)")
+
+
+def _add(table: Table, data: DataConfig, rel: str, label: str, split: str, where: str) -> None:
+    table.add(Path(rel).with_suffix("").as_posix(), Path(data.videos) / rel, [label], split, where, label=label)
+
+
+def _rows(path: Path, csv_file: bool | None = None) -> list[tuple[str, Any]]:
+    """``[(file:line, row dict or the reason it is none)]`` of a .jsonl or .csv file (``csv_file``:
+    decided by the suffix unless given)."""
+    text = read_text(path)
+    if csv_file or (csv_file is None and path.suffix.lower() == ".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        return [(f"{path}:{i}", row) for i, row in enumerate(reader, 2)]
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((f"{path}:{i}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                out.append((f"{path}:{i}", f"not valid JSON ({e.msg})"))
+            except RecursionError:
+                out.append((f"{path}:{i}", "not valid JSON (nested too deeply)"))
+    return out
+
+
+def load_labels(data: DataConfig, table: Table) -> None:
+    path = required_file(data.annotations, "annotations", "labels")
+    known = class_list(data)
+    for where, row in _rows(path):
+        if isinstance(row, str) or not isinstance(row, dict):
+            table.problem(where, f"{row if isinstance(row, str) else 'not an object'}; skipped")
+            continue
+        missing = [k for k in ("video", "label", "split") if not isinstance(row.get(k), str) or not row[k].strip()]
+        if missing:
+            table.problem(where, f"needs non-empty string(s) {', '.join(missing)}; skipped")
+            continue
+        _check_label(row["label"].strip(), known, where, f"data.labels_file {data.labels_file}")
+        _add(table, data, row["video"].strip(), row["label"].strip(), row["split"], where)
+
+
+def _kinetics_file(data: DataConfig, youtube_id: str, start: int, end: int, label: str) -> str:
+    stem = f"{youtube_id}_{start:06d}_{end:06d}"
+    flat = video_path(data, stem)
+    if flat.exists():
+        return flat.relative_to(data.videos).as_posix()
+    for folder in (label, label.replace(" ", "_")):
+        nested = video_path(data, f"{folder}/{stem}")
+        if nested.exists():
+            return nested.relative_to(data.videos).as_posix()
+    return flat.relative_to(data.videos).as_posix()
+
+
+def load_kinetics(data: DataConfig, table: Table) -> None:
+    files = split_files(data, "kinetics")
+    if files and str(data.annotations).strip():
+        raise AnnotationError("format 'kinetics': give data.annotations (with a split column) or "
+                              "data.split_files, not both")
+    sources = files or {None: required_file(data.annotations, "annotations", "kinetics")}
+    known = class_list(data)
+    for split, path in sources.items():
+        for where, row in _rows(path, csv_file=True):
+            if not isinstance(row, dict) or not all((row.get(k) or "").strip() for k in ("label", "youtube_id")):
+                table.problem(where, "needs label and youtube_id; skipped")
+                continue
+            try:
+                start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+            except (KeyError, TypeError, ValueError):
+                table.problem(where, "time_start / time_end are not numbers; skipped")
+                continue
+            row_split = split or (row.get("split") or "").strip()
+            if not row_split:
+                table.problem(where, "no split (no split column, and the file is not in data.split_files); skipped")
+                continue
+            label = row["label"].strip()
+            _check_label(label, known, where, f"data.labels_file {data.labels_file}")
+            _add(table, data, _kinetics_file(data, row["youtube_id"].strip(), start, end, label), label,
+                 row_split, where)
+
+
+def words(class_name: str) -> str:
+    """``ApplyEyeMakeup`` -> ``apply eye makeup``; ``YoYo`` -> ``yo yo``; ``brush_hair`` -> ``brush hair``."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|_", " ", class_name)
+    return " ".join(spaced.lower().split())
+
+
+def load_ucf101(data: DataConfig, table: Table) -> None:
+    ind = required_file(data.annotations, "annotations", "ucf101")
+    classes: dict[str, str] = {}
+    for i, line in enumerate(read_text(ind).splitlines(), 1):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            if line.strip():
+                raise AnnotationError(f"{ind}:{i}: not a classInd line ('N ClassName'): {line!r}")
+            continue
+        classes[parts[1]] = words(parts[1])
+    files = split_files(data, "ucf101")
+    if not files:
+        raise AnnotationError("format 'ucf101' needs data.split_files (e.g. train: trainlist01.txt, "
+                              "test: testlist01.txt)")
+    for split, path in files.items():
+        for i, line in enumerate(read_text(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            rel = line.split()[0]
+            folder = rel.split("/")[0] if "/" in rel else None
+            if folder is None:
+                table.problem(f"{path}:{i}", f"not 'Class/v_Class_gXX_cYY.avi': {line!r}; skipped")
+                continue
+            if folder not in classes:
+                raise AnnotationError(f"{path}:{i}: class {folder!r} is not in {ind} ({len(classes)} classes)")
+            _add(table, data, rel, classes[folder], split, f"{path}:{i}")
+
+
+def load_hmdb51(data: DataConfig, table: Table) -> None:
+    import glob
+
+    pattern = str(data.annotations).strip()
+    files = sorted(glob.glob(pattern)) if pattern else []
+    if not files:
+        raise AnnotationError(f"data.annotations={pattern!r}: no HMDB51 split files match (give a glob such as "
+                              "testTrainMulti_7030_splits/*_test_split1.txt)")
+    for path in map(Path, files):
+        if "_test_split" not in path.name:
+            raise AnnotationError(f"{path}: not an HMDB51 split file (CLASS_test_splitN.txt)")
+        folder = path.name.split("_test_split")[0]
+        for i, line in enumerate(read_text(path).splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                table.problem(f"{path}:{i}", f"not 'video.avi 0|1|2': {line!r}; skipped")
+            elif parts[1] != "0":  # 0: not in this split's train or test
+                _add(table, data, f"{folder}/{parts[0]}", words(folder), "train" if parts[1] == "1" else "test",
+                     f"{path}:{i}")

@@ -1,0 +1,347 @@
+"""Torch datasets that decode videos in DataLoader workers (CLIP4Clip's data pipeline).
+
+Two datasets:
+
+* ``VideoClipDataset`` - one item per video file: sampled, preprocessed frames and their mask.
+  Used by retrieval evaluation, feature extraction and the caption pipeline.
+* ``ContrastiveTrainSet`` - one item per training video, with one caption drawn at random per
+  epoch (CLIP4Clip trains on (video, caption) pairs; drawing per video per epoch keeps every
+  video equally weighted whatever its caption count). With a ``FrameCache`` (``video.cache_frames``)
+  its frames come from memory instead of the decoder; with a ``FeatureCache`` (prompt tuning) its
+  "frames" are the frozen image tower's features of those frames, (T, D).
+
+A video that cannot be decoded never kills a run: its item carries ``ok=False`` and the reason,
+``collate_videos`` drops it from the batch and lists it under ``"failures"``, and the caller
+counts and reports it. Randomness (TSN offsets, caption choice) is a pure function of
+``(seed, epoch, index)``, so worker count and resuming do not change what a step sees.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.reading.label_lists import TEMPLATES
+from retrieval_pretrain.reading.transforms import normalise_frames, preprocess_frames, resize_crop_frames
+from retrieval_pretrain.reading.video import read_frames, sample_indices
+
+
+@dataclass
+class Preprocess:
+    """How frames become model input: ``num_frames`` sampled by ``method`` and resized/cropped
+    to ``image_size`` with CLIP's mean/std."""
+
+    num_frames: int
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def __call__(self, path: str | Path, method: str, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        sampled = read_frames(path, self.num_frames, method=method, short_side=self.image_size, rng=rng)
+        frames = preprocess_frames(sampled.frames, self.image_size, self.mean, self.std)  # (T, 3, S, S)
+        return {"frames": frames, "mask": torch.from_numpy(np.asarray(sampled.mask, dtype=bool))}
+
+
+def _load(pre: Preprocess, path: Path, method: str, rng: np.random.Generator | None,
+          cached: Callable[[str, np.random.Generator | None], dict[str, Any]] | None = None,
+          frame_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Decode one video (or take its frames from ``cached``); on any failure return a placeholder
+    with ``ok=False`` and the reason (frames of ``frame_shape`` each, default (3, S, S))."""
+    try:
+        item = cached(method, rng) if cached is not None else pre(path, method, rng)
+        item["ok"] = True
+        item["error"] = ""
+    except Exception as e:  # a bad file must never kill a run: name it and move on
+        reason = _failure_reason(path, e)
+        s = pre.image_size
+        item = {
+            "frames": torch.zeros(pre.num_frames, *(frame_shape or (3, s, s))),
+            "mask": torch.zeros(pre.num_frames, dtype=torch.bool),
+            "ok": False,
+            "error": reason,
+        }
+    return item
+
+
+def _failure_reason(path: str | Path, e: BaseException) -> str:
+    """The error's message, prefixed with the file unless it already names it."""
+    return str(e) if str(Path(path)) in str(e) else f"{path}: {type(e).__name__}: {e}"
+
+
+class VideoClipDataset(Dataset):
+    """One item per video: ``{"video_id", "path", "frames" (T,3,S,S), "mask" (T,), "ok", "error"}``."""
+
+    def __init__(self, videos: Sequence[tuple[str, str | Path]], pre: Preprocess, method: str = "uniform"):
+        self.videos = [(vid, Path(p)) for vid, p in videos]
+        self.pre = pre
+        self.method = method
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        vid, path = self.videos[index]
+        item = _load(self.pre, path, self.method, rng=np.random.default_rng(index))
+        item.update(video_id=vid, path=str(path))
+        return item
+
+
+class _KeptPerVideo:
+    """Rows kept in memory for each training video (``rows[i]``: its frames or their features; None
+    when it could not be read, ``errors[i]`` saying why), drawn from as the decoder samples frames."""
+
+    rows: list[torch.Tensor | None]
+    errors: list[str]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.numel() * r.element_size() for r in self.rows if r is not None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _draw(self, index: int, pre: Preprocess, method: str,
+              rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows at the sampled frame indices, mask)``; the reason of an unreadable video as a RuntimeError."""
+        kept = self.rows[index]
+        if kept is None:
+            raise RuntimeError(self.errors[index])  # the reason names the file
+        indices, mask = sample_indices(len(kept), pre.num_frames, method, rng=rng)
+        return kept[torch.from_numpy(indices)], torch.from_numpy(mask)
+
+
+class FrameCache(_KeptPerVideo):
+    """Every training video decoded once, at the model's input size, kept in memory as uint8.
+
+    Stage 1 decodes ``num_frames`` frames of every video in every epoch; on a small dataset (the
+    demo: 1,092 clips of 16 frames at 64 px, 215 MB) holding all frames in memory instead frees
+    the CPU the decoder took. Up to ``max_frames`` frames per video are kept (all of them when the
+    video has no more; otherwise ``max_frames`` spread uniformly), resized and centre cropped as
+    ``preprocess_frames`` does. Training then samples its frames among the kept ones with the same
+    ``sample_indices`` and random draws as the decoder would use, so for videos of at most
+    ``max_frames`` frames an item is bit-identical to a decoded one. A video that cannot be read
+    keeps its reason and is reported every epoch, as without the cache.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], max_frames: int, image_size: int, num_workers: int = 0,
+                 progress: bool = True):
+        if max_frames < 1:
+            raise ValueError(f"video.cache_frames must be >= 1 to cache, got {max_frames}")
+        self.rows: list[torch.Tensor | None] = [None] * len(paths)  # (n_i, 3, S, S) uint8
+        self.errors: list[str] = [""] * len(paths)
+        loader = DataLoader(_CacheFill(paths, max_frames, image_size), batch_size=1, num_workers=num_workers,
+                            collate_fn=_only_item)
+        for index, frames, error in tqdm(loader, desc="decode once", unit="video", file=sys.stderr,
+                                         disable=not progress):
+            # clone: a tensor from a worker lives in shared memory, one open file per tensor otherwise
+            self.rows[index], self.errors[index] = (frames.clone() if frames is not None else None), error
+
+    @property
+    def frames(self) -> list[torch.Tensor | None]:
+        """Each video's kept frames, (n_i, 3, S, S) uint8 (None: unreadable)."""
+        return self.rows
+
+    def sample(self, index: int, pre: Preprocess, method: str, rng: np.random.Generator | None) -> dict[str, Any]:
+        """What ``Preprocess`` returns for video ``index``, its frames picked from memory."""
+        frames, mask = self._draw(index, pre, method, rng)
+        return {"frames": normalise_frames(frames, pre.mean, pre.std), "mask": mask}
+
+
+class FeatureCache(_KeptPerVideo):
+    """Prompt tuning's training input (``pretrain.mode=prompt``): the frozen image tower's features
+    of up to ``max_frames`` frames of every training video, computed once.
+
+    Each video is decoded once as ``FrameCache`` does (the same kept frames), its frames normalised
+    with ``mean``/``std`` and passed through ``encode`` ((N, 3, S, S) -> (N, D), the frozen image
+    tower), in batches of about ``batch_frames`` frames; (n_i, D) float32 rows are kept per video.
+    Training samples frames among them with the same ``sample_indices`` and draws as the decoder,
+    so an item's features are exactly the image tower's features of the frames a decoded item
+    would hold (for videos of at most ``max_frames`` frames). An unreadable video keeps its reason
+    and is reported whenever it is drawn.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], max_frames: int, image_size: int, mean: Sequence[float],
+                 std: Sequence[float], encode: Callable[[torch.Tensor], torch.Tensor], num_workers: int = 0,
+                 progress: bool = True, batch_frames: int = 256):
+        if max_frames < 1:
+            raise ValueError(f"the feature cache needs max_frames >= 1, got {max_frames}")
+        self.rows: list[torch.Tensor | None] = [None] * len(paths)  # (n_i, D) float32
+        self.errors: list[str] = [""] * len(paths)
+        self.mean, self.std, self.encode, self.width = tuple(mean), tuple(std), encode, 0
+        loader = DataLoader(_CacheFill(paths, max_frames, image_size), batch_size=1, num_workers=num_workers,
+                            collate_fn=_only_item)
+        pending: list[tuple[int, torch.Tensor]] = []
+        waiting = 0  # frames in pending
+        for index, frames, error in tqdm(loader, desc="encode once", unit="video", file=sys.stderr,
+                                         disable=not progress):
+            if frames is None:
+                self.errors[index] = error
+                continue
+            pending.append((index, frames.clone()))
+            waiting += len(frames)
+            if waiting >= batch_frames:
+                self._encode(pending)
+                pending, waiting = [], 0
+        if pending:
+            self._encode(pending)
+
+    def _encode(self, pending: list[tuple[int, torch.Tensor]]) -> None:
+        frames = normalise_frames(torch.cat([f for _, f in pending]), self.mean, self.std)  # (N, 3, S, S)
+        feats = self.encode(frames).detach().float().cpu()  # (N, D)
+        self.width = feats.shape[-1]
+        for (index, _), rows in zip(pending, feats.split([len(f) for _, f in pending])):
+            self.rows[index] = rows.clone()
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """One item's row shape: (D,)."""
+        return (self.width,)
+
+    def sample(self, index: int, pre: Preprocess, method: str, rng: np.random.Generator | None) -> dict[str, Any]:
+        """``{"frames": (T, D) features, "mask": (T,)}`` for video ``index``, frames drawn as ``Preprocess`` would."""
+        frames, mask = self._draw(index, pre, method, rng)
+        return {"frames": frames, "mask": mask}
+
+
+def estimate_cache_bytes(num_videos: int, max_frames: int, image_size: int) -> int:
+    """Upper bound of a ``FrameCache``'s memory: videos x frames x 3 x size^2 bytes."""
+    return num_videos * max_frames * 3 * image_size * image_size
+
+
+def _only_item(items: list[Any]) -> Any:
+    return items[0]
+
+
+class _CacheFill(Dataset):
+    def __init__(self, paths: Sequence[str | Path], max_frames: int, image_size: int):
+        self.paths, self.max_frames, self.image_size = [Path(p) for p in paths], max_frames, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+        path = self.paths[index]
+        try:
+            got = read_frames(path, self.max_frames, "uniform", short_side=self.image_size)
+            real = got.frames[: int(got.mask.sum())]  # padding repeats the last frame: keep real ones
+            return index, resize_crop_frames(real, self.image_size).contiguous(), ""
+        except Exception as e:  # named and reported by every epoch that draws this video
+            return index, None, _failure_reason(path, e)
+
+
+class ContrastiveTrainSet(Dataset):
+    """Training pairs for stage 1. The sampler passes ``epoch * len(self) + i``; the item is video
+    ``i`` with TSN-sampled frames and one of its captions, both drawn from ``(seed, epoch, i)``; a
+    labelled video (``entry.label``) gets its label in a prompt template drawn the same way.
+
+    Args:
+        entries: objects with ``video_id``, ``path`` and ``captions``.
+        pre: frame preprocessing.
+        tokenize: list of strings -> LongTensor (N, L).
+        method: frame sampling while training (``tsn`` or ``uniform``).
+        seed: run seed.
+        cache: the entries' frames (``FrameCache``) or image-tower features (``FeatureCache``: items
+            then carry (T, D) features as ``frames``) in memory, same order as ``entries``; None to decode.
+    """
+
+    def __init__(self, entries: Sequence[Any], pre: Preprocess, tokenize: Callable[[list[str]], torch.Tensor],
+                 method: str = "tsn", seed: int = 0, cache: FrameCache | FeatureCache | None = None):
+        self.entries = list(entries)
+        self.pre = pre
+        self.tokenize = tokenize
+        self.method = method
+        self.seed = seed
+        if cache is not None:
+            if len(cache) != len(self.entries):
+                raise ValueError(f"the frame cache holds {len(cache)} videos, the training set {len(self.entries)}")
+            if method not in ("tsn", "uniform"):
+                fix = ("prompt tuning always trains from cached features" if isinstance(cache, FeatureCache)
+                       else "set video.cache_frames=0")
+                raise ConfigError(f"frames cached in memory work with video.train_sampling tsn or uniform, not "
+                                  f"{method!r} (fps sampling needs the file's own frame rate); {fix}")
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        epoch, index = divmod(int(key), len(self.entries))
+        entry = self.entries[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        caption = entry.captions[int(rng.integers(len(entry.captions)))]
+        if getattr(entry, "label", None) is not None:  # a labelled video: the label in a random prompt (ActionCLIP)
+            caption = TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(entry.label)
+        cached = None
+        if self.cache is not None:
+            cached = functools.partial(self.cache.sample, index, self.pre)
+        item = _load(self.pre, Path(entry.path), self.method, rng, cached, getattr(self.cache, "frame_shape", None))
+        item.update(video_id=entry.video_id, path=str(entry.path), caption=caption,
+                    tokens=self.tokenize([caption])[0])
+        return item
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A seeded permutation per epoch, yielding ``epoch * n + i`` so the dataset knows the epoch
+    inside worker processes. The trainer calls ``use_epoch`` before each epoch. (Deliberately not
+    named ``set_epoch``: Accelerate's prepared loader calls ``sampler.set_epoch(n)`` with its own
+    count of passes, which restarts at 0 after a resume and would replay epoch 0's order.)"""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def use_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        base = self.epoch * self.n
+        return iter(base + i for i in order)
+
+
+def collate_videos(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the decodable items; list the others under ``failures`` as ``(path, reason)``.
+
+    Returns ``frames`` (B, T, 3, S, S), ``mask`` (B, T), ``video_ids``, ``paths``, and when the
+    items carry text, ``tokens`` (B, L) and ``captions``. B may be 0 when every video failed.
+    """
+    good = [it for it in items if it["ok"]]
+    batch: dict[str, Any] = {
+        "failures": [(it["path"], it["error"]) for it in items if not it["ok"]],
+        "video_ids": [it["video_id"] for it in good],
+        "paths": [it["path"] for it in good],
+    }
+    if good:
+        batch["frames"] = torch.stack([it["frames"] for it in good])  # (B, T, 3, S, S)
+        batch["mask"] = torch.stack([it["mask"] for it in good])  # (B, T)
+    else:
+        ref = items[0]
+        batch["frames"] = ref["frames"].new_zeros((0, *ref["frames"].shape))
+        batch["mask"] = ref["mask"].new_zeros((0, *ref["mask"].shape))
+    if "tokens" in items[0]:
+        batch["captions"] = [it["caption"] for it in good]
+        batch["tokens"] = (torch.stack([it["tokens"] for it in good]) if good
+                           else items[0]["tokens"].new_zeros((0, *items[0]["tokens"].shape)))
+    return batch
+
+
+def steps_per_epoch(num_items: int, batch_size: int, grad_accum: int, num_processes: int = 1) -> int:
+    """Optimizer steps in one epoch (the last partial batch is kept)."""
+    batches = math.ceil(num_items / (batch_size * num_processes))
+    return max(1, math.ceil(batches / grad_accum))

@@ -1,0 +1,27 @@
+"""The report page of ``vcap evaluate --report``: every video of the split with its frames, its caption
+beside the references and its CIDEr-D, worst first, plus the training curves when the model sits in
+a run folder. ``caption.evaluate.evaluate`` calls it through its ``report`` argument."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from caption.metrics import per_caption_cider
+from caption.tokenizer import normalize_caption
+from vcap_toolkit.reports.report import caption_report, make_rows, training_curves
+
+
+def write_evaluation_report(path: Path, model_dir: Path, entries: Sequence[Any], predictions: dict[str, str],
+                            missing: list[dict[str, str]], metrics: dict[str, Any], workers: int = 1) -> Path:
+    """``report.html`` of an evaluation: one row per video of the split (captioned or not), each
+    with its per-video CIDEr-D (document frequencies of the captioned set, as ``metrics``)."""
+    refs = {e.video_id: [normalize_caption(c) for c in e.captions] for e in entries}
+    scored = {v: refs[v] for v in predictions}
+    cider = per_caption_cider(predictions, scored) if len(predictions) > 1 else {}
+    rows = make_rows({e.video_id: e.path for e in entries}, predictions, refs, cider,
+                     {m["video_id"]: m["reason"] for m in missing}, workers=max(1, workers))
+    run = Path(model_dir).parent
+    curves = training_curves(run) if (run / "log.jsonl").is_file() else None
+    return caption_report(path, rows, metrics, f"Captions: {metrics['split']} split",
+                          subtitle=f"model {model_dir}", curves=curves)

@@ -1,0 +1,405 @@
+"""``vcap serve``: one local web page for the toolkit's three jobs - caption a video, search an
+index by a sentence, classify a video with labels the user types.
+
+The page (``serve_page.html``: plain HTML, CSS and JS, nothing fetched from elsewhere) talks to a
+small JSON API of a Flask app served by waitress (threads)::
+
+    GET  /                   the page
+    GET  /api/info           what is loaded: models, index size, allowed folders, upload limit
+    GET  /api/videos         video files under the allowed folders (the page's path picker)
+    POST /api/caption        form: video (an upload) or path (a server file); beam
+    POST /api/classify       form: video or path; labels (one a line, or comma-separated); top
+    GET  /api/search         ?q=a sentence&top=8
+    GET  /api/thumbnails     ?path=P&count=4: frames as data: URIs (report.video_thumbnails)
+    GET  /api/video          ?path=P: the file's bytes with its content type (range requests)
+
+Every API error is ``{"error": "..."}`` with a 4xx status (500 for a bug, whose traceback goes to
+the server's log, never to the page): 400 a malformed request, 403 a path outside the allowed
+folders, 404 a file that is not there, 413 an upload over ``--max-upload-mb``, 422 a file the
+toolkit's reader cannot read (the reason ``vcap caption`` prints for it).
+
+Models are loaded once, at start (``ServeModels.load``): the caption pipeline with its stage-1
+video tower; the recognizer (``--retrieval-model``, else that same tower object); the index's model
+(the recognizer or tower again when its weights are the same file, by fingerprint). Requests run
+on waitress's threads; every model call holds one lock (``ServeModels.lock``), so inference runs
+one request at a time - on a CPU, torch already spreads one forward pass over all cores, and
+interleaved passes would only contend - while uploads, content checks, thumbnails and file bytes
+are served in parallel.
+
+Path safety (``serve_paths.PathGuard``): a path from the page is refused (403) when it holds
+``..``, or when its real location (symbolic links resolved) is not inside an allowed folder
+(``--allow``; default: the folders the index's videos are in). The index's own paths, exactly as stored, may always be
+played and thumbnailed: the index's owner chose them. Uploads go to a temporary folder of their
+own, removed when the request ends. The server binds 127.0.0.1 unless told otherwise, and refuses
+requests whose ``Host`` is not the address it serves on (a DNS-rebinding page cannot reach it) and
+cross-site form posts (an ``Origin`` other than its own).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from flask import Flask, Response, jsonify, request, send_file
+from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, NotFound, RequestEntityTooLarge
+
+from caption.pipeline import TOWER_DIR, VIDEO_EXTENSIONS, CaptionPipeline
+from vcap_toolkit.reports.report import video_thumbnails
+from vcap_toolkit.web.serve_paths import PathGuard, index_folders
+from retrieval_pretrain.foundation.errors import FeatureMismatchError, VideoReadError
+
+PAGE = Path(__file__).with_name("serve_page.html")
+THREADS = 8  # waitress worker threads: uploads and file bytes in parallel; inference takes turns
+MAX_BEAM = 10
+MAX_LABELS = 1000
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_CONTENT_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm", ".mkv": "video/x-matroska",
+                  ".mov": "video/quicktime", ".avi": "video/x-msvideo", ".mpg": "video/mpeg", ".mpeg": "video/mpeg",
+                  ".flv": "video/x-flv", ".wmv": "video/x-ms-wmv"}
+_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; "
+        "media-src 'self' blob:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
+
+
+# ---------------------------------------------------------------- models, loaded once
+
+
+class ServeModels:
+    """Everything the page uses, loaded once: the caption pipeline, the recognizer and the index.
+
+    ``lock`` is held around every model call (see the module docstring)."""
+
+    def __init__(self, pipe: CaptionPipeline, caption_name: str, recognizer: tuple[Any, dict[str, Any]],
+                 recognizer_name: str, index: Any | None = None,
+                 search_model: tuple[Any, dict[str, Any]] | None = None):
+        self.pipe, self.caption_name = pipe, caption_name
+        self.recognizer, self.recognizer_name = recognizer, recognizer_name
+        self.index, self.search_model = index, search_model
+        self.lock = threading.Lock()
+        self.index_paths: list[str] = index.paths() if index is not None else []
+        self.pairwise = index is not None and index.scoring() == "pairwise"
+        self.embeddings = (np.asarray(index.embeddings(), dtype=np.float16)
+                           if index is not None and not self.pairwise else None)  # (N, D), read once
+
+    @classmethod
+    def load(cls, caption_model: str | Path, retrieval_model: str | Path | None = None,
+             index: str | Path | None = None, device: str = "auto") -> "ServeModels":
+        """Load the models ``vcap serve`` names. Without ``retrieval_model`` the caption model's
+        own stage-1 tower classifies; the index's model is loaded only if it is neither of those."""
+        from caption.config import load as load_config
+        from retrieval_pretrain.modeling.model import scores_pairwise
+        from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint
+        from vcap_toolkit.jobs.recognition import load_recognizer
+        from vcap_toolkit.jobs.search import VideoIndex
+
+        pipe = CaptionPipeline.from_pretrained(caption_model, device=device)
+        tower_print = (pipe.model.config.video_tower or {}).get("fingerprint")
+        loaded = {tower_print: (pipe.tower, pipe.tower_info)} if tower_print else {}
+        if retrieval_model is None:
+            recognizer, name = (pipe.tower, pipe.tower_info), f"{caption_model}/{TOWER_DIR} (the caption model's tower)"
+        else:
+            recognizer = load_recognizer(load_config(None, []), str(retrieval_model), None, pipe.device)
+            name = str(retrieval_model)
+            if Path(retrieval_model).is_dir():
+                loaded[model_fingerprint(retrieval_model)] = recognizer
+        video_index = search_model = None
+        if index is not None:
+            video_index = VideoIndex(index)
+            meta = video_index.meta()
+            model_dir = Path(meta["model"])
+            if meta["model_fingerprint"] not in loaded:
+                weights = model_dir / "model.safetensors"
+                if not weights.is_file() or model_fingerprint(model_dir) != meta["model_fingerprint"]:
+                    raise FeatureMismatchError(f"{index}: the model it was built with ({model_dir}, fingerprint "
+                                               f"{meta['model_fingerprint']}) is gone or changed; rebuild the index")
+                loaded[meta["model_fingerprint"]] = from_pretrained(model_dir, device=pipe.device)
+            search_model = loaded[meta["model_fingerprint"]]
+            if scores_pairwise(search_model[0]) != (video_index.scoring() == "pairwise"):
+                raise FeatureMismatchError(f"{index}: an index of {video_index.scoring()} scoring, not what its model "
+                                           f"{model_dir} scores by (made by an earlier version of vcap); rebuild it "
+                                           "with 'vcap index' into a new folder")
+        return cls(pipe, str(caption_model), recognizer, name, video_index, search_model)
+
+    def caption(self, name: str, path: Path, beam: int | None) -> tuple[str, float]:
+        """``(caption, seconds of inference)`` of one video; ``VideoReadError`` if it cannot be read."""
+        decode = self.pipe.default_decode()
+        if beam is not None:
+            decode.num_beams = beam
+        with self.lock:
+            t0 = time.perf_counter()
+            result = self.pipe.caption_videos([(name, path)], decode, num_workers=0, batch_size=1)[name]
+            seconds = time.perf_counter() - t0
+        if not isinstance(result, str):
+            raise VideoReadError(name, _reason(str(result), path))
+        return result, seconds
+
+    def classify(self, name: str, path: Path, labels: Sequence[str], top: int) -> tuple[list[tuple[str, float]], float]:
+        """``([(label, probability)] * top, seconds)`` for one video, with the built-in prompt ensemble."""
+        from vcap_toolkit.jobs.recognition import classify_videos, read_templates
+
+        net, info = self.recognizer
+        with self.lock:
+            t0 = time.perf_counter()
+            ranked, failed = classify_videos(net, info, [(name, path)], labels, read_templates(None), self.pipe.device,
+                                             top=top, batch_size=1, num_workers=0)
+            seconds = time.perf_counter() - t0
+        if name not in ranked:
+            raise VideoReadError(name, _reason(next(iter(failed.values()), "could not be read"), path))
+        return ranked[name], seconds
+
+    @torch.no_grad()
+    def search(self, text: str, top: int) -> tuple[list[tuple[str, float]], float]:
+        """The ``top`` indexed videos that still exist, best first, by the index model's own score
+        (cosine of embeddings, or a pairwise model's ``pair_scores``), and the seconds it took."""
+        from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
+        from vcap_toolkit.jobs.search import cosine_scores, pair_scores_over_index
+
+        model, info = self.search_model
+        device = self.pipe.device
+        with self.lock:
+            t0 = time.perf_counter()
+            tokens = tokenizer_from_info(info)([text]).to(device)
+            if self.pairwise:
+                scores = pair_scores_over_index(model, self.index, model.encode_text_state(tokens), device)  # (N,)
+            else:
+                scores = cosine_scores(self.embeddings, model.encode_text(tokens).float().cpu()[0].numpy())  # (N,)
+            seconds = time.perf_counter() - t0
+        found: list[tuple[str, float]] = []
+        for i in torch.argsort(scores, descending=True, stable=True).tolist():
+            if len(found) == top:
+                break
+            if os.path.isfile(self.index_paths[i]):  # a file gone since it was indexed is left out
+                found.append((self.index_paths[i], round(float(scores[i]), 6)))
+        return found, seconds
+
+
+def _reason(message: str, path: Path) -> str:
+    """A reader's ``"{path}: {reason}"`` without the (temporary) path."""
+    return message.removeprefix(f"{path}: ").replace(str(path), "the file")
+
+
+def path_guard(models: ServeModels, allow: Sequence[str | Path] | None) -> PathGuard:
+    """The guard ``vcap serve`` uses: the ``allow`` folders, or by default those of the index's
+    videos; the index's own paths readable as stored."""
+    return PathGuard(allow if allow is not None else index_folders(models.index_paths), indexed=models.index_paths)
+
+
+# ---------------------------------------------------------------- the app
+
+
+def parse_labels(text: str) -> list[str]:
+    """Labels typed or pasted into the page: one a line, or comma-separated on one line. Never
+    read as a file name (``read_labels`` would open a path). ``BadRequest`` for none, a repeat,
+    or too many."""
+    lines = [x.strip() for x in text.replace("\r", "").split("\n") if x.strip()]
+    labels = [x.strip() for x in lines[0].split(",") if x.strip()] if len(lines) == 1 else lines
+    if not labels:
+        raise BadRequest("no labels: type one label a line, or a comma-separated list")
+    if len(labels) > MAX_LABELS:
+        raise BadRequest(f"{len(labels)} labels; at most {MAX_LABELS}")
+    seen: set[str] = set()
+    for label in labels:
+        if label in seen:
+            raise BadRequest(f"label {label!r} is given twice")
+        seen.add(label)
+    return labels
+
+
+def _int_arg(value: str | None, name: str, default: int | None, low: int, high: int) -> int | None:
+    if value in (None, ""):
+        return default
+    if not value.strip().isdigit() or not low <= int(value) <= high:
+        raise BadRequest(f"{name}={value!r}: give a whole number from {low} to {high}")
+    return int(value)
+
+
+@functools.lru_cache(maxsize=512)
+def _thumbnails(path: str, mtime_ns: int, size: int, count: int) -> tuple[tuple[bytes, ...], str | None]:
+    """``video_thumbnails`` of a file as it is now (the key holds its stamp, so a change misses)."""
+    shots = video_thumbnails(path, count=count, height=72)
+    return tuple(shots.images), shots.error
+
+
+def _data_uris(images: Sequence[bytes]) -> list[str]:
+    return [f"data:image/jpeg;base64,{base64.b64encode(b).decode('ascii')}" for b in images]
+
+
+def create_app(models: ServeModels, guard: PathGuard, max_upload_mb: float = 200,
+               upload_dir: str | Path | None = None, host: str = "127.0.0.1") -> Flask:
+    """The Flask app of the page and its API (module docstring). ``upload_dir``: where each
+    upload's temporary folder is made (default: the system's); ``host``: the address served on,
+    for the ``Host`` check (any ``Host`` is accepted when it is not a loopback address)."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
+    _install_guards(app, host, max_upload_mb)
+    _add_model_routes(app, models, guard, max_upload_mb, upload_dir)
+    _add_file_routes(app, guard)
+    return app
+
+
+def _install_guards(app: Flask, host: str, max_upload_mb: float) -> None:
+    """Same-site and ``Host`` checks, security headers, and errors as JSON ``{"error": ...}``."""
+
+    @app.before_request
+    def _same_site_only() -> None:
+        if host in _LOOPBACK:
+            name = (request.host or "").rsplit(":", 1)[0].strip("[]")
+            if name not in _LOOPBACK:
+                raise Forbidden(f"Host {request.host!r} refused: this server answers only on {host} "
+                                "(vcap serve --host to serve elsewhere)")
+        origin = request.headers.get("Origin")
+        if origin and origin.split("://", 1)[-1] != request.host:
+            raise Forbidden(f"requests from another site ({origin}) are refused")
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", _CSP)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> tuple[Response, int]:
+        if isinstance(e, RequestEntityTooLarge):
+            return jsonify(error=f"the upload is larger than this server's limit of {max_upload_mb:g} MB "
+                                 "(vcap serve --max-upload-mb)"), 413
+        return jsonify(error=e.description), e.code or 500
+
+    @app.errorhandler(VideoReadError)
+    def _unreadable(e: VideoReadError) -> tuple[Response, int]:
+        return jsonify(error=str(e)), 422
+
+    @app.errorhandler(Exception)
+    def _bug(e: Exception) -> tuple[Response, int]:
+        traceback.print_exception(e, file=sys.stderr)
+        return jsonify(error=f"internal error ({type(e).__name__}); the details are in the server's log"), 500
+
+
+@contextmanager
+def _request_video(guard: PathGuard, upload_dir: str | Path | None) -> Iterator[tuple[str, Path]]:
+    """The current request's video: an upload (saved in a temporary folder removed afterwards) or a
+    server path the guard allows. Yields ``(name shown, file)``."""
+    upload = request.files.get("video")
+    if upload is not None and upload.filename:
+        name = upload.filename[-200:]
+        suffix = Path(name).suffix.lower()
+        with tempfile.TemporaryDirectory(prefix="vcap-serve-", dir=upload_dir) as folder:
+            path = Path(folder) / f"upload{suffix if suffix in VIDEO_EXTENSIONS else ''}"
+            upload.save(path)
+            yield name, path
+    elif request.form.get("path"):
+        text = request.form["path"]
+        yield text, guard.resolve(text)
+    else:
+        raise BadRequest("no video: upload a file (form field 'video') or give a server path (field 'path')")
+
+
+def _add_model_routes(app: Flask, models: ServeModels, guard: PathGuard, max_upload_mb: float,
+                      upload_dir: str | Path | None) -> None:
+    """The page and what runs a model: ``/api/info``, ``/api/caption``, ``/api/classify``, ``/api/search``."""
+    page = PAGE.read_text(encoding="utf-8")
+
+    @app.get("/")
+    def _page() -> Response:
+        return Response(page, mimetype="text/html")
+
+    @app.get("/api/info")
+    def _info() -> Response:
+        index = None
+        if models.index is not None:
+            index = {"folder": str(models.index.folder), "videos": len(models.index_paths)}
+        return jsonify(caption_model=models.caption_name, retrieval_model=models.recognizer_name,
+                       index=index, allowed=[str(r) for r in guard.roots], max_upload_mb=max_upload_mb,
+                       beam=models.pipe.default_decode().num_beams, max_beam=MAX_BEAM, device=str(models.pipe.device))
+
+    @app.post("/api/caption")
+    def _caption() -> Response:
+        t0 = time.perf_counter()
+        beam = _int_arg(request.form.get("beam"), "beam", None, 1, MAX_BEAM)
+        with _request_video(guard, upload_dir) as (name, path):
+            shots = video_thumbnails(path, count=6, height=96)  # the content check: the toolkit's reader
+            if shots.error:
+                raise VideoReadError(name, _reason(shots.error, path))
+            caption, seconds = models.caption(name, path, beam)
+        return jsonify(video=name, caption=caption, beam=beam or models.pipe.default_decode().num_beams,
+                       thumbnails=_data_uris(shots.images),
+                       seconds={"model": round(seconds, 3), "total": round(time.perf_counter() - t0, 3)})
+
+    @app.post("/api/classify")
+    def _classify() -> Response:
+        t0 = time.perf_counter()
+        labels = parse_labels(request.form.get("labels", ""))
+        top = _int_arg(request.form.get("top"), "top", 5, 1, MAX_LABELS)
+        with _request_video(guard, upload_dir) as (name, path):
+            ranked, seconds = models.classify(name, path, labels, min(top, len(labels)))
+        return jsonify(video=name, labels=len(labels), predictions=[[label, p] for label, p in ranked],
+                       seconds={"model": round(seconds, 3), "total": round(time.perf_counter() - t0, 3)})
+
+    @app.get("/api/search")
+    def _search() -> Response:
+        if models.index is None:
+            raise NotFound("no index loaded: start 'vcap serve' with --index IDX (made by 'vcap index')")
+        text = request.args.get("q", "").strip()
+        if not text or len(text) > 1000:
+            raise BadRequest("give a sentence to search for (q=..., at most 1000 characters)")
+        top = _int_arg(request.args.get("top"), "top", 8, 1, 100)
+        t0 = time.perf_counter()
+        found, seconds = models.search(text, top)
+        return jsonify(query=text, results=[{"path": p, "name": Path(p).name, "score": s} for p, s in found],
+                       seconds={"model": round(seconds, 3), "total": round(time.perf_counter() - t0, 3)})
+
+
+def _add_file_routes(app: Flask, guard: PathGuard) -> None:
+    """The allowed folders' videos: ``/api/videos`` (listing), ``/api/thumbnails``, ``/api/video``."""
+
+    @app.get("/api/videos")
+    def _videos() -> Response:
+        return jsonify(videos=guard.listing())
+
+    @app.get("/api/thumbnails")
+    def _thumbs() -> Response:
+        real = guard.resolve(request.args.get("path", ""))
+        count = _int_arg(request.args.get("count"), "count", 4, 1, 12)
+        st = real.stat()
+        images, error = _thumbnails(str(real), st.st_mtime_ns, st.st_size, count)
+        if error:
+            raise VideoReadError(request.args["path"], error)
+        return jsonify(thumbnails=_data_uris(images))
+
+    @app.get("/api/video")
+    def _video() -> Response:
+        real = guard.resolve(request.args.get("path", ""))
+        kind = _CONTENT_TYPES.get(real.suffix.lower(), "application/octet-stream")
+        return send_file(real, mimetype=kind, conditional=True, max_age=0)
+
+
+# ---------------------------------------------------------------- serving
+
+
+def make_server(app: Flask, host: str = "127.0.0.1", port: int = 7860, threads: int = THREADS,
+                max_upload_mb: float = 200) -> Any:
+    """A waitress server for ``app`` (not yet serving: call ``.run()``; ``port=0`` picks a free
+    port, then ``.effective_port`` says which). Bodies past the upload limit plus 1 MB are cut off
+    by waitress itself (413) before they are buffered whole."""
+    from waitress import create_server
+
+    return create_server(app, host=host, port=port, threads=threads, ident="vcap",
+                         max_request_body_size=int(max_upload_mb * 1024 * 1024) + (1 << 20))
+
+
+def stop_server(server: Any) -> None:
+    """Stop a server ``make_server`` made (its ``run()`` returns) and its worker threads."""
+    from waitress import wasyncore
+
+    server.task_dispatcher.shutdown()
+    wasyncore.close_all(getattr(server, "map", None) or server._map)  # the listener and open connections
