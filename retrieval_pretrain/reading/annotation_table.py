@@ -1,7 +1,8 @@
 """The table every annotation format is read into: ``VideoEntry`` rows (video id, file, captions,
 split), ``AnnotationProblem``s for malformed entries that were skipped (named, counted, never
 silent), ``AnnotationError`` for a file that cannot be read at all - and the helpers the format
-readers share (required files, split files, video paths from ids, caption cleaning, split names).
+readers share (required files, split files, video paths from ids, caption cleaning, split names),
+and the reader of the toolkit's own ``jsonl`` format (``load_jsonl``).
 
 A video path outside ``data.videos`` (``../../x.mp4``, or an absolute path elsewhere) is *kept*
 and recorded in ``Annotations.outside`` (``file:line`` and the path), which ``load_annotations``
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval_pretrain.reading.data_config import DataConfig
 from retrieval_pretrain.foundation.errors import DatasetError
+from retrieval_pretrain.reading.data_config import DataConfig
 
 _SPLIT_ALIASES = {"validate": "val", "validation": "val"}
 _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
@@ -227,9 +228,47 @@ def clean_captions(value: Any) -> tuple[list[str], str]:
 
 
 def no_split_files(data: DataConfig, fmt: str) -> None:
+    """``AnnotationError`` when ``data.split_files`` is set for a format that does not read it
+    (``load_annotations`` calls it for each format whose ``formats.Format.split_files`` is False)."""
     if data.split_files:
         raise AnnotationError(f"format '{fmt}' takes its splits from data.annotations; "
                               f"data.split_files ({', '.join(data.split_files)}) is not used - remove it")
 
 
 # ----------------------------------------------------------------------------- jsonl
+
+
+def _jsonl_problem(obj: Any) -> str:
+    """Why a parsed jsonl line is not a valid entry (``""`` when it is)."""
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    missing = [k for k in ("video", "captions", "split") if k not in obj]
+    if missing:
+        return f"missing key(s) {', '.join(missing)}"
+    for key in ("video", "split"):
+        if not isinstance(obj[key], str) or not obj[key].strip():
+            return f"'{key}' must be a non-empty string"
+    return clean_captions(obj["captions"])[1]
+
+
+def load_jsonl(data: DataConfig, table: Table) -> None:
+    """``data.format: jsonl``, the toolkit's own format: one ``{"video": "rel/path.mp4", "captions":
+    [...], "split": "train"}`` per line, ``video`` relative to ``data.videos``; the video id is that
+    path without its extension."""
+    path = required_file(data.annotations, "annotations", "jsonl")
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            why = _jsonl_problem(obj)
+        except json.JSONDecodeError as e:
+            why = f"not valid JSON: {e.msg}"
+        except RecursionError:
+            why = "not valid JSON: nested too deeply"
+        if why:
+            table.problem(f"{path}:{n}", f"{why}; skipped")
+            continue
+        rel = Path(obj["video"].strip())  # the id is the relative path without its extension
+        table.add(rel.with_suffix("").as_posix(), Path(data.videos) / rel, clean_captions(obj["captions"])[0],
+                  obj["split"], f"{path}:{n}")

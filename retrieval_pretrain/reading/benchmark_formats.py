@@ -1,6 +1,6 @@
 """The benchmark caption formats, read as CLIP4Caption (Tang et al., ACM MM 2021) and CLIP4Clip
 (Luo et al., 2021) read them. ``retrieval_pretrain.reading.annotations.load_annotations`` dispatches here
-on ``data.format``:
+on ``data.format`` (the table of formats: ``retrieval_pretrain.reading.formats``):
 
 * ``msrvtt`` - the official ``*_videodatainfo.json`` (``videos``: video_id/split, ``sentences``:
   video_id/caption). Splits come from the file (``validate`` becomes ``val``).
@@ -35,8 +35,16 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from retrieval_pretrain.reading.annotation_table import (AnnotationError, clean_captions, required_file, no_split_files,
-                                            read_json, read_text, split_files, Table, video_path)
+from retrieval_pretrain.reading.annotation_table import (
+    AnnotationError,
+    Table,
+    clean_captions,
+    read_json,
+    read_text,
+    required_file,
+    split_files,
+    video_path,
+)
 from retrieval_pretrain.reading.data_config import DataConfig
 
 
@@ -57,7 +65,6 @@ def _sentences(path: Path, doc: Any, table: Table) -> dict[str, list[str]]:
 
 
 def load_msrvtt(data: DataConfig, table: Table) -> None:
-    no_split_files(data, "msrvtt")
     path = required_file(data.annotations, "annotations", "msrvtt")
     doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("videos"), list):

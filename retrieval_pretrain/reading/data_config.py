@@ -9,15 +9,16 @@ from dataclasses import dataclass, field
 
 from retrieval_pretrain.foundation.typed_config import at_least, choice
 
-FORMATS = ("msrvtt", "msrvtt-clip4clip", "msvd", "vatex", "jsonl", "hf", "labels", "kinetics", "ucf101", "hmdb51")
-
 
 @dataclass
 class DataConfig:
     """Where a caption dataset lives and how its annotations are laid out.
 
     Args:
-        format: one of ``msrvtt``, ``msrvtt-clip4clip``, ``msvd``, ``vatex``, ``jsonl``, ``hf``.
+        format: the layout, a name in the table of formats ``retrieval_pretrain.reading.formats.FORMATS``
+            (each with its reader and a one-line description; ``vcap data check --help`` lists
+            them). Checked when a config is read (``stage1.config.RetrievalConfig.check``: the table
+            imports the readers, which import this module).
         annotations: the annotation file (for ``msvd`` the raw-captions pickle; for ``hf`` a Hugging
             Face dataset: a hub id, a folder written by ``save_to_disk``, or parquet / json(l) /
             csv file(s), comma-separated).
@@ -29,14 +30,14 @@ class DataConfig:
             ``captions`` (a string or a list of strings; rows of one video are merged) and the
             ``split`` (optional when the dataset has splits of its own).
         hf_subset: ``hf`` only: the configuration name of a hub dataset with several.
-        labels_file: labelled formats (``labels``, ``kinetics``): the class list, one label per line;
+        labels_file: labelled formats (``Format.labelled``): the class list, one label per line;
             a row with another label is an error. Empty: the labels the rows use.
         novel_labels: labelled formats: a file of labels held out of training (base-to-novel, as
             Open-VCLIP): ``vcap pretrain`` skips their videos, ``vcap eval-classify`` reports base
             and novel accuracy apart.
     """
 
-    format: str = choice("jsonl", *FORMATS)
+    format: str = "jsonl"
     annotations: str = ""
     videos: str = ""
     split_files: dict[str, str] = field(default_factory=dict)

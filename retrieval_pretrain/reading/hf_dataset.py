@@ -50,10 +50,17 @@ from typing import Any, Iterator
 
 import datasets
 
-from retrieval_pretrain.reading.annotation_table import (AnnotationError, clean_captions, near_misses, no_split_files,
-                                            split_role, Table, video_path, normalize_split)
-from retrieval_pretrain.reading.data_config import DataConfig
 from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.reading.annotation_table import (
+    AnnotationError,
+    Table,
+    clean_captions,
+    near_misses,
+    normalize_split,
+    split_role,
+    video_path,
+)
+from retrieval_pretrain.reading.data_config import DataConfig
 
 ROLES = ("video", "captions", "split")
 _FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
@@ -80,7 +87,6 @@ def load_hf(data: DataConfig, table: Table) -> None:
         AnnotationError: no such source, one that cannot be read, or a missing column.
         ConfigError: an unknown role in ``data.columns``.
     """
-    no_split_files(data, "hf")
     columns = _columns(data)
     known = _known_splits(data)
     videos: dict[tuple[str, str], _Video] = {}

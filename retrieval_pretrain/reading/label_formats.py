@@ -24,16 +24,23 @@ is an error naming the row: it would be a class no evaluation can score.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-from retrieval_pretrain.reading.annotation_table import (AnnotationError, Table, read_text, required_file, split_files,
-                                                 video_path)
-from retrieval_pretrain.reading.label_lists import read_labels
+from retrieval_pretrain.reading.annotation_table import (
+    AnnotationError,
+    Table,
+    read_text,
+    required_file,
+    split_files,
+    video_path,
+)
 from retrieval_pretrain.reading.data_config import DataConfig
+from retrieval_pretrain.reading.label_lists import read_labels
 
 
 def class_list(data: DataConfig) -> list[str] | None:
@@ -173,8 +180,6 @@ def load_ucf101(data: DataConfig, table: Table) -> None:
 
 
 def load_hmdb51(data: DataConfig, table: Table) -> None:
-    import glob
-
     pattern = str(data.annotations).strip()
     files = sorted(glob.glob(pattern)) if pattern else []
     if not files:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval_pretrain.foundation.errors import ConfigError
-from retrieval_pretrain.reading.data_config import DataConfig, VideoConfig
 from retrieval_pretrain.foundation.typed_config import (  # noqa: F401  (re-exported: the loader is used through this module)
     at_least,
     choice,
@@ -23,6 +22,9 @@ from retrieval_pretrain.foundation.typed_config import (  # noqa: F401  (re-expo
     parse_overrides,
     positive,
 )
+from retrieval_pretrain.reading.data_config import DataConfig, VideoConfig
+from retrieval_pretrain.reading.formats import check_format
+
 
 @dataclass
 class ClipConfig:
@@ -177,6 +179,12 @@ class RetrievalConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def check(self, where: str) -> None:
+        """Checks when the config is read (a subclass's ``check`` calls this one): ``data.format``
+        is a name in the table of formats (``retrieval_pretrain.reading.formats``), which the
+        data section cannot check itself (the table imports the readers, which import it)."""
+        check_format(self.data.format)
 
 
 def check_training_choices(cfg: RetrievalConfig) -> None:

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from retrieval_pretrain.foundation.errors import EXIT_CODES
+from retrieval_pretrain.reading.formats import help_lines
 
 EPILOG_OVERRIDES = (
     "Overrides: any config field as a dotted key, e.g. video.num_frames=8 pretrain.lr=1e-4 "
@@ -18,6 +20,16 @@ def _at_least_one(text: str) -> int:
     if value is None or value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return value
+
+
+class _LinesFormatter(argparse.HelpFormatter):
+    """Wraps each line of a description or epilog on its own, keeping its indent (the default
+    joins them into one paragraph); a wrapped indented line continues 4 spaces further in."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = [(indent + line[: len(line) - len(line.lstrip())], line.strip()) for line in text.splitlines()]
+        return "\n".join(textwrap.fill(body, width, initial_indent=lead, subsequent_indent=lead + "    " * (lead != indent))
+                         for lead, body in lines)
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -42,6 +54,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                      "annotation entries that were malformed or whose video file is missing; with --probe, every "
                      "video is read and unreadable or truncated ones are listed with the reason. Exit 0 when all "
                      "is well, 1 otherwise; the summary JSON is the last line of stdout.")
+    check.formatter_class = _LinesFormatter  # one line per format in the epilog
+    check.epilog = "\n".join(["formats (data.format):", *help_lines(), "", EPILOG_OVERRIDES])
     check.add_argument("--probe", action="store_true",
                        help="read every video file (slow): flag truncated ones, and decode the frames a run "
                             "samples with the config's video section (the eval_sampling and train_sampling picks "
