@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -26,12 +25,13 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from decoders.model import CaptionModel, make_config  # noqa: E402
-from retrieval_pretrain.stage1.config import ClipConfig  # noqa: E402
-from retrieval_pretrain.stage1.data import Preprocess, VideoClipDataset, collate_videos  # noqa: E402
+from decoders.config import CaptionModelSettings, DecodeConfig  # noqa: E402
+from decoders.model import CaptionModel, caption_model_config  # noqa: E402
 from retrieval_pretrain.modeling.backbones import build_clip  # noqa: E402
 from retrieval_pretrain.modeling.model import VideoTextModel  # noqa: E402
 from retrieval_pretrain.modeling.parts import build_temporal_head  # noqa: E402
+from retrieval_pretrain.stage1.config import ClipConfig  # noqa: E402
+from retrieval_pretrain.stage1.data import Preprocess, VideoClipDataset, collate_videos  # noqa: E402
 
 CLIPS = ["mmaction2/test.mp4", "mmaction2/demo.mp4", "mmaction2/test_video_structuralize.mp4",
          "decord/flipping_a_pancake.mkv", "swinbert/G0mjFqytJt4_000152_000162.mp4", "torchcodec/nasa_13013.mp4",
@@ -101,14 +101,14 @@ def main() -> None:
           f"(vs loader {rates[2]:.1f} videos/s with 2 workers)")
 
     print("\n3. captioning: paper-size caption model, 12 frames x 512-d features, beam 5, 20 new tokens")
-    model = CaptionModel(make_config(feature_dim=512, vocab_size=8000, hidden_size=768, num_heads=12,
-                                     ffn_size=3072)).eval()
+    model = CaptionModel(caption_model_config(CaptionModelSettings(hidden_size=768, num_heads=12, ffn_size=3072),
+                                              feature_dim=512)).eval()
     n_cap = 16
     feats, mask = torch.randn(n_cap, 12, 512), torch.ones(n_cap, 12, dtype=torch.bool)
-    kw = {"num_beams": 5, "max_new_tokens": 20}
+    decode = DecodeConfig(num_beams=5, max_new_tokens=20)
     # Random weights rarely emit EOS, so every caption runs the full 20 steps in both settings.
-    one = timed(lambda: [model.generate_captions(feats[i:i + 1], mask[i:i + 1], **kw) for i in range(n_cap)], 1)
-    batched = timed(lambda: model.generate_captions(feats, mask, **kw), args.repeat)
+    one = timed(lambda: [model.generate_captions(feats[i:i + 1], mask[i:i + 1], decode) for i in range(n_cap)], 1)
+    batched = timed(lambda: model.generate_captions(feats, mask, decode), args.repeat)
     print(f"   one at a time: {n_cap / one:6.2f} captions/s; batched ({n_cap}): {n_cap / batched:6.2f} captions/s; "
           f"speed-up {one / batched:.2f}x")
 

@@ -16,24 +16,20 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from caption.config import Config, DecodeConfig
+from caption.config import Config
 from caption.data import VideoFeatures, collate_videos
 from caption.metrics import score_captions
 from caption.pipeline import CaptionPipeline
 from caption.tokenizer import CaptionTokenizer, normalize_caption
+from decoders.config import DecodeConfig
+from decoders.model import CaptionModel
 from retrieval_pretrain.foundation.accelerate_setup import pick_device
-from retrieval_pretrain.reading.annotations import load_annotations
 from retrieval_pretrain.foundation.atomic import write_json
 from retrieval_pretrain.foundation.errors import DatasetError, FeatureMismatchError
-from retrieval_pretrain.stage1.evaluate import split_entries
-from retrieval_pretrain.reading.features import FeatureStore
 from retrieval_pretrain.modeling.model_folder import warn_if_video_differs
-
-
-def decode_kwargs(decode: DecodeConfig, num_beams: int | None = None) -> dict[str, Any]:
-    """Generation settings for ``CaptionModel.generate_captions``."""
-    return {"num_beams": num_beams or decode.num_beams, "max_new_tokens": decode.max_new_tokens,
-            "length_penalty": decode.length_penalty, "no_repeat_ngram_size": decode.no_repeat_ngram_size}
+from retrieval_pretrain.reading.annotations import load_annotations
+from retrieval_pretrain.reading.features import FeatureStore
+from retrieval_pretrain.stage1.evaluate import split_entries
 
 
 def feature_loader(store: FeatureStore, video_ids: Sequence[str], max_frames: int, batch_size: int,
@@ -44,19 +40,18 @@ def feature_loader(store: FeatureStore, video_ids: Sequence[str], max_frames: in
 
 
 @torch.no_grad()
-def caption_batches(model: Any, tokenizer: CaptionTokenizer, loader: Any, decode: DecodeConfig, device: torch.device,
-                    progress: bool = True) -> list[tuple[str, str]]:
-    """``[(video_id, caption)]`` by batched beam search over a ``feature_loader``."""
+def caption_batches(model: CaptionModel, tokenizer: CaptionTokenizer, loader: DataLoader, decode: DecodeConfig,
+                    device: torch.device, progress: bool = True) -> list[tuple[str, str]]:
+    """``[(video_id, caption)]`` by batched beam search over a ``feature_loader``, decoded by ``decode``."""
     model.eval()
     out: list[tuple[str, str]] = []
     for batch in tqdm(loader, desc="caption", file=sys.stderr, disable=not progress, unit="batch"):
-        ids = model.generate_captions(batch["frame_features"].to(device), batch["frame_mask"].to(device),
-                                      **decode_kwargs(decode))
+        ids = model.generate_captions(batch["frame_features"].to(device), batch["frame_mask"].to(device), decode)
         out.extend(zip(batch["video_ids"], tokenizer.decode_batch(ids.tolist())))
     return out
 
 
-def caption_features(model: Any, tokenizer: CaptionTokenizer, store: FeatureStore, video_ids: Sequence[str],
+def caption_features(model: CaptionModel, tokenizer: CaptionTokenizer, store: FeatureStore, video_ids: Sequence[str],
                      decode: DecodeConfig, device: torch.device, num_workers: int = 0,
                      progress: bool = True) -> dict[str, str]:
     """Batched beam-search captions for cached features: ``{video_id: caption}``."""
@@ -64,7 +59,7 @@ def caption_features(model: Any, tokenizer: CaptionTokenizer, store: FeatureStor
     return dict(caption_batches(model, tokenizer, loader, decode, device, progress))
 
 
-def check_features_match(model: Any, store: FeatureStore) -> None:
+def check_features_match(model: CaptionModel, store: FeatureStore) -> None:
     """Refuse features made by a video tower other than the one the caption model was trained on."""
     want = (model.config.video_tower or {}).get("fingerprint")
     have = store.meta().get("tower_fingerprint")
@@ -109,7 +104,8 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
         predictions = caption_features(pipe.model, pipe.tokenizer, store, [e.video_id for e in have], cfg.decode,
                                        device, cfg.run.num_workers)
     else:
-        warn_if_video_differs(cfg.video.num_frames, pipe.tower_info["num_frames"], f"the video tower of {model_dir}")
+        warn_if_video_differs(cfg.video.num_frames, pipe.tower_spec.num_frames, f"the video tower of {model_dir}",
+                              cfg.video.eval_sampling, pipe.tower_spec.eval_sampling)
         results = pipe.caption_videos([(e.video_id, Path(e.path)) for e in entries], decode=cfg.decode,
                                       num_workers=cfg.run.num_workers)
         predictions = {vid: r for vid, r in results.items() if r is not None and not isinstance(r, Exception)}

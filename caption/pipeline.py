@@ -13,24 +13,28 @@ on), so ``CaptionPipeline.from_pretrained(folder)`` needs nothing else::
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
-from caption.config import DecodeConfig
 from caption.tokenizer import CaptionTokenizer
+from decoders.config import DecodeConfig
 from decoders.model import CaptionModel
 from retrieval_pretrain.foundation.accelerate_setup import pick_device
-from retrieval_pretrain.stage1.data import Preprocess
-from retrieval_pretrain.stage1.encode import encode_video_batches
 from retrieval_pretrain.foundation.errors import ModelFolderError, VideoReadError, check_finite
 from retrieval_pretrain.modeling.model_folder import from_pretrained as load_video_tower
 from retrieval_pretrain.modeling.model_folder import model_fingerprint
+from retrieval_pretrain.modeling.parts import StageOneModel
+from retrieval_pretrain.modeling.spec import ModelSpec
+from retrieval_pretrain.stage1.data import Preprocess
+from retrieval_pretrain.stage1.encode import encode_video_batches
 
 TOWER_DIR = "video_tower"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
@@ -145,9 +149,10 @@ def _check_tower(folder: Path, tower_dir: Path, want: str | None) -> None:
 class CaptionPipeline:
     """A caption model with its tokenizer and stage-1 video tower, ready to caption video files."""
 
-    def __init__(self, model: CaptionModel, tokenizer: CaptionTokenizer, tower: Any | None,
-                 tower_info: dict[str, Any] | None, device: torch.device):
-        self.model, self.tokenizer, self.tower, self.tower_info, self.device = model, tokenizer, tower, tower_info, device
+    def __init__(self, model: CaptionModel, tokenizer: CaptionTokenizer, tower: StageOneModel | None,
+                 tower_spec: ModelSpec | None, device: torch.device):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.tower, self.tower_spec = tower, tower_spec  # the stage-1 video tower and its spec
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "auto",
@@ -161,7 +166,7 @@ class CaptionPipeline:
         if not tok_path.is_file():
             raise ModelFolderError(f"{folder} has no {CaptionTokenizer.FILENAME}: not a complete caption model folder")
         tokenizer = CaptionTokenizer.load(tok_path)
-        tower = info = None
+        tower = spec = None
         if load_tower:
             tower_dir = folder / TOWER_DIR
             if not tower_dir.is_dir():
@@ -173,14 +178,23 @@ class CaptionPipeline:
                     )
                 tower_dir = Path(source)
             _check_tower(folder, tower_dir, (model.config.video_tower or {}).get("fingerprint"))
-            tower, info = load_video_tower(tower_dir, device=device)
+            tower, spec = load_video_tower(tower_dir, device=device)
             tower.eval()
-        return cls(model, tokenizer, tower, info, device)
+        return cls(model, tokenizer, tower, spec, device)
 
     def default_decode(self) -> DecodeConfig:
-        """The decoding the model was validated with (stored in its config), else the defaults."""
-        saved = getattr(self.model.config, "decode", None) or {}
-        return DecodeConfig(**{k: v for k, v in saved.items() if k in DecodeConfig.__dataclass_fields__})
+        """The decoding the model was validated with (``config.json``'s ``decode``), else the defaults.
+        A recorded setting of the wrong type or range is a ``ModelFolderError`` naming the folder; one
+        this release does not know (a newer release's) is left out with a warning."""
+        where = Path(self.model.config.name_or_path or "the caption model") / "config.json"
+        try:
+            decode, unknown = DecodeConfig.from_saved(self.model.config.decode)
+        except ValueError as e:
+            raise ModelFolderError(f"{where}: the recorded decoding settings are not valid ({e})") from None
+        if unknown:
+            warnings.warn(f"{where}: decoding settings this release does not know are left out: {', '.join(unknown)}",
+                          stacklevel=2)
+        return decode
 
     @torch.no_grad()
     def caption_videos(self, videos: Sequence[tuple[str, Path]], decode: DecodeConfig | None = None,
@@ -189,12 +203,11 @@ class CaptionPipeline:
         if self.tower is None:
             raise RuntimeError("this pipeline was loaded without its video tower")
         decode = decode or self.default_decode()
-        pre = Preprocess(self.tower_info["num_frames"], self.tower.image_size, self.tower.image_mean,
-                         self.tower.image_std)
+        pre = Preprocess.for_model(self.tower_spec)
         results: dict[str, str | Exception] = {}
         path_to_id = {str(Path(p)): vid for vid, p in videos}
         batches = encode_video_batches(self.tower, list(videos), pre, self.device, batch_size or decode.batch_size,
-                                       num_workers, method=self.tower_info.get("eval_sampling", "uniform"),
+                                       num_workers, method=self.tower_spec.eval_sampling,
                                        desc="caption")
         for ids, seq, mask, failed in batches:
             for path, reason in failed:
@@ -203,10 +216,7 @@ class CaptionPipeline:
                 continue
             # Stage 2 trained on fp16-cached features: round the same way so captions match `evaluate`.
             feats = seq.half().float()  # (B, T, D)
-            tokens = self.model.generate_captions(
-                feats, mask, num_beams=decode.num_beams, max_new_tokens=decode.max_new_tokens,
-                length_penalty=decode.length_penalty, no_repeat_ngram_size=decode.no_repeat_ngram_size,
-            )
+            tokens = self.model.generate_captions(feats, mask, decode)
             results.update(zip(ids, self.tokenizer.decode_batch(tokens.tolist())))
         return {vid: results[vid] for vid, _ in videos if vid in results}
 
@@ -215,6 +225,6 @@ class CaptionPipeline:
         """Caption video files: ``{path: caption or exception}`` in input order."""
         decode = self.default_decode()
         if num_beams is not None:
-            decode.num_beams = num_beams
+            decode = dataclasses.replace(decode, num_beams=num_beams)
         videos = [(str(p), Path(p)) for p in paths]
         return self.caption_videos(videos, decode, num_workers=num_workers, batch_size=batch_size)

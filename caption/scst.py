@@ -25,11 +25,17 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 
 from caption.cider_reward import CiderD, words
 from caption.config import Config
 from caption.tokenizer import CaptionTokenizer, normalize_caption
+from decoders.config import DecodeConfig
 from decoders.loss import scst_loss_sums
+from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
+from retrieval_pretrain.modeling.model import scores_pairwise
+from retrieval_pretrain.modeling.model_folder import from_pretrained
 
 
 class ClipReward:
@@ -39,19 +45,13 @@ class ClipReward:
     retrieval uses."""
 
     def __init__(self, tower: Path, device: torch.device):
-        from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
-        from retrieval_pretrain.modeling.model_folder import from_pretrained
-
-        from retrieval_pretrain.foundation.errors import ConfigError
-        from retrieval_pretrain.modeling.model import scores_pairwise
-
-        self.model, info = from_pretrained(tower, device=device)
+        self.model, spec = from_pretrained(tower, device=device)
         if scores_pairwise(self.model):
             raise ConfigError(f"caption.reward.clip_weight: the stage-1 model {tower} scores (video, caption) pairs "
                               "with the video's own frame tokens (X-CLIP's prompts, tightTransf), which the feature "
                               "cache does not hold; use caption.reward.clip_weight=0 with this tower")
         self.model.eval().requires_grad_(False)
-        self.tokenize = tokenizer_from_info(info)
+        self.tokenize = tokenizer_from_spec(spec)
         self.device = device
 
     @torch.no_grad()
@@ -106,8 +106,8 @@ class ScstStats:
     advantage_max: float  # the largest |reward - baseline|: 0 means the step learned nothing
 
 
-def scst_step_loss(acc: Any, model: Any, batch: dict[str, Any], cfg: Config, tokenizer: CaptionTokenizer,
-                   rewarder: Rewarder) -> tuple[torch.Tensor, ScstStats]:
+def scst_step_loss(acc: Accelerator, model: torch.nn.Module, batch: dict[str, Any], cfg: Config,
+                   tokenizer: CaptionTokenizer, rewarder: Rewarder) -> tuple[torch.Tensor, ScstStats]:
     """The SCST loss of one batch of videos (to backpropagate) and the step's statistics.
 
     ``model`` is the prepared (possibly DDP-wrapped) caption model; sampling uses the unwrapped one.
@@ -124,7 +124,7 @@ def scst_step_loss(acc: Any, model: Any, batch: dict[str, Any], cfg: Config, tok
                                    max_new_tokens=longest)  # (B*k, L)
     greedy = None
     if s.baseline == "greedy":
-        greedy = inner.generate_captions(feats, mask, num_beams=1, max_new_tokens=longest)
+        greedy = inner.generate_captions(feats, mask, DecodeConfig(num_beams=1, max_new_tokens=longest))
     t1 = time.perf_counter()
     ids = [v for v in batch["video_ids"] for _ in range(k)]
     feats_k, mask_k = feats.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)

@@ -35,16 +35,17 @@ from caption.scst import scst_step_loss
 from caption.tokenizer import CaptionTokenizer, normalize_caption
 from caption.train_setup import Stage2, setup
 from decoders.loss import caption_loss, caption_loss_sums
+from decoders.model import CaptionModel
 from retrieval_pretrain.foundation.accelerate_setup import make_accelerator, mean_over_processes
 from retrieval_pretrain.foundation.atomic import write_folder
 from retrieval_pretrain.foundation.checkpoints import epoch_batches, load_checkpoint, save_checkpoint, stop_if_diverged
-from retrieval_pretrain.reading.features import FeatureStore
 from retrieval_pretrain.foundation.folder_lock import folder_lock
 from retrieval_pretrain.foundation.run_log import JsonlLogger, StepTimer
+from retrieval_pretrain.reading.features import FeatureStore
 
 
 @torch.no_grad()
-def loss_sums(model: Any, loader: Any, label_smoothing: float, pad_id: int) -> tuple[float, float]:
+def loss_sums(model: CaptionModel, loader: DataLoader, label_smoothing: float, pad_id: int) -> tuple[float, float]:
     """``(sum of the token losses, number of tokens)`` over a loader of (video, caption) pairs."""
     model.eval()
     total, tokens = 0.0, 0.0
@@ -57,7 +58,7 @@ def loss_sums(model: Any, loader: Any, label_smoothing: float, pad_id: int) -> t
     return total, tokens
 
 
-def validation_loss(model: Any, loader: Any, label_smoothing: float, pad_id: int) -> float:
+def validation_loss(model: CaptionModel, loader: DataLoader, label_smoothing: float, pad_id: int) -> float:
     """Label-smoothed cross-entropy per non-pad token over the whole loader."""
     total, tokens = loss_sums(model, loader, label_smoothing, pad_id)
     return total / max(tokens, 1.0)
@@ -95,7 +96,7 @@ def _selection_score(select_by: str, record: dict[str, Any], epoch: int) -> floa
     return float(epoch)
 
 
-def save_caption_model(model: Any, tokenizer_path: Path, folder: Path, tower: Path | None = None) -> Path:
+def save_caption_model(model: CaptionModel, tokenizer_path: Path, folder: Path, tower: Path | None = None) -> Path:
     """A caption model folder (``config.json``, ``model.safetensors``, ``tokenizer.model`` and, with
     ``tower``, a copy of the stage-1 model as ``video_tower/``), swapped in whole."""
     def fill(tmp: Path) -> None:
@@ -130,7 +131,7 @@ def _end_of_epoch(run: Stage2, cfg: Config, output: Path, epoch: int, step: int,
     save_checkpoint(acc, output, step, {"epoch": epoch + 1, "batches_done": 0, "best": run.best, "log_lines": log.lines})
 
 
-def _token_mean_loss(acc: Any, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float,
+def _token_mean_loss(acc: Accelerator, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float,
                      pad_id: int) -> torch.Tensor:
     """The loss per non-pad token of the *global* batch. Several processes: each returns its token
     losses' sum x processes / all processes' tokens, so DDP's gradient mean is the gradient of the

@@ -5,6 +5,7 @@ Accelerate; the val split kept as pairs that each process validates its share of
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -19,18 +20,20 @@ from transformers import get_linear_schedule_with_warmup
 
 from caption.config import Config
 from caption.data import CaptionPairs, VideoFeatures, collate_pairs, collate_videos
-from caption.pipeline import load_caption_model
+from caption.pipeline import TOWER_DIR, load_caption_model
+from caption.scst import Rewarder
 from caption.tokenizer import CaptionTokenizer, normalize_caption
-from decoders.model import CaptionModel, CaptionModelConfig, make_config
+from decoders.model import CaptionModel, CaptionModelConfig, caption_model_config
 from retrieval_pretrain.foundation.accelerate_setup import scheduler_length
+from retrieval_pretrain.foundation.atomic import write_json
+from retrieval_pretrain.foundation.errors import ConfigError, DatasetError, FeatureStoreError
+from retrieval_pretrain.foundation.run_folder import claim
+from retrieval_pretrain.foundation.typed_config import config_to_dict
+from retrieval_pretrain.modeling.model_folder import model_fingerprint
 from retrieval_pretrain.reading.annotation_table import near_misses, splits_found
 from retrieval_pretrain.reading.annotations import load_annotations
-from retrieval_pretrain.foundation.atomic import write_json
-from retrieval_pretrain.foundation.typed_config import config_to_dict
-from retrieval_pretrain.stage1.data import EpochShuffleSampler
-from retrieval_pretrain.foundation.errors import ConfigError, DatasetError, FeatureStoreError
 from retrieval_pretrain.reading.features import FeatureStore
-from retrieval_pretrain.foundation.run_folder import claim
+from retrieval_pretrain.stage1.data import EpochShuffleSampler
 
 
 @dataclass
@@ -50,10 +53,10 @@ class Stage2:
     """Everything one stage-2 run trains with (built by ``setup``)."""
 
     accelerator: Accelerator
-    model: Any
-    optimizer: Any
+    model: torch.nn.Module  # the CaptionModel as Accelerate prepared it (DDP-wrapped with several processes)
+    optimizer: torch.optim.Optimizer
     scheduler: Any
-    loader: Any
+    loader: DataLoader
     sampler: EpochShuffleSampler
     val: ValSplit | None  # None without a val split
     tokenizer: CaptionTokenizer
@@ -61,7 +64,7 @@ class Stage2:
     tower: Path  # the stage-1 model folder the features came from
     total_steps: int
     best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": -1})
-    rewarder: Any = None  # caption.objective=scst: the reward of sampled captions (caption.scst.Rewarder)
+    rewarder: Rewarder | None = None  # caption.objective=scst: the reward of sampled captions
     scst_signal: float = 0.0  # SCST: the epoch's largest |reward - baseline| so far (0: nothing learned)
 
 
@@ -111,31 +114,26 @@ def _entries_with_features(cfg: Config, store: FeatureStore, output: Path, main:
 
 def _model(cfg: Config, meta: dict[str, Any], tokenizer: CaptionTokenizer, init_from: Path | None,
            features: Path) -> CaptionModel:
-    c = cfg.caption
     tower_info = {"fingerprint": meta["tower_fingerprint"], "source": meta["tower"],
                   "num_frames": meta["num_frames"], "dim": meta["dim"]}
-    decode = {"num_beams": cfg.decode.num_beams, "max_new_tokens": cfg.decode.max_new_tokens,
-              "length_penalty": cfg.decode.length_penalty, "no_repeat_ngram_size": cfg.decode.no_repeat_ngram_size}
-    want = make_config(
-        feature_dim=meta["dim"], vocab_size=tokenizer.vocab_size, hidden_size=c.hidden_size,
-        num_heads=c.num_heads, ffn_size=c.ffn_size, encoder_layers=c.encoder_layers,
-        decoder_layers=c.decoder_layers, dropout=c.dropout, max_frames=c.max_frames, max_length=c.max_length,
-        pad_token_id=tokenizer.PAD, bos_token_id=tokenizer.BOS, eos_token_id=tokenizer.EOS,
-        video_tower=tower_info, decode=decode)
+    # The model's settings are the caption section's, by name; its vocabulary is the tokenizer's real size.
+    settings = dataclasses.replace(cfg.caption.model_settings(), vocab_size=tokenizer.vocab_size)
     if init_from is None:
-        return CaptionModel(want)
+        return CaptionModel(caption_model_config(
+            settings, meta["dim"], pad_token_id=tokenizer.PAD, bos_token_id=tokenizer.BOS,
+            eos_token_id=tokenizer.EOS, video_tower=tower_info, decode=cfg.decode))
     model = load_caption_model(init_from)
     if model.config.feature_dim != meta["dim"]:
         raise FeatureStoreError(f"{init_from} expects {model.config.feature_dim}-d features, {features} holds "
                                 f"{meta['dim']}-d")
-    have, wanted = model.config.to_dict(), want.to_dict()
-    differ = sorted(k for k in wanted if k in have and have[k] != wanted[k] and wanted[k] is not None
-                    and k not in ("video_tower", "decode", "transformers_version", "_name_or_path"))
+    have = model.config.settings
+    differ = [f.name for f in dataclasses.fields(settings) if getattr(have, f.name) != getattr(settings, f.name)]
     if differ:  # the model would keep its own, while run.json and config.json recorded the config's
         raise ConfigError(f"--init-from {init_from}: its architecture differs from the config's caption section ("
-                          + "; ".join(f"{k} {have[k]!r} vs {wanted[k]!r}" for k in differ[:8])
+                          + "; ".join(f"caption.{k}: the model's {getattr(have, k)!r}, the config's "
+                                      f"{getattr(settings, k)!r}" for k in differ)
                           + "); set the caption.* values to the model's, or train without --init-from")
-    model.config.video_tower, model.config.decode = tower_info, decode
+    model.config.video_tower, model.config.decode = tower_info, dataclasses.asdict(cfg.decode)
     return model
 
 
@@ -169,9 +167,6 @@ def tower_folder(meta: dict[str, Any], features: Path, init_from: Path | None) -
     """The stage-1 model the features came from (copied into the caption model folder at the end):
     the folder ``meta.json`` names, or else the ``video_tower/`` of ``--init-from`` when it is the
     same tower (same fingerprint). Checked before training, not after it."""
-    from caption.pipeline import TOWER_DIR
-    from retrieval_pretrain.modeling.model_folder import model_fingerprint
-
     named = Path(meta["tower"])
     if named.is_dir():
         return named
@@ -233,7 +228,6 @@ def setup(cfg: Config, features: Path, output: Path, accelerator: Accelerator, i
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     rewarder = None
     if c.objective == "scst":
-        from caption.scst import Rewarder
         rewarder = Rewarder(cfg, train_entries, tower, accelerator.device)
     return Stage2(accelerator, model, optimizer, scheduler, loader, sampler, val, tokenizer, tok_path,
                   tower, total, rewarder=rewarder)

@@ -16,13 +16,13 @@ Choices, and why:
 
 * **Positions**: BART's learned position tables (one for frames, one for tokens), as in UniVL's
   visual embeddings that CLIP4Caption's encoder copies; ``max_position_embeddings`` covers both
-  ``max_frames`` and ``max_caption_length``. More frames than that is an error, not a crash.
+  ``max_frames`` and ``max_length``. More frames than that is an error, not a crash.
 * **No LayerNorm after the projection**: BART's encoder already normalises
   ``projection + position`` (``layernorm_embedding``) before dropout, which is exactly UniVL's
   ``LayerNorm(Linear(video) + position)``; a second norm would add nothing.
 * **Frame features are layer-normalised, then projected to a learned scale**: a non-affine
   ``LayerNorm(feature_dim)`` makes any feature scale unit (CLIP towers' unnormalised outputs have
-  norms of ~10-100), and a ``LayerNorm(d_model)`` after the projection, with its gain starting at
+  norms of ~10-100), and a ``LayerNorm(hidden_size)`` after the projection, with its gain starting at
   ``init_std``, puts projected frames at the scale of the encoder's frame positions and keeps them
   there (its gain learns at the rate the positions do). Without it the projected frames are
   10-100x larger than the positions, ``layernorm_embedding`` keeps mostly their direction, and the
@@ -32,18 +32,24 @@ Choices, and why:
 * Post-LN layers, GELU, no embedding scaling (``scale_embedding=False``), attention dropout equal to
   ``dropout``; BART's ``forced_eos_token_id`` is switched off (a caption ends when the model says so).
 * Token ids: PAD 0, BOS 2 (the decoder start token), EOS 3 (the tokenizer's ids).
-* ``generate_captions`` builds an explicit ``GenerationConfig`` per call, so nothing from the
-  model config leaks into decoding, and the folder holds ``config.json`` + ``model.safetensors``
-  only (``save_pretrained`` drops the ``generation_config.json`` transformers would add).
+* ``generate_captions`` builds an explicit ``GenerationConfig`` per call from the ``DecodeConfig``
+  it is given, so nothing from the model config leaks into decoding, and the folder holds
+  ``config.json`` + ``model.safetensors`` only (``save_pretrained`` drops the
+  ``generation_config.json`` transformers would add).
+
+Settings: the model is described by ``decoders.config.CaptionModelSettings`` under the names users
+type (``hidden_size``, ``num_heads``, ``max_length`` ...). ``caption_model_config`` is the one
+translation into BART's names (``BART_NAMES``: ``d_model``, ``encoder_attention_heads`` ...,
+``max_caption_length``); ``config.json`` holds BART's names, as it always has, and
+``CaptionModelConfig.settings`` reads them back through the same table.
 
 Losses are not here: ``decoders.loss.caption_loss`` computes label-smoothed cross-entropy from the
 logits. ``forward(labels=...)`` still returns BART's plain cross-entropy over non-pad labels, for
 convenience.
 
-    cfg = make_config(feature_dim=512, vocab_size=8000)
-    model = CaptionModel(cfg)
+    model = CaptionModel(caption_model_config(CaptionModelSettings(vocab_size=8000), feature_dim=512))
     logits = model(frame_features=x, frame_mask=m, decoder_input_ids=ids).logits   # (B, L, V)
-    tokens = model.generate_captions(x, m, num_beams=5)                            # (B, L') no BOS
+    tokens = model.generate_captions(x, m, DecodeConfig(num_beams=5))               # (B, L') no BOS
 """
 
 from __future__ import annotations
@@ -57,17 +63,31 @@ import torch
 from torch import nn
 from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig
 
+from decoders.config import CaptionModelSettings, DecodeConfig
+
+# Each caption model setting (``CaptionModelSettings``) -> the ``CaptionModelConfig`` fields it sets;
+# a setting not listed keeps its own name there. The one renaming between the names users type and
+# BART's: written by ``caption_model_config``, read back by ``CaptionModelConfig.settings``.
+BART_NAMES: dict[str, tuple[str, ...]] = {
+    "hidden_size": ("d_model",),
+    "num_heads": ("encoder_attention_heads", "decoder_attention_heads"),
+    "ffn_size": ("encoder_ffn_dim", "decoder_ffn_dim"),
+    "dropout": ("dropout", "attention_dropout"),
+    "max_length": ("max_caption_length",),  # transformers takes `max_length` for a generation setting
+}
+
 
 class CaptionModelConfig(BartConfig):
-    """A ``BartConfig`` with the caption model's extra fields (all stored in ``config.json``).
+    """A ``BartConfig`` with the caption model's extra fields (all stored in ``config.json``); made
+    by ``caption_model_config``, described by ``settings``.
 
     Extra fields:
         feature_dim: width F of the per-frame features from the stage-1 video tower.
         max_frames: the most frames a video may have (size of the frame-position table).
-        max_caption_length: the most caption tokens, BOS and EOS included (training truncation).
+        max_caption_length: the setting ``max_length``: the most caption tokens, BOS and EOS included.
             (Not ``max_length``: transformers treats that name as a generation setting and drops it.)
         video_tower: free-form information about the stage-1 model the features came from.
-        decode: free-form default decoding settings (e.g. what validation used).
+        decode: the ``DecodeConfig`` validation used, as a mapping (``DecodeConfig.from_saved``).
     """
 
     model_type = "vcap-caption"
@@ -95,40 +115,40 @@ class CaptionModelConfig(BartConfig):
     forced_eos_token_id: int | list[int] | None = None
 
 
-def make_config(feature_dim: int, vocab_size: int, hidden_size: int = 512, num_heads: int = 8,
-                ffn_size: int = 2048, encoder_layers: int = 1, decoder_layers: int = 3, dropout: float = 0.1,
-                max_frames: int = 32, max_length: int = 30, pad_token_id: int = 0, bos_token_id: int = 2,
-                eos_token_id: int = 3, **extra: Any) -> CaptionModelConfig:
-    """The caption model's configuration from the toolkit's own names.
+    @property
+    def settings(self) -> CaptionModelSettings:
+        """The model's settings under the names users type, read through ``BART_NAMES`` (a setting
+        this config does not record - a folder written before the setting existed - has its default)."""
+        default = CaptionModelSettings()
+        return CaptionModelSettings(**{
+            f.name: getattr(self, BART_NAMES.get(f.name, (f.name,))[0], getattr(default, f.name))
+            for f in dataclasses.fields(CaptionModelSettings)})
+
+
+def caption_model_config(settings: CaptionModelSettings, feature_dim: int, *, pad_token_id: int = 0,
+                         bos_token_id: int = 2, eos_token_id: int = 3, init_std: float = 0.02,
+                         video_tower: dict[str, Any] | None = None,
+                         decode: DecodeConfig | None = None) -> CaptionModelConfig:
+    """The caption model's configuration from its settings: the one translation into BART's names.
 
     Args:
-        feature_dim: frame feature width F. vocab_size: tokenizer size V.
-        hidden_size, num_heads, ffn_size: transformer width D, attention heads, MLP width.
-        encoder_layers, decoder_layers: 1 and 3 in CLIP4Caption.
-        dropout: hidden and attention dropout.
-        max_frames: frame-position table size. max_length: caption tokens incl. BOS/EOS.
+        settings: the architecture (a section built on ``CaptionModelSettings``, such as a ``vcap``
+            config's ``caption``, gives its model settings); a bad one is a ``ValueError``.
+        feature_dim: frame feature width F.
         pad_token_id, bos_token_id, eos_token_id: special ids; BOS is the decoder start token.
-        extra: any other ``CaptionModelConfig`` field (``video_tower``, ``decode``, ``init_std`` ...);
-            an unknown name is an error.
+        init_std: the std of the initial weights (BART's; 0.02).
+        video_tower: what the stage-1 model the features came from is (stored as given).
+        decode: the decoding validation used (stored as a mapping, ``DecodeConfig.from_saved``).
     """
-    known = {f.name for f in dataclasses.fields(CaptionModelConfig)}
-    unknown = sorted(set(extra) - known)
-    if unknown:
-        raise TypeError(f"make_config: unknown field(s) {', '.join(unknown)}")
-    if hidden_size % num_heads:
-        raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
-    return CaptionModelConfig(**{
-        "feature_dim": feature_dim, "vocab_size": vocab_size, "d_model": hidden_size,
-        "encoder_attention_heads": num_heads, "decoder_attention_heads": num_heads,
-        "encoder_ffn_dim": ffn_size, "decoder_ffn_dim": ffn_size,
-        "encoder_layers": encoder_layers, "decoder_layers": decoder_layers,
-        "dropout": dropout, "attention_dropout": dropout, "activation_dropout": 0.0,
-        "max_frames": max_frames, "max_caption_length": max_length,
-        "max_position_embeddings": max(max_frames, max_length),
-        "pad_token_id": pad_token_id, "bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
-        "decoder_start_token_id": bos_token_id, "forced_eos_token_id": None,
-        **extra,
-    })
+    settings = settings.model_settings()
+    settings.check("settings")
+    bart = {name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+            for name in BART_NAMES.get(f.name, (f.name,))}
+    return CaptionModelConfig(
+        **bart, feature_dim=feature_dim, max_position_embeddings=max(settings.max_frames, settings.max_length),
+        activation_dropout=0.0, pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+        decoder_start_token_id=bos_token_id, forced_eos_token_id=None, init_std=init_std, video_tower=video_tower,
+        decode=None if decode is None else dataclasses.asdict(decode))
 
 
 class CaptionModel(BartForConditionalGeneration):
@@ -206,27 +226,27 @@ class CaptionModel(BartForConditionalGeneration):
             inputs_embeds=inputs_embeds, labels=labels,
             use_cache=use_cache, **kwargs)
 
-    def _generation_config(self, num_beams: int, max_new_tokens: int, length_penalty: float,
-                           no_repeat_ngram_size: int, use_cache: bool, scores: bool) -> GenerationConfig:
-        c = self.config
+    def _generation_config(self, decode: DecodeConfig, use_cache: bool, scores: bool) -> GenerationConfig:
+        c, beams = self.config, decode.num_beams
         return GenerationConfig(
-            num_beams=num_beams, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=0,
-            length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size, early_stopping=False,
-            num_return_sequences=1, use_cache=use_cache, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
-            pad_token_id=c.pad_token_id, decoder_start_token_id=c.decoder_start_token_id,
-            return_dict_in_generate=True, output_scores=scores and num_beams > 1, output_logits=scores and num_beams == 1,
+            num_beams=beams, do_sample=False, max_new_tokens=decode.max_new_tokens, min_new_tokens=0,
+            length_penalty=decode.length_penalty, no_repeat_ngram_size=decode.no_repeat_ngram_size,
+            early_stopping=False, num_return_sequences=1, use_cache=use_cache, bos_token_id=c.bos_token_id,
+            eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id, decoder_start_token_id=c.decoder_start_token_id,
+            return_dict_in_generate=True, output_scores=scores and beams > 1, output_logits=scores and beams == 1,
         )
 
     @torch.no_grad()
     def generate_captions(self, frame_features: torch.Tensor, frame_mask: torch.Tensor | None = None,
-                          num_beams: int = 5, max_new_tokens: int = 28, length_penalty: float = 1.0,
-                          no_repeat_ngram_size: int = 0, return_scores: bool = False,
+                          decode: DecodeConfig | None = None, *, return_scores: bool = False,
                           use_cache: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Decode captions with transformers' ``generate`` (greedy if ``num_beams`` is 1, else beam search).
+        """Decode captions with transformers' ``generate`` (greedy if ``decode.num_beams`` is 1, else
+        beam search).
 
         Args:
             frame_features: (B, T, F). frame_mask: (B, T), True = real frame (None: all real).
-            num_beams, max_new_tokens, length_penalty, no_repeat_ngram_size: as ``GenerationConfig``.
+            decode: ``num_beams``, ``max_new_tokens``, ``length_penalty``, ``no_repeat_ngram_size``
+                (None: ``DecodeConfig()``'s; its ``batch_size`` is the caller's business).
             return_scores: also return each caption's score (B,).
             use_cache: KV cache (same tokens either way; off only for checks).
 
@@ -235,31 +255,31 @@ class CaptionModel(BartForConditionalGeneration):
             ``max_new_tokens``), then PAD. With ``return_scores``: ``(tokens, scores)``, where a
             score is the one beam search ranks by, also for greedy: the sum over the generated
             tokens, EOS included, of log p(token | prefix) (log-softmax of the logits, before
-            no-repeat bans) divided by (number of generated tokens) ** length_penalty.
+            no-repeat bans) divided by (number of generated tokens) ** ``decode.length_penalty``.
 
         ``max_new_tokens`` beyond the decoder's position table (``max_position_embeddings - 1``)
         is lowered to it, with a warning. Call ``model.eval()`` first (dropout is not switched off here).
         """
+        decode = DecodeConfig() if decode is None else decode
         limit = self.config.max_position_embeddings - 1  # the decoder's position table holds BOS + limit tokens
-        if max_new_tokens > limit:
-            warnings.warn(f"max_new_tokens={max_new_tokens} is more than this model's decoder positions allow; "
-                          f"decoding at most {limit} tokens (max_caption_length={self.config.max_caption_length})",
+        if decode.max_new_tokens > limit:
+            warnings.warn(f"max_new_tokens={decode.max_new_tokens} is more than this model's decoder positions "
+                          f"allow; decoding at most {limit} tokens (max_length={self.config.settings.max_length})",
                           stacklevel=3)
-            max_new_tokens = limit
+            decode = dataclasses.replace(decode, max_new_tokens=limit)
         embeds = self.embed_frames(frame_features)  # (B, T, D)
         if frame_mask is None:
             frame_mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         out = self.generate(inputs_embeds=embeds, attention_mask=frame_mask.to(torch.long),
-                            generation_config=self._generation_config(num_beams, max_new_tokens, length_penalty,
-                                                                      no_repeat_ngram_size, use_cache, return_scores))
+                            generation_config=self._generation_config(decode, use_cache, return_scores))
         tokens = self._after_first_eos_to_pad(out.sequences[:, 1:])  # (B, L) without BOS
         if not return_scores:
             return tokens
-        if num_beams > 1:
+        if decode.num_beams > 1:
             return tokens, out.sequences_scores.float()  # (B,)
         # Greedy: the same score from the raw logits of each step.
         logp = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # (B, L, V)
-        return tokens, self._score(logp, tokens, length_penalty)
+        return tokens, self._score(logp, tokens, decode.length_penalty)
 
     @torch.no_grad()
     def sample_captions(self, frame_features: torch.Tensor, frame_mask: torch.Tensor | None = None,

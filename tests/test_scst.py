@@ -16,8 +16,9 @@ from caption.config import load
 from caption.demo import CONFIG_PATH
 from caption.demo import data as demo_data
 from caption.scst import leave_one_out_baseline
+from decoders.config import CaptionModelSettings, DecodeConfig
 from decoders.loss import generated_mask, scst_loss_sums
-from decoders.model import CaptionModel, make_config
+from decoders.model import CaptionModel, caption_model_config
 from retrieval_pretrain.foundation.errors import ConfigError
 from retrieval_pretrain.reading.features import FeatureStore
 
@@ -79,7 +80,8 @@ def test_sampling_is_plain_multinomial():
     """The first sampled token follows softmax(logits / T) over the whole vocabulary: no top-k
     truncation (transformers' default top_k=50 would cut off 150 of these 200 tokens)."""
     torch.manual_seed(0)
-    cfg = make_config(feature_dim=8, vocab_size=200, hidden_size=16, num_heads=2, ffn_size=32, max_length=4)
+    cfg = caption_model_config(CaptionModelSettings(vocab_size=200, hidden_size=16, num_heads=2, ffn_size=32,
+                                                    max_length=4), feature_dim=8)
     model = CaptionModel(cfg).eval()
     with torch.no_grad():
         model.final_logits_bias.copy_(torch.randn(1, 200) * 0.3)  # a spread-out first-token distribution
@@ -98,7 +100,7 @@ def test_sampling_is_plain_multinomial():
     assert counts[beyond_top50].sum() / n > 0.9 * p[beyond_top50].sum()  # most of the mass is outside the top 50
     # Temperature -> 0 is greedy.
     cold = model.sample_captions(feats, None, num_samples=3, temperature=1e-4, max_new_tokens=3)
-    greedy = model.generate_captions(feats, None, num_beams=1, max_new_tokens=3)
+    greedy = model.generate_captions(feats, None, DecodeConfig(num_beams=1, max_new_tokens=3))
     assert torch.equal(cold, greedy.expand(3, -1))
 
 
@@ -227,7 +229,7 @@ def test_reports_from_the_command_line(xe_run, tmp_path, capsys):
 
 
 def test_report_paths_are_checked_before_any_work(tmp_path):
-    from vcap_toolkit.reports.report import check_report_path
+    from vcap_toolkit.reports.html_page import check_report_path
 
     video = tmp_path / "v1.mp4"
     video.write_bytes(b"not really")
