@@ -41,9 +41,9 @@ def query_time(n: int = 100_000, dim: int = 512, queries: int = 20) -> None:
 
 def demo_recall(model: Path, data: Path) -> None:
     from caption.config import load
-    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
-    from retrieval_pretrain.stage1.evaluate import embed_texts, evaluate_retrieval
+    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
     from retrieval_pretrain.modeling.model_folder import from_pretrained
+    from retrieval_pretrain.stage1.evaluate import embed_texts, evaluate_retrieval
 
     rows = [json.loads(x) for x in (data / "annotations.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["split"] == "test"]
@@ -52,9 +52,9 @@ def demo_recall(model: Path, data: Path) -> None:
         build_index(model, [data / r["video"] for r in rows], Path(tmp) / "idx", cpu, num_workers=2)
         index = VideoIndex(Path(tmp) / "idx")
         paths, emb = index.paths(), index.embeddings()
-        net, info = from_pretrained(model)
+        net, spec = from_pretrained(model)
         texts = [(c, str((data / r["video"]).absolute())) for r in rows for c in r["captions"]]
-        queries = embed_texts(net, tokenizer_from_info(info), [t for t, _ in texts], cpu).numpy()
+        queries = embed_texts(net, tokenizer_from_spec(spec), [t for t, _ in texts], cpu).numpy()
         hits = sum(paths[rank(emb, q, 1)[0][0]] == video for q, (_, video) in zip(queries, texts))
         cfg = load(None, [f"data.annotations={data / 'annotations.jsonl'}", f"data.videos={data}", "run.num_workers=2"])
         metrics = evaluate_retrieval(model, cfg, split="test", output=Path(tmp) / "eval")

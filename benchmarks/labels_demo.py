@@ -35,14 +35,14 @@ def _write(data: Path, out: Path) -> list[str]:
     (out / "labels.jsonl").write_text("".join(json.dumps({"video": r["video"], "label": _label(r["attributes"]["motion"]),
                                                           "split": r["split"]}) + "\n" for r in rows))
     (out / "novel.txt").write_text("".join(_label(m) + "\n" for m in NOVEL))
-    return [f"data.format=labels", f"data.annotations={out / 'labels.jsonl'}", f"data.videos={data}",
+    return ["data.format=labels", f"data.annotations={out / 'labels.jsonl'}", f"data.videos={data}",
             f"data.novel_labels={out / 'novel.txt'}", "run.num_workers=2"]
 
 
 def _score(model: Path, overrides: list[str]) -> dict:
     cfg = load(CONFIG_PATH, overrides)
-    net, info = from_pretrained(model, device=torch.device("cpu"))
-    m = evaluate_classification(net, info, cfg, split="test")
+    net, spec = from_pretrained(model, device=torch.device("cpu"))
+    m = evaluate_classification(net, spec, cfg, split="test")
     return {"base": m["base"]["top1"], "novel": m["novel"]["top1"], "hm": m["harmonic_mean"], "all": m["top1"]}
 
 

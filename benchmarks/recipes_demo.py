@@ -62,16 +62,14 @@ from typing import Any
 
 import torch
 
-from caption.config import load
 from benchmarks import standin
 from benchmarks import standin_demo as sd
+from caption.config import load
 from caption.demo.captions import MOTIONS
 from caption.demo.data import DemoSpec, generate_dataset, is_complete
 from caption.demo.run import CONFIG_PATH
 from retrieval_pretrain.foundation.atomic import write_json
 from retrieval_pretrain.modeling.backbones import build_clip
-
-
 
 ROWS = ("i", "ii", "iii", "iv", "v", "vi", "vii")
 TITLES = {"i": "(i) stand-in as is (meanP)", "ii": "(ii) plain fine-tuning", "iii": "(iii) prompt tuning",
@@ -194,12 +192,12 @@ def _chord(results: dict[str, Any], row: str = "v") -> list[str]:
 def text_separation(model: Path) -> float:
     """Mean cosine between the model's embeddings of the 7 motion label phrases (1.0: it cannot tell
     them apart, so no video embedding can match one better than another)."""
-    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
+    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
     from retrieval_pretrain.modeling.model_folder import from_pretrained
 
-    net, info = from_pretrained(model)
+    net, spec = from_pretrained(model)
     with torch.no_grad():
-        e = net.encode_text(tokenizer_from_info(info)([sd.PHRASES["motion"](m) for m in MOTIONS]))
+        e = net.encode_text(tokenizer_from_spec(spec)([sd.PHRASES["motion"](m) for m in MOTIONS]))
     cos = e @ e.T
     return float(cos[~torch.eye(len(MOTIONS), dtype=torch.bool)].mean())
 

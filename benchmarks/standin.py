@@ -44,8 +44,7 @@ import numpy as np
 import torch
 
 from caption.demo.captions import COLOURS, SHAPES
-from caption.demo.render import (BACKGROUNDS_NAMES, Trajectory, object_colour, render_background,
-                                 render_frames)
+from caption.demo.render import BACKGROUNDS_NAMES, Trajectory, object_colour, render_background, render_frames
 
 # Extra hues, well apart from the demo's six and from the background names ("brown", "black" and the
 # greys are backgrounds, so they are no object colour: a caption would name both).

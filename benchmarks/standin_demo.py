@@ -23,14 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from caption.config import load
 from benchmarks import standin
+from caption.config import load
 from caption.demo.captions import COLOURS, MOTIONS, SHAPES
 from caption.demo.data import DemoSpec, generate_dataset
 from caption.demo.render import BACKGROUNDS_NAMES, render_background, sample_trajectory, write_mp4
@@ -93,9 +94,7 @@ def _stage1_folder(checkpoint: Path, folder: Path) -> Path:
     saved = load_file(str(checkpoint)) if checkpoint.suffix == ".safetensors" else torch.load(checkpoint, weights_only=True)
     mine = net.clip.state_dict()
     assert set(saved) == set(mine) and all(torch.equal(saved[k], mine[k]) for k in saved), "CLIP weights differ"
-    return save_pretrained(net, folder, extra={"num_frames": cfg.video.num_frames,
-                                               "eval_sampling": cfg.video.eval_sampling,
-                                               "trained_on": {"standin_checkpoint": str(checkpoint)}})
+    return save_pretrained(net, folder, replace(net.spec, trained_on={"standin_checkpoint": str(checkpoint)}))
 
 
 def _extra_videos(folder: Path, seed: int, frames: int = 16, fps: int = 8) -> list[dict[str, Any]]:
@@ -126,8 +125,8 @@ def _eval_classify(model: Path, rows: list[dict[str, Any]], videos: Path, attrib
     (work / "classes.txt").write_text("".join(phrase(v) + "\n" for v in values))
     cfg = load(CONFIG_PATH, ["data.format=labels", f"data.annotations={work / 'labels.jsonl'}", f"data.videos={videos}",
                              f"data.labels_file={work / 'classes.txt'}", "run.num_workers=2"])
-    net, info = load_recognizer(cfg, str(model), None, torch.device("cpu"))
-    return float(evaluate_classification(net, info, cfg, split="test", templates=templates, output=work)["top1"])
+    net, spec = load_recognizer(cfg, str(model), None, torch.device("cpu"))
+    return float(evaluate_classification(net, spec, cfg, split="test", templates=templates, output=work)["top1"])
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def main() -> None:
     rows = [r for r in rows if r["split"] == args.split]
     cfg = load(None, ["run.num_workers=2"])
     device = torch.device("cpu")
-    net, info = load_recognizer(cfg, args.model, None, device)
+    net, spec = load_recognizer(cfg, args.model, None, device)
     videos = [(r["video"], Path(args.data) / r["video"]) for r in rows]
     print(f"{len(rows)} {args.split} clips; model {args.model}")
     for attribute, phrase in PHRASES.items():
@@ -46,7 +46,7 @@ def main() -> None:
         labels = [phrase(v) for v in values]
         truth = {r["video"]: phrase(r["attributes"][attribute]) for r in rows}
         for name, templates in (("16-template ensemble", TEMPLATES), ("label alone", ("{}",))):
-            ranked, failed = classify_videos(net, info, videos, labels, templates, device, top=1)
+            ranked, failed = classify_videos(net, spec, videos, labels, templates, device, top=1)
             correct = sum(ranked[v][0][0] == truth[v] for v in ranked)
             print(f"{attribute:<7} {name:<21} top-1 {correct / len(rows):.3f}  (chance {1 / len(values):.3f}, "
                   f"{len(values)} labels; {len(failed)} unreadable)")

@@ -33,7 +33,14 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from retrieval_pretrain.foundation import atomic
-from retrieval_pretrain.foundation.atomic import clear_temporaries, commit_folder, temp_folder, write_file, write_folder, write_json
+from retrieval_pretrain.foundation.atomic import (
+    clear_temporaries,
+    commit_folder,
+    temp_folder,
+    write_file,
+    write_folder,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 1_250_000  # float32 elements per version: a 5 MB model.safetensors
@@ -475,12 +482,14 @@ def test_save_pretrained_killed_at_a_random_time_loads(tmp_path):
 
     The writer is a fork of this process: torch and open_clip are imported already (a fresh
     interpreter spends 15-50 s importing them on a busy 2-core box)."""
+    from dataclasses import replace
+
     import torch
 
-    from retrieval_pretrain.reading.data_config import VideoConfig
-    from retrieval_pretrain.stage1.config import ClipConfig, PretrainConfig, RetrievalConfig
     from retrieval_pretrain.modeling.model_folder import CONFIG_NAME, WEIGHTS_NAME, from_pretrained, save_pretrained
     from retrieval_pretrain.modeling.parts import build_video_text_model
+    from retrieval_pretrain.reading.data_config import VideoConfig
+    from retrieval_pretrain.stage1.config import ClipConfig, PretrainConfig, RetrievalConfig
 
     torch.manual_seed(0)
     model = build_video_text_model(RetrievalConfig(
@@ -504,7 +513,7 @@ def test_save_pretrained_killed_at_a_random_time_loads(tmp_path):
             v = 0
             while True:
                 numbered(model, v)
-                save_pretrained(model, folder, extra={"version": v})
+                save_pretrained(model, folder, replace(model.spec, trained_on={"version": v}))
                 os.write(fd, f"committed {v}\n".encode())
                 v += 1
         except BaseException:
@@ -526,8 +535,8 @@ def test_save_pretrained_killed_at_a_random_time_loads(tmp_path):
         f"the writer ended by itself (status {status}):\n{err.read_text() if err.exists() else ''}"
     done = committed(log.read_text().splitlines())
     assert {p.name for p in folder.iterdir()} == {CONFIG_NAME, WEIGHTS_NAME}
-    loaded, info = from_pretrained(folder)
-    v = info["version"]
+    loaded, spec = from_pretrained(folder)
+    v = spec.trained_on["version"]
     assert v in (done[-1], done[-1] + 1), f"version {v} after committing {done}"
     assert loaded.clip.logit_scale.item() == v
     assert bool((loaded.clip.text_projection == v).all())
@@ -536,10 +545,10 @@ def test_save_pretrained_killed_at_a_random_time_loads(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     assert_hidden_temporaries(folder)
     print(f"save_pretrained killed after committing {done[-1]}; the folder holds version {v}")
-    save_pretrained(loaded, folder, extra={"version": 1000})
+    save_pretrained(loaded, folder, replace(spec, trained_on={"version": 1000}))
     assert leftovers(folder) == [] and {p.name for p in folder.iterdir()} == {CONFIG_NAME, WEIGHTS_NAME}
-    again, info = from_pretrained(folder)
-    assert info["version"] == 1000
+    again, spec = from_pretrained(folder)
+    assert spec.trained_on["version"] == 1000
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), again.state_dict().values()))
 
 

@@ -15,22 +15,22 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from demo_clips import cli_args, make_clips
 from safetensors.torch import load_file, save_file
 
-from vcap_toolkit.cli.main import main
 from caption.config import load
 from caption.demo import CONFIG_PATH
-from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
 from retrieval_pretrain.foundation.errors import ConfigError
-from retrieval_pretrain.stage1.interpolate import InterpolationRegulariser, interpolate_folders
+from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
 from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
 from retrieval_pretrain.modeling.parts import build_loss, build_video_text_model
-
-from demo_clips import cli_args, make_clips
+from retrieval_pretrain.stage1.interpolate import InterpolationRegulariser, interpolate_folders
+from vcap_toolkit.cli.main import main
 
 VISION = "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}"
 TINY = ["video.num_frames=4", "pretrain.head_layers=1", "clip.custom.text_cfg.layers=1", VISION]
@@ -62,7 +62,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     """A fine-tuned seqTransf model, a base folder of the same CLIP with a meanP head (no head
     weights) and that base's CLIP as a state-dict file and as safetensors; a CLIP of other widths."""
     root = tmp_path_factory.mktemp("patch")
-    ft = save_pretrained(_model(seed=1), root / "finetuned", extra={"trained_on": {"steps": 7}})
+    ft = save_pretrained(_model(seed=1), root / "finetuned", replace(_model(seed=1).spec, trained_on={"steps": 7}))
     base = _model(["pretrain.head=meanP", "pretrain.head_input_norm=false"], seed=2)
     save_pretrained(base, root / "base")
     torch.save(base.clip.state_dict(), root / "clip.pt")

@@ -17,22 +17,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_xclip import XCLIP, T
 
-from vcap_toolkit.cli.main import main
 from caption.config import load
-from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
-from retrieval_pretrain.stage1.data import Preprocess, VideoClipDataset, collate_videos
-from retrieval_pretrain.stage1.encode import embed_videos, pair_score_matrix, video_states
 from retrieval_pretrain.foundation.errors import FeatureMismatchError, FeatureStoreError
-from retrieval_pretrain.stage1.evaluate import embed_texts
+from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
 from retrieval_pretrain.modeling.model import scores_pairwise
 from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
 from retrieval_pretrain.modeling.parts import build_video_text_model
-from vcap_toolkit.jobs.recognition import (class_embeddings, class_logits, class_probabilities, classify_videos,
-                                            evaluate_classification, model_scale)
-from vcap_toolkit.jobs.search import PAIRWISE, VideoIndex, build_index, rank, rank_pairs, search
 from retrieval_pretrain.modeling.xclip import text_attention_mask
-from test_xclip import T, XCLIP
+from retrieval_pretrain.stage1.data import Preprocess, VideoClipDataset, collate_videos
+from retrieval_pretrain.stage1.encode import embed_videos, pair_score_matrix, video_states
+from retrieval_pretrain.stage1.evaluate import embed_texts
+from vcap_toolkit.cli.main import main
+from vcap_toolkit.jobs.recognition import (
+    class_embeddings,
+    class_logits,
+    class_probabilities,
+    classify_videos,
+    evaluate_classification,
+    model_scale,
+)
+from vcap_toolkit.jobs.search import PAIRWISE, VideoIndex, build_index, rank, rank_pairs, search
 
 CPU = torch.device("cpu")
 LABELS = ["moving up", "moving down", "moving left", "moving right", "a red square", "a blue circle"]
@@ -47,7 +53,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: the module's tor
 def _folder(overrides: list[str], path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = build_video_text_model(load(None, overrides)).eval()
-    return save_pretrained(model, path, extra={"num_frames": T, "eval_sampling": "uniform"})
+    return save_pretrained(model, path)
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +69,9 @@ def world(tmp_path_factory) -> tuple[Path, Path, list[str]]:
     return _folder(XCLIP, root / "xclip", 0), _folder(OPEN_CLIP_TINY, root / "clip", 0), videos
 
 
-def _frames(net, info, videos: list[str]) -> torch.Tensor:
+def _frames(net, spec, videos: list[str]) -> torch.Tensor:
     """(V, T, 3, S, S) exactly the frames the jobs feed the model."""
-    pre = Preprocess(info["num_frames"], net.image_size, net.image_mean, net.image_std)
+    pre = Preprocess.for_model(spec)
     ds = VideoClipDataset([(v, v) for v in videos], pre, "uniform")
     batch = collate_videos([ds[i] for i in range(len(ds))])
     assert batch["video_ids"] == videos and bool(batch["mask"].all())
@@ -78,15 +84,15 @@ def _frames(net, info, videos: list[str]) -> torch.Tensor:
 def test_classify_probabilities_are_xclip_forward_softmax(world):
     """One template: the probabilities ``vcap classify`` reports are the softmax of transformers'
     ``XCLIPModel.forward(...).logits_per_video`` over the label prompts."""
-    net, info = from_pretrained(world[0])
+    net, spec = from_pretrained(world[0])
     videos = world[2]
     assert scores_pairwise(net)
-    ranked, failed = classify_videos(net, info, [(v, Path(v)) for v in videos], LABELS, ["{}"], CPU,
+    ranked, failed = classify_videos(net, spec, [(v, Path(v)) for v in videos], LABELS, ["{}"], CPU,
                                      top=len(LABELS), batch_size=3)
     assert failed == {} and list(ranked) == videos
-    tokens = tokenizer_from_info(info)(LABELS)
+    tokens = tokenizer_from_spec(spec)(LABELS)
     with torch.no_grad():
-        ref = net.clip(input_ids=tokens, pixel_values=_frames(net, info, videos),
+        ref = net.clip(input_ids=tokens, pixel_values=_frames(net, spec, videos),
                        attention_mask=text_attention_mask(tokens)).logits_per_video.softmax(dim=1)  # (V, C)
     got = torch.tensor([[dict(ranked[v])[label] for label in LABELS] for v in videos])
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
@@ -96,14 +102,14 @@ def test_classify_probabilities_are_xclip_forward_softmax(world):
 def test_templates_average_xclips_logits_and_prompts_matter(world):
     """Several templates: each class's logit is the mean of ``logits_per_video`` over its prompts
     (each prompt conditioned on the video, as X-CLIP scores it). Unlike the prompt-free dot product."""
-    net, info = from_pretrained(world[0])
+    net, spec = from_pretrained(world[0])
     videos = world[2][:4]
     templates = ["a video of {}.", "{}"]
-    done, logits, failures = class_logits(net, info, [(v, v) for v in videos], LABELS, templates, CPU, batch_size=4)
+    done, logits, failures = class_logits(net, spec, [(v, v) for v in videos], LABELS, templates, CPU, batch_size=4)
     assert done == videos and failures == [] and logits.shape == (4, len(LABELS))
-    tokenize = tokenizer_from_info(info)
+    tokenize = tokenizer_from_spec(spec)
     tokens = tokenize([t.replace("{}", label) for label in LABELS for t in templates])
-    frames = _frames(net, info, videos)
+    frames = _frames(net, spec, videos)
     with torch.no_grad():
         each = net.clip(input_ids=tokens, pixel_values=frames, attention_mask=text_attention_mask(tokens)).logits_per_video
         torch.testing.assert_close(logits, each.view(4, len(LABELS), 2).mean(dim=-1), rtol=0, atol=1e-5)
@@ -113,13 +119,13 @@ def test_templates_average_xclips_logits_and_prompts_matter(world):
 
 def test_an_embedding_model_scores_as_before(world):
     """open_clip: the logits are ``class_probabilities``' expression on the ensembled class embeddings, bit for bit."""
-    net, info = from_pretrained(world[1])
+    net, spec = from_pretrained(world[1])
     videos = world[2][:4]
     assert not scores_pairwise(net)
-    done, logits, _ = class_logits(net, info, [(v, v) for v in videos], LABELS, ["a {}", "{}"], CPU)
+    done, logits, _ = class_logits(net, spec, [(v, v) for v in videos], LABELS, ["a {}", "{}"], CPU)
     pre = Preprocess(T, net.image_size, net.image_mean, net.image_std)
     emb, _ = embed_videos(net, [(v, v) for v in videos], pre, CPU, 8, 0)
-    classes = class_embeddings(net, tokenizer_from_info(info), LABELS, ["a {}", "{}"], CPU)
+    classes = class_embeddings(net, tokenizer_from_spec(spec), LABELS, ["a {}", "{}"], CPU)
     want = class_probabilities(torch.stack([emb[v] for v in videos]), classes, model_scale(net))
     assert done == videos and torch.equal(torch.softmax(logits, dim=-1), want)
 
@@ -127,7 +133,7 @@ def test_an_embedding_model_scores_as_before(world):
 def test_eval_classify_with_xclip_uses_its_pair_scores(world, tmp_path):
     """``evaluate_classification`` on a labelled split: its top-1 is that of X-CLIP's own logits,
     over all labels and among the novel ones."""
-    net, info = from_pretrained(world[0])
+    net, spec = from_pretrained(world[0])
     videos = world[2]
     truth = {v: LABELS[i % 4] for i, v in enumerate(videos)}
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps({"video": v, "label": truth[v], "split": "test"}) + "\n"
@@ -135,11 +141,11 @@ def test_eval_classify_with_xclip_uses_its_pair_scores(world, tmp_path):
     (tmp_path / "novel.txt").write_text("moving left\nmoving right\n")
     cfg = load(None, [*XCLIP, "data.format=labels", f"data.annotations={tmp_path / 'labels.jsonl'}", "data.videos=/",
                       f"data.novel_labels={tmp_path / 'novel.txt'}", "run.num_workers=0"])
-    metrics = evaluate_classification(net, info, cfg, split="test", templates=["{}"], output=tmp_path / "out")
+    metrics = evaluate_classification(net, spec, cfg, split="test", templates=["{}"], output=tmp_path / "out")
     labels = sorted(set(truth.values()))
-    tokens = tokenizer_from_info(info)(labels)
+    tokens = tokenizer_from_spec(spec)(labels)
     with torch.no_grad():
-        ref = net.clip(input_ids=tokens, pixel_values=_frames(net, info, videos),
+        ref = net.clip(input_ids=tokens, pixel_values=_frames(net, spec, videos),
                        attention_mask=text_attention_mask(tokens)).logits_per_video  # (V, C)
     truth_ix = torch.tensor([labels.index(truth[v]) for v in videos])
     assert metrics["videos"] == len(videos) and metrics["labels"] == 4
@@ -157,11 +163,11 @@ def test_eval_classify_with_xclip_uses_its_pair_scores(world, tmp_path):
 def _reference_scores(model_dir: Path, videos: list[str], query: str, fp16_states: bool) -> torch.Tensor:
     """(V,) retrieval evaluation's pairwise scores of ``query`` with each video (optionally from
     states rounded to fp16, as the index stores them)."""
-    net, info = from_pretrained(model_dir)
+    net, spec = from_pretrained(model_dir)
     pre = Preprocess(T, net.image_size, net.image_mean, net.image_std)
     states, _ = video_states(net, [(v, Path(v)) for v in videos], pre, CPU, 4, 0)
     rows = [{k: t.half().float() if fp16_states else t for k, t in states[v].items()} for v in videos]
-    text = embed_texts(net, tokenizer_from_info(info), [query], CPU, encode=net.encode_text_state)
+    text = embed_texts(net, tokenizer_from_spec(spec), [query], CPU, encode=net.encode_text_state)
     return pair_score_matrix(net, rows, text, CPU)[:, 0]
 
 
@@ -183,8 +189,8 @@ def test_search_ranks_by_xclips_pair_scores(world, tmp_path, capsys):
         np.testing.assert_allclose([s for _, s in got], exact[order].numpy(), atol=1e-5)
         full = _reference_scores(model_dir, videos, query, fp16_states=False)  # fp16 storage costs < 5e-3
         np.testing.assert_allclose([s for _, s in got], full[order].numpy(), atol=5e-3)
-    net, info = from_pretrained(model_dir)
-    text = net.encode_text_state(tokenizer_from_info(info)(["moving up"]))
+    net, spec = from_pretrained(model_dir)
+    text = net.encode_text_state(tokenizer_from_spec(spec)(["moving up"]))
     exact = _reference_scores(model_dir, videos, "moving up", fp16_states=True)
     for block in (1, 3, 1024):  # rows across shards, ragged blocks
         ranked = rank_pairs(net, index, text, 3, CPU, videos_per_block=block)
@@ -193,7 +199,7 @@ def test_search_ranks_by_xclips_pair_scores(world, tmp_path, capsys):
     assert main(["search", str(tmp_path / "idx"), "moving up", "--top", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [p for p, _ in result["results"]] == [p for p, _ in search(tmp_path / "idx", CPU, text="moving up", top=3)]
-    plain = rank(index.embeddings(), net.encode_text(tokenizer_from_info(info)(["moving up"]))[0].detach().numpy(), 3)
+    plain = rank(index.embeddings(), net.encode_text(tokenizer_from_spec(spec)(["moving up"]))[0].detach().numpy(), 3)
     assert [s for _, s in plain] != pytest.approx([s for _, s in result["results"]], abs=1e-3)
 
 
@@ -203,9 +209,9 @@ def test_search_by_example_clip_is_pooled_embedding_cosine(world, tmp_path):
     got = search(tmp_path / "idx", CPU, video=Path(videos[3]), top=3)
     assert got[0][0] == videos[3] and got[0][1] == pytest.approx(1.0, abs=2e-3)
     emb = VideoIndex(tmp_path / "idx").embeddings()
-    net, info = from_pretrained(model_dir)
+    net, spec = from_pretrained(model_dir)
     with torch.no_grad():
-        pooled = net.encode_video(_frames(net, info, [videos[3]]))[0]  # X-CLIP's get_video_features, normalised
+        pooled = net.encode_video(_frames(net, spec, [videos[3]]))[0]  # X-CLIP's get_video_features, normalised
     want = rank(emb, pooled.numpy(), 3)
     assert [videos[r] for r, _ in want] == [p for p, _ in got]
 

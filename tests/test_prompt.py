@@ -87,6 +87,7 @@ _TINY = ["video.num_frames=4", "pretrain.batch_size=4", "pretrain.epochs=3", "ru
 def clips(tmp_path_factory):
     """8 real mp4s of 8 frames (the demo world), one caption each, and a CLIP checkpoint file to start from."""
     from demo_clips import data_args, make_clips
+
     from retrieval_pretrain.modeling.parts import build_video_text_model
 
     root = tmp_path_factory.mktemp("prompt")
@@ -132,8 +133,8 @@ def test_feature_cache_equals_the_image_tower_on_decoded_frames(clips, tmp_path)
     unreadable file keeps its reason (naming it) and gives a placeholder of the features' shape."""
     import numpy as np
 
-    from retrieval_pretrain.stage1.data import FeatureCache, Preprocess, _load
     from retrieval_pretrain.modeling.parts import build_video_text_model
+    from retrieval_pretrain.stage1.data import FeatureCache, Preprocess, _load
 
     data, _, args = clips
     model = build_video_text_model(load(CONFIG_PATH, args)).eval()
@@ -170,8 +171,8 @@ def test_prompt_mode_end_to_end_no_decoding_after_the_cache(clips, tmp_path, mon
 
     from open_clip.model import CLIP
 
-    from retrieval_pretrain.stage1 import data as data_module
     from retrieval_pretrain.modeling.model_folder import from_pretrained
+    from retrieval_pretrain.stage1 import data as data_module
     from retrieval_pretrain.stage1.train import train
 
     _, ckpt, args = clips
@@ -194,11 +195,12 @@ def test_prompt_mode_end_to_end_no_decoding_after_the_cache(clips, tmp_path, mon
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 6 and all(r["lr_clip"] == 0.0 for r in log) and log[0]["lr_new"] > 0  # no CLIP group
     assert len({round(r["logit_scale"], 6) for r in log}) == 1  # the temperature is CLIP's, frozen
-    model, info = from_pretrained(folder)
-    assert info["prompt"] == {"prefix": 2, "suffix": 2}
+    model, spec = from_pretrained(folder)
+    assert spec.prompt.to_json() == {"prefix": 2, "suffix": 2}
     start = torch.load(ckpt, weights_only=True)
     assert all(torch.equal(model.clip.state_dict()[k], v) for k, v in start.items())
-    assert len(born) == 1 and (model.prompt.prefix.detach() - born[0]).abs().max() > 1e-3  # trained
+    # built twice by the one builder: for training, then for loading the folder
+    assert len(born) == 2 and (model.prompt.prefix.detach() - born[0]).abs().max() > 1e-3  # trained
     tokens = torch.zeros(1, 16, dtype=torch.long)
     tokens[0, :3] = torch.tensor([49406, 320, 49407])
     with torch.no_grad():

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vcap_toolkit.cli.main import main
 from retrieval_pretrain.foundation.errors import DatasetError
+from vcap_toolkit.cli.main import main
 from vcap_toolkit.jobs.recognition import TEMPLATES, class_embeddings, read_labels, read_templates
-
 
 
 def test_labels_from_a_file_a_label_map_or_a_list(tmp_path, shared_data):
@@ -40,11 +39,11 @@ def test_labels_from_a_file_a_label_map_or_a_list(tmp_path, shared_data):
 
 
 def test_a_class_is_the_normalised_mean_of_its_normalised_templates(motion_model):
-    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
+    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
     from retrieval_pretrain.modeling.model_folder import from_pretrained
 
-    net, info = from_pretrained(motion_model[0])
-    tokenize, cpu = tokenizer_from_info(info), torch.device("cpu")
+    net, spec = from_pretrained(motion_model[0])
+    tokenize, cpu = tokenizer_from_spec(spec), torch.device("cpu")
     templates = ["a {}", "the {} video", "{}"]
     classes = class_embeddings(net, tokenize, ["moving up", "moving left"], templates, cpu)  # (2, D)
     with torch.no_grad():

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,21 +21,20 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_gloo_pair
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import run_gloo_pair
-from retrieval_pretrain.reading.data_config import VideoConfig
-from retrieval_pretrain.stage1.config import ClipConfig, PretrainConfig, RetrievalConfig
-from retrieval_pretrain.modeling.backbones import build_clip
-from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
-from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info as build_tokenizer_from_info
 from retrieval_pretrain.foundation.errors import ModelFolderError, WeightsUnavailableError
+from retrieval_pretrain.modeling.backbones import build_clip
+from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer, tokenizer_from_spec
 from retrieval_pretrain.modeling.loss import info_nce
 from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint, save_pretrained
 from retrieval_pretrain.modeling.parts import build_video_text_model as build_model
 from retrieval_pretrain.modeling.parts import param_groups
+from retrieval_pretrain.reading.data_config import VideoConfig
 from retrieval_pretrain.reading.transforms import preprocess_frames
+from retrieval_pretrain.stage1.config import ClipConfig, PretrainConfig, RetrievalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -153,15 +153,15 @@ def test_head_input_norm_makes_the_head_blind_to_feature_scale_not_to_order():
     assert (big - plain.pool(plain.head(feats[:, perm] * 80.0), None)).abs().max() < \
         0.1 * (pooled[0] - reordered[0]).abs().max()
     with pytest.raises(ValueError, match="seqTransf head only"):
-        from retrieval_pretrain.modeling.heads import TemporalHead
-        TemporalHead(64, "meanP", input_norm=True)
+        from retrieval_pretrain.modeling.heads import build_head
+        build_head(64, "meanP", input_norm=True)
 
 
 def test_head_input_norm_survives_the_model_folder(tmp_path):
     model = _normed_head_model()
     x, mask = frames(), torch.tensor([[True] * T, [True] * 3 + [False] * 3])
-    loaded, info = from_pretrained(save_pretrained(model, tmp_path / "m"))
-    assert info["head_input_norm"] is True and loaded.head.input_norm
+    loaded, spec = from_pretrained(save_pretrained(model, tmp_path / "m"))
+    assert spec.head_input_norm is True and loaded.head.input_norm
     with torch.no_grad():
         assert torch.equal(loaded.encode_video(x, mask), model.encode_video(x, mask))
 
@@ -218,20 +218,20 @@ def test_save_and_load_round_trip(tmp_path):
     model = tiny_model()
     x, mask = frames(), torch.tensor([[True] * T, [True] * 3 + [False] * 3])
     tokens = build_tokenizer(tiny_cfg())(["a cat sleeps on a sofa"])
-    folder = save_pretrained(model, tmp_path / "model", extra={"eval_sampling": "uniform", "num_frames": T})
+    folder = save_pretrained(model, tmp_path / "model")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folders left
-    loaded, info = from_pretrained(folder)
+    loaded, spec = from_pretrained(folder)
     assert not loaded.training
     with torch.no_grad():
         assert torch.equal(loaded.encode_video(x, mask), model.encode_video(x, mask))
         assert torch.equal(loaded.encode_frames(x, mask), model.encode_frames(x, mask))
         assert torch.equal(loaded.encode_text(tokens), model.encode_text(tokens))
-    assert info["clip"]["custom"] == TINY and info["head"] == "seqTransf" and info["num_frames"] == T
-    assert info["image_size"] == 64 and info["embed_dim"] == 64 and info["max_words"] == 16
-    assert info["eval_sampling"] == "uniform"
+    assert spec.clip.custom == TINY and spec.head == "seqTransf" and spec.num_frames == T
+    assert spec.image_size == 64 and spec.embed_dim == 64 and spec.max_words == 16
+    assert spec.eval_sampling == "uniform"
     assert loaded.image_mean == model.image_mean and loaded.image_size == 64
-    assert torch.equal(build_tokenizer_from_info(info)(["a cat"]), build_tokenizer(tiny_cfg())(["a cat"]))
+    assert torch.equal(tokenizer_from_spec(spec)(["a cat"]), build_tokenizer(tiny_cfg())(["a cat"]))
 
     # overwrite in place with other weights; the fingerprint follows the weights
     before = model_fingerprint(folder)
@@ -243,7 +243,7 @@ def test_save_and_load_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(from_pretrained(folder)[0].encode_video(x, mask), other.encode_video(x, mask))
     with pytest.raises(ValueError, match="num_frames"):
-        save_pretrained(model, tmp_path / "bad", extra={"num_frames": T + 1})
+        save_pretrained(model, tmp_path / "bad", replace(model.spec, num_frames=T + 1))
 
 
 def test_from_pretrained_errors_name_the_folder(tmp_path):
@@ -356,8 +356,8 @@ def test_named_model_loads_a_local_checkpoint_file(registered_tiny_arch, tmp_pat
         model = build_model(tiny_cfg(model=registered_tiny_arch, pretrained=str(path)))
         folder = save_pretrained(model, tmp_path / "model")
         open_clip.factory._MODEL_CONFIGS.pop(registered_tiny_arch)
-        loaded_model, info = from_pretrained(folder)
-        assert info["clip"]["pretrained"] == str(path) and info["clip"]["arch"] == TINY
+        loaded_model, spec = from_pretrained(folder)
+        assert spec.clip.pretrained == str(path) and spec.clip.arch == TINY
         assert all(torch.equal(loaded_model.clip.state_dict()[k], state[k]) for k in state)
 
 

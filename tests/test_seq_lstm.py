@@ -12,12 +12,12 @@ import torch
 from caption.config import load
 from caption.demo import CONFIG_PATH
 from caption.demo import data as demo_data
-from retrieval_pretrain.modeling.heads import TemporalHead
+from retrieval_pretrain.modeling.heads import build_head
 
 
 def test_padding_does_not_leak_and_order_matters():
     torch.manual_seed(0)
-    head = TemporalHead(16, "seqLSTM", layers=1, num_frames=6).eval()
+    head = build_head(16, "seqLSTM", layers=1, num_frames=6).eval()
     x = torch.randn(2, 4, 16)
     mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
     with torch.no_grad():
@@ -31,10 +31,10 @@ def test_padding_does_not_leak_and_order_matters():
 
 
 def test_a_seq_lstm_model_trains_saves_reloads_and_extracts(tmp_path):
-    from retrieval_pretrain.stage1.encode import embed_videos
-    from retrieval_pretrain.stage1.data import Preprocess
-    from retrieval_pretrain.stage1.extract import extract_features
     from retrieval_pretrain.modeling.model_folder import from_pretrained
+    from retrieval_pretrain.stage1.data import Preprocess
+    from retrieval_pretrain.stage1.encode import embed_videos
+    from retrieval_pretrain.stage1.extract import extract_features
     from retrieval_pretrain.stage1.train import train
 
     spec = demo_data.DemoSpec(num_train=8, num_val=0, num_test=2, frames=8, size=64, seed=3, captions_per_video=1)
@@ -47,11 +47,11 @@ def test_a_seq_lstm_model_trains_saves_reloads_and_extracts(tmp_path):
     model_dir = train(cfg, tmp_path / "s1")
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "s1" / "log.jsonl").read_text().splitlines()) if "loss" in r]
     assert len(losses) == 4 and all(np.isfinite(losses))
-    a, info = from_pretrained(model_dir)
+    a, spec = from_pretrained(model_dir)
     b, _ = from_pretrained(model_dir)
-    assert info["head"] == "seqLSTM" and a.head.lstm is not None
+    assert spec.head == "seqLSTM" and a.head.lstm is not None
     videos = [(p.stem, p) for p in sorted((ann.parent / "videos").glob("*.mp4"))[:3]]
-    pre = Preprocess(info["num_frames"], a.image_size, a.image_mean, a.image_std)
+    pre = Preprocess.for_model(spec)
     ea, _ = embed_videos(a, videos, pre, torch.device("cpu"), 3, 0)
     eb, _ = embed_videos(b, videos, pre, torch.device("cpu"), 3, 0)
     for vid in ea:

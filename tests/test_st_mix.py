@@ -56,9 +56,9 @@ def test_the_switch_survives_the_model_folder(tmp_path):
     from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
 
     _, mixed = _models()
-    save_pretrained(mixed, tmp_path / "m", extra={"num_frames": 4, "eval_sampling": "uniform"})
-    again, info = from_pretrained(tmp_path / "m")
-    assert info["clip"]["temporal_attention"] == "st_mix" and again.frame_layout is not None
+    save_pretrained(mixed, tmp_path / "m")
+    again, spec = from_pretrained(tmp_path / "m")
+    assert spec.clip.temporal_attention == "st_mix" and again.frame_layout is not None
     frames = torch.randn(2, 4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(again.encode_frames(frames), mixed.encode_frames(frames))

@@ -117,7 +117,7 @@ def test_a_short_training_writes_a_checkpoint_the_toolkit_loads_strictly(tmp_pat
     fresh = build_video_text_model(load(CONFIG_PATH, ["pretrain.head=meanP", "pretrain.head_input_norm=false"]))
     assert not torch.equal(fresh.clip.visual.attnpool.c_proj.weight, net.clip.visual.attnpool.c_proj.weight)
 
-    folder = save_pretrained(net, tmp_path / "stage1", extra={"num_frames": cfg.video.num_frames})
+    folder = save_pretrained(net, tmp_path / "stage1")
     loaded, _ = from_pretrained(folder)
     assert all(torch.equal(loaded.clip.state_dict()[k], saved[k]) for k in saved)
 

@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from demo_clips import cli_args, make_clips
 
 from caption.config import load
 from caption.demo import CONFIG_PATH
 from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
-from retrieval_pretrain.stage1.encode import pair_score_matrix
 from retrieval_pretrain.modeling.model import scores_pairwise
 from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
-from retrieval_pretrain.modeling.parts import build_loss, build_video_text_model, param_groups
+from retrieval_pretrain.modeling.parts import build_video_text_model, param_groups
 from retrieval_pretrain.modeling.tight_transf import TightTransfModel, block_forward, text_token_features
-
-from demo_clips import cli_args, make_clips
+from retrieval_pretrain.stage1.encode import pair_score_matrix
 
 T = 4
 TINY = ["video.num_frames=4", "pretrain.head=tightTransf", "pretrain.head_layers=1", "clip.custom.text_cfg.layers=1",
@@ -169,7 +168,7 @@ def test_model_folder_rebuilds_to_identical_scores(tmp_path):
     with torch.no_grad():  # move the cross encoder off its initial values
         for p in model.cross.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    folder = save_pretrained(model, tmp_path / "m", extra={"num_frames": T, "eval_sampling": "uniform"})
+    folder = save_pretrained(model, tmp_path / "m")
     info = json.loads((folder / "config.json").read_text())
     assert info["head"] == "tightTransf" and info["head_layers"] == 1 and info["head_init_from_text"] is True
     assert info["head_input_norm"] is False and info["max_words"] == 16
@@ -179,7 +178,7 @@ def test_model_folder_rebuilds_to_identical_scores(tmp_path):
     with torch.no_grad():
         assert torch.equal(_scores(again, frames, mask, tokens), _scores(model, frames, mask, tokens))
         assert torch.equal(again.encode_video(frames), model.encode_video(frames))
-    save_pretrained(again, tmp_path / "m2", extra={"num_frames": T, "eval_sampling": "uniform"})
+    save_pretrained(again, tmp_path / "m2")
     assert json.loads((tmp_path / "m2" / "config.json").read_text()) == info  # a reload describes itself alike
 
 
@@ -197,8 +196,8 @@ def _run_args(data: Path, extra: list[str] = ()) -> list[str]:
 
 
 def test_train_evaluate_extract_and_stage2_on_real_files(clips, tmp_path, capsys):
-    from vcap_toolkit.cli.main import main
     from retrieval_pretrain.reading.features import FeatureStore
+    from vcap_toolkit.cli.main import main
 
     s1 = tmp_path / "s1"
     train = ["pretrain.epochs=10", "pretrain.lr=1e-3", "pretrain.clip_lr=1e-3", "pretrain.save_every=5"]
@@ -217,13 +216,13 @@ def test_train_evaluate_extract_and_stage2_on_real_files(clips, tmp_path, capsys
     assert metrics["t2v_R@1"] > 0.125, metrics  # better than chance on the videos it trained on
 
     # the pairwise path scored these: the cross encoder's ranking of the eight training videos
-    model, info = from_pretrained(s1 / "model")
+    model, spec = from_pretrained(s1 / "model")
     from retrieval_pretrain.stage1.data import Preprocess
     from retrieval_pretrain.stage1.encode import video_states
 
     rows = [json.loads(x) for x in (clips / "annotations.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
-    pre = Preprocess(info["num_frames"], model.image_size, model.image_mean, model.image_std)
+    pre = Preprocess.for_model(spec)
     states, failures = video_states(model, [(r["video"], clips / r["video"]) for r in train_rows], pre,
                                     torch.device("cpu"), 4, 0)
     assert not failures and len(states) == 8 and states[train_rows[0]["video"]]["frames"].shape == (T, 128)
@@ -251,10 +250,10 @@ def test_train_evaluate_extract_and_stage2_on_real_files(clips, tmp_path, capsys
     capsys.readouterr()
     assert main(["search", str(idx), query, "--top", "8", "--json"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
-    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
+    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
 
     with torch.no_grad():
-        text = model.encode_text_state(tokenizer_from_info(info)([query]))
+        text = model.encode_text_state(tokenizer_from_spec(spec)([query]))
         stacked = {k: torch.stack([states[r["video"]][k] for r in train_rows]) for k in ("video", "frames", "mask")}
         exact = model.pair_scores(stacked, text)[:, 0]
     by_path = {str(clips / r["video"]): float(exact[i]) for i, r in enumerate(train_rows)}

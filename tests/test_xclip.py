@@ -19,18 +19,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from demo_clips import cli_args, make_clips
 
 from caption.config import load
-from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer, tokenizer_from_info
-from retrieval_pretrain.stage1.encode import pair_score_matrix
 from retrieval_pretrain.foundation.errors import ConfigError, WeightsUnavailableError
+from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer, tokenizer_from_spec
 from retrieval_pretrain.modeling.loss import info_nce, info_nce_scores
 from retrieval_pretrain.modeling.model import scores_pairwise
 from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
 from retrieval_pretrain.modeling.parts import build_loss, build_video_text_model, param_groups
 from retrieval_pretrain.modeling.xclip import XClipVideoTextModel, spread_real_frames, text_attention_mask
-
-from demo_clips import cli_args, make_clips
+from retrieval_pretrain.stage1.encode import pair_score_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 4
@@ -214,7 +213,7 @@ def test_pairwise_loss_over_two_processes_weights_each_batch_by_its_share(tmp_pa
 def test_model_folder_rebuilds_without_a_download(tmp_path, monkeypatch):
     model, cfg = _model()
     frames, tokens = _inputs(cfg)
-    folder = save_pretrained(model, tmp_path / "m", extra={"num_frames": T, "eval_sampling": "uniform"})
+    folder = save_pretrained(model, tmp_path / "m")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     info = json.loads((folder / "config.json").read_text())
     assert info["clip"]["kind"] == "xclip" and info["head"] == "mit" and info["embed_dim"] == 32
@@ -222,13 +221,13 @@ def test_model_folder_rebuilds_without_a_download(tmp_path, monkeypatch):
     assert info["image_size"] == 32 and info["image_mean"] == list(model.image_mean)
     assert info["image_mean"] == [0.48145466, 0.4578275, 0.40821073]  # CLIP's OpenAI values, as XCLIPProcessor
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    again, info2 = from_pretrained(folder)
+    again, spec = from_pretrained(folder)
     assert isinstance(again, XClipVideoTextModel)
     with torch.no_grad():
         assert torch.equal(again.encode_video(frames), model.encode_video(frames))
         assert torch.equal(again.encode_text(tokens), model.encode_text(tokens))
         assert torch.equal(again(frames, None, tokens)["logits"], model(frames, None, tokens)["logits"])
-    assert torch.equal(tokenizer_from_info(info2)(CAPTIONS), build_tokenizer(cfg)(CAPTIONS))
+    assert torch.equal(tokenizer_from_spec(spec)(CAPTIONS), build_tokenizer(cfg)(CAPTIONS))
 
 
 def test_a_transformers_folder_loads_strictly_by_from_pretrained(tmp_path):
@@ -305,8 +304,8 @@ def _run_args(data: Path, extra: list[str] = ()) -> list[str]:
 
 
 def test_train_extract_evaluate_and_stage2_on_real_files(clips, tmp_path, capsys):
-    from vcap_toolkit.cli.main import main
     from retrieval_pretrain.reading.features import FeatureStore
+    from vcap_toolkit.cli.main import main
 
     s1 = tmp_path / "s1"
     train = ["pretrain.epochs=10", "pretrain.lr=1e-3", "pretrain.clip_lr=1e-3", "pretrain.save_every=5"]

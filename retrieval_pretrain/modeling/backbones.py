@@ -25,9 +25,11 @@ from typing import Any
 
 import open_clip
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+from transformers import PretrainedConfig, XCLIPConfig, XCLIPModel, XCLIPTextConfig, XCLIPVisionConfig
 
 from retrieval_pretrain.foundation.errors import ConfigError, WeightsUnavailableError
 
@@ -243,7 +245,6 @@ def _xclip_guidance(model: str, reason: str) -> str:
 def _check_xclip_keys(custom: dict[str, Any]) -> None:
     """``clip.custom`` for X-CLIP may only name ``XCLIPConfig`` fields (and those of its text and
     vision configs): ``XCLIPConfig`` itself keeps an unknown key as a silent attribute."""
-    from transformers import PretrainedConfig, XCLIPConfig, XCLIPTextConfig, XCLIPVisionConfig
 
     common = {f.name for f in dataclasses.fields(PretrainedConfig)}  # generic fields every config has
     for where, cls, given in (("clip.custom", XCLIPConfig, custom),
@@ -277,8 +278,6 @@ def resolve_xclip_config(clip_cfg: Any, num_frames: int | None = None) -> dict[s
     given; otherwise the config.json of ``model`` (a Hugging Face name, from the cache or the Hub,
     or a local folder). ``WeightsUnavailableError`` with the ways to supply it when it cannot be read.
     """
-    from huggingface_hub.errors import StrictDataclassError
-    from transformers import XCLIPConfig
 
     if clip_cfg.custom:
         custom = copy.deepcopy(dict(clip_cfg.custom))
@@ -303,7 +302,6 @@ def resolve_xclip_config(clip_cfg: Any, num_frames: int | None = None) -> dict[s
 
 def xclip_from_config(config: dict[str, Any]) -> torch.nn.Module:
     """A randomly initialised ``XCLIPModel`` of the resolved config dict ``config`` (never downloads)."""
-    from transformers import XCLIPConfig, XCLIPModel
 
     return XCLIPModel(XCLIPConfig.from_dict(copy.deepcopy(config)))
 
@@ -333,7 +331,6 @@ def build_xclip(clip_cfg: Any, num_frames: int) -> tuple[torch.nn.Module, tuple[
     CLIP's OpenAI mean/std, as ``XCLIPProcessor`` uses. Raises ``WeightsUnavailableError`` with the
     ways to supply the model when it cannot be had.
     """
-    from transformers import XCLIPModel
 
     if clip_cfg.temporal_attention != "none":
         raise ConfigError(f"clip.temporal_attention={clip_cfg.temporal_attention} does not apply to clip.kind=xclip "

@@ -8,8 +8,9 @@ from typing import Any, Callable
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-from retrieval_pretrain.modeling.backbones import resolve_arch, tokenizer_spec
 from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.modeling.backbones import resolve_arch, tokenizer_spec
+from retrieval_pretrain.modeling.spec import ModelSpec
 
 
 def check_max_words(max_words: int, context_length: int) -> None:
@@ -44,6 +45,6 @@ def build_tokenizer(cfg: Any) -> Callable[[list[str]], torch.Tensor]:
     return ClipTokenizer(tokenizer_spec(resolve_arch(cfg.clip)), cfg.pretrain.max_words)
 
 
-def tokenizer_from_info(info: dict[str, Any]) -> Callable[[list[str]], torch.Tensor]:
-    """The caption tokenizer of a model folder (``info`` as returned by ``from_pretrained``)."""
-    return ClipTokenizer(info["tokenizer"], info["max_words"])
+def tokenizer_from_spec(spec: ModelSpec) -> Callable[[list[str]], torch.Tensor]:
+    """The caption tokenizer of a stage-1 model (``spec`` as ``from_pretrained`` returns it, or ``model.spec``)."""
+    return ClipTokenizer(spec.tokenizer.to_json(), spec.max_words)

@@ -31,7 +31,6 @@ import hashlib
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from retrieval_pretrain.modeling.backbones import text_tower
 from retrieval_pretrain.modeling.heads import TemporalHead
+from retrieval_pretrain.modeling.spec import ModelSpec
 
 
 @runtime_checkable
@@ -76,8 +77,8 @@ class VideoTextModel(nn.Module):
         head: the temporal head (``heads.TemporalHead``).
         image_mean / image_std: the normalisation CLIP was trained with (carried for preprocessing;
             never used in ``forward``, which takes normalised frames).
-        build_info: JSON-able description of how the backbone was built (source, tokenizer), carried
-            so ``model_folder.save_pretrained`` can write it; never read here.
+        spec: the ``spec.ModelSpec`` describing the whole model (``parts.build_model`` sets it), which
+            ``model_folder.save_pretrained`` writes; never read here. None for a model built by hand.
         head_from_text: whether the head started as a copy of CLIP's text transformer (recorded).
         prompt: learnt prompt vectors around every caption in the text tower
             (``prompt.TextPrompt``, ``pretrain.mode=prompt``), or None for plain captions.
@@ -86,7 +87,7 @@ class VideoTextModel(nn.Module):
     pairwise = False  # an embedding model: a pair's score is the dot product of its embeddings
 
     def __init__(self, clip: nn.Module, head: TemporalHead, image_mean: Sequence[float] = OPENAI_DATASET_MEAN,
-                 image_std: Sequence[float] = OPENAI_DATASET_STD, build_info: dict[str, Any] | None = None,
+                 image_std: Sequence[float] = OPENAI_DATASET_STD, spec: ModelSpec | None = None,
                  head_from_text: bool = False, frame_layout: Any = None, prompt: nn.Module | None = None):
         super().__init__()
         self.clip = clip
@@ -96,7 +97,7 @@ class VideoTextModel(nn.Module):
         self.head_from_text = head_from_text
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
-        self.build_info = dict(build_info or {})
+        self.spec = spec
 
     # ------------------------------------------------------------------ properties
 

@@ -11,8 +11,14 @@ branch in the training loop).
 |                 |                  | ``tightTransf`` (pairwise, CLIP4Clip) | ``build_tight_transf``   |
 | loss            | ``pretrain.loss``| ``infonce``, ``kl`` (ActionCLIP)      | ``build_loss``           |
 | training mode   | ``pretrain.mode``| ``full`` (+ ``pretrain.freeze``);     | ``build_training_mode``  |
-|                 |                  | ``prompt`` (frozen CLIP, text prompts,| ``build_prompt``         |
+|                 |                  | ``prompt`` (frozen CLIP, text prompts,| ``build_model`` (prompt) |
 |                 |                  | cached frame features; Ju et al.)     |                          |
+
+The whole network is described by a ``spec.ModelSpec`` (what the model folder's config.json holds)
+and built by ONE function, ``build_model(spec, backbone)``: for training, over the backbone
+``build_backbone`` gives, with the spec ``spec_from_config(cfg, backbone)`` makes
+(``build_video_text_model(cfg)`` does both); for loading a folder, over a random backbone of
+``spec.clip.arch`` whose weights ``model_folder.from_pretrained`` then loads.
 
 The text side is CLIP's text tower inside the backbone. The training loop only ever calls
 ``loss_fn(model(frames, mask, tokens), tokens)`` and the optimizer over the trainable parameters.
@@ -24,25 +30,37 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Any, Callable
+from dataclasses import replace
+from typing import Any, Callable, NamedTuple
 
 import torch
 from open_clip.transformer import ResidualAttentionBlock, Transformer
 from torch import nn
 
-from retrieval_pretrain.modeling.backbones import BACKBONE_KINDS, build_clip, build_xclip, resolve_arch, text_tower
-from retrieval_pretrain.modeling.clip_tokenizer import check_max_words
 from retrieval_pretrain.foundation.errors import ConfigError
-from retrieval_pretrain.modeling.heads import TemporalHead
+from retrieval_pretrain.modeling.backbones import (
+    BACKBONE_KINDS,
+    build_clip,
+    build_xclip,
+    clip_from_arch,
+    resolve_arch,
+    text_tower,
+    xclip_from_config,
+)
+from retrieval_pretrain.modeling.clip_tokenizer import check_max_words
+from retrieval_pretrain.modeling.heads import TemporalHead, build_head
 from retrieval_pretrain.modeling.loss import info_nce, info_nce_scores, kl_matching, kl_matching_scores
 from retrieval_pretrain.modeling.model import VideoTextModel
 from retrieval_pretrain.modeling.prompt import TextPrompt
+from retrieval_pretrain.modeling.spec import ClipSpec, ModelSpec, PromptSpec, TokenizerSpec
 from retrieval_pretrain.modeling.st_mix import enable_st_mix
 from retrieval_pretrain.modeling.tight_transf import CrossEncoder, TightTransfModel
 from retrieval_pretrain.modeling.xclip import XClipVideoTextModel
 
 LOSSES = ("infonce", "kl")
 MODES = ("full", "prompt")
+# A stage-1 model: CLIP4Clip's (tightTransf's is one too) or X-CLIP's.
+StageOneModel = VideoTextModel | XClipVideoTextModel
 
 
 def _text_parts(clip: nn.Module) -> tuple[nn.Module | None, torch.Tensor | None]:
@@ -56,13 +74,23 @@ def _text_parts(clip: nn.Module) -> tuple[nn.Module | None, torch.Tensor | None]
     return transformer, pos
 
 
-def build_backbone(cfg: Any) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...], dict[str, Any]]:
-    """``(clip, image_mean, image_std, tokenizer_spec)`` for ``cfg.clip`` (``clip.kind``): an
-    open_clip CLIP, or a transformers ``XCLIPModel`` for ``video.num_frames`` frames."""
+class Backbone(NamedTuple):
+    """A backbone with its weights, as ``build_backbone`` gives it: the module, the image
+    normalisation it was trained with, and its tokenizer (``backbones.tokenizer_spec``)."""
+
+    module: nn.Module
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    tokenizer: dict[str, Any]
+
+
+def build_backbone(cfg: Any) -> Backbone:
+    """The backbone of ``cfg.clip`` (``clip.kind``), its weights loaded as configured: an open_clip
+    CLIP, or a transformers ``XCLIPModel`` for ``video.num_frames`` frames."""
     if cfg.clip.kind == "open_clip":
-        return build_clip(cfg.clip)
+        return Backbone(*build_clip(cfg.clip))
     if cfg.clip.kind == "xclip":
-        return build_xclip(cfg.clip, cfg.video.num_frames)
+        return Backbone(*build_xclip(cfg.clip, cfg.video.num_frames))
     raise ConfigError(f"clip.kind: unknown backbone {cfg.clip.kind!r}; choose one of {', '.join(BACKBONE_KINDS)}")
 
 
@@ -87,7 +115,7 @@ def build_temporal_head(kind: str, layers: int, num_frames: int, clip: nn.Module
     text tower's heads and activation when they match, so the copy is exact."""
     dim, heads, act = _block_style(clip)
     text, text_pos = _text_parts(clip)
-    head = TemporalHead(dim, kind, layers, num_frames, heads=heads, act_layer=act, input_norm=input_norm)
+    head = build_head(dim, kind, layers, num_frames, heads=heads, act_layer=act, input_norm=input_norm)
     from_text = bool(init_from_text and text is not None and head.init_from_text(text, text_pos))
     return head, from_text
 
@@ -105,16 +133,6 @@ def build_tight_transf(clip: nn.Module, layers: int, num_frames: int, max_words:
     return TightTransfModel(clip, cross, max_words, head_from_text=from_text, **model_kwargs)
 
 
-def build_prompt(cfg: Any, clip: nn.Module, max_words: int) -> TextPrompt:
-    """Prompt tuning's learnt vectors for ``clip``'s text tower (``pretrain.prompt``), refusing
-    captions that would leave no room for them. (The towers it cannot prompt - X-CLIP, tightTransf,
-    st_mix - are refused before training builds anything: ``config.check_training_choices``.)"""
-    p = cfg.pretrain.prompt
-    owner = text_tower(clip)
-    check_prompt_fits(max_words, p.prefix, p.suffix, int(owner.context_length), "pretrain.")
-    return TextPrompt(owner.token_embedding.weight.shape[1], p.prefix, p.suffix)
-
-
 def check_prompt_fits(max_words: int, prefix: int, suffix: int, context: int, where: str = "") -> None:
     """``ConfigError`` unless a caption of ``max_words`` tokens and the prompts fit ``context`` positions."""
     if max_words + prefix + suffix > context:
@@ -123,49 +141,135 @@ def check_prompt_fits(max_words: int, prefix: int, suffix: int, context: int, wh
                           f"max_words or the prompts")
 
 
-def _xclip_info(cfg: Any, xclip: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
-    """What an X-CLIP model folder records of how it was built: the resolved ``XCLIPConfig``
-    dict as ``clip.arch``, so the folder rebuilds without a download."""
-    return {
-        "clip": {"kind": "xclip", "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
-                 "custom": copy.deepcopy(cfg.clip.custom), "arch": xclip.config.to_dict(),
-                 "temporal_attention": "none"},
-        "tokenizer": spec,
-        "max_words": cfg.pretrain.max_words,
-        "image_interpolation": "bicubic",  # XCLIPProcessor: bicubic resize of the short side, centre crop
-        "image_resize_mode": "shortest",
-    }
-
-
-def build_video_text_model(cfg: Any) -> VideoTextModel | TightTransfModel | XClipVideoTextModel:
-    """The stage-1 model for a config with ``.clip``, ``.pretrain`` (head, head_layers, max_words)
-    and ``.video.num_frames``; CLIP weights as ``build_backbone`` gets them. For ``clip.kind=xclip``
-    the whole model is X-CLIP's (its MIT is the temporal head; ``pretrain.head*`` do not apply);
-    ``pretrain.head=tightTransf`` gives CLIP4Clip's cross-encoder model (pairwise scores)."""
-    clip, mean, std, spec = build_backbone(cfg)
-    check_max_words(cfg.pretrain.max_words, spec["context_length"])  # fail now, not in a worker
-    if cfg.clip.kind == "xclip":
-        return XClipVideoTextModel(clip, image_mean=mean, image_std=std, build_info=_xclip_info(cfg, clip, spec))
-    layout = enable_st_mix(clip.visual) if cfg.clip.temporal_attention == "st_mix" else None
+def spec_from_config(cfg: Any, backbone: Backbone) -> ModelSpec:
+    """What the model ``cfg`` trains is (``clip``, ``pretrain``, ``video``): the spec ``build_model``
+    builds over ``backbone`` and the model folder records. Its head starts as a copy of CLIP's text
+    blocks where they fit (``head_init_from_text``: the built model records whether it did).
+    ``ConfigError`` when captions (and prompts) do not fit the text tower."""
+    c, p, clip = cfg.clip, cfg.pretrain, backbone.module
+    tok = backbone.tokenizer
+    tokenizer = TokenizerSpec(int(tok["context_length"]), tok["type"], dict(tok.get("kwargs") or {}))
+    check_max_words(p.max_words, tokenizer.context_length)  # fail now, not in a worker
+    common = dict(num_frames=cfg.video.num_frames, image_mean=tuple(backbone.image_mean),
+                  image_std=tuple(backbone.image_std), tokenizer=tokenizer, max_words=p.max_words,
+                  eval_sampling=cfg.video.eval_sampling)
+    if c.kind == "xclip":  # the resolved XCLIPConfig dict, so the folder rebuilds without a download
+        arch = clip.config.to_dict()
+        vision = arch["vision_config"]
+        return ModelSpec(ClipSpec(arch, "xclip", c.model, c.pretrained, copy.deepcopy(c.custom), "none"),
+                         head="mit", head_layers=int(vision["mit_num_hidden_layers"]), head_input_norm=False,
+                         head_heads=int(vision["mit_num_attention_heads"]), head_init_from_text=False,
+                         embed_dim=int(arch["projection_dim"]), image_size=_square(vision["image_size"]),
+                         context_length=tokenizer.context_length,
+                         image_interpolation="bicubic", image_resize_mode="shortest",  # as XCLIPProcessor
+                         **common)
+    dim, heads, _ = _block_style(clip)
+    context = int(text_tower(clip).context_length)
+    prompt = None
+    if p.mode == "prompt" and p.head != "tightTransf":  # (tightTransf is refused by check_training_choices)
+        check_prompt_fits(p.max_words, p.prompt.prefix, p.prompt.suffix, context, "pretrain.")
+        prompt = PromptSpec(p.prompt.prefix, p.prompt.suffix)
     pre = getattr(clip.visual, "preprocess_cfg", {}) or {}
-    info = {
-        "clip": {"model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
-                 "custom": copy.deepcopy(cfg.clip.custom), "arch": resolve_arch(cfg.clip),
-                 "temporal_attention": cfg.clip.temporal_attention},
-        "tokenizer": spec,
-        "max_words": cfg.pretrain.max_words,
-        "image_interpolation": pre.get("interpolation", "bicubic"),
-        "image_resize_mode": pre.get("resize_mode", "shortest"),
-    }
-    if cfg.pretrain.head == "tightTransf":
-        return build_tight_transf(clip, cfg.pretrain.head_layers, cfg.video.num_frames, cfg.pretrain.max_words,
-                                  input_norm=cfg.pretrain.head_input_norm, image_mean=mean, image_std=std,
-                                  build_info=info, frame_layout=layout)
-    prompt = build_prompt(cfg, clip, cfg.pretrain.max_words) if cfg.pretrain.mode == "prompt" else None
-    head, from_text = build_temporal_head(cfg.pretrain.head, cfg.pretrain.head_layers, cfg.video.num_frames, clip,
-                                          input_norm=cfg.pretrain.head_input_norm)
-    return VideoTextModel(clip, head, image_mean=mean, image_std=std, build_info=info, head_from_text=from_text,
-                          frame_layout=layout, prompt=prompt)
+    return ModelSpec(ClipSpec(resolve_arch(c), "open_clip", c.model, c.pretrained, copy.deepcopy(c.custom),
+                              c.temporal_attention),
+                     head=p.head, head_layers=p.head_layers, head_input_norm=p.head_input_norm,
+                     head_heads=heads or max(1, dim // 64), head_init_from_text=True, embed_dim=dim,
+                     image_size=_square(clip.visual.image_size), context_length=context,
+                     image_interpolation=pre.get("interpolation", "bicubic"),
+                     image_resize_mode=pre.get("resize_mode", "shortest"), prompt=prompt, **common)
+
+
+def _square(size: Any) -> int:
+    if isinstance(size, (tuple, list)):
+        if size[0] != size[1]:
+            raise ConfigError(f"non-square CLIP input {tuple(size)} is not supported")
+        size = size[0]
+    return int(size)
+
+
+def build_video_text_model(cfg: Any) -> StageOneModel:
+    """The stage-1 model to train for a config with ``.clip``, ``.pretrain`` (head, head_layers,
+    max_words, mode) and ``.video``: ``build_model`` over the CLIP ``build_backbone`` gives (its
+    weights loaded as configured), described by ``spec_from_config``. For ``clip.kind=xclip`` the
+    whole model is X-CLIP's (its MIT is the temporal head; ``pretrain.head*`` do not apply);
+    ``pretrain.head=tightTransf`` gives CLIP4Clip's cross-encoder model (pairwise scores)."""
+    backbone = build_backbone(cfg)
+    return build_model(spec_from_config(cfg, backbone), backbone.module)
+
+
+def build_model(spec: ModelSpec, backbone: nn.Module | None = None) -> StageOneModel:
+    """The stage-1 network ``spec`` describes: the one builder, for training and for loading.
+
+    ``backbone``: when training, the CLIP ``build_backbone`` gave (its weights loaded); the temporal
+    head (or tightTransf's cross encoder) then starts as a copy of CLIP's text blocks where they fit
+    and ``spec.head_init_from_text``, and the model's ``spec`` records whether it did. None when
+    loading a model folder: the backbone of ``spec.clip.arch`` with random weights (never
+    downloads), nothing copied - the weights come next, from ``model.safetensors``.
+
+    The model keeps its spec (``model.spec``). ``ValueError`` naming the key when the built network
+    is not what ``spec`` says (a hand-edited config.json: another width, head or frame count)."""
+    loading = backbone is None
+    if loading:
+        backbone = xclip_from_config(spec.clip.arch) if spec.is_xclip else clip_from_arch(spec.clip.arch)
+    if spec.is_xclip:
+        model: StageOneModel = XClipVideoTextModel(backbone, image_mean=spec.image_mean, image_std=spec.image_std)
+    else:
+        model = _clip4clip_model(spec, backbone, init_from_text=spec.head_init_from_text and not loading)
+    if loading and not spec.is_xclip:
+        model.head_from_text = spec.head_init_from_text  # how it started, recorded (weights come next)
+    check_spec_fits(model, spec)
+    model.spec = replace(spec, head_init_from_text=bool(getattr(model, "head_from_text", False)),
+                         head_heads=measured_spec(model)["head_heads"])  # filled in where a folder lacks it
+    return model
+
+
+def _clip4clip_model(spec: ModelSpec, clip: nn.Module, init_from_text: bool) -> VideoTextModel:
+    """An open_clip model with its temporal head (or tightTransf's cross encoder), st_mix and
+    prompts as ``spec`` says."""
+    layout = enable_st_mix(clip.visual) if spec.clip.temporal_attention == "st_mix" else None
+    kwargs = dict(image_mean=spec.image_mean, image_std=spec.image_std, frame_layout=layout)
+    if spec.head == "tightTransf":
+        return build_tight_transf(clip, spec.head_layers, spec.num_frames, spec.max_words,
+                                  input_norm=spec.head_input_norm, init_from_text=init_from_text, **kwargs)
+    head, from_text = build_temporal_head(spec.head, spec.head_layers, spec.num_frames, clip,
+                                          input_norm=spec.head_input_norm, init_from_text=init_from_text)
+    prompt = None
+    if spec.prompt is not None:  # pretrain.mode=prompt: the learnt vectors (trained, or loaded next)
+        owner = text_tower(clip)
+        prompt = TextPrompt(owner.token_embedding.weight.shape[1], spec.prompt.prefix, spec.prompt.suffix)
+    return VideoTextModel(clip, head, head_from_text=from_text, prompt=prompt, **kwargs)
+
+
+def measured_spec(model: StageOneModel) -> dict[str, Any]:
+    """The fields of a spec that the network itself fixes, read from ``model``."""
+    if isinstance(model, XClipVideoTextModel):
+        head = {"head": model.head_kind, "head_layers": model.head_layers, "head_input_norm": False,
+                "head_heads": model.head_heads}
+    elif isinstance(model, TightTransfModel):
+        head = {"head": model.head_kind, "head_layers": model.cross.layers, "head_input_norm": model.cross.input_norm,
+                "head_heads": model.cross.heads}
+    else:
+        head = {"head": model.head_kind, "head_layers": model.head_layers, "head_input_norm": model.head.input_norm,
+                "head_heads": model.head.heads}
+    prompt = getattr(model, "prompt", None)
+    return {**head, "num_frames": model.num_frames, "embed_dim": model.embed_dim, "image_size": model.image_size,
+            "context_length": model.context_length, "image_mean": model.image_mean, "image_std": model.image_std,
+            "prompt": None if prompt is None else PromptSpec(int(prompt.prefix.shape[0]), int(prompt.suffix.shape[0]))}
+
+
+def check_spec_fits(model: StageOneModel, spec: ModelSpec) -> None:
+    """``ValueError`` naming the first key where ``spec`` contradicts the network ``model`` is
+    (``head_heads`` None: not recorded, nothing to compare)."""
+    for key, value in measured_spec(model).items():
+        said = getattr(spec, key)
+        if said != value and not (key == "head_heads" and said is None):
+            raise ValueError(f"'{key}' is {_shown(said)}, but the network it describes has {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, PromptSpec):
+        return repr(value.to_json())
+    return repr(list(value) if isinstance(value, tuple) else value)
 
 
 def build_loss(cfg: Any) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:

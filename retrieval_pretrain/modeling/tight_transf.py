@@ -52,8 +52,9 @@ from open_clip.transformer import LayerNorm, ResidualAttentionBlock, Transformer
 from torch import nn
 
 from retrieval_pretrain.foundation.errors import ConfigError
-from retrieval_pretrain.modeling.heads import TemporalHead, copy_text_blocks
+from retrieval_pretrain.modeling.heads import build_head, copy_text_blocks
 from retrieval_pretrain.modeling.model import VideoTextModel
+from retrieval_pretrain.modeling.spec import ModelSpec
 
 
 def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -189,7 +190,7 @@ class TightTransfModel(VideoTextModel):
         cross: the ``CrossEncoder`` (its width is CLIP's joint embedding width).
         text_length: caption tokens kept in a text state (``pretrain.max_words``): every caption's
             end token must lie within them.
-        image_mean / image_std / build_info / head_from_text / frame_layout: as ``VideoTextModel``
+        image_mean / image_std / spec / head_from_text / frame_layout: as ``VideoTextModel``
             (``head_from_text``: whether the cross encoder started from CLIP's text blocks).
     """
 
@@ -197,10 +198,10 @@ class TightTransfModel(VideoTextModel):
 
     def __init__(self, clip: nn.Module, cross: CrossEncoder, text_length: int,
                  image_mean: Sequence[float] = OPENAI_DATASET_MEAN, image_std: Sequence[float] = OPENAI_DATASET_STD,
-                 build_info: dict[str, Any] | None = None, head_from_text: bool = False, frame_layout: Any = None):
+                 spec: ModelSpec | None = None, head_from_text: bool = False, frame_layout: Any = None):
         check_text_tower(clip)
-        super().__init__(clip, TemporalHead(cross.dim, "meanP", layers=cross.layers, num_frames=cross.num_frames),
-                         image_mean=image_mean, image_std=image_std, build_info=build_info,
+        super().__init__(clip, build_head(cross.dim, "meanP", layers=cross.layers, num_frames=cross.num_frames),
+                         image_mean=image_mean, image_std=image_std, spec=spec,
                          head_from_text=head_from_text, frame_layout=frame_layout)
         self.cross = cross
         self.text_length = int(text_length)

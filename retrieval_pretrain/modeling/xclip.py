@@ -34,13 +34,15 @@ This module defines the network only; ``retrieval_pretrain.modeling.backbones`` 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 from transformers import XCLIPModel
+
+from retrieval_pretrain.modeling.spec import ModelSpec
 
 # Parameter-name parts of the modules X-CLIP adds to CLIP (the VideoX recipe trains them at 10x
 # CLIP's learning rate): message tokens, the MIT, and the prompt generator with its visual input.
@@ -92,18 +94,18 @@ class XClipVideoTextModel(nn.Module):
             ``pretrain.freeze``).
         image_mean / image_std: the normalisation X-CLIP was trained with (CLIP's OpenAI values, as
             ``XCLIPProcessor``); carried for preprocessing, never used in ``forward``.
-        build_info: JSON-able description of how the model was built, for the model folder.
+        spec: the ``spec.ModelSpec`` describing the model (``parts.build_model`` sets it), for the model folder.
     """
 
     pairwise = True  # scores depend on the (video, text) pair: see model.PairwiseScorer
 
     def __init__(self, xclip: XCLIPModel, image_mean: Sequence[float] = OPENAI_DATASET_MEAN,
-                 image_std: Sequence[float] = OPENAI_DATASET_STD, build_info: dict[str, Any] | None = None):
+                 image_std: Sequence[float] = OPENAI_DATASET_STD, spec: ModelSpec | None = None):
         super().__init__()
         self.clip = xclip
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
-        self.build_info = dict(build_info or {})
+        self.spec = spec
 
     # ------------------------------------------------------------------ properties
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.modeling.spec import ModelSpec
 from retrieval_pretrain.reading.label_lists import TEMPLATES
 from retrieval_pretrain.reading.transforms import normalise_frames, preprocess_frames, resize_crop_frames
 from retrieval_pretrain.reading.video import read_frames, sample_indices
@@ -45,6 +46,13 @@ class Preprocess:
     image_size: int
     mean: Sequence[float]
     std: Sequence[float]
+
+    @classmethod
+    def for_model(cls, spec: ModelSpec) -> "Preprocess":
+        """The input a trained stage-1 model takes (``spec`` as ``from_pretrained`` returns it, or
+        ``model.spec``): its frame count, image size and normalisation. Sample with
+        ``spec.eval_sampling``."""
+        return cls(spec.num_frames, spec.image_size, spec.image_mean, spec.image_std)
 
     def __call__(self, path: str | Path, method: str, rng: np.random.Generator | None = None) -> dict[str, Any]:
         sampled = read_frames(path, self.num_frames, method=method, short_side=self.image_size, rng=rng)

@@ -15,11 +15,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from retrieval_pretrain.modeling.model import PairwiseScorer
+from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.stage1.data import Preprocess, VideoClipDataset, collate_videos
 
 
 @torch.no_grad()
-def encode_video_batches(model: Any, videos: list[tuple[str, Path]], pre: Preprocess, device: torch.device,
+def encode_video_batches(model: StageOneModel, videos: list[tuple[str, Path]], pre: Preprocess, device: torch.device,
                          batch_size: int, num_workers: int, method: str = "uniform", desc: str = "videos",
                          timer: Any = None, progress: bool = True, encode: Callable[..., Any] | None = None
                          ) -> Iterator[tuple[list[str], Any, torch.Tensor, list]]:
@@ -51,7 +53,7 @@ def encode_video_batches(model: Any, videos: list[tuple[str, Path]], pre: Prepro
 
 
 @torch.no_grad()
-def embed_videos(model: Any, videos: list[tuple[str, Path]], pre: Preprocess, device: torch.device,
+def embed_videos(model: StageOneModel, videos: list[tuple[str, Path]], pre: Preprocess, device: torch.device,
                  batch_size: int, num_workers: int, method: str = "uniform",
                  desc: str = "videos") -> tuple[dict[str, torch.Tensor], list[tuple[str, str]]]:
     """Embed each video once: ``{video_id: normalised embedding (D,)}`` and the failures."""
@@ -66,7 +68,7 @@ def embed_videos(model: Any, videos: list[tuple[str, Path]], pre: Preprocess, de
 
 
 @torch.no_grad()
-def video_states(model: Any, videos: list[tuple[str, Path]], pre: Preprocess, device: torch.device,
+def video_states(model: StageOneModel, videos: list[tuple[str, Path]], pre: Preprocess, device: torch.device,
                  batch_size: int, num_workers: int, method: str = "uniform",
                  desc: str = "videos") -> tuple[dict[str, dict[str, torch.Tensor]], list[tuple[str, str]]]:
     """A pairwise model's scoring state of each video, once: ``{video_id: {name: tensor}}`` (each
@@ -82,8 +84,8 @@ def video_states(model: Any, videos: list[tuple[str, Path]], pre: Preprocess, de
 
 
 @torch.no_grad()
-def pair_score_matrix(model: Any, states: list[dict[str, torch.Tensor]], texts: torch.Tensor, device: torch.device,
-                      pairs_per_block: int = 16384) -> torch.Tensor:
+def pair_score_matrix(model: PairwiseScorer, states: list[dict[str, torch.Tensor]], texts: torch.Tensor,
+                      device: torch.device, pairs_per_block: int = 16384) -> torch.Tensor:
     """``model.pair_scores`` of every (video, text) pair: (V, N_text) on the CPU, float32.
 
     Args:
@@ -106,7 +108,7 @@ def pair_score_matrix(model: Any, states: list[dict[str, torch.Tensor]], texts: 
 
 
 @torch.no_grad()
-def batch_pair_scores(model: Any, state: dict[str, torch.Tensor], texts: torch.Tensor, device: torch.device,
+def batch_pair_scores(model: PairwiseScorer, state: dict[str, torch.Tensor], texts: torch.Tensor, device: torch.device,
                       pairs_per_block: int = 16384) -> torch.Tensor:
     """``model.pair_scores`` of one batch of video states against every text: (B, N_text) on the
     CPU, float32. The batched counterpart of ``pair_score_matrix`` for states that come batched

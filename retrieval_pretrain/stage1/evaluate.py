@@ -10,28 +10,30 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from retrieval_pretrain.foundation.accelerate_setup import pick_device
-from retrieval_pretrain.reading.annotations import load_annotations
 from retrieval_pretrain.foundation.atomic import write_json
-from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
+from retrieval_pretrain.foundation.errors import DatasetError
+from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
+from retrieval_pretrain.modeling.model import scores_pairwise
+from retrieval_pretrain.modeling.model_folder import from_pretrained, warn_if_video_differs
+from retrieval_pretrain.modeling.parts import StageOneModel
+from retrieval_pretrain.reading.annotation_table import splits_found
+from retrieval_pretrain.reading.annotations import load_annotations
 from retrieval_pretrain.stage1.config import RetrievalConfig
 from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import embed_videos, pair_score_matrix, video_states
-from retrieval_pretrain.reading.annotation_table import splits_found
-from retrieval_pretrain.foundation.errors import DatasetError
-from retrieval_pretrain.modeling.model import scores_pairwise
-from retrieval_pretrain.modeling.model_folder import from_pretrained, warn_if_video_differs
 from retrieval_pretrain.stage1.retrieval_metrics import dsl_retrieval_metrics, retrieval_metrics
 
 
 @torch.no_grad()
-def embed_texts(model: Any, tokenize: Any, texts: list[str], device: torch.device, batch_size: int = 256,
-                encode: Any = None) -> torch.Tensor:
+def embed_texts(model: StageOneModel, tokenize: Callable[[list[str]], torch.Tensor], texts: list[str],
+                device: torch.device, batch_size: int = 256,
+                encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Normalised caption embeddings (N, D) on the CPU, ``batch_size`` captions at a time (or, with
     ``encode``, what it gives for a batch of token ids, e.g. ``encode_text_state``)."""
     encode = encode or model.encode_text
@@ -53,16 +55,15 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
     """Retrieval metrics of the stage-1 model in ``model_dir`` on a split; writes ``metrics.json``."""
     split = split or cfg.data.test_split
     device = pick_device(cfg.run.device)
-    model, info = from_pretrained(model_dir, device=device)
-    warn_if_video_differs(cfg.video.num_frames, info["num_frames"], model_dir, cfg.video.eval_sampling,
-                          info.get("eval_sampling", "uniform"))
+    model, spec = from_pretrained(model_dir, device=device)
+    warn_if_video_differs(cfg.video.num_frames, spec.num_frames, model_dir, cfg.video.eval_sampling, spec.eval_sampling)
     entries = split_entries(load_annotations(cfg.data), split, cfg.data.annotations)
-    pre = Preprocess(info["num_frames"], model.image_size, model.image_mean, model.image_std)
+    pre = Preprocess.for_model(spec)
     videos = [(e.video_id, Path(e.path)) for e in entries]
     pairwise = scores_pairwise(model)
     encode = video_states if pairwise else embed_videos  # {video_id: state} or {video_id: embedding (D,)}
     emb, failures = encode(model, videos, pre, device, batch_size or cfg.pretrain.eval_batch_size,
-                           cfg.run.num_workers, method=info.get("eval_sampling", cfg.video.eval_sampling))
+                           cfg.run.num_workers, method=spec.eval_sampling)
     for _, reason in failures:
         print(f"warning: cannot evaluate on unreadable video {reason}", file=sys.stderr)
     kept = [e for e in entries if e.video_id in emb]
@@ -71,7 +72,7 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
                            "could be read (each is named above)")
     texts = [c for e in kept for c in e.captions]
     text_to_video = np.asarray([vi for vi, e in enumerate(kept) for _ in e.captions])
-    tokenize = tokenizer_from_info(info)
+    tokenize = tokenizer_from_spec(spec)
     if pairwise:
         text_states = embed_texts(model, tokenize, texts, device, encode=model.encode_text_state)  # (N_text, D)
         sim = pair_score_matrix(model, [emb[e.video_id] for e in kept], text_states, device).T.numpy()  # (N_text, V)

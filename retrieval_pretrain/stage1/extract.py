@@ -20,17 +20,18 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from retrieval_pretrain.foundation.accelerate_setup import pick_device, process_state
+from retrieval_pretrain.foundation.atomic import write_json
+from retrieval_pretrain.foundation.errors import DatasetError
+from retrieval_pretrain.foundation.folder_lock import folder_lock
+from retrieval_pretrain.foundation.run_log import StepTimer
+from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint, warn_if_video_differs
+from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.reading.annotation_table import normalize_split, splits_found
 from retrieval_pretrain.reading.annotations import load_annotations
-from retrieval_pretrain.foundation.atomic import write_json
+from retrieval_pretrain.reading.features import FeatureStore
 from retrieval_pretrain.stage1.config import RetrievalConfig
 from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import encode_video_batches
-from retrieval_pretrain.foundation.errors import DatasetError
-from retrieval_pretrain.reading.features import FeatureStore
-from retrieval_pretrain.foundation.folder_lock import folder_lock
-from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint, warn_if_video_differs
-from retrieval_pretrain.foundation.run_log import StepTimer
 
 
 def _wanted_videos(cfg: RetrievalConfig, splits: list[str] | None) -> dict[str, Path]:
@@ -48,14 +49,14 @@ def _wanted_videos(cfg: RetrievalConfig, splits: list[str] | None) -> dict[str, 
     return videos
 
 
-def _encode_share(model: Any, info: dict[str, Any], store: FeatureStore, share: list[tuple[str, Path]],
-                  cfg: RetrievalConfig, device: Any, batch_size: int, main: bool) -> dict[str, Any]:
+def _encode_share(model: StageOneModel, store: FeatureStore, share: list[tuple[str, Path]], cfg: RetrievalConfig,
+                  device: Any, batch_size: int, main: bool) -> dict[str, Any]:
     """Encode this process's videos into ``store``: counts, failures and timings of the share."""
-    pre = Preprocess(info["num_frames"], model.image_size, model.image_mean, model.image_std)
+    pre = Preprocess.for_model(model.spec)
     failures: list[dict[str, str]] = []
     timer, extracted = StepTimer(), 0
     for ids, seq, mask, failed in encode_video_batches(model, share, pre, device, batch_size, cfg.run.num_workers,
-                                                       method=info.get("eval_sampling", "uniform"), desc="extract",
+                                                       method=model.spec.eval_sampling, desc="extract",
                                                        timer=timer, progress=main):
         for path, reason in failed:
             failures.append({"path": path, "reason": reason})
@@ -82,13 +83,13 @@ def extract_features(model_dir: Path, cfg: RetrievalConfig, output: Path, splits
 def _extract(model_dir: Path, cfg: RetrievalConfig, store: FeatureStore, splits: list[str] | None,
              batch_size: int, state: PartialState) -> dict[str, Any]:
     device = state.device if state.num_processes > 1 and cfg.run.device != "cpu" else pick_device(cfg.run.device)
-    model, info = from_pretrained(model_dir, device=device)
+    model, spec = from_pretrained(model_dir, device=device)
     if state.is_main_process:
-        warn_if_video_differs(cfg.video.num_frames, info["num_frames"], model_dir, cfg.video.eval_sampling,
-                              info.get("eval_sampling", "uniform"))
+        warn_if_video_differs(cfg.video.num_frames, spec.num_frames, model_dir, cfg.video.eval_sampling,
+                              spec.eval_sampling)
         store.init({"tower": str(model_dir.resolve()), "tower_fingerprint": model_fingerprint(model_dir),
-                    "num_frames": info["num_frames"], "dim": model.embed_dim, "dtype": "float16",
-                    "sampling": info.get("eval_sampling", "uniform"), "head": info.get("head")})
+                    "num_frames": spec.num_frames, "dim": spec.embed_dim, "dtype": "float16",
+                    "sampling": spec.eval_sampling, "head": spec.head})
     state.wait_for_everyone()
     videos = _wanted_videos(cfg, splits)
     pending = [(vid, p) for vid, p in videos.items() if not store.readable(vid)]  # a cut file is done again
@@ -98,7 +99,7 @@ def _extract(model_dir: Path, cfg: RetrievalConfig, store: FeatureStore, splits:
               + (f" by {state.num_processes} processes" if state.num_processes > 1 else ""), file=sys.stderr)
     t0 = time.perf_counter()
     with state.split_between_processes(pending) as share:
-        mine = _encode_share(model, info, store, list(share), cfg, device, batch_size, state.is_main_process)
+        mine = _encode_share(model, store, list(share), cfg, device, batch_size, state.is_main_process)
     shares = gather_object([mine]) if state.num_processes > 1 else [mine]
     seconds = time.perf_counter() - t0
     failures = [f for s in shares for f in s["failures"]]

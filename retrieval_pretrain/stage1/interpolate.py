@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,10 +34,12 @@ import torch
 from open_clip.factory import load_state_dict
 from open_clip.pretrained import get_pretrained_cfg
 
-from retrieval_pretrain.modeling.backbones import build_clip, clip_from_arch
-from retrieval_pretrain.stage1.config import ClipConfig
 from retrieval_pretrain.foundation.errors import ConfigError
-from retrieval_pretrain.modeling.model_folder import from_pretrained, model_config, save_pretrained
+from retrieval_pretrain.modeling.backbones import build_clip, clip_from_arch
+from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
+from retrieval_pretrain.modeling.parts import StageOneModel
+from retrieval_pretrain.modeling.spec import InterpolationRecord
+from retrieval_pretrain.stage1.config import ClipConfig
 
 Weights = dict[str, torch.Tensor]
 
@@ -87,7 +90,7 @@ def _differences(ours: dict[str, tuple[int, ...]], theirs: dict[str, tuple[int, 
     return "; ".join(p for p in parts if p) or "the tensors do not load"
 
 
-def load_base(source: str | Path, model: torch.nn.Module, what: str = "--base") -> Weights:
+def load_base(source: str | Path, model: StageOneModel, what: str = "--base") -> Weights:
     """The base weights for ``model`` (a stage-1 model), under ``model``'s tensor names:
 
     * a stage-1 model folder: all its tensors;
@@ -98,21 +101,21 @@ def load_base(source: str | Path, model: torch.nn.Module, what: str = "--base") 
     The base's CLIP tensors must be ``model``'s one for one (names and shapes); ``ConfigError``
     naming ``what`` and the differences otherwise. Tensors of new layers need not match."""
     source = str(source)
-    clip_info = getattr(model, "build_info", {}).get("clip", {})
-    kind = clip_info.get("kind", "open_clip")
+    clip = model.spec.clip
+    kind = clip.kind
     if os.path.isdir(source):
         base = {k: v.detach() for k, v in from_pretrained(source)[0].state_dict().items()}
     elif kind != "open_clip":
         raise ConfigError(f"{what}={source}: not a stage-1 model folder (for a clip.kind={kind} model the base must "
                           "be one)")
     elif os.path.isfile(source):
-        base = _checkpoint_weights(source, clip_info["arch"], what)
-    elif clip_info.get("model") and not clip_info.get("custom") and get_pretrained_cfg(clip_info["model"], source):
-        clip, *_ = build_clip(ClipConfig(model=clip_info["model"], pretrained=source))
-        base = {f"clip.{k}": v for k, v in clip.state_dict().items()}
+        base = _checkpoint_weights(source, clip.arch, what)
+    elif clip.model and not clip.custom and get_pretrained_cfg(clip.model, source):
+        tagged, *_ = build_clip(ClipConfig(model=clip.model, pretrained=source))
+        base = {f"clip.{k}": v for k, v in tagged.state_dict().items()}
     else:
         raise ConfigError(f"{what}={source}: neither a stage-1 model folder, nor a checkpoint file, nor a pretrained "
-                          f"tag of the model's CLIP ({clip_info.get('model') or 'custom architecture'}); relative "
+                          f"tag of the model's CLIP ({clip.model or 'custom architecture'}); relative "
                           f"paths are read from {os.getcwd()}")
     check_same_backbone(base, model, f"{what}={source}")
     return base
@@ -168,14 +171,11 @@ def interpolate_folders(base: str | Path, finetuned: str | Path, alpha: float, o
         # the folder is swapped in whole: what else it holds would be lost without a word
         raise ConfigError(f"--output {output} is a folder holding other files (not a model folder); give a new "
                           "or empty folder, or an earlier interpolated model to replace")
-    model, info = from_pretrained(finetuned)
+    model, spec = from_pretrained(finetuned)
     weights = load_base(base, model)
     state, mixed, kept = interpolate_state(model.state_dict(), weights, alpha)
     model.load_state_dict(state, strict=True)
-    arch_keys = model_config(model)
-    extra = {k: v for k, v in info.items() if k not in arch_keys}
-    extra["interpolation"] = {"base": str(base), "finetuned": str(finetuned), "alpha": alpha}
-    save_pretrained(model, output, extra=extra)
+    save_pretrained(model, output, replace(spec, interpolation=InterpolationRecord(str(base), str(finetuned), alpha)))
     return {"output": str(output), "base": str(base), "finetuned": str(finetuned), "alpha": alpha,
             "interpolated_tensors": len(mixed), "kept_tensors": len(kept)}
 

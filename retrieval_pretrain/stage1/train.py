@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,21 +30,22 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from retrieval_pretrain.foundation.accelerate_setup import make_accelerator, mean_over_processes, scheduler_length
-from retrieval_pretrain.reading.annotations import load_annotations
 from retrieval_pretrain.foundation.atomic import write_json
 from retrieval_pretrain.foundation.checkpoints import epoch_batches, load_checkpoint, save_checkpoint, stop_if_diverged
-from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
-from retrieval_pretrain.stage1.config import RetrievalConfig, check_training_choices, config_to_dict
-from retrieval_pretrain.stage1.data import steps_per_epoch
-from retrieval_pretrain.modeling.distill import MomentumDistiller
 from retrieval_pretrain.foundation.errors import ConfigError, DatasetError
 from retrieval_pretrain.foundation.folder_lock import folder_lock
-from retrieval_pretrain.stage1.interpolate import InterpolationRegulariser, WeightAverage, load_base
+from retrieval_pretrain.foundation.run_folder import claim
+from retrieval_pretrain.foundation.run_log import JsonlLogger, StepTimer
+from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
+from retrieval_pretrain.modeling.distill import MomentumDistiller
 from retrieval_pretrain.modeling.model import scores_pairwise
 from retrieval_pretrain.modeling.model_folder import init_weights_from, save_pretrained
 from retrieval_pretrain.modeling.parts import build_loss, build_training_mode, build_video_text_model, param_groups
-from retrieval_pretrain.foundation.run_folder import claim
-from retrieval_pretrain.foundation.run_log import JsonlLogger, StepTimer
+from retrieval_pretrain.modeling.spec import SwaRecord
+from retrieval_pretrain.reading.annotations import load_annotations
+from retrieval_pretrain.stage1.config import RetrievalConfig, check_training_choices, config_to_dict
+from retrieval_pretrain.stage1.data import steps_per_epoch
+from retrieval_pretrain.stage1.interpolate import InterpolationRegulariser, WeightAverage, load_base
 from retrieval_pretrain.stage1.training_set import train_loader, training_entries
 
 
@@ -248,14 +249,13 @@ def _finish(run: Stage1, cfg: RetrievalConfig, output: Path, step: int, seconds:
             print(f"warning: {len(run.failures)} unreadable videos were skipped (listed in "
                   f"{output / 'failures.json'})", file=sys.stderr)
         model = acc.unwrap_model(run.model)
-        extra = {"num_frames": cfg.video.num_frames, "eval_sampling": cfg.video.eval_sampling,
-                 "trained_on": {"annotations": cfg.data.annotations, "split": cfg.data.train_split,
-                                "videos": run.videos, "steps": step}}
+        spec = replace(model.spec, trained_on={"annotations": cfg.data.annotations, "split": cfg.data.train_split,
+                                               "videos": run.videos, "steps": step})
         if run.swa is not None:  # the last epoch's weights beside the average, which becomes the model
-            save_pretrained(model, output / "model_last", extra=extra)
+            save_pretrained(model, output / "model_last", spec)
             model.load_state_dict(run.swa.averaged(model), strict=True)
-            extra["swa"] = {"start_epoch": run.swa.start_epoch, "epochs_averaged": run.swa.count}
-        save_pretrained(model, model_dir, extra=extra)
+            spec = replace(spec, swa=SwaRecord(run.swa.start_epoch, run.swa.count))
+        save_pretrained(model, model_dir, spec)
         print(f"stage 1 done: {step} steps on {run.videos} videos ({run.skipped} skipped, {len(run.failures)} "
               f"unreadable) in {seconds:.0f} s; model in {model_dir}", file=sys.stderr)
     acc.wait_for_everyone()

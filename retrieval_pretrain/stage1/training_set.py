@@ -13,8 +13,11 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
+from retrieval_pretrain.foundation.errors import ConfigError, DatasetError
+from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.reading.annotation_table import file_problem, splits_found
 from retrieval_pretrain.reading.annotations import Annotations
+from retrieval_pretrain.reading.label_formats import novel_labels
 from retrieval_pretrain.stage1.config import RetrievalConfig
 from retrieval_pretrain.stage1.data import (
     ContrastiveTrainSet,
@@ -25,8 +28,6 @@ from retrieval_pretrain.stage1.data import (
     collate_videos,
     estimate_cache_bytes,
 )
-from retrieval_pretrain.foundation.errors import ConfigError, DatasetError
-from retrieval_pretrain.reading.label_formats import novel_labels
 
 
 class SplitOverlapError(DatasetError):
@@ -112,7 +113,7 @@ def frame_cache(entries: list[Any], cfg: RetrievalConfig, image_size: int, main:
 FEATURE_CACHE_FRAMES = 32  # frames per video prompt tuning encodes when video.cache_frames is 0 (or num_frames)
 
 
-def feature_cache(entries: list[Any], cfg: RetrievalConfig, model: Any, encode: Callable[[torch.Tensor], torch.Tensor],
+def feature_cache(entries: list[Any], cfg: RetrievalConfig, model: StageOneModel, encode: Callable[[torch.Tensor], torch.Tensor],
                   main: bool) -> FeatureCache:
     """Prompt tuning's frame features: every training video decoded once and its kept frames
     (``video.cache_frames``; when 0, 32 or ``video.num_frames`` if more) encoded by the frozen image
@@ -139,12 +140,12 @@ def feature_cache(entries: list[Any], cfg: RetrievalConfig, model: Any, encode: 
     return cache
 
 
-def train_loader(entries: list[Any], cfg: RetrievalConfig, model: Any, tokenize: Callable[[list[str]], torch.Tensor],
+def train_loader(entries: list[Any], cfg: RetrievalConfig, model: StageOneModel, tokenize: Callable[[list[str]], torch.Tensor],
                  main: bool, encode: Callable[[torch.Tensor], torch.Tensor] | None = None
                  ) -> tuple[DataLoader, EpochShuffleSampler]:
     """The training loader (one item per video, shuffled per epoch by the returned sampler). With
     ``encode`` (prompt tuning: the frozen image tower) its items carry image-tower features."""
-    pre = Preprocess(cfg.video.num_frames, model.image_size, model.image_mean, model.image_std)
+    pre = Preprocess.for_model(model.spec)  # the frames, size and normalisation the model was built for
     if encode is not None:
         cache = feature_cache(entries, cfg, model, encode, main)
     else:

@@ -22,16 +22,32 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import open_clip
 import torch
 
-from retrieval_pretrain.foundation.errors import DatasetError
-from retrieval_pretrain.modeling.model import scores_pairwise
+from retrieval_pretrain.foundation.atomic import write_json
+from retrieval_pretrain.foundation.errors import DatasetError, ModelFolderError
+from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
+from retrieval_pretrain.modeling.model import PairwiseScorer, scores_pairwise
+from retrieval_pretrain.modeling.model_folder import from_pretrained
+from retrieval_pretrain.modeling.parts import StageOneModel, build_video_text_model
+from retrieval_pretrain.modeling.spec import ModelSpec
+from retrieval_pretrain.reading.annotations import load_annotations
+from retrieval_pretrain.reading.label_formats import class_list, novel_labels
 from retrieval_pretrain.reading.label_lists import TEMPLATES, read_labels, read_templates  # noqa: F401  (the job's vocabulary)
+from retrieval_pretrain.stage1.config import RetrievalConfig
+from retrieval_pretrain.stage1.data import Preprocess
+from retrieval_pretrain.stage1.encode import batch_pair_scores, embed_videos, encode_video_batches
+from retrieval_pretrain.stage1.evaluate import embed_texts, split_entries
+
+# A caption tokenizer: sentences -> token ids (B, context_length).
+Tokenize = Callable[[list[str]], torch.Tensor]
+
 
 @torch.no_grad()
-def class_embeddings(model: Any, tokenize: Any, labels: Sequence[str], templates: Sequence[str],
+def class_embeddings(model: StageOneModel, tokenize: Tokenize, labels: Sequence[str], templates: Sequence[str],
                      device: torch.device) -> torch.Tensor:
     """(C, D): per label, the L2-normalised mean of its templates' L2-normalised text embeddings."""
     sentences = [t.replace("{}", label) for label in labels for t in templates]
@@ -42,27 +58,23 @@ def class_embeddings(model: Any, tokenize: Any, labels: Sequence[str], templates
 
 
 @torch.no_grad()
-def class_text_states(model: Any, tokenize: Any, labels: Sequence[str], templates: Sequence[str],
+def class_text_states(model: PairwiseScorer, tokenize: Tokenize, labels: Sequence[str], templates: Sequence[str],
                       device: torch.device) -> torch.Tensor:
     """A pairwise model's ``encode_text_state`` of every label prompt, once: (C * T, ...) on the
     CPU, label-major (label 0's T templates first, as ``class_embeddings`` orders its sentences)."""
-    from retrieval_pretrain.stage1.evaluate import embed_texts
-
     sentences = [t.replace("{}", label) for label in labels for t in templates]
     return embed_texts(model, tokenize, sentences, device, encode=model.encode_text_state)
 
 
-def pairwise_class_scores(model: Any, state: dict[str, torch.Tensor], prompts: torch.Tensor, n_templates: int,
-                          device: torch.device) -> torch.Tensor:
+def pairwise_class_scores(model: PairwiseScorer, state: dict[str, torch.Tensor], prompts: torch.Tensor,
+                          n_templates: int, device: torch.device) -> torch.Tensor:
     """(B, C): per video of the batch ``state`` (``encode_video_state``), each class's mean over its
     ``n_templates`` prompts (``prompts``: ``class_text_states``) of the model's pair score (a cosine)."""
-    from retrieval_pretrain.stage1.encode import batch_pair_scores
-
     scores = batch_pair_scores(model, state, prompts, device)  # (B, C * T)
     return scores.view(scores.shape[0], -1, n_templates).mean(dim=-1)  # (B, C)
 
 
-def class_logits(net: Any, info: dict[str, Any], videos: Sequence[tuple[str, Path]], labels: Sequence[str],
+def class_logits(net: StageOneModel, spec: ModelSpec, videos: Sequence[tuple[str, Path]], labels: Sequence[str],
                  templates: Sequence[str], device: torch.device, batch_size: int = 8, num_workers: int = 0,
                  desc: str = "classify") -> tuple[list[str], torch.Tensor, list[tuple[str, str]]]:
     """Every readable video's logits over the classes, each video decoded and encoded once.
@@ -75,13 +87,8 @@ def class_logits(net: Any, info: dict[str, Any], videos: Sequence[tuple[str, Pat
         ``(video ids read, in the order of videos; (V, C) logits, rows in that order; failures as
         (path, reason))``. The softmax of a row (over all classes or any subset) gives probabilities.
     """
-    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
-    from retrieval_pretrain.stage1.data import Preprocess
-    from retrieval_pretrain.stage1.encode import embed_videos, encode_video_batches
-
-    tokenize, scale = tokenizer_from_info(info), model_scale(net)
-    pre = Preprocess(info["num_frames"], net.image_size, net.image_mean, net.image_std)
-    method = info.get("eval_sampling", "uniform")
+    tokenize, scale = tokenizer_from_spec(spec), model_scale(net)
+    pre, method = Preprocess.for_model(spec), spec.eval_sampling
     if not scores_pairwise(net):
         classes = class_embeddings(net, tokenize, labels, templates, device)  # (C, D)
         emb, failures = embed_videos(net, list(videos), pre, device, batch_size, num_workers, method=method, desc=desc)
@@ -113,55 +120,47 @@ def top_k(probs: torch.Tensor, labels: Sequence[str], k: int) -> list[list[tuple
     return [[(labels[int(i)], round(float(v), 6)) for v, i in zip(vs, ix)] for vs, ix in zip(values, indices)]
 
 
-def model_scale(model: Any) -> float:
+def model_scale(model: StageOneModel) -> float:
     """CLIP's logit scale (``exp`` of its learned log-temperature, clamped at 100 as in training)."""
     return float(model.logit_scale.detach().exp().clamp(max=100))
 
 
-def zero_shot_clip(cfg: Any) -> tuple[Any, dict[str, Any]]:
+def zero_shot_clip(cfg: RetrievalConfig) -> tuple[StageOneModel, ModelSpec]:
     """A plain CLIP of ``cfg.clip`` whose frames are mean-pooled (a ``meanP`` head: no new weights),
-    in eval mode, with the ``info`` a model folder would give (frames, sampling, tokenizer)."""
-    from retrieval_pretrain.modeling.parts import build_video_text_model
-
+    in eval mode, with its spec (as a model folder's: frames, sampling, tokenizer)."""
     # meanP, no head options, no prompts: a training config's seqTransf, head_input_norm or
     # pretrain.mode=prompt (random, untrained prompt vectors) must not reach the zero-shot baseline
     plain = replace(cfg, pretrain=replace(cfg.pretrain, head="meanP", head_input_norm=False, mode="full"))
     model = build_video_text_model(plain).eval()
-    info = {"num_frames": cfg.video.num_frames, "eval_sampling": cfg.video.eval_sampling,
-            **model.build_info}
-    return model, info
+    return model, model.spec
 
 
-def load_recognizer(cfg: Any, model: str | None, pretrained: str | None, device: torch.device) -> tuple[Any, dict[str, Any]]:
+def load_recognizer(cfg: RetrievalConfig, model: str | None, pretrained: str | None,
+                    device: torch.device) -> tuple[StageOneModel, ModelSpec]:
     """The model ``--model`` names: a stage-1 model folder; an open_clip model name (with
     ``pretrained``: its tag or a checkpoint file) as a plain, mean-pooled CLIP; or, without
     ``--model``, the config's ``clip`` section as a plain CLIP."""
-    from retrieval_pretrain.foundation.errors import ModelFolderError
-    from retrieval_pretrain.modeling.model_folder import from_pretrained
-
     if model is not None and Path(model).is_dir():
         if pretrained:
             raise ModelFolderError(f"--pretrained {pretrained}: {model} is a model folder, which has its own weights")
         return from_pretrained(model, device=device)
     if model is not None:
-        import open_clip
-
         if model not in open_clip.list_models():
             raise ModelFolderError(f"--model {model}: neither a model folder nor an open_clip model name "
                                    "(open_clip.list_models())")
         cfg = replace(cfg, clip=replace(cfg.clip, model=model, custom=None, pretrained=pretrained))
     elif pretrained:
         cfg = replace(cfg, clip=replace(cfg.clip, pretrained=pretrained))
-    net, info = zero_shot_clip(cfg)
-    return net.to(device), info
+    net, spec = zero_shot_clip(cfg)
+    return net.to(device), spec
 
 
-def classify_videos(net: Any, info: dict[str, Any], videos: Sequence[tuple[str, Path]], labels: Sequence[str],
+def classify_videos(net: StageOneModel, spec: ModelSpec, videos: Sequence[tuple[str, Path]], labels: Sequence[str],
                     templates: Sequence[str], device: torch.device, top: int = 5, batch_size: int = 8,
                     num_workers: int = 0) -> tuple[dict[str, list[tuple[str, float]]], dict[str, str]]:
     """``({video: [(label, probability)] * top}, {video: why it could not be read})``; the
     probabilities are the softmax of ``class_logits`` (pairwise models: their own pair scores)."""
-    done, logits, failures = class_logits(net, info, videos, labels, templates, device, batch_size, num_workers)
+    done, logits, failures = class_logits(net, spec, videos, labels, templates, device, batch_size, num_workers)
     ranked = top_k(torch.softmax(logits, dim=-1), labels, top) if done else []
     return dict(zip(done, ranked)), {path: reason for path, reason in failures}
 
@@ -176,17 +175,12 @@ def _accuracy(probs: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
             "mean_class_accuracy": round(sum(per_class) / len(per_class), 5), "videos": int(len(truth))}
 
 
-def evaluate_classification(net: Any, info: dict[str, Any], cfg: Any, split: str | None = None,
+def evaluate_classification(net: StageOneModel, spec: ModelSpec, cfg: RetrievalConfig, split: str | None = None,
                             templates: Sequence[str] = TEMPLATES, output: Path | None = None) -> dict[str, Any]:
     """Recognition metrics on a labelled split: top-1 / top-5 / mean class accuracy over all labels;
     with ``data.novel_labels``, also base accuracy (base videos among base labels) and novel
     (zero-shot) accuracy (novel videos among novel labels) and their harmonic mean, as Open-VCLIP
     reports. Writes ``metrics.json``; unreadable videos are named and counted."""
-    from retrieval_pretrain.reading.annotations import load_annotations
-    from retrieval_pretrain.foundation.atomic import write_json
-    from retrieval_pretrain.stage1.evaluate import split_entries
-    from retrieval_pretrain.reading.label_formats import class_list, novel_labels
-
     split = split or cfg.data.test_split
     ann = load_annotations(cfg.data)
     for q in ann.problems:  # named, counted in the metrics and written beside them: never dropped silently
@@ -197,7 +191,7 @@ def evaluate_classification(net: Any, info: dict[str, Any], cfg: Any, split: str
                            f"{cfg.data.format} holds captions); eval-classify needs a labelled format")
     labels = class_list(cfg.data) or sorted({e.label for e in ann.entries})
     device = next(net.parameters()).device
-    done, logits, failures = class_logits(net, info, [(e.video_id, Path(e.path)) for e in entries], labels,
+    done, logits, failures = class_logits(net, spec, [(e.video_id, Path(e.path)) for e in entries], labels,
                                           templates, device, cfg.pretrain.eval_batch_size, cfg.run.num_workers,
                                           desc="eval-classify")  # (V, C), rows in the order of kept
     for _, reason in failures:

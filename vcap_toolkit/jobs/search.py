@@ -49,8 +49,15 @@ import numpy as np
 import torch
 
 from retrieval_pretrain.foundation.atomic import write_file, write_json
-from retrieval_pretrain.foundation.errors import FeatureMismatchError, FeatureStoreError
+from retrieval_pretrain.foundation.errors import FeatureMismatchError, FeatureStoreError, VideoReadError
+from retrieval_pretrain.foundation.folder_lock import folder_lock
+from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
+from retrieval_pretrain.modeling.model import PairwiseScorer, scores_pairwise
+from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint
+from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.reading.features import save_npy
+from retrieval_pretrain.stage1.data import Preprocess
+from retrieval_pretrain.stage1.encode import embed_videos, video_states
 
 SHARD_VIDEOS = 256  # videos per shard: what a killed run can lose
 INDEX_FORMAT = 2  # the newest index format this module reads (1: embeddings only; 2: pairwise states)
@@ -60,7 +67,6 @@ _STATE_NAME = re.compile(r"[a-z][a-z0-9_]*")  # a state tensor's name, used in i
 
 class VideoIndex:
     """Read/append access to an index folder."""
-
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.shards = self.folder / "shards"
@@ -246,18 +252,13 @@ def build_index(model_dir: Path, videos: Sequence[Path], output: Path, device: t
     shard is saved whole; a killed run loses at most the one it was filling); returns a report
     (total, already indexed, indexed now, failed, seconds). ``unlisted``: ``(path, reason)`` of
     folder entries that led nowhere, reported and listed with the unreadable videos."""
-    from retrieval_pretrain.stage1.data import Preprocess
-    from retrieval_pretrain.foundation.folder_lock import folder_lock
-    from retrieval_pretrain.modeling.model import scores_pairwise
-    from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint
-
     with folder_lock(output, "vcap index"):
-        model, info = from_pretrained(model_dir, device=device)
+        model, spec = from_pretrained(model_dir, device=device)
         pairwise = scores_pairwise(model)
         index = VideoIndex(output)
         meta = {"model": str(Path(model_dir).resolve()), "model_fingerprint": model_fingerprint(model_dir),
-                "dim": model.embed_dim, "num_frames": info["num_frames"], "dtype": "float16",
-                "sampling": info.get("eval_sampling", "uniform")}
+                "dim": spec.embed_dim, "num_frames": spec.num_frames, "dtype": "float16",
+                "sampling": spec.eval_sampling}
         index.init({**meta, "format": INDEX_FORMAT, "scoring": PAIRWISE} if pairwise else meta)
         have = index.stamps()
         wanted = list(dict.fromkeys(os.path.abspath(v) for v in videos))  # as given: links not resolved
@@ -268,12 +269,11 @@ def build_index(model_dir: Path, videos: Sequence[Path], output: Path, device: t
               f"{f' ({len(changed)} changed since)' if changed else ''}", file=sys.stderr)
         for p in gone:
             print(f"warning: indexed video no longer exists (searches leave it out): {p}", file=sys.stderr)
-        pre = Preprocess(info["num_frames"], model.image_size, model.image_mean, model.image_std)
-        failures = [{"path": p, "reason": r} for p, r in unlisted]
+        pre, failures = Preprocess.for_model(spec), [{"path": p, "reason": r} for p, r in unlisted]
         t0, done = time.perf_counter(), 0
         for shard in _in_shards(pending, shard_size):
             kept, failed = _encode_shard(model, Path(model_dir), index, shard, pre, device, batch_size, num_workers,
-                                         info.get("eval_sampling", "uniform"), pairwise)
+                                         spec.eval_sampling, pairwise)
             failures += [{"path": p, "reason": r} for p, r in failed]
             done += len(kept)
         write_json(index.folder / "failures.json", failures)
@@ -284,13 +284,11 @@ def build_index(model_dir: Path, videos: Sequence[Path], output: Path, device: t
             "failed": len(failures), "seconds": round(time.perf_counter() - t0, 2), "folder": str(index.folder)}
 
 
-def _encode_shard(model: Any, model_dir: Path, index: VideoIndex, shard: list[tuple[str, Path]], pre: Any,
-                  device: torch.device, batch_size: int, num_workers: int, method: str, pairwise: bool
-                  ) -> tuple[list[str], list[tuple[str, str]]]:
+def _encode_shard(model: StageOneModel, model_dir: Path, index: VideoIndex, shard: list[tuple[str, Path]],
+                  pre: Preprocess, device: torch.device, batch_size: int, num_workers: int, method: str,
+                  pairwise: bool) -> tuple[list[str], list[tuple[str, str]]]:
     """Encode one shard's videos and append what was read to ``index``: embeddings, or (pairwise)
     each video's whole ``encode_video_state``. Returns the paths appended and the failures."""
-    from retrieval_pretrain.stage1.encode import embed_videos, video_states
-
     if not pairwise:
         emb, failed = embed_videos(model, shard, pre, device, batch_size, num_workers, method=method, desc="index")
         kept = [v for v, _ in shard if v in emb]
@@ -331,7 +329,7 @@ def rank(embeddings: np.ndarray, query: np.ndarray, top: int) -> list[tuple[int,
 
 
 @torch.no_grad()
-def pair_scores_over_index(model: Any, index: VideoIndex, text_state: torch.Tensor, device: torch.device,
+def pair_scores_over_index(model: PairwiseScorer, index: VideoIndex, text_state: torch.Tensor, device: torch.device,
                            videos_per_block: int = 1024) -> torch.Tensor:
     """(N,) a pairwise model's ``pair_scores`` of one query with every indexed video, rows of
     ``index.paths()``, float32 on the CPU.
@@ -352,7 +350,7 @@ def pair_scores_over_index(model: Any, index: VideoIndex, text_state: torch.Tens
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def rank_pairs(model: Any, index: VideoIndex, text_state: torch.Tensor, top: int, device: torch.device,
+def rank_pairs(model: PairwiseScorer, index: VideoIndex, text_state: torch.Tensor, top: int, device: torch.device,
                videos_per_block: int = 1024) -> list[tuple[int, float]]:
     """``rank`` for a pairwise index: the ``top`` rows of ``index.paths()`` with the highest pair
     score (the model's cosine of each video with the query prompted by it), best first."""
@@ -365,19 +363,13 @@ def search(index_dir: Path, device: torch.device, text: str | None = None, video
 
     A sentence is scored as the index's model scores pairs (a pairwise index: ``pair_scores`` with
     each video's stored state); an example clip by cosine of pooled embeddings (module docstring)."""
-    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
-    from retrieval_pretrain.stage1.data import Preprocess
-    from retrieval_pretrain.stage1.encode import embed_videos
-    from retrieval_pretrain.modeling.model import scores_pairwise
-    from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint
-
     index = VideoIndex(index_dir)
     meta = index.meta()
     model_dir = Path(meta["model"])
     if not (model_dir / "model.safetensors").is_file() or model_fingerprint(model_dir) != meta["model_fingerprint"]:
         raise FeatureMismatchError(f"{index_dir}: the model it was built with ({model_dir}, fingerprint "
                                    f"{meta['model_fingerprint']}) is gone or changed; rebuild the index")
-    model, info = from_pretrained(model_dir, device=device)
+    model, spec = from_pretrained(model_dir, device=device)
     pairwise, kind = scores_pairwise(model), index.scoring()
     if pairwise != (kind == PAIRWISE):
         raise FeatureMismatchError(
@@ -387,20 +379,16 @@ def search(index_dir: Path, device: torch.device, text: str | None = None, video
     paths = index.paths()
     with torch.no_grad():
         if text is not None and pairwise:  # the sentence prompted by each video: the model's own score
-            text_state = model.encode_text_state(tokenizer_from_info(info)([text]).to(device))  # (1, ...)
+            text_state = model.encode_text_state(tokenizer_from_spec(spec)([text]).to(device))  # (1, ...)
             scores = pair_scores_over_index(model, index, text_state, device)  # (N,)
         elif text is not None:
-            query = model.encode_text(tokenizer_from_info(info)([text]).to(device)).float().cpu()[0]
+            query = model.encode_text(tokenizer_from_spec(spec)([text]).to(device)).float().cpu()[0]
             scores = cosine_scores(index.embeddings(), query.numpy())  # (N,)
         else:
-            pre = Preprocess(info["num_frames"], model.image_size, model.image_mean, model.image_std)
-            emb, failed = embed_videos(model, [("query", Path(video))], pre, device, 1, 0,
-                                       method=info.get("eval_sampling", "uniform"), desc="query")
+            emb, failed = embed_videos(model, [("query", Path(video))], Preprocess.for_model(spec), device, 1, 0,
+                                       method=spec.eval_sampling, desc="query")
             if failed:
-                from retrieval_pretrain.foundation.errors import VideoReadError
-
-                reason = failed[0][1]
-                raise VideoReadError(str(video), reason.removeprefix(f"{video}: "))
+                raise VideoReadError(str(video), failed[0][1].removeprefix(f"{video}: "))
             scores = cosine_scores(index.embeddings(), emb["query"].numpy())  # (N,) pooled embeddings
     ranked = _top(scores, min(len(paths), top * 2 + 16))
     found = [(paths[r], s) for r, s in ranked if os.path.exists(paths[r])]
