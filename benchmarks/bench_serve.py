@@ -50,8 +50,8 @@ def build_tiny(root: Path) -> tuple[Path, Path, Path]:
     from caption.demo import data as demo_data
     from caption.train import train as train_captions
     from retrieval_pretrain.stage1.extract import extract_features
-    from vcap_toolkit.jobs.search import build_index
     from retrieval_pretrain.stage1.train import train as train_retrieval
+    from vcap_toolkit.jobs.search import build_index
 
     s1 = ["video.num_frames=4", "pretrain.batch_size=8", "pretrain.epochs=10", "run.num_workers=0",
           "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}",
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from vcap_toolkit.web.serve import ServeModels, create_app, make_server, path_guard, stop_server
+    from vcap_toolkit.web.models import ServeModels, path_guard
+    from vcap_toolkit.web.serve import create_app, make_server, stop_server
 
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is N": expected here
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:

@@ -86,6 +86,15 @@ class CiderD:
         self.n, self.sigma = n, float(sigma)
         self._video_index: dict[str, int] = {}
         self._vocab: dict[str, int] = {}  # word -> id in 1..W (0: not in any reference)
+        word, ref_count, ref_words = self._intern(references)
+        self._base = len(self._vocab) + 1  # key of an n-gram = prefix id * base + last word id
+        ref_of, pos, length = _positions(ref_words)
+        gram_refs, gram_ids = self._gram_tables(word, ref_of, pos, length)
+        self._index_entries(gram_refs, gram_ids, ref_count, ref_words)
+
+    def _intern(self, references: Mapping[str, Sequence[Sequence[str]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Number the videos and the reference words; returns every reference token's word id end to
+        end ``(T,)``, each video's number of references ``(V,)`` and each reference's length ``(R,)``."""
         intern = self._vocab.setdefault
         flat: list[int] = []
         ref_count, ref_words = [], []
@@ -99,17 +108,18 @@ class CiderD:
                 # len() is evaluated before each setdefault, so a new word gets the next id.
                 flat.extend([intern(w, len(self._vocab) + 1) for w in ref])
                 ref_words.append(len(ref))
-        self._base = len(self._vocab) + 1  # key of an n-gram = prefix id * base + last word id
-        word = np.asarray(flat, dtype=np.int64)  # (T,) all reference tokens end to end
-        ref_of, pos, length = _positions(np.asarray(ref_words, dtype=np.int64))
-        num_refs = len(ref_words)
+        return (np.asarray(flat, dtype=np.int64), np.asarray(ref_count, dtype=np.int64),
+                np.asarray(ref_words, dtype=np.int64))
 
-        # N-gram ids, order by order: unique keys of the order's n-grams, ids after the lower orders'.
+    def _gram_tables(self, word: np.ndarray, ref_of: np.ndarray, pos: np.ndarray,
+                     length: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """N-gram ids, order by order: unique keys of the order's n-grams (``self._tables``), ids after
+        the lower orders'. Returns, per order, the reference and the n-gram id of each occurrence."""
         self._tables: list[np.ndarray] = []
         gram_refs, gram_ids = [], []
         prefix = np.zeros(len(word), dtype=np.int64)  # id of the (k-1)-gram starting at each token
         offset = 0
-        for k in range(1, n + 1):
+        for k in range(1, self.n + 1):
             at = np.flatnonzero(pos <= length - k)  # tokens that start a k-gram
             keys = word[at] if k == 1 else prefix[at] * self._base + word[at + k - 1]
             table, inverse = np.unique(keys, return_inverse=True)
@@ -118,14 +128,20 @@ class CiderD:
             gram_refs.append(ref_of[at])
             gram_ids.append(offset + inverse)
             offset += len(table)
-        num_grams = self._num_grams = offset
+        self._num_grams = offset
         self._offsets = np.cumsum([0] + [len(t) for t in self._tables])[:-1]  # (n,) first id of each order
-        order = np.repeat(np.arange(n), [len(t) for t in self._tables])  # (G,) 0-based order of each id
+        return gram_refs, gram_ids
 
+    def _index_entries(self, gram_refs: list[np.ndarray], gram_ids: list[np.ndarray], ref_count: np.ndarray,
+                       ref_words: np.ndarray) -> None:
+        """The (video, n-gram) rows of (reference, count) entries, the idf, and every reference's
+        tf-idf norms per order and length."""
+        n, num_grams, num_refs = self.n, self._num_grams, len(ref_words)
+        order = np.repeat(np.arange(n), [len(t) for t in self._tables])  # (G,) 0-based order of each id
         # Each reference's term frequencies, as (reference, n-gram id) -> count entries.
         ref_gram, tf = np.unique(np.concatenate(gram_refs) * num_grams + np.concatenate(gram_ids), return_counts=True)
         ref, gid = ref_gram // num_grams, ref_gram % num_grams  # (E,) sorted by reference
-        self._ref_count = np.asarray(ref_count, dtype=np.int64)  # (V,)
+        self._ref_count = ref_count  # (V,)
         self._ref_start = np.cumsum(self._ref_count) - self._ref_count  # (V,) first reference of each video
         video = np.repeat(np.arange(len(ref_count)), ref_count)[ref]  # (E,)
         pair = video * num_grams + gid  # (E,) (video, n-gram) key
@@ -138,12 +154,12 @@ class CiderD:
 
         # df: in how many videos' reference sets each n-gram occurs = its number of rows.
         df = np.bincount(gid[row_first], minlength=num_grams)  # (G,)
-        self.log_num_videos = float(np.log(float(len(references))))
+        self.log_num_videos = float(np.log(float(len(ref_count))))
         self._idf = self.log_num_videos - np.log(np.maximum(1.0, df))  # (G,) >= 0 since df <= V
         norm2 = np.bincount(ref * n + order[gid], weights=(tf * self._idf[gid]) ** 2, minlength=num_refs * n)
         # One extra all-zero reference pads videos with fewer references than the batch's widest.
         self._ref_norm = np.vstack([np.sqrt(norm2).reshape(num_refs, n), np.zeros((1, n))])  # (R + 1, n)
-        self._ref_length = np.append(np.maximum(np.asarray(ref_words, dtype=np.float64) - 1, 0), 0.0)  # (R + 1,)
+        self._ref_length = np.append(np.maximum(ref_words.astype(np.float64) - 1, 0), 0.0)  # (R + 1,)
 
     def __len__(self) -> int:
         """Number of videos with references."""
@@ -174,12 +190,20 @@ class CiderD:
             video = np.fromiter(map(self._video_index.__getitem__, video_ids), dtype=np.int64, count=len(video_ids))
         except KeyError as e:
             raise KeyError(f"no references for video id {e.args[0]!r}") from None
-        num_cands, n = len(candidates), self.n
-        lengths = np.fromiter(map(len, candidates), dtype=np.int64, count=num_cands)  # (B,)
-        word = self._word_ids(list(chain.from_iterable(candidates)))  # (T,)
+        lengths = np.fromiter(map(len, candidates), dtype=np.int64, count=len(candidates))  # (B,)
+        cell, gid, tf, idf = self._candidate_grams(lengths, list(chain.from_iterable(candidates)))
+        cand_norm = np.sqrt(np.bincount(cell, weights=(tf * idf) ** 2, minlength=len(candidates) * self.n))
+        dots = self._dots(video, cell, gid, tf, idf)  # (B, n, W)
+        return self._combine(video, lengths, dots, cand_norm.reshape(len(candidates), self.n))
+
+    def _candidate_grams(self, lengths: np.ndarray,
+                         tokens: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every distinct n-gram of each candidate and order: its cell (``candidate * n + order``),
+        global id (-1: in no reference), term frequency and idf (an unseen one's df counts as 1)."""
+        n = self.n
+        word = self._word_ids(tokens)  # (T,)
         cand_of, pos, length = _positions(lengths)
         span = len(word) + self._base + 1  # local ids (< T) and word ids (< span) both fit below it
-
         # Every candidate n-gram: a call-local id (same word sequence, same id) and its global id.
         local, glob, cells = [], [], []
         local_prefix, glob_prefix = np.zeros_like(word), np.zeros_like(word)
@@ -201,13 +225,16 @@ class CiderD:
         cell_lid = np.concatenate(cells) * span + np.concatenate(local)
         key, sample, tf = np.unique(cell_lid, return_index=True, return_counts=True)  # (M,)
         cell, gid, tf = key // span, np.concatenate(glob)[sample], tf.astype(np.float64)
-        known = gid >= 0
-        idf = np.where(known, self._idf[np.maximum(gid, 0)], self.log_num_videos)  # unseen: df counts as 1
-        cand_norm = np.sqrt(np.bincount(cell, weights=(tf * idf) ** 2, minlength=num_cands * n))
-        cand_norm = cand_norm.reshape(num_cands, n)  # (B, n)
+        idf = np.where(gid >= 0, self._idf[np.maximum(gid, 0)], self.log_num_videos)
+        return cell, gid, tf, idf
 
+    def _dots(self, video: np.ndarray, cell: np.ndarray, gid: np.ndarray, tf: np.ndarray,
+              idf: np.ndarray) -> np.ndarray:
+        """The clipped dot products ``(B, n, W)`` of each candidate's tf-idf vector per order with
+        each reference of its video (``W``: the widest reference set of the batch)."""
+        n, num_cands = self.n, len(video)
         # Rows of the (video, n-gram) table the candidate n-grams match, expanded to their entries.
-        hit = np.flatnonzero(known)
+        hit = np.flatnonzero(gid >= 0)
         row = _lookup(self._pair_keys, video[cell[hit] // n] * self._num_grams + gid[hit])
         hit, row = hit[row >= 0], row[row >= 0]  # (H,)
         first, size = self._row_ptr[row], self._row_ptr[row + 1] - self._row_ptr[row]
@@ -219,8 +246,12 @@ class CiderD:
         width = int(self._ref_count[video].max(initial=1))  # widest reference set in the batch
         dots = np.bincount(cell[owner] * width + self._ent_ref[entry], weights=products,
                            minlength=num_cands * n * width)  # int64 when nothing matched
-        dots = dots.astype(np.float64, copy=False).reshape(num_cands, n, width)  # (B, n, W)
+        return dots.astype(np.float64, copy=False).reshape(num_cands, n, width)
 
+    def _combine(self, video: np.ndarray, lengths: np.ndarray, dots: np.ndarray, cand_norm: np.ndarray) -> np.ndarray:
+        """CIDEr-D from the dot products ``(B, n, W)`` and the candidates' norms ``(B, n)``: cosine
+        times length penalty, mean over references and orders, times 10."""
+        width = dots.shape[2]
         slot = np.arange(width)
         real = slot[None, :] < self._ref_count[video][:, None]  # (B, W)
         ref_id = np.where(real, self._ref_start[video][:, None] + slot[None, :], len(self._ref_length) - 1)
@@ -228,4 +259,4 @@ class CiderD:
         cos = np.divide(dots, denom, out=dots.copy(), where=denom != 0)  # pycocoevalcap: no division by 0
         delta = np.maximum(lengths - 1, 0)[:, None] - self._ref_length[ref_id]  # (B, W) bigram counts
         penalty = np.exp(-(delta ** 2) / (2 * self.sigma ** 2)) * real
-        return 10.0 * (cos * penalty[:, None, :]).sum(axis=(1, 2)) / (n * self._ref_count[video])
+        return 10.0 * (cos * penalty[:, None, :]).sum(axis=(1, 2)) / (self.n * self._ref_count[video])

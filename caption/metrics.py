@@ -40,8 +40,9 @@ from typing import Iterator, Mapping, Sequence
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
+from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
 
 from retrieval_pretrain.foundation.errors import DatasetError
 
@@ -114,8 +115,6 @@ def _tokenize(captions: Mapping[str, Sequence[str]], tokenize: str, java: bool) 
         return {k: [" ".join(c.split()) for c in v] for k, v in captions.items()}
     if not java:
         return {k: [ptb_tokenize_approx(c) for c in v] for k, v in captions.items()}
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
     # Blank captions are left out of the Java call: trailing empty lines would shift its output.
     todo = {k: [{"caption": " ".join(c.split())} for c in v if c.strip()] for k, v in captions.items()}
     todo = {k: v for k, v in todo.items() if v}
@@ -142,8 +141,6 @@ class _MeteorProcess:
     """pycocoevalcap's ``Meteor`` with its Java process closed deterministically and its stderr drained."""
 
     def __init__(self) -> None:
-        from pycocoevalcap.meteor.meteor import Meteor
-
         self.scorer = Meteor()
         self.proc: subprocess.Popen = self.scorer.meteor_p
         self.stderr_tail: deque[str] = deque(maxlen=40)

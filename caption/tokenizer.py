@@ -20,8 +20,8 @@ model folder it is called ``tokenizer.model`` (``CaptionTokenizer.FILENAME``).
 from __future__ import annotations
 
 import os
-import sys
 import re
+import sys
 import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence

@@ -32,8 +32,15 @@ from caption.demo import CONFIG_PATH
 from caption.demo import data as demo_data
 from retrieval_pretrain.foundation import errors
 from retrieval_pretrain.foundation.errors import (
-    EXIT_CODES, ConfigError, DatasetError, FeatureMismatchError, FeatureStoreError, ModelFolderError, VcapError,
-    VideoReadError, WeightsUnavailableError,
+    EXIT_CODES,
+    ConfigError,
+    DatasetError,
+    FeatureMismatchError,
+    FeatureStoreError,
+    ModelFolderError,
+    VcapError,
+    VideoReadError,
+    WeightsUnavailableError,
 )
 
 VCAP = Path(sys.executable).with_name("vcap")

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vcap_toolkit.reports.report import (ReportRow, as_row, caption_report, make_rows, run_report, training_curves,
-                            video_thumbnails)
 from retrieval_pretrain.foundation.errors import DatasetError
 from retrieval_pretrain.reading.video import probe_video
+from vcap_toolkit.reports.report import ReportRow, as_row, caption_report, make_rows, video_thumbnails
+from vcap_toolkit.reports.run_curves import run_report, training_curves
 
 NASTY = 'a man <script>alert("x")</script> & his dog'
 METRICS = {"BLEU-1": 0.7, "BLEU-2": 0.55, "BLEU-3": 0.43, "BLEU-4": 0.389, "METEOR": 0.352, "ROUGE-L": 0.619,

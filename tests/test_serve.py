@@ -28,7 +28,8 @@ import torch
 pytest.importorskip("flask", reason="the web extra is not installed (pip install 'vcap-toolkit[web]')")
 pytest.importorskip("waitress", reason="the web extra is not installed (pip install 'vcap-toolkit[web]')")
 
-from vcap_toolkit.web.serve import ServeModels, create_app, make_server, path_guard, stop_server  # noqa: E402
+from vcap_toolkit.web.models import ServeModels, path_guard  # noqa: E402
+from vcap_toolkit.web.serve import create_app, make_server, stop_server  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -61,8 +62,8 @@ def built(tmp_path_factory) -> Built:
     from caption.demo import data as demo_data
     from caption.train import train as train_captions
     from retrieval_pretrain.stage1.extract import extract_features
-    from vcap_toolkit.jobs.search import build_index
     from retrieval_pretrain.stage1.train import train as train_retrieval
+    from vcap_toolkit.jobs.search import build_index
 
     root = tmp_path_factory.mktemp("serve")
     spec = demo_data.DemoSpec(num_train=8, num_val=0, num_test=1, frames=8, size=64, seed=11, captions_per_video=2)

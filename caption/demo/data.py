@@ -28,16 +28,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from tqdm import tqdm
 
-from retrieval_pretrain.foundation.atomic import write_file
+from caption.demo.captions import (  # noqa: F401  (re-exported: the demo's public vocabulary)
+    ATTRIBUTE_KEYS,
+    COLOURS,
+    HELD_OUT_PAIRS,
+    MAX_CAPTION_WORDS,
+    MOTIONS,
+    SHAPES,
+    attribute_accuracy,
+    caption_attributes,
+    is_held_out,
+    make_captions,
+)
 from caption.demo.render import (  # noqa: F401  (re-exported: the demo's rendering)
     BACKGROUNDS,
     BACKGROUNDS_NAMES,
@@ -49,18 +63,7 @@ from caption.demo.render import (  # noqa: F401  (re-exported: the demo's render
     sample_trajectory,
     write_mp4,
 )
-from caption.demo.captions import (  # noqa: F401  (re-exported: the demo's public vocabulary)
-    MAX_CAPTION_WORDS,
-    ATTRIBUTE_KEYS,
-    COLOURS,
-    HELD_OUT_PAIRS,
-    MOTIONS,
-    SHAPES,
-    attribute_accuracy,
-    caption_attributes,
-    is_held_out,
-    make_captions,
-)
+from retrieval_pretrain.foundation.atomic import write_file
 
 # Bump when the rendering or caption generation changes, so cached folders are regenerated.
 GENERATOR_VERSION = 3
@@ -257,8 +260,6 @@ def generate_dataset(folder: str | Path, spec: DemoSpec | None = None, progress:
     ``manifest.json``, written last, matches) is returned at once; otherwise (no manifest: a
     different spec, or an interrupted run) everything is regenerated, stale clips of ours removed.
     """
-    from tqdm import tqdm
-
     spec = spec if spec is not None else DemoSpec()
     folder = Path(folder)
     annotations = folder / ANNOTATIONS
@@ -276,9 +277,6 @@ def generate_dataset(folder: str | Path, spec: DemoSpec | None = None, progress:
             records.append(_make_clip(c, spec, folder))
             bar.update(1)
     else:  # each clip is a pure function of (seed, index): the same bytes on any number of processes
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             records = []
             for record in pool.map(_make_clip, clips, [spec] * len(clips), [folder] * len(clips), chunksize=16):

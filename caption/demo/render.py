@@ -190,7 +190,7 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18) -> None:
     """Write (T, H, W, 3) uint8 RGB frames as H.264 (libx264, yuv420p) mp4, atomically: a temporary
     name in the same folder, then a rename."""
-    import av
+    import av  # deferred: PyAV (FFmpeg) only when a clip is written
 
     def encode(tmp: Path) -> None:
         with av.open(str(tmp), mode="w", format="mp4") as container:

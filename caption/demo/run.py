@@ -20,6 +20,7 @@ from typing import Any
 from caption.config import Config, load
 from caption.demo import data as demo_data
 from retrieval_pretrain.foundation.atomic import write_file, write_json
+from retrieval_pretrain.reading.annotations import load_annotations
 
 # The demo's configuration: the YAML shipped beside this module (package data), the one source.
 CONFIG_PATH = Path(__file__).resolve().with_name("tiny_demo.yaml")
@@ -47,11 +48,12 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[s
     ``output/metrics.json``; the CLI prints them as the last line) - and a few generated captions
     beside references in ``output/examples.txt``. ``overrides``: changes to the demo's config.
     ``spec``: another generated world (benchmarks); its ``seed`` is replaced by ``seed``."""
-    from caption.evaluate import evaluate
-    from caption.train import train as train_captioner
-    from retrieval_pretrain.stage1.evaluate import evaluate_retrieval
-    from retrieval_pretrain.stage1.extract import extract_features
-    from retrieval_pretrain.stage1.train import train as pretrain
+    # The stages load torch (seconds); caption.demo is often imported for CONFIG_PATH or the data alone.
+    from caption.evaluate import evaluate  # deferred: torch stage
+    from caption.train import train as train_captioner  # deferred: torch stage
+    from retrieval_pretrain.stage1.evaluate import evaluate_retrieval  # deferred: torch stage
+    from retrieval_pretrain.stage1.extract import extract_features  # deferred: torch stage
+    from retrieval_pretrain.stage1.train import train as pretrain  # deferred: torch stage
 
     t_start = time.perf_counter()
     output = Path(output)
@@ -120,8 +122,6 @@ def _summary(retrieval: dict[str, Any], scores: dict[str, Any], accuracy: dict[s
 
 def examples_text(predictions: dict[str, str], cfg: Config, attributes: dict[str, dict[str, str]], n: int = 8) -> str:
     """A few test videos: the generated caption beside a reference."""
-    from retrieval_pretrain.reading.annotations import load_annotations
-
     entries = {e.video_id: e for e in load_annotations(cfg.data).split("test")}
     lines = ["Some test videos (generated caption | a reference):"]
     for vid in sorted(predictions)[:n]:

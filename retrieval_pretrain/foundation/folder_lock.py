@@ -69,7 +69,7 @@ def folder_lock(folder: str | Path, command: str, accelerator: Any | None = None
         folder.mkdir(parents=True, exist_ok=True)
         refusal = _acquire(folder, command)
     if accelerator is not None and accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
+        from accelerate.utils import broadcast_object_list  # deferred: heavy (torch); multi-process only
 
         refusal = broadcast_object_list([refusal], from_process=0)[0]
     if refusal:

@@ -22,8 +22,8 @@ from typing import Any
 
 from retrieval_pretrain.foundation.atomic import write_json
 from retrieval_pretrain.foundation.checkpoints import latest_checkpoint
-from retrieval_pretrain.foundation.typed_config import config_to_dict
 from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.foundation.typed_config import config_to_dict
 
 RUN_FILE = "run.json"
 # Settings a resumed run may change: they decide how often it logs and saves and how many loader

@@ -19,9 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm import tqdm
+
 from retrieval_pretrain.reading.annotation_table import normalize_split, split_role
 from retrieval_pretrain.reading.annotations import Annotations, load_annotations
 from retrieval_pretrain.reading.data_config import DataConfig, VideoConfig
+from retrieval_pretrain.reading.video import probe_video
 
 MAX_LISTED_MISSING = 20
 
@@ -87,8 +90,6 @@ def _reason(path: Path, err: Exception) -> str:
 
 def probe_videos(paths: list[Path], probe_fn: Callable[[Path], Any], progress: bool = True) -> list[dict[str, str]]:
     """Open each file with ``probe_fn``; return ``[{path, reason}]`` for those that raise."""
-    from tqdm import tqdm
-
     bad = []
     for path in tqdm(paths, desc="probing videos", unit="video", file=sys.stderr, disable=not progress):
         try:
@@ -104,8 +105,6 @@ def video_probe(video: VideoConfig) -> Callable[[Path], Any]:
     ``train_sampling`` picks of ``num_frames`` frames, the first and last frame of each TSN segment
     (training's random picks lie between), the last frame, and with ``cache_frames`` the frame
     cache's uniform picks."""
-    from retrieval_pretrain.reading.video import probe_video
-
     samplings = {(video.num_frames, video.eval_sampling), (video.num_frames, video.train_sampling)}
     if video.cache_frames > 0:
         samplings.add((video.cache_frames, "uniform"))

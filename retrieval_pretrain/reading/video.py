@@ -140,7 +140,7 @@ _QUIET = False
 def _decord() -> Any:
     """Import decord and silence ffmpeg's own log lines once (errors still reach us as exceptions)."""
     global _QUIET
-    import decord
+    import decord  # deferred: decord (FFmpeg) loads on the first read
 
     if not _QUIET:
         decord.logging.set_level(decord.logging.QUIET)
@@ -151,7 +151,7 @@ def _decord() -> Any:
 def _ffmpeg_strerror(code: int) -> str:
     """ffmpeg's text for an error code (either sign), via PyAV; the number if PyAV cannot say."""
     try:
-        import av.error
+        import av.error  # deferred: PyAV (FFmpeg), only on a decord error
 
         av.error.err_check(-abs(code))
     except Exception as e:  # err_check raises the matching FFmpegError subclass
@@ -176,7 +176,7 @@ def _diagnose_open(path: str, err: BaseException) -> str:
     """Why decord could not open ``path``: ask PyAV what is in the file."""
     detail = _decord_detail(err)
     try:
-        import av
+        import av  # deferred: PyAV (FFmpeg), only to diagnose a failed open
     except ImportError:
         return f"decord cannot open it: {detail}"
     try:

@@ -68,7 +68,7 @@ def listed_in_header(path: str) -> Listed | None:
     """What the header of ``path`` lists for the video stream decord reads (the one ffmpeg's
     ``av_find_best_stream`` picks); None when PyAV cannot open it or there is nothing to compare."""
     try:
-        import av
+        import av  # deferred: PyAV (FFmpeg) loads when a header is read
 
         with av.open(path, metadata_errors="ignore", **_HEADER_ONLY) as container:
             if not container.streams.video:

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 from caption.metrics import per_caption_cider
 from caption.tokenizer import normalize_caption
-from vcap_toolkit.reports.report import caption_report, make_rows, training_curves
+from vcap_toolkit.reports.report import caption_report, make_rows
+from vcap_toolkit.reports.run_curves import training_curves
 
 
 def write_evaluation_report(path: Path, model_dir: Path, entries: Sequence[Any], predictions: dict[str, str],

@@ -7,6 +7,7 @@ import html
 import math
 from typing import Sequence
 
+
 def _ticks(lo: float, hi: float, integer: bool = False, n: int = 5) -> list[float]:
     """Round tick values covering ``[lo, hi]`` (the first at or below ``lo``, the last at or above ``hi``)."""
     if hi <= lo:

@@ -18,7 +18,7 @@ the server's log, never to the page): 400 a malformed request, 403 a path outsid
 folders, 404 a file that is not there, 413 an upload over ``--max-upload-mb``, 422 a file the
 toolkit's reader cannot read (the reason ``vcap caption`` prints for it).
 
-Models are loaded once, at start (``ServeModels.load``): the caption pipeline with its stage-1
+Models are loaded once, at start (``models.ServeModels.load``): the caption pipeline with its stage-1
 video tower; the recognizer (``--retrieval-model``, else that same tower object); the index's model
 (the recognizer or tower again when its weights are the same file, by fingerprint). Requests run
 on waitress's threads; every model call holds one lock (``ServeModels.lock``), so inference runs
@@ -39,25 +39,23 @@ from __future__ import annotations
 
 import base64
 import functools
-import os
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
-import torch
 from flask import Flask, Response, jsonify, request, send_file
+from waitress import create_server, wasyncore
 from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, NotFound, RequestEntityTooLarge
 
-from caption.pipeline import TOWER_DIR, VIDEO_EXTENSIONS, CaptionPipeline
+from caption.pipeline import VIDEO_EXTENSIONS
+from retrieval_pretrain.foundation.errors import VideoReadError
 from vcap_toolkit.reports.report import video_thumbnails
-from vcap_toolkit.web.serve_paths import PathGuard, index_folders
-from retrieval_pretrain.foundation.errors import FeatureMismatchError, VideoReadError
+from vcap_toolkit.web.models import ServeModels, file_reason
+from vcap_toolkit.web.serve_paths import PathGuard
 
 PAGE = Path(__file__).with_name("serve_page.html")
 THREADS = 8  # waitress worker threads: uploads and file bytes in parallel; inference takes turns
@@ -72,126 +70,6 @@ _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inlin
 
 
 # ---------------------------------------------------------------- models, loaded once
-
-
-class ServeModels:
-    """Everything the page uses, loaded once: the caption pipeline, the recognizer and the index.
-
-    ``lock`` is held around every model call (see the module docstring)."""
-
-    def __init__(self, pipe: CaptionPipeline, caption_name: str, recognizer: tuple[Any, dict[str, Any]],
-                 recognizer_name: str, index: Any | None = None,
-                 search_model: tuple[Any, dict[str, Any]] | None = None):
-        self.pipe, self.caption_name = pipe, caption_name
-        self.recognizer, self.recognizer_name = recognizer, recognizer_name
-        self.index, self.search_model = index, search_model
-        self.lock = threading.Lock()
-        self.index_paths: list[str] = index.paths() if index is not None else []
-        self.pairwise = index is not None and index.scoring() == "pairwise"
-        self.embeddings = (np.asarray(index.embeddings(), dtype=np.float16)
-                           if index is not None and not self.pairwise else None)  # (N, D), read once
-
-    @classmethod
-    def load(cls, caption_model: str | Path, retrieval_model: str | Path | None = None,
-             index: str | Path | None = None, device: str = "auto") -> "ServeModels":
-        """Load the models ``vcap serve`` names. Without ``retrieval_model`` the caption model's
-        own stage-1 tower classifies; the index's model is loaded only if it is neither of those."""
-        from caption.config import load as load_config
-        from retrieval_pretrain.modeling.model import scores_pairwise
-        from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint
-        from vcap_toolkit.jobs.recognition import load_recognizer
-        from vcap_toolkit.jobs.search import VideoIndex
-
-        pipe = CaptionPipeline.from_pretrained(caption_model, device=device)
-        tower_print = (pipe.model.config.video_tower or {}).get("fingerprint")
-        loaded = {tower_print: (pipe.tower, pipe.tower_info)} if tower_print else {}
-        if retrieval_model is None:
-            recognizer, name = (pipe.tower, pipe.tower_info), f"{caption_model}/{TOWER_DIR} (the caption model's tower)"
-        else:
-            recognizer = load_recognizer(load_config(None, []), str(retrieval_model), None, pipe.device)
-            name = str(retrieval_model)
-            if Path(retrieval_model).is_dir():
-                loaded[model_fingerprint(retrieval_model)] = recognizer
-        video_index = search_model = None
-        if index is not None:
-            video_index = VideoIndex(index)
-            meta = video_index.meta()
-            model_dir = Path(meta["model"])
-            if meta["model_fingerprint"] not in loaded:
-                weights = model_dir / "model.safetensors"
-                if not weights.is_file() or model_fingerprint(model_dir) != meta["model_fingerprint"]:
-                    raise FeatureMismatchError(f"{index}: the model it was built with ({model_dir}, fingerprint "
-                                               f"{meta['model_fingerprint']}) is gone or changed; rebuild the index")
-                loaded[meta["model_fingerprint"]] = from_pretrained(model_dir, device=pipe.device)
-            search_model = loaded[meta["model_fingerprint"]]
-            if scores_pairwise(search_model[0]) != (video_index.scoring() == "pairwise"):
-                raise FeatureMismatchError(f"{index}: an index of {video_index.scoring()} scoring, not what its model "
-                                           f"{model_dir} scores by (made by an earlier version of vcap); rebuild it "
-                                           "with 'vcap index' into a new folder")
-        return cls(pipe, str(caption_model), recognizer, name, video_index, search_model)
-
-    def caption(self, name: str, path: Path, beam: int | None) -> tuple[str, float]:
-        """``(caption, seconds of inference)`` of one video; ``VideoReadError`` if it cannot be read."""
-        decode = self.pipe.default_decode()
-        if beam is not None:
-            decode.num_beams = beam
-        with self.lock:
-            t0 = time.perf_counter()
-            result = self.pipe.caption_videos([(name, path)], decode, num_workers=0, batch_size=1)[name]
-            seconds = time.perf_counter() - t0
-        if not isinstance(result, str):
-            raise VideoReadError(name, _reason(str(result), path))
-        return result, seconds
-
-    def classify(self, name: str, path: Path, labels: Sequence[str], top: int) -> tuple[list[tuple[str, float]], float]:
-        """``([(label, probability)] * top, seconds)`` for one video, with the built-in prompt ensemble."""
-        from vcap_toolkit.jobs.recognition import classify_videos, read_templates
-
-        net, info = self.recognizer
-        with self.lock:
-            t0 = time.perf_counter()
-            ranked, failed = classify_videos(net, info, [(name, path)], labels, read_templates(None), self.pipe.device,
-                                             top=top, batch_size=1, num_workers=0)
-            seconds = time.perf_counter() - t0
-        if name not in ranked:
-            raise VideoReadError(name, _reason(next(iter(failed.values()), "could not be read"), path))
-        return ranked[name], seconds
-
-    @torch.no_grad()
-    def search(self, text: str, top: int) -> tuple[list[tuple[str, float]], float]:
-        """The ``top`` indexed videos that still exist, best first, by the index model's own score
-        (cosine of embeddings, or a pairwise model's ``pair_scores``), and the seconds it took."""
-        from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_info
-        from vcap_toolkit.jobs.search import cosine_scores, pair_scores_over_index
-
-        model, info = self.search_model
-        device = self.pipe.device
-        with self.lock:
-            t0 = time.perf_counter()
-            tokens = tokenizer_from_info(info)([text]).to(device)
-            if self.pairwise:
-                scores = pair_scores_over_index(model, self.index, model.encode_text_state(tokens), device)  # (N,)
-            else:
-                scores = cosine_scores(self.embeddings, model.encode_text(tokens).float().cpu()[0].numpy())  # (N,)
-            seconds = time.perf_counter() - t0
-        found: list[tuple[str, float]] = []
-        for i in torch.argsort(scores, descending=True, stable=True).tolist():
-            if len(found) == top:
-                break
-            if os.path.isfile(self.index_paths[i]):  # a file gone since it was indexed is left out
-                found.append((self.index_paths[i], round(float(scores[i]), 6)))
-        return found, seconds
-
-
-def _reason(message: str, path: Path) -> str:
-    """A reader's ``"{path}: {reason}"`` without the (temporary) path."""
-    return message.removeprefix(f"{path}: ").replace(str(path), "the file")
-
-
-def path_guard(models: ServeModels, allow: Sequence[str | Path] | None) -> PathGuard:
-    """The guard ``vcap serve`` uses: the ``allow`` folders, or by default those of the index's
-    videos; the index's own paths readable as stored."""
-    return PathGuard(allow if allow is not None else index_folders(models.index_paths), indexed=models.index_paths)
 
 
 # ---------------------------------------------------------------- the app
@@ -329,7 +207,7 @@ def _add_model_routes(app: Flask, models: ServeModels, guard: PathGuard, max_upl
         with _request_video(guard, upload_dir) as (name, path):
             shots = video_thumbnails(path, count=6, height=96)  # the content check: the toolkit's reader
             if shots.error:
-                raise VideoReadError(name, _reason(shots.error, path))
+                raise VideoReadError(name, file_reason(shots.error, path))
             caption, seconds = models.caption(name, path, beam)
         return jsonify(video=name, caption=caption, beam=beam or models.pipe.default_decode().num_beams,
                        thumbnails=_data_uris(shots.images),
@@ -391,7 +269,6 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 7860, threads: 
     """A waitress server for ``app`` (not yet serving: call ``.run()``; ``port=0`` picks a free
     port, then ``.effective_port`` says which). Bodies past the upload limit plus 1 MB are cut off
     by waitress itself (413) before they are buffered whole."""
-    from waitress import create_server
 
     return create_server(app, host=host, port=port, threads=threads, ident="vcap",
                          max_request_body_size=int(max_upload_mb * 1024 * 1024) + (1 << 20))
@@ -399,7 +276,6 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 7860, threads: 
 
 def stop_server(server: Any) -> None:
     """Stop a server ``make_server`` made (its ``run()`` returns) and its worker threads."""
-    from waitress import wasyncore
 
     server.task_dispatcher.shutdown()
     wasyncore.close_all(getattr(server, "map", None) or server._map)  # the listener and open connections
