@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
+from caption.config import load  # noqa: E402
 from caption.demo import CONFIG_PATH  # noqa: E402
 from caption.demo import data as demo_data  # noqa: E402
-from caption.config import load  # noqa: E402
 
 
 def split_times(log: Path, skip_first: bool = True) -> dict[str, float]:

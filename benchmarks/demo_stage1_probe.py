@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -35,17 +34,17 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers import get_cosine_schedule_with_warmup  # noqa: E402
 
+from caption.config import load  # noqa: E402
 from caption.demo import CONFIG_PATH  # noqa: E402
 from caption.demo import data as demo_data  # noqa: E402
-from caption.config import load  # noqa: E402
-from retrieval_pretrain.reading.annotations import load_annotations  # noqa: E402
 from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer  # noqa: E402
 from retrieval_pretrain.modeling.loss import info_nce  # noqa: E402
 from retrieval_pretrain.modeling.parts import build_video_text_model as build_model  # noqa: E402
 from retrieval_pretrain.modeling.parts import freeze_parameters  # noqa: E402
-from retrieval_pretrain.stage1.train import _optimizer  # noqa: E402
+from retrieval_pretrain.reading.annotations import load_annotations  # noqa: E402
 from retrieval_pretrain.reading.transforms import preprocess_frames  # noqa: E402
 from retrieval_pretrain.reading.video import read_frames, sample_indices  # noqa: E402
+from retrieval_pretrain.stage1.train import _optimizer  # noqa: E402
 
 KEYS = (("colour", demo_data.COLOURS), ("shape", demo_data.SHAPES), ("motion", demo_data.MOTIONS))
 VERB = {"left": "moves left", "right": "moves right", "up": "moves up", "down": "moves down", "grow": "grows",

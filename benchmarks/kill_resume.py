@@ -14,9 +14,9 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
-import shutil
 import sys
 import tempfile
 import time

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from vcap_toolkit.cli.main import main
 from caption.config import Config
 from caption.train_setup import _entries_with_features
-from retrieval_pretrain.reading.annotations import load_annotations
-from retrieval_pretrain.reading.data_config import DataConfig
-from retrieval_pretrain.reading.data_check import check_dataset, report_text
 from retrieval_pretrain.foundation.errors import DatasetError
+from retrieval_pretrain.reading.annotations import load_annotations
+from retrieval_pretrain.reading.data_check import check_dataset, report_text
+from retrieval_pretrain.reading.data_config import DataConfig
 from retrieval_pretrain.stage1.evaluate import split_entries
 from retrieval_pretrain.stage1.training_set import training_entries
+from vcap_toolkit.cli.main import main
 
 
 def write_jsonl(path: Path, rows: list[tuple[str, str]]) -> Path:

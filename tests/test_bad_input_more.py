@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from caption.caption_files import load_predictions, load_references
-from vcap_toolkit.cli.main import main
 from caption.config import load
+from retrieval_pretrain.foundation.errors import ConfigError, DatasetError, FeatureStoreError
+from retrieval_pretrain.foundation.run_folder import claim
 from retrieval_pretrain.reading.annotations import load_annotations
 from retrieval_pretrain.reading.data_check import check_dataset
-from retrieval_pretrain.foundation.errors import ConfigError, DatasetError, FeatureStoreError
 from retrieval_pretrain.reading.features import FeatureStore
-from retrieval_pretrain.foundation.run_folder import claim
+from vcap_toolkit.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEP = "[" * 100_000 + "]" * 100_000

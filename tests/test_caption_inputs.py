@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from vcap_toolkit.cli.main import main
 from caption.pipeline import expand_videos
 from retrieval_pretrain.foundation.errors import VideoReadError
+from vcap_toolkit.cli.main import main
 
 ROOT_CAN_LIST_ANYTHING = hasattr(os, "geteuid") and os.geteuid() == 0
 

@@ -3,17 +3,16 @@ real clips (plus a text file posing as a video)."""
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from retrieval_pretrain.reading.data_config import DataConfig
 from retrieval_pretrain.reading.annotations import AnnotationError
 from retrieval_pretrain.reading.data_check import check_dataset, report_text
+from retrieval_pretrain.reading.data_config import DataConfig
 
 
 def decord_probe(path: Path) -> None:

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from caption.demo import data as demo_data
-from vcap_toolkit.cli.main import main
 from caption.config import load
 from caption.demo import CONFIG_PATH
-from retrieval_pretrain.stage1.extract import extract_features
+from caption.demo import data as demo_data
 from retrieval_pretrain.foundation.errors import ConfigError
 from retrieval_pretrain.reading.features import FeatureStore
+from retrieval_pretrain.stage1.extract import extract_features
+from vcap_toolkit.cli.main import main
 
 CONFIG = CONFIG_PATH  # the demo's config, shipped in the package
 # A 1-layer ViT tower: the demo's ResNet tower has BatchNorm, whose running statistics are still

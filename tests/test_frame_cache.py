@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from caption.demo import data as demo_data
 from caption.config import load
 from caption.demo import CONFIG_PATH
-from retrieval_pretrain.stage1.data import ContrastiveTrainSet, FrameCache, Preprocess, collate_videos
+from caption.demo import data as demo_data
 from retrieval_pretrain.reading.video import read_frames
+from retrieval_pretrain.stage1.data import ContrastiveTrainSet, FrameCache, Preprocess, collate_videos
 
 CONFIG = CONFIG_PATH  # the demo's config, shipped in the package
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)

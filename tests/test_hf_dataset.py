@@ -9,10 +9,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-from retrieval_pretrain.reading.annotations import AnnotationError, load_annotations
-from retrieval_pretrain.reading.data_config import DataConfig
-from retrieval_pretrain.reading.data_check import check_dataset
 from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.reading.annotations import AnnotationError, load_annotations
+from retrieval_pretrain.reading.data_check import check_dataset
+from retrieval_pretrain.reading.data_config import DataConfig
 
 # One row per caption, as many Hub caption datasets have it.
 ROWS = {

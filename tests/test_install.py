@@ -83,8 +83,8 @@ def _cannot_install() -> str | None:
     if os.name != "posix":
         return "the install test expects a POSIX venv layout (venv/bin)"
     try:
-        import venv  # noqa: F401
         import ensurepip  # noqa: F401
+        import venv  # noqa: F401
     except ImportError as exc:
         return f"cannot make a virtual environment here: {exc}"
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode != 0:

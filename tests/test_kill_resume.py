@@ -19,6 +19,7 @@ from caption.config import load
 from caption.demo import CONFIG_PATH
 from caption.demo import data as demo_data
 
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("kill")

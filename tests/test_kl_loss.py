@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import run_gloo_pair
+
 from retrieval_pretrain.modeling.loss import info_nce, kl_matching, text_groups
 
 

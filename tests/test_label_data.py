@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from vcap_toolkit.cli.main import main
 from caption.config import load
 from retrieval_pretrain.reading.annotation_table import AnnotationError
 from retrieval_pretrain.reading.annotations import load_annotations
+from vcap_toolkit.cli.main import main
 
 
 def _data(tmp_path: Path, fmt: str, annotations: Path | str = "", **extra: str) -> object:
@@ -131,8 +131,9 @@ def test_eval_classify_reports_base_and_novel_accuracy(labelled, tmp_path, capsy
 
 def test_pretrain_on_labels_holds_out_the_novel_labels(labelled, tmp_path, capsys):
     """Training on a labelled dataset: prompts as texts, novel labels' videos held out."""
-    from caption.demo import CONFIG_PATH
     from conftest import MOTION_TINY
+
+    from caption.demo import CONFIG_PATH
     from retrieval_pretrain.stage1.train import train
 
     model, root, labels = labelled

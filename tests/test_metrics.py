@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 
 from caption import metrics as M
-from vcap_toolkit.cli.main import main as cli_main
 from caption.caption_files import load_predictions, load_references
-from retrieval_pretrain.foundation.errors import DatasetError
 from caption.metrics import (
     meteor_session,
     per_caption_cider,
@@ -27,6 +25,8 @@ from caption.metrics import (
     score_captions,
     tokenize_captions,
 )
+from retrieval_pretrain.foundation.errors import DatasetError
+from vcap_toolkit.cli.main import main as cli_main
 
 # README of ../shared/data/metrics: nlg-eval's published values (pycocoevalcap 1.2, whitespace tokens).
 TWO_LINE = {"BLEU-1": 0.55, "BLEU-2": 0.428174, "BLEU-3": 0.284043, "BLEU-4": 0.201143,

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from vcap_toolkit.cli.main import main
 from retrieval_pretrain.foundation.errors import FeatureMismatchError
+from vcap_toolkit.cli.main import main
 from vcap_toolkit.jobs.search import VideoIndex, build_index, rank
 
 VCAP = Path(sys.executable).with_name("vcap")

@@ -8,10 +8,9 @@ decord's does), rotated by the frame's display-matrix angle.
 
 from __future__ import annotations
 
-import re
-
 import json
 import pickle
+import re
 from pathlib import Path
 
 import av
