@@ -1,4 +1,4 @@
-"""Stage 2 (caption training, metrics, the end-to-end pipeline), the ``vcap`` command line and the
+"""Stage 2 (caption training, metrics, the end-to-end pipeline) and the
 demo; built on ``retrieval_pretrain`` (stage 1 and the foundation) and ``decoders`` (the caption
 model)."""
 

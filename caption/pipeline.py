@@ -18,7 +18,6 @@ import errno
 import os
 import stat
 import sys
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -134,6 +133,9 @@ def load_caption_model(folder: str | Path) -> CaptionModel:
         detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:5]))}" for k, v in wrong.items())
         raise ModelFolderError(f"{folder / 'model.safetensors'} does not match its config.json ({detail})")
     check_finite(model.state_dict().items(), str(folder / "model.safetensors"))
+    if not isinstance(model.config.video_tower, (dict, type(None))):
+        raise ModelFolderError(f"{folder / 'config.json'}: 'video_tower' must be a mapping (what the stage-1 tower "
+                               f"is), got {type(model.config.video_tower).__name__}")
     return model
 
 
@@ -192,8 +194,8 @@ class CaptionPipeline:
         except ValueError as e:
             raise ModelFolderError(f"{where}: the recorded decoding settings are not valid ({e})") from None
         if unknown:
-            warnings.warn(f"{where}: decoding settings this release does not know are left out: {', '.join(unknown)}",
-                          stacklevel=2)
+            print(f"warning: {where}: decoding settings this release does not know are left out: "
+                  f"{', '.join(unknown)}", file=sys.stderr)
         return decode
 
     @torch.no_grad()

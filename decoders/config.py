@@ -95,6 +95,11 @@ class DecodeConfig:
     no_repeat_ngram_size: int = _range(0, 0)
     batch_size: int = _range(32, 1)
 
+    def to_saved(self) -> dict[str, Any]:
+        """What a model folder records of this decoding (``config.json``'s ``decode``): every field but
+        ``batch_size``, which is the machine's choice, not the model's (and was never recorded)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "batch_size"}
+
     @classmethod
     def from_saved(cls, saved: Mapping[str, Any] | None) -> tuple[DecodeConfig, list[str]]:
         """The decoding a model folder recorded (``config.json``'s ``decode``; None: the defaults),

@@ -148,7 +148,7 @@ def caption_model_config(settings: CaptionModelSettings, feature_dim: int, *, pa
         **bart, feature_dim=feature_dim, max_position_embeddings=max(settings.max_frames, settings.max_length),
         activation_dropout=0.0, pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
         decoder_start_token_id=bos_token_id, forced_eos_token_id=None, init_std=init_std, video_tower=video_tower,
-        decode=None if decode is None else dataclasses.asdict(decode))
+        decode=None if decode is None else decode.to_saved())
 
 
 class CaptionModel(BartForConditionalGeneration):

@@ -27,15 +27,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("caption", "decoders", "retrieval_pretrain")
+PACKAGES = ("caption", "decoders", "retrieval_pretrain", "vcap_toolkit")
 # What is never part of a build: copying the checkout without these keeps setuptools' in-tree
 # outputs (build/, *.egg-info) out of the checkout, and stale ones out of the wheel.
 NOT_SOURCE = (".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
               "runs", "demo_output", "vcap_demo", ".whl", ".devout")
 PROBE = """\
 import json, sys
-import caption, decoders, retrieval_pretrain
-print(json.dumps({"files": {m.__name__: m.__file__ for m in (caption, decoders, retrieval_pretrain)},
+import caption, decoders, retrieval_pretrain, vcap_toolkit
+print(json.dumps({"files": {m.__name__: m.__file__ for m in (caption, decoders, retrieval_pretrain, vcap_toolkit)},
                   "path": sys.path, "editable": [m for m in sys.modules if m.startswith("__editable__")]}))
 """
 
@@ -187,6 +187,7 @@ def test_wheel_holds_the_packages_and_their_data(installed):
     tops = {n.split("/")[0] for n in names}
     assert {f"{p}/__init__.py" for p in PACKAGES} <= set(names), sorted(tops)
     assert "caption/demo/tiny_demo.yaml" in names  # package data: the demo's config
+    assert "vcap_toolkit/web/serve_page.html" in names  # package data: the web page
     assert not any(n.startswith("tests/") for n in names), [n for n in names if n.startswith("tests/")]
     assert tops - set(PACKAGES) == {f"vcap_toolkit-{installed.wheel.name.split('-')[1]}.dist-info"}, tops
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

@@ -7,6 +7,7 @@ captions, through today's ``vcap caption`` and Python API."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from caption.pipeline import CaptionPipeline
+from decoders.config import DecodeConfig
 from retrieval_pretrain.modeling.model_folder import from_pretrained
 from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import embed_videos, encode_video_batches
@@ -77,3 +79,19 @@ def test_vcap_caption_reads_an_old_folder(legacy):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     captions = out.get("captions", out)
     assert {Path(p).stem: c for p, c in captions.items()} == _expected(legacy)["captions"]
+
+
+def test_a_new_caption_folder_records_decoding_as_the_old_one_did(legacy):
+    old = json.loads((legacy / "stage2_model" / "config.json").read_text())["decode"]
+    assert DecodeConfig().to_saved().keys() == old.keys()  # batch_size is the machine's, never recorded
+
+
+def test_a_caption_folder_whose_video_tower_is_not_a_mapping_is_one_line(legacy, tmp_path):
+    folder = tmp_path / "s2"
+    shutil.copytree(legacy / "stage2_model", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "video_tower": [1]}))
+    r = subprocess.run([str(VCAP), "caption", str(_videos(legacy)[0][1]), "--model", str(folder)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 5 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("vcap: ") and "'video_tower' must be a mapping" in r.stderr

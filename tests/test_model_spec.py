@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from retrieval_pretrain.foundation.errors import ModelFolderError
+from retrieval_pretrain.foundation.typed_config import load_config
 from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer, tokenizer_from_spec
 from retrieval_pretrain.modeling.model_folder import CONFIG_NAME, from_pretrained, read_spec, save_pretrained
 from retrieval_pretrain.modeling.parts import build_backbone, build_model, build_video_text_model, spec_from_config
@@ -119,6 +120,10 @@ def _spec_json() -> dict:
     (lambda c: c["clip"].update(kind="resnet"), "clip.kind"),
     (lambda c: c["tokenizer"].update(context_length=True), "tokenizer.context_length"),
     (lambda c: c.update(eval_sampling=3), "eval_sampling"),
+    (lambda c: c.update(eval_sampling="bogus"), "eval_sampling"),  # was blamed on the videos later
+    (lambda c: c["tokenizer"].update(type="BertTokenizer"), "tokenizer.type"),
+    (lambda c: c["tokenizer"].update(kwargs={"bogus": 1}), "tokenizer.kwargs.bogus"),  # was a TypeError traceback
+    (lambda c: c["tokenizer"].update(kwargs={"clean": 1}), "tokenizer.kwargs.clean"),
     (lambda c: c.update(swa={"start_epoch": 0}), "swa.epochs_averaged"),
     (lambda c: c.update(interpolation={"base": "a", "finetuned": "b", "alpha": float("inf")}), "interpolation.alpha"),
     (lambda c: c.update(max_words=40), "max_words"),
@@ -210,3 +215,33 @@ def test_the_previous_release_folders_read_back_to_the_same_json(tmp_path):
         assert spec.to_json() == data and spec.other == {}
         assert spec.eval_sampling == data["eval_sampling"] and spec.num_frames == data["num_frames"]
         assert Preprocess.for_model(spec).image_size == model.image_size
+
+
+# ----------------------------------------------------------------------------- same seed, same model
+
+_TINY_ARGS = ["clip.model=tiny", "clip.pretrained=null",
+              "clip.custom={embed_dim: 64, vision_cfg: {layers: 1, width: 64, patch_size: 16, image_size: 64, "
+              "head_width: 32}, text_cfg: {context_length: 32, vocab_size: 49408, width: 64, heads: 2, layers: 1}}",
+              "video.num_frames=4", "pretrain.max_words=12", "pretrain.head_layers=1"]
+_PROMPT = ["pretrain.mode=prompt", "pretrain.prompt.prefix=2", "pretrain.prompt.suffix=2"]
+# (sum, sum of |.|, tensors) of the state dict built after torch.manual_seed(0), printed by the release
+# before the one builder (e20098f): the builder must draw the same random numbers in the same order.
+_PREVIOUS_RELEASE = {
+    "seqTransf": (["pretrain.head=seqTransf"], (584.702539, 63304.767194, 51)),
+    "seqTransf-norm-prompt": (["pretrain.head=seqTransf", "pretrain.head_input_norm=true", *_PROMPT],
+                              (589.100205, 63409.463691, 53)),
+    "seqLSTM-prompt": (["pretrain.head=seqLSTM", *_PROMPT], (476.982879, 61422.708666, 44)),
+    "meanP": (["pretrain.head=meanP"], (482.466248, 59330.603596, 38)),
+    "tightTransf": (["pretrain.head=tightTransf"], (639.914983, 63636.558465, 58)),
+    "st_mix": (["pretrain.head=seqTransf", "clip.temporal_attention=st_mix"], (584.702539, 63304.767194, 51)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_PREVIOUS_RELEASE))
+def test_a_seed_builds_the_model_the_previous_release_built(case):
+    extra, want = _PREVIOUS_RELEASE[case]
+    torch.manual_seed(0)
+    sd = build_video_text_model(load_config(RetrievalConfig, None, _TINY_ARGS + extra)).state_dict()
+    got = (sum(v.double().sum() for v in sd.values()), sum(v.double().abs().sum() for v in sd.values()), len(sd))
+    assert got[2] == want[2]
+    assert float(got[0]) == pytest.approx(want[0], abs=2e-6) and float(got[1]) == pytest.approx(want[1], abs=2e-6)

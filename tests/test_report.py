@@ -1,4 +1,4 @@
-"""The HTML reports (vcap_toolkit/reports/report.py): built from real clips, parsed, and opened in headless Chromium.
+"""The HTML reports (vcap_toolkit/reports/captions_page.py): built from real clips, parsed, and opened in headless Chromium.
 
 What is checked: every video of the split appears once, worst CIDEr first; each row has one embedded
 JPEG per sampled frame (decodable, 96 pixels tall) or the reason its frames are unavailable; data
@@ -24,7 +24,7 @@ from PIL import Image
 
 from retrieval_pretrain.foundation.errors import DatasetError
 from retrieval_pretrain.reading.video import probe_video
-from vcap_toolkit.reports.report import ReportRow, as_row, caption_report, make_rows, video_thumbnails
+from vcap_toolkit.reports.captions_page import ReportRow, as_row, caption_report, make_rows, video_thumbnails
 from vcap_toolkit.reports.run_curves import run_report, training_curves
 
 NASTY = 'a man <script>alert("x")</script> & his dog'

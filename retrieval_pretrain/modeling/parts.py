@@ -231,12 +231,13 @@ def _clip4clip_model(spec: ModelSpec, clip: nn.Module, init_from_text: bool) -> 
     if spec.head == "tightTransf":
         return build_tight_transf(clip, spec.head_layers, spec.num_frames, spec.max_words,
                                   input_norm=spec.head_input_norm, init_from_text=init_from_text, **kwargs)
-    head, from_text = build_temporal_head(spec.head, spec.head_layers, spec.num_frames, clip,
-                                          input_norm=spec.head_input_norm, init_from_text=init_from_text)
     prompt = None
     if spec.prompt is not None:  # pretrain.mode=prompt: the learnt vectors (trained, or loaded next)
         owner = text_tower(clip)
+        # Drawn before the head: the random stream of a seed gives the same prompts and head as ever.
         prompt = TextPrompt(owner.token_embedding.weight.shape[1], spec.prompt.prefix, spec.prompt.suffix)
+    head, from_text = build_temporal_head(spec.head, spec.head_layers, spec.num_frames, clip,
+                                          input_norm=spec.head_input_norm, init_from_text=init_from_text)
     return VideoTextModel(clip, head, head_from_text=from_text, prompt=prompt, **kwargs)
 
 

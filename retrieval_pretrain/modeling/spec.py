@@ -26,6 +26,8 @@ from typing import Any
 
 from retrieval_pretrain.foundation.errors import ModelFolderError
 
+SAMPLINGS = ("uniform", "fps", "tsn")  # how frames are drawn (reading.video.sample_indices' methods)
+
 FORMAT = "vcap-video-text-model"
 FORMAT_VERSION = 1
 BACKBONE_KINDS = ("open_clip", "xclip")
@@ -140,6 +142,12 @@ class ClipSpec:
                 "arch": copy.deepcopy(self.arch), "temporal_attention": self.temporal_attention}
 
 
+_TOKENIZER_KWARGS = {  # SimpleTokenizer's keyword arguments a config may record, and what each must be
+    "clean": lambda v: isinstance(v, str), "reduction_mask": lambda v: isinstance(v, str),
+    "additional_special_tokens": lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+}
+
+
 @dataclass(frozen=True)
 class TokenizerSpec:
     """What ``clip_tokenizer.ClipTokenizer`` takes: open_clip's BPE tokenizer, the text tower's
@@ -151,8 +159,16 @@ class TokenizerSpec:
 
     @classmethod
     def from_json(cls, r: _Reader) -> "TokenizerSpec":
-        return cls(context_length=r.count("context_length", low=1), type=r.text("type"),
-                   kwargs=r.mapping("kwargs", False, nullable=True) or {})
+        kwargs = r.mapping("kwargs", False, nullable=True) or {}
+        for key, value in kwargs.items():  # what open_clip's SimpleTokenizer takes besides the context length
+            want = _TOKENIZER_KWARGS.get(key)
+            if want is None:
+                r.fail(f"kwargs.{key}", f"is not an argument of open_clip's SimpleTokenizer (it takes "
+                                        f"{', '.join(sorted(_TOKENIZER_KWARGS))})")
+            if not want(value):
+                r.fail(f"kwargs.{key}", f"has the wrong type ({_kind(value)})")
+        return cls(context_length=r.count("context_length", low=1),
+                   type=r.text("type", choices=("open_clip.SimpleTokenizer",)), kwargs=kwargs)
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "context_length": self.context_length, "kwargs": copy.deepcopy(self.kwargs)}
@@ -287,7 +303,7 @@ class ModelSpec:
             context_length=r.count("context_length", low=1), max_words=r.count("max_words", low=2),
             head_heads=r.count("head_heads", False, None, low=1),
             prompt=PromptSpec.from_json(prompt, source) if "prompt" in data else None,
-            eval_sampling=r.text("eval_sampling", False, "uniform"),
+            eval_sampling=r.text("eval_sampling", False, "uniform", choices=SAMPLINGS),
             trained_on=r.mapping("trained_on", False, nullable=True),
             swa=SwaRecord.from_json(r.inner("swa")) if data.get("swa") is not None else None,
             interpolation=(InterpolationRecord.from_json(r.inner("interpolation"))

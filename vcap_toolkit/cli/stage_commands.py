@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 from retrieval_pretrain.reading.data_check import check_dataset, report_text
 from vcap_toolkit.cli.command_io import config, opt_path, per_video_output, print_json
+from vcap_toolkit.reports.captions_page import caption_report, make_rows
 from vcap_toolkit.reports.html_page import check_report_path
-from vcap_toolkit.reports.report import caption_report, make_rows
 
 
 def _data(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from caption.metrics import per_caption_cider
 from caption.tokenizer import normalize_caption
-from vcap_toolkit.reports.report import caption_report, make_rows
+from vcap_toolkit.reports.captions_page import caption_report, make_rows
 from vcap_toolkit.reports.run_curves import training_curves
 
 

@@ -53,7 +53,7 @@ from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, NotFound, 
 
 from caption.pipeline import VIDEO_EXTENSIONS
 from retrieval_pretrain.foundation.errors import VideoReadError
-from vcap_toolkit.reports.report import video_thumbnails
+from vcap_toolkit.reports.captions_page import video_thumbnails
 from vcap_toolkit.web.models import ServeModels, file_reason
 from vcap_toolkit.web.serve_paths import PathGuard
 
