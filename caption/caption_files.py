@@ -3,18 +3,32 @@
 ``{"annotations": [...]}``, MSR-VTT ``{"sentences": [...]}`` or a list of
 ``{video_id|image_id, caption}``; a single reference string counts as one). Ids are compared as
 strings (COCO's integer ids become ``"123"``). A malformed file is a ``DatasetError`` naming it
-and the item."""
+and the item.
+
+Dense (time-stamped) captions: predictions in the ActivityNet Captions challenge format
+``{"results": {video: [{"sentence": str, "timestamp": [start, end]}, ...]}, ...}`` (other top-level
+keys such as ``version`` / ``external_data`` are allowed) and references shaped like ActivityNet's
+``val_1.json`` ``{video: {"duration", "timestamps": [[start, end], ...], "sentences": [...]}}``;
+scored by ``caption.dense_metrics``."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from caption.dense_metrics import (
+    MAX_PROPOSALS,
+    TIOUS,
+    DenseCaption,
+    DenseReference,
+    score_dense,
+)
 from caption.metrics import score_captions
 from retrieval_pretrain.foundation.atomic import write_json
-from retrieval_pretrain.foundation.errors import DatasetError
+from retrieval_pretrain.foundation.errors import ConfigError, DatasetError
 
 
 def _read_json(path: str | Path) -> Any:
@@ -64,7 +78,10 @@ def _item_caption(item: dict, path: Path, index: int) -> str:
 def load_predictions(path: str | Path) -> dict[str, str]:
     """``{id: caption}`` from ``{"id": "caption"}`` or a COCO results list (module docstring)."""
     path = Path(path)
-    data = _read_json(path)
+    return _predictions_from(_read_json(path), path)
+
+
+def _predictions_from(data: Any, path: Path) -> dict[str, str]:
     if isinstance(data, dict):
         bad = [k for k, v in data.items() if not isinstance(v, str)]
         if bad:
@@ -115,16 +132,154 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
     raise DatasetError(f"{path}: references must be {{id: [captions]}} or {{\"annotations\": [...]}}")
 
 
-def score_files(predictions_path: str | Path, references_path: str | Path, tokenize: str = "ptb",
-                output: str | Path | None = None) -> dict[str, Any]:
+def score_files(predictions_path: str | Path, references_path: str | Path | Sequence[str | Path],
+                tokenize: str = "ptb", output: str | Path | None = None) -> dict[str, Any]:
     """``vcap score``: the metrics of a predictions file against a references file, also written to
-    ``output/metrics.json`` when ``output`` is given."""
-    predictions = load_predictions(predictions_path)
-    references = load_references(references_path)
+    ``output/metrics.json`` when ``output`` is given. Predictions in the ActivityNet Captions
+    challenge format (``is_dense_predictions``) are scored as its evaluator does, against one or more
+    reference files (``score_dense_files``); other predictions take exactly one references file."""
+    paths = [references_path] if isinstance(references_path, (str, Path)) else list(references_path)
+    data = _read_json(predictions_path)
+    if is_dense_predictions(data):
+        return score_dense_files(predictions_path, paths, tokenize=tokenize, output=output, data=data)
+    if len(paths) != 1:
+        raise ConfigError(f"{len(paths)} --references files given; several are only for dense (time-stamped) "
+                          f"predictions, and {predictions_path} is not in the challenge format "
+                          "({\"results\": {video: [{\"sentence\", \"timestamp\"}]}})")
+    predictions = _predictions_from(data, Path(predictions_path))
+    references = load_references(paths[0])
     metrics: dict[str, Any] = dict(score_captions(predictions, references, tokenize=tokenize))
     metrics.update({"count": len(predictions), "tokenize": tokenize})
     print(f"scored {len(predictions)} captions against {sum(map(len, references.values()))} references "
           f"(tokenize={tokenize})", file=sys.stderr)
+    if output is not None:
+        write_json(Path(output) / "metrics.json", metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- dense captions
+
+def is_dense_predictions(data: Any) -> bool:
+    """Whether a predictions file's JSON is in the challenge format: an object whose ``results``
+    is an object (of videos; each then checked by ``parse_dense_predictions``)."""
+    return isinstance(data, dict) and isinstance(data.get("results"), dict)
+
+
+def _seconds(value: Any) -> float | None:
+    """A finite number of seconds (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _segment(value: Any, where: str) -> tuple[float, float]:
+    """``[start, end]``: two finite numbers, end >= start; else a DatasetError naming ``where``."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise DatasetError(f"{where}: a timestamp must be [start, end] (two numbers of seconds), got {str(value)[:80]}")
+    start, end = (_seconds(v) for v in value)
+    if start is None or end is None:
+        raise DatasetError(f"{where}: a timestamp must be two finite numbers of seconds, got {str(value)[:80]}")
+    if end < start:
+        raise DatasetError(f"{where}: timestamp [{start}, {end}] ends before it starts")
+    return start, end
+
+
+def parse_dense_predictions(data: Any, path: str | Path) -> dict[str, list[DenseCaption]]:
+    """``{video: [DenseCaption, ...]}`` from a challenge-format JSON value (``path`` names it in
+    errors): every row needs a string ``sentence`` and a ``timestamp`` ``[start, end]``; a video may
+    have no rows. Anything else is a ``DatasetError`` naming the video, the row and the problem."""
+    if not is_dense_predictions(data):
+        raise DatasetError(f"{path}: dense predictions must be {{\"results\": {{video: [{{\"sentence\", "
+                           "\"timestamp\"}, ...]}}} (the ActivityNet Captions challenge format)")
+    if not data["results"]:
+        raise DatasetError(f"{path}: \"results\" holds no videos; nothing to score")
+    out: dict[str, list[DenseCaption]] = {}
+    for vid, rows in data["results"].items():
+        if not isinstance(rows, list):
+            raise DatasetError(f"{path}: results[{vid!r}] must be a list of {{\"sentence\", \"timestamp\"}} rows, "
+                               f"got {type(rows).__name__}")
+        caps = []
+        for i, row in enumerate(rows):
+            where = f"{path}: results[{vid!r}][{i}]"
+            if not isinstance(row, dict):
+                raise DatasetError(f"{where}: a row must be {{\"sentence\", \"timestamp\"}}, got {str(row)[:80]}")
+            if not isinstance(row.get("sentence"), str):
+                raise DatasetError(f"{where}: no string \"sentence\"")
+            if "timestamp" not in row:
+                raise DatasetError(f"{where}: no \"timestamp\"")
+            start, end = _segment(row["timestamp"], where)
+            caps.append(DenseCaption(start, end, row["sentence"]))
+        out[vid] = caps
+    return out
+
+
+def parse_dense_references(data: Any, path: str | Path) -> dict[str, DenseReference]:
+    """``{video: DenseReference}`` from a ``val_1.json``-shaped JSON value: each video an object with
+    ``timestamps`` (``[start, end]`` each) and as many string ``sentences``, and an optional
+    ``duration``. Anything else is a ``DatasetError`` naming the video and the problem."""
+    if not isinstance(data, dict) or not data:
+        raise DatasetError(f"{path}: dense references must be {{video: {{\"duration\", \"timestamps\", "
+                           "\"sentences\"}}}} with at least one video (like ActivityNet Captions' val_1.json)")
+    out: dict[str, DenseReference] = {}
+    for vid, entry in data.items():
+        where = f"{path}: video {vid!r}"
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{where}: must be {{\"duration\", \"timestamps\", \"sentences\"}}, "
+                               f"got {str(entry)[:80]}")
+        stamps, sentences = entry.get("timestamps"), entry.get("sentences")
+        if not isinstance(stamps, list) or not isinstance(sentences, list):
+            raise DatasetError(f"{where}: needs lists \"timestamps\" and \"sentences\"")
+        if not stamps or len(stamps) != len(sentences):
+            raise DatasetError(f"{where}: needs as many sentences as timestamps, at least one "
+                               f"(got {len(stamps)} timestamps, {len(sentences)} sentences)")
+        bad = [i for i, s in enumerate(sentences) if not isinstance(s, str)]
+        if bad:
+            raise DatasetError(f"{where}: sentence {bad[0]} is not a string")
+        duration = entry.get("duration")
+        if duration is not None and _seconds(duration) is None:
+            raise DatasetError(f"{where}: \"duration\" must be a finite number of seconds, got {str(duration)[:40]}")
+        segments = tuple(_segment(s, f"{where} segment {i}") for i, s in enumerate(stamps))
+        out[vid] = DenseReference(None if duration is None else float(duration), segments, tuple(sentences))
+    return out
+
+
+def load_dense_predictions(path: str | Path) -> dict[str, list[DenseCaption]]:
+    """The challenge-format predictions file ``path`` (``parse_dense_predictions``)."""
+    return parse_dense_predictions(_read_json(path), path)
+
+
+def load_dense_references(path: str | Path) -> dict[str, DenseReference]:
+    """A ``val_1.json``-shaped references file (``parse_dense_references``)."""
+    return parse_dense_references(_read_json(path), path)
+
+
+def score_dense_files(predictions_path: str | Path, references_paths: Sequence[str | Path], tokenize: str = "ptb",
+                      output: str | Path | None = None, data: Any = None) -> dict[str, Any]:
+    """``vcap score`` on dense predictions: ``{"dense": score_dense(...), "videos": {...}, "tokenize"}``
+    (``caption.dense_metrics``), also written to ``output/metrics.json`` when given. ``data``: the
+    predictions file's JSON when already read."""
+    if not references_paths:
+        raise ConfigError("give at least one references file")
+    predictions = parse_dense_predictions(_read_json(predictions_path) if data is None else data, predictions_path)
+    references = [load_dense_references(p) for p in references_paths]
+    known = {vid for table in references for vid in table}
+    ignored = sorted(set(predictions) - known)
+    if len(ignored) == len(predictions):
+        raise DatasetError(f"{predictions_path}: none of its {len(predictions)} videos is in the references "
+                           f"({', '.join(map(str, references_paths))}); e.g. {', '.join(ignored[:5])}")
+    videos = {"references": len(known), "predicted": len(predictions) - len(ignored), "ignored": len(ignored)}
+    print(f"scoring dense captions of {videos['predicted']} videos against {len(known)} reference videos "
+          f"({len(references)} file(s); reference videos without predictions score 0; tIoU "
+          f"{' '.join(map(str, TIOUS))}, at most {MAX_PROPOSALS} per video)", file=sys.stderr)
+    if ignored:
+        print(f"warning: {len(ignored)} predicted video(s) are in no references file and are ignored, as the "
+              f"official evaluator does: {', '.join(ignored[:5])}{' ...' if len(ignored) > 5 else ''}", file=sys.stderr)
+    metrics = {"dense": score_dense(predictions, references, tokenize=tokenize), "videos": videos,
+               "tokenize": tokenize}
     if output is not None:
         write_json(Path(output) / "metrics.json", metrics)
     return metrics

@@ -35,6 +35,8 @@ from vcap_toolkit.reports.run_curves import run_report
 
 
 def _score(args: argparse.Namespace) -> int:
+    """``vcap score``: captions against references; dense (challenge-format) predictions against one
+    or more reference files (``caption.caption_files.score_files`` tells them apart)."""
     print_json(score_files(args.predictions, args.references, tokenize=args.tokenize, output=args.output))
     return 0
 

@@ -231,9 +231,15 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "score", "score a predictions file against references (BLEU/METEOR/ROUGE-L/CIDEr)",
                  "Score captions with pycocoevalcap. predictions: {id: caption} or a COCO results list "
                  "[{image_id|video_id, caption}]; references: {id: [captions]} or COCO-style {annotations: "
-                 "[{image_id|video_id, caption}]}.", config=False)
+                 "[{image_id|video_id, caption}]}. Dense (time-stamped) captions in the ActivityNet Captions "
+                 "challenge format {results: {video: [{sentence, timestamp: [start, end]}]}} are scored as its "
+                 "official evaluator does, against one or more val_1.json-shaped reference files: BLEU-1..4, "
+                 "METEOR, ROUGE-L, CIDEr, Recall and Precision at tIoU 0.3/0.5/0.7/0.9 and their average, in "
+                 "percent, printed as {\"dense\": {\"average\": ..., \"tIoU\": ...}}.", config=False)
     p.add_argument("--predictions", required=True, metavar="P.json")
-    p.add_argument("--references", required=True, metavar="R.json")
+    p.add_argument("--references", required=True, action="extend", nargs="+", metavar="R.json",
+                   help="references file; dense predictions may take several (--references val_1.json "
+                        "val_2.json, or the option repeated), as the official evaluator does")
     p.add_argument("--tokenize", choices=["ptb", "none"], default="ptb",
                    help="ptb: pycocoevalcap's PTB tokenizer, as the papers (default); none: whitespace split")
     p.add_argument("--output", default=None, metavar="OUT", help="folder for metrics.json")
