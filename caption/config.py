@@ -79,7 +79,7 @@ class CaptionConfig(CaptionModelSettings):
 
     tokenizer: str | None = None
     batch_size: int = at_least(64, 1)
-    epochs: int = at_least(20, 0)
+    epochs: int = at_least(20, 1)
     lr: float = positive(1e-4)
     weight_decay: float = at_least(0.01, 0.0)
     warmup_ratio: float = fraction(0.05)

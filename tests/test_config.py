@@ -60,6 +60,8 @@ def test_overrides_are_typed_and_dotted(tmp_path):
     ("data.format=coco", "data.format: 'coco' is not one of msrvtt, msrvtt-clip4clip, msvd, vatex, jsonl, hf"),
     ("caption.select_by=bleu", "caption.select_by: 'bleu' is not one of CIDEr, loss, last"),
     ("pretrain.loss=triplet", "pretrain.loss: 'triplet' is not one of infonce"),
+    ("pretrain.epochs=0", "pretrain.epochs: 0 must be >= 1"),  # would write the untrained model, exit 0
+    ("caption.epochs=0", "caption.epochs: 0 must be >= 1"),
 ])
 def test_bad_overrides_are_errors(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -181,13 +182,20 @@ def test_whole_pipeline_from_the_command_line(tiny_data, tmp_path, shared_data, 
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["captions"][str(real)]
 
 
+def _untrained(cfg: Any) -> Any:
+    """The config with 0 epochs: the untrained model, the same seed's initial weights (reading a
+    config refuses pretrain.epochs=0, which would pass the random model off as trained)."""
+    cfg.pretrain.epochs = 0
+    return cfg
+
+
 def test_stage1_learns_loss_falls_and_r1_beats_the_untrained_model(tiny_data, tmp_path):
     """The same seed gives the same initial weights: 0 epochs is the untrained model."""
     from retrieval_pretrain.stage1.evaluate import evaluate_retrieval
     from retrieval_pretrain.stage1.train import train
 
     base = _args(tiny_data)[2:] + ["pretrain.save_every=0", "pretrain.lr=3e-3", "pretrain.clip_lr=3e-3"]
-    before = train(load(CONFIG, base + ["pretrain.epochs=0"]), tmp_path / "before")
+    before = train(_untrained(load(CONFIG, base)), tmp_path / "before")
     after = train(load(CONFIG, base + ["pretrain.epochs=12"]), tmp_path / "after")
     cfg = load(CONFIG, base)
     r_before = evaluate_retrieval(before, cfg, split="train", output=tmp_path / "eb")
@@ -204,7 +212,7 @@ def test_stage1_freeze_keeps_those_parameters_fixed_and_trains_the_rest(tiny_dat
     from retrieval_pretrain.stage1.train import train
 
     base = _args(tiny_data)[2:] + ["pretrain.save_every=0", "pretrain.freeze=[clip.token_embedding, clip.visual]"]
-    before = load_file(train(load(CONFIG, base + ["pretrain.epochs=0"]), tmp_path / "before") / "model.safetensors")
+    before = load_file(train(_untrained(load(CONFIG, base)), tmp_path / "before") / "model.safetensors")
     after = load_file(train(load(CONFIG, base), tmp_path / "after") / "model.safetensors")
     frozen = [k for k in before if k.startswith(("clip.token_embedding.", "clip.visual."))]
     assert "clip.token_embedding.weight" in frozen and len(frozen) > 10

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.foundation.machine import check_fits_memory, default_workers
 from retrieval_pretrain.foundation.typed_config import (  # noqa: F401  (re-exported: the loader is used through this module)
     at_least,
     choice,
@@ -129,7 +130,7 @@ class PretrainConfig:
     mode: str = choice("full", "full", "prompt")
     max_words: int = at_least(32, 2)
     batch_size: int = at_least(128, 1)
-    epochs: int = at_least(5, 0)
+    epochs: int = at_least(5, 1)  # 0 would write the untrained model as if trained
     lr: float = positive(1e-4)
     clip_lr: float = at_least(1e-7, 0.0)
     weight_decay: float = at_least(0.2, 0.0)
@@ -164,7 +165,7 @@ class RunConfig:
 
     seed: int = 42
     mixed_precision: str = choice("no", "no", "fp16", "bf16")
-    num_workers: int = at_least(4, 0)
+    num_workers: int = at_least(default_workers(4), 0)  # default: 4, at most the CPUs this process may use
     log_every: int = at_least(10, 1)
     # auto, cpu, cuda (training: pick GPUs with CUDA_VISIBLE_DEVICES or accelerate launch); inference also cuda:N, mps
     device: str = field(default="auto", metadata={"pattern": (r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:N or mps")})
@@ -209,3 +210,27 @@ def check_training_choices(cfg: RetrievalConfig) -> None:
                           "towards the weights the run started from changes nothing; give "
                           "pretrain.interpolation.base a model folder to interpolate the prompts and head "
                           "towards, or leave interpolation off")
+
+
+def check_batch_memory(num_frames: int, image_size: int, batch_size: int, batch_key: str,
+                       frames_key: str | None = None) -> None:
+    """``ConfigError`` before any work when one batch of decoded frames (videos x frames x 3 x size^2
+    float32) would take more than half of this machine's memory. ``frames_key``: the setting that
+    chose ``num_frames`` (None: a trained model's own, which only ``batch_key`` can offset)."""
+    need = batch_size * num_frames * 3 * image_size * image_size * 4
+    videos = f"a batch of {batch_size} video{'s' if batch_size != 1 else ''} x {num_frames} frames at {image_size} px"
+    if frames_key:
+        check_fits_memory(need, f"{frames_key}={num_frames}: {videos} (float32)", f"lower {frames_key} or {batch_key}")
+    else:
+        check_fits_memory(need, f"{batch_key}={batch_size}: {videos} (float32, the model's frame count)",
+                          f"lower {batch_key}")
+
+
+def configured_image_size(clip: ClipConfig) -> int:
+    """The frame size the configured CLIP reads, known before it is built: a custom architecture's
+    ``image_size``; otherwise 224, the smallest a pretrained CLIP reads (so estimates are lower bounds)."""
+    custom = clip.custom or {}
+    vision = custom.get("vision_cfg") or custom.get("vision_config") or {}
+    size = vision.get("image_size", 224) if isinstance(vision, dict) else 224
+    size = max(size) if isinstance(size, (list, tuple)) and size else size
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 224

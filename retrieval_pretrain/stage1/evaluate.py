@@ -20,11 +20,11 @@ from retrieval_pretrain.foundation.atomic import write_json
 from retrieval_pretrain.foundation.errors import DatasetError
 from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
 from retrieval_pretrain.modeling.model import scores_pairwise
-from retrieval_pretrain.modeling.model_folder import from_pretrained, warn_if_video_differs
+from retrieval_pretrain.modeling.model_folder import from_pretrained, read_spec, warn_if_video_differs
 from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.reading.annotation_table import splits_found
 from retrieval_pretrain.reading.annotations import load_annotations
-from retrieval_pretrain.stage1.config import RetrievalConfig
+from retrieval_pretrain.stage1.config import RetrievalConfig, check_batch_memory
 from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import embed_videos, pair_score_matrix, video_states
 from retrieval_pretrain.stage1.retrieval_metrics import dsl_retrieval_metrics, retrieval_metrics
@@ -54,6 +54,9 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
                        output: Path | None = None, batch_size: int | None = None) -> dict[str, Any]:
     """Retrieval metrics of the stage-1 model in ``model_dir`` on a split; writes ``metrics.json``."""
     split = split or cfg.data.test_split
+    batch_size = batch_size or cfg.pretrain.eval_batch_size
+    spec = read_spec(model_dir)  # the frames and size it encodes: one batch must fit, checked before any work
+    check_batch_memory(spec.num_frames, spec.image_size, batch_size, "pretrain.eval_batch_size")
     device = pick_device(cfg.run.device)
     model, spec = from_pretrained(model_dir, device=device)
     warn_if_video_differs(cfg.video.num_frames, spec.num_frames, model_dir, cfg.video.eval_sampling, spec.eval_sampling)
@@ -62,7 +65,7 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
     videos = [(e.video_id, Path(e.path)) for e in entries]
     pairwise = scores_pairwise(model)
     encode = video_states if pairwise else embed_videos  # {video_id: state} or {video_id: embedding (D,)}
-    emb, failures = encode(model, videos, pre, device, batch_size or cfg.pretrain.eval_batch_size,
+    emb, failures = encode(model, videos, pre, device, batch_size,
                            cfg.run.num_workers, method=spec.eval_sampling)
     for _, reason in failures:
         print(f"warning: cannot evaluate on unreadable video {reason}", file=sys.stderr)

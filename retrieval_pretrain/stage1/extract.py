@@ -24,12 +24,12 @@ from retrieval_pretrain.foundation.atomic import write_json
 from retrieval_pretrain.foundation.errors import DatasetError
 from retrieval_pretrain.foundation.folder_lock import folder_lock
 from retrieval_pretrain.foundation.run_log import StepTimer
-from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint, warn_if_video_differs
+from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint, read_spec, warn_if_video_differs
 from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.reading.annotation_table import normalize_split, splits_found
 from retrieval_pretrain.reading.annotations import load_annotations
 from retrieval_pretrain.reading.features import FeatureStore
-from retrieval_pretrain.stage1.config import RetrievalConfig
+from retrieval_pretrain.stage1.config import RetrievalConfig, check_batch_memory
 from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import encode_video_batches
 
@@ -75,6 +75,8 @@ def extract_features(model_dir: Path, cfg: RetrievalConfig, output: Path, splits
     there. Returns a report: total, already done, extracted now, failed, seconds, videos/s, data wait
     (summed over the processes of an ``accelerate launch``).
     """
+    spec = read_spec(model_dir)  # the frames and size it encodes: one batch must fit, checked before any work
+    check_batch_memory(spec.num_frames, spec.image_size, batch_size, "--batch-size")
     state = process_state(cfg.run.device)
     with folder_lock(output, "vcap extract", state):
         return _extract(Path(model_dir), cfg, FeatureStore(output), splits, batch_size, state)

@@ -43,7 +43,13 @@ from retrieval_pretrain.modeling.model_folder import init_weights_from, save_pre
 from retrieval_pretrain.modeling.parts import build_loss, build_training_mode, build_video_text_model, param_groups
 from retrieval_pretrain.modeling.spec import SwaRecord
 from retrieval_pretrain.reading.annotations import load_annotations
-from retrieval_pretrain.stage1.config import RetrievalConfig, check_training_choices, config_to_dict
+from retrieval_pretrain.stage1.config import (
+    RetrievalConfig,
+    check_batch_memory,
+    check_training_choices,
+    config_to_dict,
+    configured_image_size,
+)
 from retrieval_pretrain.stage1.data import steps_per_epoch
 from retrieval_pretrain.stage1.interpolate import InterpolationRegulariser, WeightAverage, load_base
 from retrieval_pretrain.stage1.training_set import train_loader, training_entries
@@ -264,6 +270,8 @@ def _finish(run: Stage1, cfg: RetrievalConfig, output: Path, step: int, seconds:
 
 def train(cfg: RetrievalConfig, output: Path, resume: bool = False) -> Path:
     """Run stage 1 and write ``output/model``; returns that folder. The folder is locked while it runs."""
+    check_batch_memory(cfg.video.num_frames, configured_image_size(cfg.clip), cfg.pretrain.batch_size,
+                       "pretrain.batch_size", "video.num_frames")  # before any folder, download or video
     acc = make_accelerator(cfg.run.mixed_precision, cfg.pretrain.grad_accum, cfg.run.device, cfg.run.seed)
     with folder_lock(output, "vcap pretrain", acc):
         return _train(cfg, Path(output), acc, resume)

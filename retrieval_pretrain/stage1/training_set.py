@@ -13,7 +13,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
-from retrieval_pretrain.foundation.errors import ConfigError, DatasetError
+from retrieval_pretrain.foundation.errors import DatasetError
+from retrieval_pretrain.foundation.machine import check_fits_memory
 from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.reading.annotation_table import file_problem, splits_found
 from retrieval_pretrain.reading.annotations import Annotations
@@ -97,12 +98,9 @@ def frame_cache(entries: list[Any], cfg: RetrievalConfig, image_size: int, main:
     that would take more than half of this machine's memory."""
     n = cfg.video.cache_frames
     _warn_if_fewer(cfg)
-    need = estimate_cache_bytes(len(entries), n, image_size)
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > ram // 2:
-        raise ConfigError(f"video.cache_frames={n}: {len(entries)} videos x {n} frames at {image_size} px take up to "
-                         f"{need / 1e9:.1f} GB, more than half of this machine's {ram / 1e9:.1f} GB; "
-                         f"lower it, or set video.cache_frames=0 to decode every step")
+    check_fits_memory(estimate_cache_bytes(len(entries), n, image_size),
+                      f"video.cache_frames={n}: {len(entries)} videos x {n} frames at {image_size} px",
+                      "lower it, or set video.cache_frames=0 to decode every step")
     cache = FrameCache([e.path for e in entries], n, image_size, cfg.run.num_workers, progress=main)
     bad = sum(1 for e in cache.errors if e)
     print(f"stage 1: {len(entries) - bad} training videos decoded once into memory ({cache.nbytes / 1e6:.0f} MB)"
@@ -120,12 +118,8 @@ def feature_cache(entries: list[Any], cfg: RetrievalConfig, model: StageOneModel
     tower through ``encode``."""
     n = cfg.video.cache_frames or max(FEATURE_CACHE_FRAMES, cfg.video.num_frames)
     _warn_if_fewer(cfg)
-    need = len(entries) * n * model.embed_dim * 4
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > ram // 2:
-        raise ConfigError(f"pretrain.mode=prompt: the features of {len(entries)} videos x {n} frames take up to "
-                          f"{need / 1e9:.1f} GB, more than half of this machine's {ram / 1e9:.1f} GB; lower "
-                          f"video.cache_frames")
+    check_fits_memory(len(entries) * n * model.embed_dim * 4,
+                      f"pretrain.mode=prompt: the features of {len(entries)} videos x {n} frames", "lower video.cache_frames")
     start = time.perf_counter()
     cache = FeatureCache([e.path for e in entries], n, model.image_size, model.image_mean, model.image_std, encode,
                          cfg.run.num_workers, progress=main, batch_frames=max(64, 4 * cfg.pretrain.batch_size))

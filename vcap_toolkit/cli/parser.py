@@ -7,6 +7,7 @@ import argparse
 import textwrap
 
 from retrieval_pretrain.foundation.errors import EXIT_CODES
+from retrieval_pretrain.foundation.machine import default_workers
 from retrieval_pretrain.reading.formats import help_lines
 
 EPILOG_OVERRIDES = (
@@ -15,11 +16,21 @@ EPILOG_OVERRIDES = (
 )
 
 
-def _at_least_one(text: str) -> int:
-    value = int(text) if text.lstrip("-").isdigit() else None
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+def _whole(text: str, low: int) -> int:
+    """A whole number >= ``low`` in plain ASCII digits (``str.isdigit`` also takes '²', which ``int`` refuses)."""
+    digits = text.removeprefix("-")
+    value = int(text) if digits.isascii() and digits.isdigit() else None
+    if value is None or value < low:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {low}")
     return value
+
+
+def _at_least_one(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _at_least_zero(text: str) -> int:
+    return _whole(text, 0)
 
 
 class _LinesFormatter(argparse.HelpFormatter):
@@ -208,7 +219,8 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos per batch")
     p.add_argument("--shard-size", type=_at_least_one, default=256,
                    help="videos per saved shard: at most this many are embedded again after a kill")
-    p.add_argument("--num-workers", type=int, default=2, help="decoding worker processes")
+    p.add_argument("--num-workers", type=_at_least_zero, default=default_workers(2),
+                   help="decoding worker processes (default 2, at most the CPUs available; 0: decode in this process)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
@@ -277,13 +289,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="changes to the demo's config, e.g. pretrain.head=seqLSTM (the demo's numbers are for none)")
 
 
+MAX_UPLOAD_MB = 1_000_000  # 1 TB: the limit in bytes must stay a finite number
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    if not 0 < value <= MAX_UPLOAD_MB:  # NaN fails both; inf was refused only after the models loaded
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0 and at most {MAX_UPLOAD_MB} (MB)")
     return value
 
 

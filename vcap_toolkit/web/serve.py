@@ -96,7 +96,7 @@ def parse_labels(text: str) -> list[str]:
 def _int_arg(value: str | None, name: str, default: int | None, low: int, high: int) -> int | None:
     if value in (None, ""):
         return default
-    if not value.strip().isdigit() or not low <= int(value) <= high:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:  # isdigit alone takes '²'
         raise BadRequest(f"{name}={value!r}: give a whole number from {low} to {high}")
     return int(value)
 
