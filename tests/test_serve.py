@@ -4,11 +4,13 @@ here on demo mp4s (stage 1, features, a cross-entropy caption model, a search in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +32,8 @@ pytest.importorskip("waitress", reason="the web extra is not installed (pip inst
 
 from vcap_toolkit.web.models import ServeModels, path_guard  # noqa: E402
 from vcap_toolkit.web.serve import create_app, make_server, stop_server  # noqa: E402
+from vcap_toolkit.web.serve_paths import PathGuard  # noqa: E402
+from werkzeug.exceptions import Forbidden  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -315,6 +319,122 @@ def test_paths_outside_the_allowed_folders_are_refused(built, server):
     assert status == 200 and body["caption"] == alone
     listed = call(f"{server.url}/api/videos")[1]["videos"]
     assert sorted(listed) == sorted(built.videos)  # the link that leads out is not offered
+
+
+@contextlib.contextmanager
+def _replaced_by_link(path: Path, target: Path) -> Iterator[None]:
+    """``path`` replaced by a symbolic link to ``target`` for the block, then put back as it was
+    (a rename: its size and mtime, which the index recorded, are unchanged)."""
+    backup = path.with_name(path.name + ".orig")
+    path.rename(backup)
+    try:
+        path.symlink_to(target)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        backup.rename(path)
+
+
+def test_an_indexed_video_replaced_by_a_link_out_is_refused(built, server):
+    """Issue 25 class 5: an indexed video replaced after indexing by a link to /etc/passwd is not
+    sent, thumbnailed or captioned (403 JSON naming the path); replaced by a link to another video
+    in the allowed folder, it still plays; a link inside the folder to a video plays; '..' is 403."""
+    app = create_app(server.models, path_guard(server.models, None), MAX_UPLOAD_MB, upload_dir=server.uploads)
+    client = app.test_client()
+    indexed, other = Path(built.videos[8]), Path(built.videos[1])
+    with _replaced_by_link(indexed, Path("/etc/passwd")):
+        for answer in (client.get("/api/video", query_string={"path": str(indexed)}),
+                       client.get("/api/thumbnails", query_string={"path": str(indexed)}),
+                       client.post("/api/caption", data={"path": str(indexed)}),
+                       client.post("/api/classify", data={"path": str(indexed), "labels": "a, b"})):
+            assert answer.status_code == 403 and answer.is_json, (answer.status_code, answer.data[:200])
+            error = answer.get_json()["error"]
+            assert str(indexed) in error and "outside the folders" in error and "symbolic link" in error
+            assert "root:" not in error
+    with _replaced_by_link(indexed, other):  # a link to another allowed video: still served
+        answer = client.get("/api/video", query_string={"path": str(indexed)})
+        assert answer.status_code == 200 and answer.data == other.read_bytes()
+    alias = indexed.parent / "alias.mp4"
+    alias.symlink_to(other)
+    try:
+        answer = client.get("/api/video", query_string={"path": "alias.mp4"}, headers={"Range": "bytes=0-99"})
+        assert answer.status_code == 206 and answer.data == other.read_bytes()[:100]
+        assert answer.headers["Content-Type"] == "video/mp4"
+    finally:
+        alias.unlink()
+    answer = client.get("/api/video", query_string={"path": f"{indexed.parent}/../data/{indexed.name}"})
+    assert answer.status_code == 403 and "'..'" in answer.get_json()["error"]
+    assert client.get("/api/video", query_string={"path": str(indexed)}).data == indexed.read_bytes()
+
+
+def test_an_upload_past_waitress_cut_off_is_refused_as_json(server):
+    """A body past waitress's own cut-off (the limit + 1 MB) is refused before it is read: 413 with
+    the same ``{"error": ...}`` as every other refusal, not waitress's plain-text page."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(f"POST /api/caption HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; "
+                     f"boundary=x\r\nContent-Length: {3 * MAX_UPLOAD_MB * 2**20}\r\n\r\n".encode())
+        raw = b""
+        while chunk := conn.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), raw[:300]
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body) == {"error": f"the upload is larger than this server's limit of {MAX_UPLOAD_MB} MB "
+                                         "(vcap serve --max-upload-mb)"}
+
+
+def test_indexed_videos_in_several_folders(tmp_path):
+    """An index over two folders with --allow naming only one: both folders' videos are read; one
+    replaced by a link to a file outside both is refused; a link to the other folder's video is not."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    x, y, secret = tmp_path / "a" / "x.mp4", tmp_path / "b" / "y.mp4", tmp_path / "c" / "secret.txt"
+    x.write_bytes(b"x" * 10), y.write_bytes(b"y" * 10), secret.write_text("secret")
+    guard = PathGuard([tmp_path / "a"], indexed=[str(x), str(y)])
+    assert guard.resolve(str(y)) == y and guard.resolve(str(x)) == x
+    with _replaced_by_link(y, secret), pytest.raises(Forbidden, match="symbolic link"):
+        guard.resolve(str(y))
+    with _replaced_by_link(y, x):
+        assert guard.resolve(str(y)) == x
+    with pytest.raises(Forbidden):
+        guard.resolve(str(tmp_path / "b" / "other.mp4"))  # not indexed, not in --allow
+
+
+def test_a_swap_between_check_and_open_is_refused(tmp_path, monkeypatch):
+    """``PathGuard.open`` sends from the file it opened after the check: a file (or a folder on its
+    way) swapped for a link that leads out after the check and before the open is refused."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "sub").mkdir(parents=True), outside.mkdir()
+    clip = allowed / "sub" / "clip.mp4"
+    clip.write_bytes(b"video bytes")
+    (outside / "clip.mp4").write_text("secret")
+    guard = PathGuard([allowed])
+    file, real, st = guard.open(str(clip))
+    with file:
+        assert file.read() == b"video bytes" and real == clip and st.st_size == 11
+    checked = guard.resolve
+
+    def resolve_then_swap_file(text: str) -> Path:
+        real = checked(text)
+        real.rename(real.with_name("moved.mp4"))
+        real.symlink_to(outside / "clip.mp4")
+        return real
+
+    monkeypatch.setattr(guard, "resolve", resolve_then_swap_file)
+    with pytest.raises(Forbidden, match="changed after it was checked"):
+        guard.open(str(clip))
+    clip.unlink()
+    (allowed / "sub" / "moved.mp4").rename(clip)
+
+    def resolve_then_swap_folder(text: str) -> Path:
+        real = checked(text)
+        (allowed / "sub").rename(allowed / "sub_moved")
+        (allowed / "sub").symlink_to(outside)
+        return real
+
+    monkeypatch.setattr(guard, "resolve", resolve_then_swap_folder)
+    with pytest.raises(Forbidden, match="changed after it was checked"):
+        guard.open(str(clip))
 
 
 def test_other_sites_are_refused(server):

@@ -28,8 +28,10 @@ are served in parallel.
 
 Path safety (``serve_paths.PathGuard``): a path from the page is refused (403) when it holds
 ``..``, or when its real location (symbolic links resolved) is not inside an allowed folder
-(``--allow``; default: the folders the index's videos are in). The index's own paths, exactly as stored, may always be
-played and thumbnailed: the index's owner chose them. Uploads go to a temporary folder of their
+(``--allow``; default: the folders the index's videos are in). The index's own paths, as stored,
+may be played and thumbnailed while their real location is inside an allowed folder or a folder the
+index's videos are in: every path is resolved and checked when it is used, indexed ones too, and
+file bytes are sent from the file opened once after the check (``PathGuard.open``). Uploads go to a temporary folder of their
 own, removed when the request ends. The server binds 127.0.0.1 unless told otherwise, and refuses
 requests whose ``Host`` is not the address it serves on (a DNS-rebinding page cannot reach it) and
 cross-site form posts (an ``Origin`` other than its own).
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import sys
 import tempfile
 import time
@@ -49,6 +52,9 @@ from typing import Any, Iterator, Sequence
 
 from flask import Flask, Response, jsonify, request, send_file
 from waitress import create_server, wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer
+from waitress.task import ErrorTask
 from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, NotFound, RequestEntityTooLarge
 
 from caption.pipeline import VIDEO_EXTENSIONS
@@ -108,6 +114,11 @@ def _thumbnails(path: str, mtime_ns: int, size: int, count: int) -> tuple[tuple[
     return tuple(shots.images), shots.error
 
 
+def too_large(max_upload_mb: float) -> str:
+    """The refusal of an upload over ``--max-upload-mb`` (by the app or by waitress, the same words)."""
+    return f"the upload is larger than this server's limit of {max_upload_mb:g} MB (vcap serve --max-upload-mb)"
+
+
 def _data_uris(images: Sequence[bytes]) -> list[str]:
     return [f"data:image/jpeg;base64,{base64.b64encode(b).decode('ascii')}" for b in images]
 
@@ -149,8 +160,7 @@ def _install_guards(app: Flask, host: str, max_upload_mb: float) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> tuple[Response, int]:
         if isinstance(e, RequestEntityTooLarge):
-            return jsonify(error=f"the upload is larger than this server's limit of {max_upload_mb:g} MB "
-                                 "(vcap serve --max-upload-mb)"), 413
+            return jsonify(error=too_large(max_upload_mb)), 413
         return jsonify(error=e.description), e.code or 500
 
     @app.errorhandler(VideoReadError)
@@ -246,19 +256,26 @@ def _add_file_routes(app: Flask, guard: PathGuard) -> None:
 
     @app.get("/api/thumbnails")
     def _thumbs() -> Response:
-        real = guard.resolve(request.args.get("path", ""))
         count = _int_arg(request.args.get("count"), "count", 4, 1, 12)
-        st = real.stat()
-        images, error = _thumbnails(str(real), st.st_mtime_ns, st.st_size, count)
+        file, real, st = guard.open(request.args.get("path", ""))  # checked now; held open while it is read
+        with file:
+            images, error = _thumbnails(str(real), st.st_mtime_ns, st.st_size, count)
         if error:
             raise VideoReadError(request.args["path"], error)
         return jsonify(thumbnails=_data_uris(images))
 
     @app.get("/api/video")
     def _video() -> Response:
-        real = guard.resolve(request.args.get("path", ""))
-        kind = _CONTENT_TYPES.get(real.suffix.lower(), "application/octet-stream")
-        return send_file(real, mimetype=kind, conditional=True, max_age=0)
+        file, real, st = guard.open(request.args.get("path", ""))  # the bytes come from this open file
+        try:
+            kind = _CONTENT_TYPES.get(real.suffix.lower(), "application/octet-stream")
+            response = send_file(file, mimetype=kind, conditional=False, max_age=0, download_name=real.name,
+                                 last_modified=st.st_mtime, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}")
+            response.content_length = st.st_size
+            return response.make_conditional(request.environ, accept_ranges=True, complete_length=st.st_size)
+        except BaseException:
+            file.close()
+            raise
 
 
 # ---------------------------------------------------------------- serving
@@ -268,10 +285,36 @@ def make_server(app: Flask, host: str = "127.0.0.1", port: int = 7860, threads: 
                 max_upload_mb: float = 200) -> Any:
     """A waitress server for ``app`` (not yet serving: call ``.run()``; ``port=0`` picks a free
     port, then ``.effective_port`` says which). Bodies past the upload limit plus 1 MB are cut off
-    by waitress itself (413) before they are buffered whole."""
+    by waitress itself before they are buffered whole: 413 with the app's ``{"error": ...}``."""
 
-    return create_server(app, host=host, port=port, threads=threads, ident="vcap",
-                         max_request_body_size=int(max_upload_mb * 1024 * 1024) + (1 << 20))
+    server = create_server(app, host=host, port=port, threads=threads, ident="vcap",
+                           max_request_body_size=int(max_upload_mb * 1024 * 1024) + (1 << 20))
+    channel = _json_error_channel(max_upload_mb)
+    for listener in list((getattr(server, "map", None) or server._map).values()):
+        if isinstance(listener, BaseWSGIServer):
+            listener.channel_class = channel  # waitress's own refusals (413 ...) as JSON too
+    return server
+
+
+def _json_error_channel(max_upload_mb: float) -> type[HTTPChannel]:
+    """A waitress channel whose own error answers (a body past the cut-off: 413; a malformed
+    request: 400) are ``{"error": ...}`` like the app's, not waitress's plain-text page."""
+
+    class JSONErrorTask(ErrorTask):
+        def execute(self) -> None:
+            e = self.request.error
+            message = too_large(max_upload_mb) if e.code == 413 else f"{e.reason}: {e.body}"
+            body = json.dumps({"error": message}).encode("utf-8")
+            self.status = f"{e.code} {e.reason}"
+            self.response_headers.extend([("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff")])
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JSONErrorChannel(HTTPChannel):
+        error_task_class = JSONErrorTask
+
+    return JSONErrorChannel
 
 
 def stop_server(server: Any) -> None:
