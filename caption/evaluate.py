@@ -126,9 +126,9 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
     write_json(out_dir / "predictions.json", predictions)
     if missing:
         write_json(out_dir / "not_captioned.json", missing)
-    write_json(out_dir / "metrics.json", metrics)
-    if report:
+    if report:  # before metrics.json: a page that fails cannot leave a finished-looking evaluation
         path = report(out_dir / "report.html", model_dir, entries, predictions, missing, metrics,
                       cfg.run.num_workers)
         print(f"report: {path}", file=sys.stderr)
+    write_json(out_dir / "metrics.json", metrics)
     return metrics

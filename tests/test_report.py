@@ -12,19 +12,25 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from retrieval_pretrain.foundation.errors import DatasetError
+from retrieval_pretrain.foundation.run_log import VALUE_BOUND, read_log
 from retrieval_pretrain.reading.video import probe_video
 from vcap_toolkit.reports.captions_page import ReportRow, as_row, caption_report, make_rows, video_thumbnails
+from vcap_toolkit.reports.evaluation import write_evaluation_report
 from vcap_toolkit.reports.run_curves import run_report, training_curves
 
 NASTY = 'a man <script>alert("x")</script> & his dog'
@@ -293,3 +299,87 @@ def test_report_renders_in_a_real_browser(report, tmp_path: Path) -> None:
     scores = [float(r["data-cider"]) if r["data-cider"] else float("-inf") for r in rows]
     assert len(rows) == 6 and scores == sorted(scores, reverse=True)
     assert rows[0]["data-video"] == "nasa" and rows[-1]["data-video"] == "no-file"
+
+
+# A killed or diverged run's log (issue 25, class 2): NaN, infinities and a huge number, a line that
+# is not an object, a cut last line. Python's json writes NaN/Infinity bare, as a diverged run would.
+BAD_LOG = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": float("nan")}, {"step": 3, "loss": float("inf"), "lr": -1e308},
+           {"step": 4, "loss": float("-inf"), "lr": 1e-4}, {"step": 5, "loss": 1e308, "lr": 1e308},
+           {"step": 6, "loss": 1.5}]
+VCAP = Path(sys.executable).with_name("vcap")
+
+
+def _vcap(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VCAP), *argv], capture_output=True, text=True, timeout=120)
+
+
+def test_vcap_report_leaves_bad_values_out_and_says_how_many(tmp_path: Path) -> None:
+    _write_log(tmp_path / "run", BAD_LOG, tail='[1, 2]\n{"step": 7, "loss": 1.')
+    r = _vcap("report", str(tmp_path / "run"), "--output", str(tmp_path / "r.html"))
+    assert r.returncode == 0, r.stderr
+    warnings = [x for x in r.stderr.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 1 and "6 value(s)" in warnings[0] and "2 line(s)" in warnings[0], r.stderr
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    page = Page(text)
+    loss = next(p for p in page.polylines if p["data-series"] == "loss")
+    assert len(loss["points"].split()) == 2  # steps 1 and 6
+    note = [t for t in page.text if "left out of the curves" in t.lower()]
+    assert len(note) == 1 and "6 value(s)" in note[0] and "line 2, 3, 4, 5" in note[0] and "line 7, 8" in note[0]
+    numbers = re.findall(r'(?:points|cx|cy|x1|x2|y1|y2|x|y)="([^"]*)"', text)
+    assert numbers and not any(re.search(r"nan|inf", n, re.I) for n in numbers)
+
+
+def test_vcap_report_of_an_undecodable_log_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.jsonl").write_bytes(b'{"step": 1, "loss": 2.0}\n\xff\xfe{"step": 2}\n')
+    r = _vcap("report", str(tmp_path / "run"))
+    assert r.returncode == 3 and r.stderr.count("\n") == 1 and r.stderr.startswith("vcap: dataset error: "), r.stderr
+    assert "not UTF-8" in r.stderr and not (tmp_path / "run" / "report.html").exists()
+
+
+@pytest.mark.parametrize("log", ["nan", "undecodable", "folder"])
+def test_evaluation_report_never_fails_on_the_runs_log(tmp_path: Path, log: str, capsys) -> None:
+    # vcap evaluate --report's page writer (caption/evaluate.py passes it as `report`), over a model in
+    # a run folder; a whole trained model is not needed to reach the log.
+    run = tmp_path / "run"
+    if log == "nan":
+        _write_log(run, BAD_LOG, tail='{"step": 7')
+    elif log == "undecodable":
+        run.mkdir()
+        (run / "log.jsonl").write_bytes(b"\xff\xfe\xfd\n")
+    else:
+        (run / "log.jsonl").mkdir(parents=True)
+    entry = type("E", (), {"video_id": "a", "path": str(tmp_path / "a.mp4"), "captions": ["a dog runs"]})
+    out = write_evaluation_report(tmp_path / "eval" / "report.html", run / "model", [entry], {"a": "a dog"}, [],
+                                  {"CIDEr": 0.1, "split": "test", "videos": 1})
+    page = Page(out.read_text(encoding="utf-8"))
+    shown = "".join(page.text).lower()
+    assert ("left out of the curves" in shown) if log == "nan" else ("no training curves" in shown)
+    assert len(page.polylines) == (2 if log == "nan" else 0)  # loss and lr
+    assert capsys.readouterr().err.count("warning:") == 1
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.text(), st.sampled_from(['{"step": 1e999}', '{"a": [NaN, {"b": -Infinity}]}',
+                                                      '{"step": 1e31, "x": 12345678901234567890123456789012}',
+                                                      '{"s": "\\ud800"}', "[" * 3000, "NaN", '{"x": 1.0}']))))
+def test_read_log_never_raises_and_keeps_only_finite_bounded_numbers(tmp_path: Path, lines: list[str]) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass"))
+    try:
+        records, problems = read_log(path)
+    except DatasetError as e:  # only a file that is not UTF-8 (a lone surrogate written raw) as a whole
+        assert "not UTF-8" in str(e)
+        return
+    assert all(isinstance(r, dict) for _, r in records) and all(p.what in ("line", "value") for p in problems)
+    stack = [r for _, r in records]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            assert math.isfinite(item) and abs(item) <= VALUE_BOUND
+        elif isinstance(item, str):
+            item.encode("utf-8")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import html
 import json
-import math
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 from retrieval_pretrain.foundation.atomic import write_file
 from retrieval_pretrain.foundation.errors import DatasetError
+from retrieval_pretrain.foundation.run_log import VALUE_BOUND, read_log
 from vcap_toolkit.reports.html_page import is_number, page
 from vcap_toolkit.reports.svg_plot import svg_plot
 
@@ -29,36 +30,33 @@ _FIRST = ("loss", "lr", "lr_new", "lr_clip", "logit_scale", "val_loss", "val_CID
 
 
 def training_curves(run_folder: str | Path) -> dict[str, Any]:
-    """The numeric series of a run's ``log.jsonl``, ready to plot.
+    """The numeric series of a run's ``log.jsonl``, ready to plot, read through the one log reader
+    (``run_log.read_log``).
 
     Records with a ``val_*`` key are end-of-epoch records (stage 2: ``val_loss``, ``val_CIDEr``,
     ``best_epoch``) and plot against ``epoch``; the others are step records (stage 1: ``loss``,
     ``lr_new``, ``lr_clip``, ``logit_scale``; stage 2: ``loss``, ``lr``; both: timings) and plot
     against ``step``. Every numeric key present becomes a series, except the x keys, ``time`` and
-    ``best_epoch``; non-finite values are left out. A line that is not a JSON object (a run killed
-    mid-write) is skipped and listed in ``skipped_lines``.
+    ``best_epoch``. A value that is NaN, infinite or beyond ``VALUE_BOUND`` is left out and counted in
+    ``left_out_values``; a line that is not a JSON object (a run killed mid-write) or has no usable
+    step or epoch is skipped and listed in ``skipped_lines``; both are said once on stderr.
 
-    Returns ``{"log": path, "records": n, "skipped_lines": [line numbers], "step": {name: [[x, y], ...]},
-    "epoch": {name: [[x, y], ...]}, "best_epoch": int or None}``.
+    Returns ``{"log": path, "records": n, "skipped_lines": [line numbers], "left_out_values": n,
+    "value_lines": [line numbers], "step": {name: [[x, y], ...]}, "epoch": {name: [[x, y], ...]},
+    "best_epoch": int or None}``.
 
     Raises:
-        DatasetError: the log is missing, or holds no record with a step or an epoch.
+        DatasetError: the log is missing or unreadable as a whole, or holds no record with a step or an epoch.
     """
     log = Path(run_folder) / LOG_FILE
-    if not log.is_file():
+    if not log.exists():
         raise DatasetError(f"{log}: no training log (is {run_folder} a 'vcap pretrain' or 'vcap train' run folder?)")
-    out: dict[str, Any] = {"log": str(log), "records": 0, "skipped_lines": [], "step": {}, "epoch": {},
-                           "best_epoch": None}
-    for number, line in enumerate(log.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            out["skipped_lines"].append(number)
-            continue
+    records, problems = read_log(log)
+    values = [p.line for p in problems if p.what == "value"]
+    out: dict[str, Any] = {"log": str(log), "records": 0, "skipped_lines": [p.line for p in problems if p.what == "line"],
+                           "left_out_values": len(values), "value_lines": sorted(set(values)),
+                           "step": {}, "epoch": {}, "best_epoch": None}
+    for number, record in records:
         axis = "epoch" if any(k.startswith("val_") for k in record) else "step"
         x = record.get(axis)
         if not is_number(x):
@@ -68,13 +66,33 @@ def training_curves(run_folder: str | Path) -> dict[str, Any]:
         if axis == "epoch" and is_number(record.get("best_epoch")):
             out["best_epoch"] = int(record["best_epoch"])
         for key, value in record.items():
-            if key not in _X_KEYS + _NOT_PLOTTED and is_number(value) and math.isfinite(value):
+            if key not in _X_KEYS + _NOT_PLOTTED and is_number(value):
                 out[axis].setdefault(key, []).append([x, value])
+    out["skipped_lines"].sort()
     if out["records"] == 0:
         raise DatasetError(f"{log}: the training log holds no step or epoch record (the run logged nothing yet)")
     for axis in ("step", "epoch"):
         out[axis] = dict(sorted(out[axis].items(), key=lambda kv: (_rank(kv[0]), kv[0])))
+    note = left_out_note(out)
+    if note:
+        print(f"warning: {log}: {note}", file=sys.stderr)
     return out
+
+
+def _lines(numbers: list[int]) -> str:
+    return ", ".join(str(n) for n in numbers[:10]) + (", ..." if len(numbers) > 10 else "")
+
+
+def left_out_note(curves: Mapping[str, Any]) -> str:
+    """One sentence on what the curves leave out of the log and why, or "" when nothing is."""
+    parts = []
+    if curves.get("left_out_values"):
+        parts.append(f"{curves['left_out_values']} value(s) that are NaN, infinite or beyond +-{VALUE_BOUND:g} "
+                     f"(line {_lines(curves['value_lines'])})")
+    if curves.get("skipped_lines"):
+        parts.append(f"{len(curves['skipped_lines'])} line(s) that are not a JSON object with a step or epoch "
+                     f"(line {_lines(curves['skipped_lines'])})")
+    return "left out of the curves: " + "; ".join(parts) if parts else ""
 
 
 def _rank(name: str) -> int:
@@ -83,7 +101,11 @@ def _rank(name: str) -> int:
 
 def curves_html(curves: Mapping[str, Any]) -> str:
     """The plots of ``training_curves`` output: losses, learning rates, logit scale and validation
-    metrics open; any other series (timings) folded under them."""
+    metrics open; any other series (timings) folded under them; one line on what the log had that
+    the curves leave out. ``{"unreadable": why}`` draws only why there are no curves."""
+    if curves.get("unreadable"):  # the evaluation page of a run whose log could not be read
+        return (f'<section id="curves"><h2>Training curves</h2><p class="warn" id="left-out">No training curves: '
+                f'{html.escape(str(curves["unreadable"]))}</p></section>')
     plots: dict[bool, list[str]] = {True: [], False: []}
     for axis in ("step", "epoch"):
         for name, pts in curves.get(axis, {}).items():
@@ -91,11 +113,8 @@ def curves_html(curves: Mapping[str, Any]) -> str:
             plots[main].append(svg_plot(name, pts, axis, curves.get("best_epoch") if axis == "epoch" else None))
     other = (f'<details><summary>{len(plots[False])} more series (timings)</summary>'
              f'<div class="plots">{"".join(plots[False])}</div></details>' if plots[False] else "")
-    note = ""
-    skipped = curves.get("skipped_lines") or []
-    if skipped:
-        listed = ", ".join(str(n) for n in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
-        note = f'<p class="warn">{len(skipped)} unreadable log line(s) skipped: line {listed}</p>'
+    note = left_out_note(curves)
+    note = f'<p class="warn" id="left-out">{html.escape(note[0].upper() + note[1:])}</p>' if note else ""
     source = html.escape(str(curves.get("log", "")))
     return (f'<section id="curves"><h2>Training curves</h2><p class="sub">{curves.get("records", 0)} records from '
             f'<code>{source}</code></p>{note}<div class="plots">{"".join(plots[True])}</div>{other}</section>')

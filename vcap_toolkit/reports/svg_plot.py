@@ -10,8 +10,9 @@ from typing import Sequence
 
 def _ticks(lo: float, hi: float, integer: bool = False, n: int = 5) -> list[float]:
     """Round tick values covering ``[lo, hi]`` (the first at or below ``lo``, the last at or above ``hi``)."""
-    if hi <= lo:
-        pad = abs(lo) * 0.1 or 1.0
+    if not (hi - lo) / n > 0:  # one value, or a span too small to divide (denormal numbers): pad it
+        pad = abs(lo) * 0.1
+        pad = pad if pad / n > 0 else 1.0
         lo, hi = lo - pad, hi + pad
     step = 10.0 ** math.floor(math.log10((hi - lo) / n))
     for m in (1, 2, 5, 10):
