@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,10 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from caption.demo import CONFIG_PATH
-from retrieval_pretrain.foundation.errors import FeatureMismatchError
+from retrieval_pretrain.foundation.errors import FeatureMismatchError, FeatureStoreError
 from vcap_toolkit.cli.main import main
+from vcap_toolkit.jobs.index_files import check_meta, check_rows
 from vcap_toolkit.jobs.search import VideoIndex, build_index, rank, search
 
 VCAP = Path(sys.executable).with_name("vcap")
@@ -180,3 +184,133 @@ def test_a_changed_file_is_embedded_again_and_a_gone_one_is_never_returned(clips
     result = json.loads(out.out.strip().splitlines()[-1])
     assert mine[1] not in [p for p, _ in result["results"]] and len(result["results"]) == 3
     assert "no longer exist and were left out" in out.err
+
+
+# --- A damaged index (issue 25, class 2): one line, exit 7, never a silently wrong score ---------
+
+@pytest.fixture(scope="module")
+def small_index(clips, tmp_path_factory) -> Path:
+    """4 clips in 2 shards of 2, written by ``build_index`` (with the shards' records in meta.json)."""
+    model, folder, truth = clips
+    out = tmp_path_factory.mktemp("small") / "idx"
+    build_index(model, sorted(truth)[:4], out, CPU, batch_size=4, shard_size=2)
+    return out
+
+
+def _copy(small_index: Path, tmp_path: Path, records: bool) -> Path:
+    idx = tmp_path / "idx"
+    shutil.copytree(small_index, idx)
+    if not records:  # as the index was written before the records existed: only the structure is checked
+        meta = json.loads((idx / "meta.json").read_text())
+        meta.pop("shards", None)
+        (idx / "meta.json").write_text(json.dumps(meta))
+    return idx
+
+
+def _more_rows(idx):
+    arr = np.load(idx / "shards" / "000000.npy")
+    np.save(idx / "shards" / "000000.npy", np.concatenate([arr, arr[:1]]))
+
+
+def _nan_row(idx):
+    arr = np.load(idx / "shards" / "000001.npy")
+    arr[1] = np.nan
+    np.save(idx / "shards" / "000001.npy", arr)
+
+
+def _other_width(idx):
+    arr = np.load(idx / "shards" / "000001.npy")
+    np.save(idx / "shards" / "000001.npy", arr[:, :-1].copy())
+
+
+def _json(name, value):
+    return lambda idx: (idx / name).write_text(value if isinstance(value, str) else json.dumps(value))
+
+
+def _meta_without_model(idx):
+    meta = json.loads((idx / "meta.json").read_text())
+    meta.pop("model")
+    (idx / "meta.json").write_text(json.dumps(meta))
+
+
+DAMAGES = {
+    "npy_more_rows_than_json": (_more_rows, "000000.npy: shape \\[3, "),
+    "nan_row": (_nan_row, "000001.npy: 1 rows hold NaN"),
+    "another_width": (_other_width, "000001.npy: shape \\[2, "),
+    "broken_shard_json": (_json("shards/000000.json", '[{"path": '), "000000.json: not a readable index shard"),
+    "row_without_path": (_json("shards/000001.json", [{"size": 3}, {"path": "/x.mp4"}]), "000001.json: row 0 has no video path"),
+    "meta_is_a_list": (_json("meta.json", [1, 2]), "meta.json: an index record is a JSON object, not list"),
+    "meta_without_model": (_meta_without_model, "meta.json: 'model' is missing"),
+}
+
+
+def _refused(idx: Path, capsys, match: str) -> None:
+    capsys.readouterr()
+    code = main(["search", str(idx), "moving up", "--top", "4", "--json"])
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert code == 7 and out.out == "" and len(lines) == 1, (code, out)
+    assert lines[0].startswith("vcap: feature folder error: ") and re.search(match, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_index_is_refused_in_one_line(small_index, tmp_path, capsys, damage):
+    spoil, match = DAMAGES[damage]
+    idx = _copy(small_index, tmp_path, records=False)
+    spoil(idx)
+    _refused(idx, capsys, match)
+
+
+def test_an_edited_shard_is_refused_by_its_recorded_hash(small_index, tmp_path, capsys):
+    idx = _copy(small_index, tmp_path, records=True)
+    npy = idx / "shards" / "000000.npy"
+    data = bytearray(npy.read_bytes())
+    data[-1] ^= 0x01  # the same shape, one value changed
+    npy.write_bytes(bytes(data))
+    _refused(idx, capsys, "000000.npy: its bytes differ from the SHA-256")
+    idx2 = _copy(small_index, tmp_path / "b", records=True)  # a shard's rows swapped for another shard's
+    (idx2 / "shards" / "000000.json").write_text((idx2 / "shards" / "000001.json").read_text())
+    _refused(idx2, capsys, "000000.json: its rows differ from the SHA-256")
+
+
+def test_an_index_without_records_searches_as_before(small_index, tmp_path, capsys):
+    """An index written before the shard records (meta.json without "shards", the same shard files)
+    gives exactly the results of one with them."""
+    results = []
+    for records in (True, False):
+        idx = _copy(small_index, tmp_path / str(records), records=records)
+        assert main(["search", str(idx), "moving up", "--top", "4", "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"])
+    assert results[0] == results[1] and len(results[0]) == 4
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+NEAR_META = st.fixed_dictionaries({}, optional={
+    "model": JSON | st.just("/m"), "model_fingerprint": JSON | st.just("ab"), "dim": JSON | st.just(8),
+    "num_frames": JSON | st.just(4), "format": JSON | st.sampled_from([1, 2, 3]), "dtype": JSON | st.just("float16"),
+    "scoring": JSON | st.sampled_from(["embedding", "pairwise"]), "state": JSON | st.just({"video": [8]}),
+    "shards": JSON | st.just({"000000": {"rows": 1, "rows_sha256": "0" * 64, "sha256": {"video": "f" * 64}}})})
+NEAR_ROWS = st.lists(JSON | st.text(max_size=4) | st.fixed_dictionaries(
+    {"path": JSON | st.just("/v.mp4")}, optional={"size": JSON | st.just(1), "mtime_ns": JSON | st.just(2)}), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(meta=JSON | NEAR_META, rows=JSON | NEAR_ROWS)
+def test_the_index_file_reader_takes_any_json_or_refuses_it(meta, rows):
+    """Any JSON value is a valid record (what the search reads from it has its type) or one line of
+    ``FeatureStoreError``, never another exception."""
+    where = Path("/i/meta.json")
+    try:
+        got = check_meta(meta, where)
+        assert isinstance(got["model"], str) and isinstance(got["dim"], int) and got["dim"] > 0
+        assert got.get("scoring", "embedding") in ("embedding", "pairwise")
+    except FeatureStoreError as e:
+        assert str(e).startswith(f"{where}: ") and "\n" not in str(e)
+    try:
+        got_rows = check_rows(rows, where)
+        assert all(isinstance(r["path"], str) and r["path"] for r in got_rows)
+        assert all(isinstance(r["size"], int) for r in got_rows if "size" in r)
+    except FeatureStoreError as e:
+        assert str(e).startswith(f"{where}: ") and "\n" not in str(e)

@@ -4,6 +4,8 @@ video once, ``vcap search`` ranks them by a sentence (or by an example clip).
 Index folder ``IDX``::
 
     IDX/meta.json              the model (path, fingerprint), embedding dim, frames, sampling
+                               and each shard's record (rows, SHA-256 of its files and rows),
+                               checked when it is read (``index_files``, the index's one reader)
     IDX/shards/NNNNNN.npy      float16 (n, dim) L2-normalised video embeddings (memory-mappable)
     IDX/shards/NNNNNN.json     per row: {"path", "size", "mtime_ns"} of the file embedded (written last)
     IDX/failures.json          videos the last run could not read, with the reason (retried next run)
@@ -37,9 +39,7 @@ generator conditions text on a video), so its pooled embedding (``get_video_feat
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -58,11 +58,10 @@ from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.reading.features import save_npy
 from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import embed_videos, video_states
+from vcap_toolkit.jobs.index_files import INDEX_FORMAT, PAIRWISE, STATE_NAME, read_array, read_meta, read_rows, \
+    shard_record
 
 SHARD_VIDEOS = 256  # videos per shard: what a killed run can lose
-INDEX_FORMAT = 2  # the newest index format this module reads (1: embeddings only; 2: pairwise states)
-PAIRWISE = "pairwise"  # meta["scoring"] of an index of pairwise states; absent: "embedding"
-_STATE_NAME = re.compile(r"[a-z][a-z0-9_]*")  # a state tensor's name, used in its shard file's name
 
 
 class VideoIndex:
@@ -72,17 +71,8 @@ class VideoIndex:
         self.shards = self.folder / "shards"
 
     def meta(self) -> dict[str, Any]:
-        path = self.folder / "meta.json"
-        if not path.is_file():
-            raise FeatureStoreError(f"{self.folder} is not a video index (no meta.json); build one with 'vcap index'")
-        try:
-            meta = json.loads(path.read_text())
-        except (ValueError, RecursionError, OSError) as e:
-            raise FeatureStoreError(f"{path}: not a readable index record ({type(e).__name__}: {e})") from None
-        if not isinstance(meta.get("format", 1), int) or meta.get("format", 1) > INDEX_FORMAT:
-            raise FeatureStoreError(f"{path}: index format {meta.get('format')!r}, newer than this version of "
-                                    f"vcap reads (up to {INDEX_FORMAT}); upgrade, or rebuild the index")
-        return meta
+        """``meta.json``, checked by the index's one reader (``index_files``)."""
+        return read_meta(self.folder)
 
     def scoring(self) -> str:
         """``"pairwise"`` for an index of pairwise states (format 2), else ``"embedding"``."""
@@ -115,11 +105,16 @@ class VideoIndex:
 
     def _shard_rows(self) -> list[tuple[Path, list[dict[str, Any]]]]:
         """Each complete shard's ``.npy`` with its rows, in shard order."""
-        out = []
-        for npy in self._complete():
-            rows = json.loads(npy.with_suffix(".json").read_text())
-            out.append((npy, [r if isinstance(r, dict) else {"path": r} for r in rows]))
-        return out
+        records = self.meta().get("shards", {})
+        return [(npy, read_rows(npy.with_suffix(".json"), records.get(npy.stem))) for npy in self._complete()]
+
+    def _shard_arrays(self, npy: Path, rows: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The checked arrays ``{"video", *names}`` of one shard of ``rows`` videos (``index_files.read_array``)."""
+        meta = self.meta()
+        shapes, hashes = meta.get("state", {"video": [meta["dim"]]}), meta.get("shards", {}).get(npy.stem, {})
+        return {name: read_array(npy if name == "video" else npy.with_name(f"{npy.stem}.{name}.npy"), rows,
+                                 shapes.get(name, [meta["dim"]]), hashes.get("sha256", {}).get(name))
+                for name in ("video", *names)}
 
     def _rows(self) -> list[dict[str, Any]]:
         return [r for _, rows in self._shard_rows() for r in rows]
@@ -145,20 +140,14 @@ class VideoIndex:
         return self._all_embeddings()[self._current()]
 
     def _all_embeddings(self) -> np.ndarray:
-        parts = []
-        for npy in self._complete():
-            try:
-                parts.append(np.load(npy, mmap_mode="r", allow_pickle=False))
-            except (ValueError, OSError) as e:
-                raise FeatureStoreError(f"{npy}: not a readable index shard ({e}); delete it and its .json, then "
-                                        "rerun 'vcap index' to embed those videos again") from None
+        parts = [self._shard_arrays(npy, len(rows), ())["video"] for npy, rows in self._shard_rows()]
         dim = int(self.meta()["dim"])
         return np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float16)
 
     def state_blocks(self) -> Iterator[dict[str, np.ndarray]]:
         """A pairwise index's states, shard by shard: ``{name: (n, ...) float16}`` (``"video"`` and
         each other tensor of ``encode_video_state``) for the shard's current rows; joined, the
-        blocks' rows are those of ``paths()``. Each file is memory-mapped; only selected rows are read."""
+        blocks' rows are those of ``paths()``. Each shard's files are read and checked whole, one shard at a time."""
         names = [n for n in self.meta().get("state", {}) if n != "video"]
         current = np.asarray(self._current(), dtype=np.int64)
         start = 0
@@ -168,19 +157,8 @@ class VideoIndex:
             start += len(rows)
             if not len(local):
                 continue
-            block = {}
-            for name, path in (("video", npy), *((n, npy.with_name(f"{npy.stem}.{n}.npy")) for n in names)):
-                try:
-                    arr = np.load(path, mmap_mode="r", allow_pickle=False)
-                except (ValueError, OSError) as e:
-                    raise FeatureStoreError(f"{path}: not a readable index shard ({e}); delete {npy.stem}.* in "
-                                            f"{self.shards}, then rerun 'vcap index' to embed those videos "
-                                            "again") from None
-                if arr.shape[0] != len(rows):
-                    raise FeatureStoreError(f"{path}: {arr.shape[0]} rows for the {len(rows)} videos of "
-                                            f"{npy.stem}.json; delete {npy.stem}.* and rerun 'vcap index'")
-                block[name] = arr if len(local) == len(rows) else arr[local]
-            yield block
+            arrays = self._shard_arrays(npy, len(rows), names)
+            yield {name: arr if len(local) == len(rows) else arr[local] for name, arr in arrays.items()}
 
     def append(self, paths: Sequence[str], embeddings: np.ndarray,
                states: dict[str, np.ndarray] | None = None) -> None:
@@ -203,12 +181,17 @@ class VideoIndex:
                 write_file(npy.with_name(f"{npy.stem}.{name}.npy"), lambda tmp, part=part: save_npy(tmp, part))
         data = np.ascontiguousarray(embeddings, dtype=np.float16)
         write_file(npy, lambda tmp: save_npy(tmp, data))
-        write_json(npy.with_suffix(".json"), [{"path": p, **_stamp(p)} for p in paths])
+        rows = [{"path": p, **_stamp(p)} for p in paths]
+        files = {"video": npy, **{n: npy.with_name(f"{npy.stem}.{n}.npy") for n in (states or {})}}
+        meta = self.meta()  # the shard's record before its .json: a shard counts only once both exist
+        write_json(self.folder / "meta.json", {**meta, "shards": {**meta.get("shards", {}),
+                                                                  npy.stem: shard_record(files, rows)}})
+        write_json(npy.with_suffix(".json"), rows)
 
     def _record_state(self, video: np.ndarray, states: dict[str, np.ndarray]) -> None:
         """Check a shard's state against ``meta["state"]`` (names and per-video shapes), recording it first."""
         shapes = {"video": list(video.shape[1:]), **{n: list(np.shape(a)[1:]) for n, a in states.items()}}
-        bad = [n for n in states if n == "video" or not _STATE_NAME.fullmatch(n)]
+        bad = [n for n in states if n == "video" or not STATE_NAME.fullmatch(n)]
         if bad:
             raise FeatureStoreError(f"{self.folder}: video state names {bad} cannot name shard files "
                                     "(lower-case letters, digits, '_'; 'video' is the embedding)")
