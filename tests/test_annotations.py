@@ -9,6 +9,8 @@ import pickle
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from retrieval_pretrain.reading.annotations import AnnotationError, load_annotations
 from retrieval_pretrain.reading.data_config import DataConfig
@@ -255,3 +257,38 @@ def test_unreadable_layouts_and_unknown_format(tmp_path: Path):
         load_annotations(DataConfig(format="coco", annotations=str(f)))
     with pytest.raises(AnnotationError, match="split_files"):
         load_annotations(DataConfig(format="jsonl", annotations=str(f), split_files={"train": str(f)}))
+
+
+def test_jsonl_video_that_names_no_file_is_a_named_problem(tmp_path: Path):
+    """``/``, ``.``, ``..``, ``x/`` and non-strings were tracebacks or folders (issue 25)."""
+    bad = ["/", ".", "..", "clips/", "a/..", 7, None, ["a.mp4"]]
+    lines = [json.dumps({"video": "clips/a.mp4", "captions": ["a dog"], "split": "train"})]
+    lines += [json.dumps({"video": v, "captions": ["x"], "split": "train"}) for v in bad]
+    f = tmp_path / "ann.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    ann = load_annotations(DataConfig(format="jsonl", annotations=str(f), videos=str(tmp_path / "v")))
+    assert [(e.video_id, e.path, e.captions) for e in ann.entries] == [
+        ("clips/a", tmp_path / "v" / "clips" / "a.mp4", ["a dog"])]
+    assert [q.source for q in ann.problems] == [f"{f}:{n}" for n in range(2, 2 + len(bad))]
+    assert all("video" in q.reason and q.reason.endswith("skipped") for q in ann.problems)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                     lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=4), kids, max_size=3),
+                     max_leaves=6)
+_VIDEO = st.sampled_from(["a.mp4", "/", ".", "..", "x/", "../up.mp4", "d/b.avi", " ", "a/..", "...", "a."]) | _JSON
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.fixed_dictionaries({"video": _VIDEO, "captions": _JSON | st.lists(st.text(max_size=6)),
+                                            "split": st.sampled_from(["train", "test", ""]) | _JSON}), max_size=5))
+def test_jsonl_property_rows_become_entries_or_named_problems(tmp_path: Path, rows):
+    f = tmp_path / "fuzz.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    videos = tmp_path / "v"
+    ann = load_annotations(DataConfig(format="jsonl", annotations=str(f), videos=str(videos)), warn=False)
+    assert len(ann.entries) + len(ann.problems) == len(rows)
+    for e in ann.entries:
+        assert e.captions and all(isinstance(c, str) and c.strip() for c in e.captions)
+        assert e.path.name not in ("", ".", "..") and e.path.is_relative_to(videos)
+    assert all(q.source.startswith(f"{f}:") for q in ann.problems)

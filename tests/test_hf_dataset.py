@@ -3,6 +3,7 @@ written with ``save_to_disk`` / ``to_parquet`` / ``to_json`` / ``to_csv`` into t
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -330,3 +331,25 @@ def test_data_check_end_to_end(tmp_path: Path, videos: Path):
     assert s["missing_videos"] == {"count": 2, "total": 4,
                                    "paths": [str(videos / "c.mp4"), str(videos / "clips/d.mp4")]}
     assert s["ok"] is False
+
+
+# ----------------------------------------------------------------------------- cells read one by one (issue 25)
+
+
+def test_json_cells_of_mixed_types_are_read_one_by_one(tmp_path: Path, videos: Path):
+    """datasets' json builder turned a whole column into JSON text when one cell's type differed."""
+    src = tmp_path / "mixed.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in [
+        {"video": "a.mp4", "captions": "a dog", "split": "train"},
+        {"video": "b", "captions": ["a cat", "a cat sleeps"], "split": "val"},
+        {"video": 5, "captions": "a number", "split": "train"},          # row 2: numeric video
+        {"video": "/", "captions": "root", "split": "train"},            # row 3: not a file
+        {"video": "c.mp4", "captions": {"x": 1}, "split": "test"},        # row 4: not a caption
+        ["not", "an", "object"]]) + "\n")                                  # row 5
+    ann = load_annotations(cfg(src, videos))
+    assert table(ann) == [("a", "train", ["a dog"]), ("b", "val", ["a cat", "a cat sleeps"])]
+    assert [e.path for e in ann.entries] == [videos / "a.mp4", videos / "b.webm"]
+    assert [s for s, _ in problems(ann)] == [f"{src}:row {n}" for n in (2, 3, 4, 5)]
+    assert "got int 5" in problems(ann)[0][1] and "does not name a file" in problems(ann)[1][1]
+    s = check_dataset(cfg(src, videos), probe=False, progress=False)
+    assert not s["ok"] and s["problem_count"] == 4

@@ -4,10 +4,13 @@ base/novel label partition."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from caption.config import load
 from retrieval_pretrain.reading.annotation_table import AnnotationError
@@ -147,3 +150,40 @@ def test_pretrain_on_labels_holds_out_the_novel_labels(labelled, tmp_path, capsy
     rows = [json.loads(x) for x in (root / "labels.jsonl").read_text().splitlines()]
     base_train = [r for r in rows if r["split"] == "train" and r["label"] not in novel]
     assert f"stage 1: training on {len(base_train)} videos of base labels" in err
+
+
+def test_label_rows_whose_video_or_times_are_bad_are_named_problems(tmp_path):
+    """``/`` / ``.`` videos, a youtube_id leaving the folder and infinite times were tracebacks (issue 25)."""
+    (tmp_path / "l.csv").write_text("video,label,split\na.mp4,running,train\n/,running,train\n.,running,test\n")
+    ann = load_annotations(_data(tmp_path, "labels", tmp_path / "l.csv"))
+    assert [(e.video_id, e.path, e.captions) for e in ann.entries] == [("a", tmp_path / "a.mp4", ["running"])]
+    assert [q.source for q in ann.problems] == [f"{tmp_path / 'l.csv'}:{n}" for n in (3, 4)]
+    (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,xyz,3,13,val\n"
+                                    "abseiling,../x,3,13,val\nabseiling,q1,inf,13,val\nabseiling,q2,nan,1,val\n"
+                                    "abseiling,q3,-1,13,val\nabseiling,q4,20,13,val\n")
+    ann = load_annotations(_data(tmp_path, "kinetics", tmp_path / "k.csv"))
+    assert [(e.path, e.label) for e in ann.entries] == [(tmp_path / "xyz_000003_000013.mp4", "abseiling")]
+    assert [q.source for q in ann.problems] == [f"{tmp_path / 'k.csv'}:{n}" for n in range(3, 8)]
+    assert "leave the video folder" in ann.problems[0].reason and "finite" in ann.problems[1].reason
+
+
+_CELL = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.lists(st.text(max_size=3))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.fixed_dictionaries({"video": st.sampled_from(["a.mp4", "/", ".", "..", "x/", "s/b.avi"]) | _CELL,
+                                            "label": _CELL, "split": st.sampled_from(["train", "test"]) | _CELL}),
+                     max_size=5), as_csv=st.booleans())
+def test_labels_property_rows_become_entries_or_named_problems(tmp_path, rows, as_csv):
+    f = tmp_path / ("fuzz.csv" if as_csv else "fuzz.jsonl")
+    if as_csv:
+        with open(f, "w", newline="") as out:
+            w = csv.writer(out)
+            w.writerows([["video", "label", "split"]] + [[str(r[k]) for k in ("video", "label", "split")] for r in rows])
+    else:
+        f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ann = load_annotations(_data(tmp_path, "labels", f), warn=False)
+    for e in ann.entries:
+        assert e.captions == [e.label] and isinstance(e.label, str) and e.label.strip()
+        assert e.path.name not in ("", ".", "..") and e.path.is_relative_to(tmp_path)
+    assert all(q.source.startswith(f"{f}:") for q in ann.problems)

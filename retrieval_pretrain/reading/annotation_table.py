@@ -217,6 +217,19 @@ def video_path(data: DataConfig, stem: str, first: str | None = ".mp4") -> Path:
     return folder / f"{stem}{candidates[0] if candidates else ''}"
 
 
+def video_cell(value: Any) -> tuple[str, str]:
+    """``(path text, "")`` for a video cell that names a file (a non-empty string, not ``/``, ``.``,
+    ``..`` or a folder ending in ``/``, no NUL), or ``("", why)``. Checked cell by cell, never coerced."""
+    if not isinstance(value, str):
+        return "", f"'video' must be a string, got {type(value).__name__}"
+    text = value.strip()
+    if not text:
+        return "", "'video' must be a non-empty string"
+    if "\x00" in text or text.endswith(("/", "\\")) or Path(text).name in ("", ".", ".."):
+        return "", f"'video' {text[:80]!r} does not name a file"
+    return text, ""
+
+
 def clean_captions(value: Any) -> tuple[list[str], str]:
     """A list of caption strings, stripped, or ``([], reason)`` when it is not one."""
     if not isinstance(value, list) or not value:
@@ -245,9 +258,11 @@ def _jsonl_problem(obj: Any) -> str:
     missing = [k for k in ("video", "captions", "split") if k not in obj]
     if missing:
         return f"missing key(s) {', '.join(missing)}"
-    for key in ("video", "split"):
-        if not isinstance(obj[key], str) or not obj[key].strip():
-            return f"'{key}' must be a non-empty string"
+    if not isinstance(obj["split"], str) or not obj["split"].strip():
+        return "'split' must be a non-empty string"
+    why = video_cell(obj["video"])[1]
+    if why:
+        return why
     return clean_captions(obj["captions"])[1]
 
 

@@ -34,13 +34,15 @@ caption datasets have one row per caption). Split names must be ``train``/``val`
 
 Data files go through a temporary ``datasets`` cache, removed afterwards; ``save_to_disk`` folders
 are memory-mapped in place. Values are read from Arrow without feature decoding (a ``ClassLabel``
-column is turned into its label names).
+column is turned into its label names); ``.json`` / ``.jsonl`` files are read cell by cell with Python's
+``json`` (the library's json builder turns a whole column into JSON text when one cell's type differs).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import re
 import tempfile
 import warnings
@@ -58,6 +60,7 @@ from retrieval_pretrain.reading.annotation_table import (
     near_misses,
     normalize_split,
     split_role,
+    video_cell,
     video_path,
 )
 from retrieval_pretrain.reading.data_config import DataConfig
@@ -183,7 +186,47 @@ def _why(e: BaseException) -> str:
     return text
 
 
-def _load_file(path: Path, cache_dir: str) -> datasets.Dataset:
+class _JsonCells:
+    """A ``.json`` / ``.jsonl`` data file read cell by cell with Python's ``json``: ``datasets``' json
+    builder turns a whole column into JSON text when one cell's type differs (a string among lists,
+    a number among strings), which would change how every other row is read."""
+
+    def __init__(self, path: Path) -> None:
+        self.rows: list[Any] = []
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise AnnotationError(f"{path}: cannot read as json: {e}") from e
+        try:
+            whole = json.loads(text) if text.lstrip().startswith("[") else None
+        except (json.JSONDecodeError, RecursionError):
+            whole = None
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        for n, line in ([] if isinstance(whole, list) else lines):
+            try:
+                self.rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise AnnotationError(f"{path}: cannot read as json: JSON parse error at line {n}: {e.msg}") from e
+            except RecursionError:
+                raise AnnotationError(f"{path}: cannot read as json: JSON parse error at line {n}: "
+                                      "nested too deeply") from None
+        self.rows = whole if isinstance(whole, list) else self.rows
+        keys = (k for r in self.rows if isinstance(r, dict) for k in r)
+        self.column_names = list(dict.fromkeys(keys))
+        self.num_rows = len(self.rows)
+
+    def values(self, names: list[str]) -> dict[str, list[Any]]:
+        return {name: [r.get(name) if isinstance(r, dict) else None for r in self.rows] for name in names}
+
+    def not_object(self, n: int) -> str:
+        """Why row ``n`` is skipped as a whole, or ``""``."""
+        row = self.rows[n]
+        return "" if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
+
+
+def _load_file(path: Path, cache_dir: str) -> datasets.Dataset | _JsonCells:
+    if path.suffix.lower() in (".json", ".jsonl"):
+        return _JsonCells(path)
     builder = _FILE_BUILDERS[path.suffix.lower()]
     kwargs: dict[str, Any] = {}
     try:
@@ -219,8 +262,10 @@ def _load_hub(source: str, subset: str | None) -> datasets.Dataset | datasets.Da
 # ----------------------------------------------------------------------------- rows
 
 
-def _column_values(ds: datasets.Dataset, names: list[str]) -> dict[str, list[Any]]:
+def _column_values(ds: datasets.Dataset | _JsonCells, names: list[str]) -> dict[str, list[Any]]:
     """Plain Python values of ``names``, read from Arrow (no feature decoding); ClassLabel -> names."""
+    if isinstance(ds, _JsonCells):
+        return ds.values(names)
     arrow = ds.select_columns(names).with_format("arrow")[:]
     out = {}
     for name in names:
@@ -256,7 +301,7 @@ def _read_rows(data: DataConfig, label: str, dict_split: str | None, ds: dataset
     splits = values[columns["split"]] if has_split else [dict_split] * ds.num_rows
     for n, (video, caps, split) in enumerate(zip(values[columns["video"]], values[columns["captions"]], splits)):
         where = f"{label}:row {n}"
-        row = _row(video, caps, split, columns, known)
+        row = (isinstance(ds, _JsonCells) and ds.not_object(n)) or _row(video, caps, split, columns, known)
         if isinstance(row, str):
             table.problem(where, f"{row}; skipped")
             continue
@@ -283,6 +328,7 @@ def _row(video: Any, caps: Any, split: Any, columns: dict[str, str],
          known: list[str]) -> tuple[str, list[str], str] | str:
     """``(video, captions, normalised split)`` of one row, or why it is skipped."""
     video, why = _text(video, "video", columns)
+    why = why or video_cell(video)[1].replace("'video'", f"column '{columns['video']}' (video)")
     if why:
         return why
     if isinstance(caps, list):

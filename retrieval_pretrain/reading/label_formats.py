@@ -27,6 +27,7 @@ import csv
 import glob
 import io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from retrieval_pretrain.reading.annotation_table import (
     read_text,
     required_file,
     split_files,
+    video_cell,
     video_path,
 )
 from retrieval_pretrain.reading.data_config import DataConfig
@@ -99,8 +101,9 @@ def load_labels(data: DataConfig, table: Table) -> None:
             table.problem(where, f"{row if isinstance(row, str) else 'not an object'}; skipped")
             continue
         missing = [k for k in ("video", "label", "split") if not isinstance(row.get(k), str) or not row[k].strip()]
-        if missing:
-            table.problem(where, f"needs non-empty string(s) {', '.join(missing)}; skipped")
+        why = f"needs non-empty string(s) {', '.join(missing)}" if missing else video_cell(row["video"])[1]
+        if why:
+            table.problem(where, f"{why}; skipped")
             continue
         _check_label(row["label"].strip(), known, where, f"data.labels_file {data.labels_file}")
         _add(table, data, row["video"].strip(), row["label"].strip(), row["split"], where)
@@ -112,10 +115,35 @@ def _kinetics_file(data: DataConfig, youtube_id: str, start: int, end: int, labe
     if flat.exists():
         return flat.relative_to(data.videos).as_posix()
     for folder in (label, label.replace(" ", "_")):
+        if not _bare_name(folder):
+            continue
         nested = video_path(data, f"{folder}/{stem}")
         if nested.exists():
             return nested.relative_to(data.videos).as_posix()
     return flat.relative_to(data.videos).as_posix()
+
+
+def _bare_name(text: str) -> bool:
+    """Whether ``text`` is one file name: no folder separator, not ``.`` / ``..``, no NUL."""
+    return bool(text) and not any(c in text for c in "/\\\x00") and text not in (".", "..")
+
+
+def _kinetics_row(row: Any) -> tuple[str, int, int] | str:
+    """``(youtube_id, start, end)`` of a kinetics row, or why it is skipped: the id is one file name
+    (it must not leave the video folder), the times finite numbers >= 0 with start <= end."""
+    if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
+                                            for k in ("label", "youtube_id")):
+        return "needs label and youtube_id"
+    youtube_id = row["youtube_id"].strip()
+    if not _bare_name(youtube_id):
+        return f"youtube_id {youtube_id[:80]!r} is not a file name (it would leave the video folder)"
+    try:
+        start, end = float(row["time_start"]), float(row["time_end"])
+    except (KeyError, TypeError, ValueError):
+        return "time_start / time_end are not numbers"
+    if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < 0 or start > end:
+        return f"time_start / time_end must be finite numbers >= 0 with start <= end, got {start}, {end}"
+    return youtube_id, int(start), int(end)
 
 
 def load_kinetics(data: DataConfig, table: Table) -> None:
@@ -127,21 +155,18 @@ def load_kinetics(data: DataConfig, table: Table) -> None:
     known = class_list(data)
     for split, path in sources.items():
         for where, row in _rows(path, csv_file=True):
-            if not isinstance(row, dict) or not all((row.get(k) or "").strip() for k in ("label", "youtube_id")):
-                table.problem(where, "needs label and youtube_id; skipped")
+            checked = _kinetics_row(row)
+            if isinstance(checked, str):
+                table.problem(where, f"{checked}; skipped")
                 continue
-            try:
-                start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-            except (KeyError, TypeError, ValueError):
-                table.problem(where, "time_start / time_end are not numbers; skipped")
-                continue
+            youtube_id, start, end = checked
             row_split = split or (row.get("split") or "").strip()
             if not row_split:
                 table.problem(where, "no split (no split column, and the file is not in data.split_files); skipped")
                 continue
             label = row["label"].strip()
             _check_label(label, known, where, f"data.labels_file {data.labels_file}")
-            _add(table, data, _kinetics_file(data, row["youtube_id"].strip(), start, end, label), label,
+            _add(table, data, _kinetics_file(data, youtube_id, start, end, label), label,
                  row_split, where)
 
 
