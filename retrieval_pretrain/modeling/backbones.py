@@ -32,6 +32,7 @@ from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_mod
 from transformers import PretrainedConfig, XCLIPConfig, XCLIPModel, XCLIPTextConfig, XCLIPVisionConfig
 
 from retrieval_pretrain.foundation.errors import ConfigError, WeightsUnavailableError
+from retrieval_pretrain.foundation.pickles import pickled_code
 
 BACKBONE_KINDS = ("open_clip", "xclip")
 
@@ -128,10 +129,11 @@ def _local_weights_error(path: str, err: BaseException) -> WeightsUnavailableErr
     that would run code (torch's weights-only loader names the callable it refused) gets a warning."""
     text = str(err)
     code = re.search(r"unsupported GLOBAL (\S+)", text)
-    if code:
-        reason = (f"it is a pickle that would call {code.group(1)} when loaded; refused without running it. "
+    called = code.group(1) if code else next(iter(pickled_code(path)), None)
+    if called:
+        reason = (f"it is a pickle that would call {called} when loaded; refused without running it. "
                   "Only plain state dicts of tensors (or .safetensors) are loaded")
-        print(f"warning: {path} holds pickled code ({code.group(1)}); it was not run. Treat the file as untrusted: "
+        print(f"warning: {path} holds pickled code ({called}); it was not run. Treat the file as untrusted: "
               "only a plain state dict of tensors (or .safetensors) is loaded", file=sys.stderr)
     elif isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
         reason = ("not a checkpoint torch loads safely: a truncated file, another kind of file, or a pickle of other "
@@ -191,7 +193,9 @@ def build_clip(clip_cfg: Any) -> tuple[torch.nn.Module, tuple[float, ...], tuple
             if not os.path.isfile(pretrained):
                 raise WeightsUnavailableError(_file_guidance(None, pretrained))
             try:
-                open_clip.load_checkpoint(clip, pretrained, strict=True)
+                with warnings.catch_warnings():  # torch's note on pickle protocols: our error says what matters
+                    warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                    open_clip.load_checkpoint(clip, pretrained, strict=True)
             except Exception as e:  # not a checkpoint, a pickle with code, tensors of another architecture
                 raise _local_weights_error(pretrained, e) from None
         return clip, tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD), spec
