@@ -36,7 +36,7 @@ def query_time(n: int = 100_000, dim: int = 512, queries: int = 20) -> None:
             assert best[0][0] == q * 997
         per_query = (time.perf_counter() - t0) / queries
     print(f"{n} videos x {dim} fp16 ({emb.nbytes / 2**20:.0f} MB): open {load * 1000:.0f} ms "
-          f"(paths + memory-mapped shards), {per_query * 1000:.1f} ms per query (top 10), {len(paths)} paths")
+          f"(paths + shards read and checked), {per_query * 1000:.1f} ms per query (top 10), {len(paths)} paths")
 
 
 def demo_recall(model: Path, data: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from caption.config import load
 from caption.demo import CONFIG_PATH
@@ -76,6 +77,10 @@ def test_an_empty_search_is_refused_as_the_page_refuses_it(tmp_path, capsys):
         line = _last_line(capsys)
         assert code == ConfigError.exit_code, line
         assert line == "vcap: config error: vcap search: give a sentence to search for (QUERY)", line
+    from vcap_toolkit.jobs.search import search  # deferred: torch, only for this check
+
+    with pytest.raises(ConfigError, match="give a sentence"):  # the Python API refuses it too, before the index
+        search(tmp_path / "no_index", torch.device("cpu"), text=" ")
 
 
 def test_a_number_the_web_api_cannot_read_is_a_400_not_a_500():

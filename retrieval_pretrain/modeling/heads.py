@@ -27,6 +27,8 @@ here for the per-frame features and the fallback video embedding.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from open_clip.transformer import Transformer
 from torch import nn
@@ -65,7 +67,7 @@ def _key_bias(mask: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tenso
     return bias[:, None, :].expand(B, T, T).repeat_interleave(heads, dim=0)  # (B*H, T, T)
 
 
-class TemporalHead(nn.Module):
+class TemporalHead(nn.Module, ABC):
     """Turns frame features (B, T, D) into contextualised frame features (B, T, D): the base of
     the head kinds (``MeanP``, ``SeqTransf``, ``SeqLSTM``), which ``build_head`` picks once; each
     kind's ``forward`` is its own.
@@ -105,8 +107,9 @@ class TemporalHead(nn.Module):
         False, changing nothing, for heads without them or where the shapes do not fit."""
         return False
 
+    @abstractmethod
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """(B, T, D) frame features and their (B, T) mask -> (B, T, D): each head kind defines it."""
 
 
 class MeanP(TemporalHead):

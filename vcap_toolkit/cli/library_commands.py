@@ -95,8 +95,6 @@ def _search(args: argparse.Namespace) -> int:
 
     if (args.query is None) == (args.video is None):
         raise ConfigError("vcap search: give a QUERY sentence or --video CLIP (one of the two)")
-    if args.query is not None and not args.query.strip():  # would rank every video (the page refuses it too)
-        raise ConfigError("vcap search: give a sentence to search for (QUERY)")
     results = search(Path(args.index), pick_device(args.device), text=args.query,
                      video=opt_path(args.video), top=args.top)
     if args.json:

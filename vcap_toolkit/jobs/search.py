@@ -6,7 +6,7 @@ Index folder ``IDX``::
     IDX/meta.json              the model (path, fingerprint), embedding dim, frames, sampling
                                and each shard's record (rows, SHA-256 of its files and rows),
                                checked when it is read (``index_files``, the index's one reader)
-    IDX/shards/NNNNNN.npy      float16 (n, dim) L2-normalised video embeddings (memory-mappable)
+    IDX/shards/NNNNNN.npy      float16 (n, dim) L2-normalised video embeddings (read whole, checked against meta.json)
     IDX/shards/NNNNNN.json     per row: {"path", "size", "mtime_ns"} of the file embedded (written last)
     IDX/failures.json          videos the last run could not read, with the reason (retried next run)
 
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from retrieval_pretrain.foundation.atomic import write_file, write_json
-from retrieval_pretrain.foundation.errors import FeatureMismatchError, FeatureStoreError, VideoReadError
+from retrieval_pretrain.foundation.errors import ConfigError, FeatureMismatchError, FeatureStoreError, VideoReadError
 from retrieval_pretrain.foundation.folder_lock import folder_lock
 from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
 from retrieval_pretrain.modeling.model import PairwiseScorer, scores_pairwise
@@ -136,7 +136,7 @@ class VideoIndex:
         return [rows[i]["path"] for i in self._current()]
 
     def embeddings(self) -> np.ndarray:
-        """(N, dim) float16, the rows of ``paths()`` (each shard memory-mapped, then joined)."""
+        """(N, dim) float16, the rows of ``paths()`` (each shard read whole and checked, then joined)."""
         return self._all_embeddings()[self._current()]
 
     def _all_embeddings(self) -> np.ndarray:
@@ -345,7 +345,10 @@ def search(index_dir: Path, device: torch.device, text: str | None = None, video
     """The ``top`` indexed videos for a sentence or an example clip: ``[(path, cosine similarity)]``.
 
     A sentence is scored as the index's model scores pairs (a pairwise index: ``pair_scores`` with
-    each video's stored state); an example clip by cosine of pooled embeddings (module docstring)."""
+    each video's stored state); an example clip by cosine of pooled embeddings (module docstring).
+    An empty sentence is a ``ConfigError``: it would rank every video, meaning nothing."""
+    if text is not None and not text.strip():
+        raise ConfigError("vcap search: give a sentence to search for (QUERY)")
     index = VideoIndex(index_dir)
     meta = index.meta()
     model_dir = Path(meta["model"])
