@@ -273,6 +273,20 @@ def test_an_edited_shard_is_refused_by_its_recorded_hash(small_index, tmp_path, 
     _refused(idx2, capsys, "000000.json: its rows differ from the SHA-256")
 
 
+def test_a_shard_without_its_record_is_refused_and_a_missing_one_is_said(small_index, tmp_path, capsys):
+    idx = _copy(small_index, tmp_path / "a", records=True)  # one shard's record dropped, the shards then swapped
+    meta = json.loads((idx / "meta.json").read_text())
+    del meta["shards"]["000001"]
+    (idx / "meta.json").write_text(json.dumps(meta))
+    _refused(idx, capsys, re.escape("shard(s) 000001 have no record"))
+    idx = _copy(small_index, tmp_path / "b", records=True)  # a recorded shard's .json deleted: not silent
+    (idx / "shards" / "000001.json").unlink()
+    assert main(["search", str(idx), "moving up", "--top", "4", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out.strip().splitlines()[-1])["results"]) == 2
+    assert "warning:" in captured.err and "shard(s) 000001 (2 videos) are recorded but not complete" in captured.err
+
+
 def test_an_index_without_records_searches_as_before(small_index, tmp_path, capsys):
     """An index written before the shard records (meta.json without "shards", the same shard files)
     gives exactly the results of one with them."""

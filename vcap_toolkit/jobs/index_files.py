@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,23 @@ def _check_records(records: Any, path: Path) -> None:
               and all(isinstance(k, str) and isinstance(v, str) and _HEX.fullmatch(v) for k, v in rec["sha256"].items()))
         if not ok:
             raise _bad(path, f"the record of shard {_short(stem)} is malformed ({_short(rec)}); {_REBUILD}")
+
+
+def check_recorded(meta_path: Path, records: dict[str, Any], complete: list[str]) -> None:
+    """In an index whose ``meta.json`` records its shards: a complete shard (``.json`` + ``.npy``) without
+    a record was not written by ``vcap index`` (refused); a recorded shard that is not complete is a
+    killed run's last shard or a deleted file - its videos are left out until ``vcap index`` runs again,
+    said in one warning line, never silently."""
+    unrecorded = sorted(set(complete) - set(records))
+    if unrecorded:
+        raise _bad(meta_path, f"shard(s) {', '.join(unrecorded)} have no record (added or swapped in by hand); "
+                              f"{_REBUILD}")
+    missing = sorted(set(records) - set(complete))
+    if missing:
+        rows = sum(records[m]["rows"] for m in missing)
+        print(f"warning: {meta_path.parent}: shard(s) {', '.join(missing)} ({rows} videos) are recorded but not "
+              "complete (a killed run, or a deleted file): those videos are not searched; run vcap index again",
+              file=sys.stderr)
 
 
 def read_rows(path: Path, record: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -58,8 +58,16 @@ from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.reading.features import save_npy
 from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import embed_videos, video_states
-from vcap_toolkit.jobs.index_files import INDEX_FORMAT, PAIRWISE, STATE_NAME, read_array, read_meta, read_rows, \
-    shard_record
+from vcap_toolkit.jobs.index_files import (
+    INDEX_FORMAT,
+    PAIRWISE,
+    STATE_NAME,
+    check_recorded,
+    read_array,
+    read_meta,
+    read_rows,
+    shard_record,
+)
 
 SHARD_VIDEOS = 256  # videos per shard: what a killed run can lose
 
@@ -98,15 +106,18 @@ class VideoIndex:
                     "give a new --output folder")
             return
         self.shards.mkdir(parents=True, exist_ok=True)
-        write_json(self.folder / "meta.json", meta)
+        write_json(self.folder / "meta.json", {**meta, "shards": {}})  # "shards" present: every shard has a record
 
     def _complete(self) -> list[Path]:
         return sorted(p.with_suffix(".npy") for p in self.shards.glob("[0-9]*.json") if p.with_suffix(".npy").is_file())
 
     def _shard_rows(self) -> list[tuple[Path, list[dict[str, Any]]]]:
         """Each complete shard's ``.npy`` with its rows, in shard order."""
-        records = self.meta().get("shards", {})
-        return [(npy, read_rows(npy.with_suffix(".json"), records.get(npy.stem))) for npy in self._complete()]
+        meta = self.meta()
+        records, complete = meta.get("shards"), self._complete()
+        if records is not None:  # an index that records its shards: none may lack its record, none go missing
+            check_recorded(self.folder / "meta.json", records, [npy.stem for npy in complete])
+        return [(npy, read_rows(npy.with_suffix(".json"), (records or {}).get(npy.stem))) for npy in complete]
 
     def _shard_arrays(self, npy: Path, rows: int, names: Sequence[str]) -> dict[str, np.ndarray]:
         """The checked arrays ``{"video", *names}`` of one shard of ``rows`` videos (``index_files.read_array``)."""
