@@ -106,7 +106,7 @@ def evaluate(model_dir: Path, cfg: Config, features: Path | None = None, split: 
     else:
         warn_if_video_differs(cfg.video.num_frames, pipe.tower_spec.num_frames, f"the video tower of {model_dir}",
                               cfg.video.eval_sampling, pipe.tower_spec.eval_sampling)
-        results = pipe.caption_videos([(e.video_id, Path(e.path)) for e in entries], decode=cfg.decode,
+        results = pipe.caption_videos([(e.video_id, e.clip) for e in entries], decode=cfg.decode,
                                       num_workers=cfg.run.num_workers)
         predictions = {vid: r for vid, r in results.items() if r is not None and not isinstance(r, Exception)}
         missing = [{"video_id": vid, "reason": str(r)} for vid, r in results.items() if isinstance(r, Exception)]

@@ -32,6 +32,7 @@ from retrieval_pretrain.modeling.model_folder import from_pretrained as load_vid
 from retrieval_pretrain.modeling.model_folder import model_fingerprint
 from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.modeling.spec import ModelSpec
+from retrieval_pretrain.reading.clips import Clip, as_clip
 from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import encode_video_batches
 
@@ -199,7 +200,7 @@ class CaptionPipeline:
         return decode
 
     @torch.no_grad()
-    def caption_videos(self, videos: Sequence[tuple[str, Path]], decode: DecodeConfig | None = None,
+    def caption_videos(self, videos: Sequence[tuple[str, Path | Clip]], decode: DecodeConfig | None = None,
                        num_workers: int = 2, batch_size: int | None = None) -> dict[str, str | Exception]:
         """``{id: caption}``; a video that cannot be read maps to the exception naming it."""
         if self.tower is None:
@@ -207,7 +208,7 @@ class CaptionPipeline:
         decode = decode or self.default_decode()
         pre = Preprocess.for_model(self.tower_spec)
         results: dict[str, str | Exception] = {}
-        path_to_id = {str(Path(p)): vid for vid, p in videos}
+        path_to_id = {str(as_clip(p)): vid for vid, p in videos}  # failures name the file (and range)
         batches = encode_video_batches(self.tower, list(videos), pre, self.device, batch_size or decode.batch_size,
                                        num_workers, method=self.tower_spec.eval_sampling,
                                        desc="caption")

@@ -41,7 +41,7 @@ def test_msrvtt_all_videos_missing(shared_data: Path, tmp_path: Path):
     assert s["ok"] is False
     assert s["splits"]["val"]["videos"] == 497 and s["splits"]["test"]["videos"] == 2990
     assert s["splits"]["val"]["captions"] == 9940 and s["splits"]["test"]["captions"] == 59800
-    assert s["total"] == {"videos": 3487, "captions": 69740}
+    assert s["total"] == {"videos": 3487, "captions": 69740, "source_videos": 3487}
     assert s["splits"]["test"]["captions_per_video"] == {"min": 20, "median": 20, "max": 20, "mean": 20.0}
     words = s["splits"]["val"]["caption_words"]
     assert 1 <= words["min"] <= words["median"] <= words["max"]

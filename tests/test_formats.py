@@ -33,12 +33,12 @@ def _readme_rows() -> list[str]:
 
 
 def test_the_table_is_the_formats_of_today():
-    assert list(FORMATS) == ["msrvtt", "msrvtt-clip4clip", "msvd", "vatex", "jsonl", "hf", "labels", "kinetics",
-                             "ucf101", "hmdb51"]
+    assert list(FORMATS) == ["msrvtt", "msrvtt-clip4clip", "msvd", "vatex", "activitynet", "youcook2", "jsonl", "hf",
+                             "labels", "kinetics", "ucf101", "hmdb51"]
     assert all(name == f.name and callable(f.read) and f.summary and "\n" not in f.summary
                for name, f in FORMATS.items())
     assert {n for n, f in FORMATS.items() if f.labelled} == {"labels", "kinetics", "ucf101", "hmdb51"}
-    assert {n for n, f in FORMATS.items() if f.split_files} == {"msrvtt-clip4clip", "msvd", "vatex", "kinetics",
+    assert {n for n, f in FORMATS.items() if f.split_files} == {"msrvtt-clip4clip", "msvd", "vatex", "activitynet", "kinetics",
                                                                 "ucf101"}
 
 

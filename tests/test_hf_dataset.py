@@ -319,7 +319,7 @@ def test_data_check_end_to_end(tmp_path: Path, videos: Path):
     assert s["format"] == "hf" and s["annotations"] == str(src)
     assert {name: (sp["videos"], sp["captions"]) for name, sp in s["splits"].items()} == \
         {"train": (2, 3), "val": (1, 2), "test": (1, 1)}
-    assert s["total"] == {"videos": 4, "captions": 6}
+    assert s["total"] == {"videos": 4, "captions": 6, "source_videos": 4}
     assert s["splits"]["train"]["captions_per_video"] == {"min": 1, "median": 1.5, "max": 2, "mean": 1.5}
     assert s["problem_count"] == 2
     assert s["problems"] == [

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval_pretrain.foundation.errors import DatasetError
+from retrieval_pretrain.reading.clips import Clip, clip_id, range_problem
 from retrieval_pretrain.reading.data_config import DataConfig
 
 _SPLIT_ALIASES = {"validate": "val", "validation": "val"}
@@ -75,6 +76,19 @@ class VideoEntry:
     split: str
     official_split: str | None = None
     label: str | None = None  # label datasets: the class (its captions are ``[label]``)
+    start: float | None = None  # a time range of the file (seconds), or None: the whole file
+    end: float | None = None
+    source_id: str | None = None  # the id of the whole video a range is part of (dense formats)
+
+    @property
+    def clip(self) -> Clip:
+        """What to read: the file, or the range of it (``clips.Clip``)."""
+        return Clip(self.path, self.start, self.end)
+
+    @property
+    def source(self) -> str:
+        """The id of the whole video: ``source_id``, else the entry's own id."""
+        return self.source_id or self.video_id
 
 
 class AnnotationError(DatasetError):
@@ -96,6 +110,7 @@ class Annotations:
     entries: list[VideoEntry] = field(default_factory=list)
     problems: list[AnnotationProblem] = field(default_factory=list)
     outside: list[AnnotationProblem] = field(default_factory=list)  # kept entries whose video is outside data.videos
+    clipped: list[AnnotationProblem] = field(default_factory=list)  # kept ranges cut at the video's duration
 
     def split(self, name: str) -> list[VideoEntry]:
         """The entries of split ``name`` (``validate`` means ``val``), in file order."""
@@ -121,7 +136,10 @@ class Table:
         self.ann.problems.append(AnnotationProblem(source, reason))
 
     def add(self, video_id: str, path: Path, captions: list[str], split: str, source: str,
-            official_split: str | None = None, label: str | None = None) -> None:
+            official_split: str | None = None, label: str | None = None,
+            span: tuple[float, float] | None = None, source_id: str | None = None) -> None:
+        """Add one entry (``span``: its time range in the file, then ``video_id`` should be a
+        ``clips.clip_id``; ``source_id``: the whole video's id)."""
         split = normalize_split(split)
         if not captions:
             self.problem(source, f"video '{video_id}' has no captions; skipped")
@@ -130,7 +148,9 @@ class Table:
                                  f"'{self._seen[video_id]}'); skipped")
         else:
             self._seen[video_id] = split
-            self.ann.entries.append(VideoEntry(video_id, Path(path), captions, split, official_split, label))
+            start, end = span if span is not None else (None, None)
+            self.ann.entries.append(VideoEntry(video_id, Path(path), captions, split, official_split, label,
+                                               start, end, source_id))
             if self._videos is not None and not _inside(Path(path), self._videos):
                 given = _as_given(Path(path), self._videos)
                 self.ann.outside.append(AnnotationProblem(
@@ -263,13 +283,20 @@ def _jsonl_problem(obj: Any) -> str:
     why = video_cell(obj["video"])[1]
     if why:
         return why
+    if ("start" in obj) != ("end" in obj):
+        return "a time range needs both 'start' and 'end' (seconds)"
+    if "start" in obj:
+        why = range_problem(obj["start"], obj["end"])
+        if why:
+            return f"bad time range: {why}"
     return clean_captions(obj["captions"])[1]
 
 
 def load_jsonl(data: DataConfig, table: Table) -> None:
     """``data.format: jsonl``, the toolkit's own format: one ``{"video": "rel/path.mp4", "captions":
     [...], "split": "train"}`` per line, ``video`` relative to ``data.videos``; the video id is that
-    path without its extension."""
+    path without its extension. Optional ``"start"`` and ``"end"`` (seconds, both or neither) make
+    the entry that part of the file; its id is then ``clips.clip_id`` (``rel/path[12.5-20]``)."""
     path = required_file(data.annotations, "annotations", "jsonl")
     for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
@@ -285,5 +312,8 @@ def load_jsonl(data: DataConfig, table: Table) -> None:
             table.problem(f"{path}:{n}", f"{why}; skipped")
             continue
         rel = Path(obj["video"].strip())  # the id is the relative path without its extension
-        table.add(rel.with_suffix("").as_posix(), Path(data.videos) / rel, clean_captions(obj["captions"])[0],
-                  obj["split"], f"{path}:{n}")
+        whole = rel.with_suffix("").as_posix()
+        span = (float(obj["start"]), float(obj["end"])) if "start" in obj else None
+        table.add(clip_id(whole, *(span or (None, None))), Path(data.videos) / rel,
+                  clean_captions(obj["captions"])[0], obj["split"], f"{path}:{n}", span=span,
+                  source_id=whole if span else None)

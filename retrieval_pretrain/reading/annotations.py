@@ -59,4 +59,8 @@ def load_annotations(data: DataConfig, warn: bool = True) -> Annotations:
         if len(outside) > MAX_OUTSIDE_WARNINGS:
             print(f"warning: ... and {len(outside) - MAX_OUTSIDE_WARNINGS} more video paths outside the video "
                   f"folder {data.videos} ('vcap data check' lists them all)", file=sys.stderr)
+    if warn and table.ann.clipped and main_process():
+        print(f"note: {len(table.ann.clipped)} segments end past their video's duration and were cut there "
+              f"(first: {table.ann.clipped[0].source}: {table.ann.clipped[0].reason}; 'vcap data check' lists them)",
+              file=sys.stderr)
     return table.ann

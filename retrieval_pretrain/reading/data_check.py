@@ -129,7 +129,8 @@ def check_dataset(data: DataConfig, probe: bool = False, probe_fn: Callable[[Pat
         ``total`` ({videos, captions}), ``problems`` ([{source, reason}]) and ``problem_count``,
         ``missing_videos`` ({count, total, paths: the first 20}), ``unreadable_videos``
         ({count, probed, items: [{path, reason}]}, ``None`` without ``probe``), ``unused_splits``
-        (see ``unused_splits``), ``outside_videos`` ({count, items: [{source, reason}]}: entries
+        (see ``unused_splits``), ``clipped_segments`` ({count, items}: ranges cut at their video's duration,
+        kept), ``outside_videos`` ({count, items: [{source, reason}]}: entries
         whose video path is outside ``data.videos``), and ``ok``: no problems, no missing and no
         unreadable videos, no unused split and no video path outside the video folder.
 
@@ -153,12 +154,15 @@ def check_dataset(data: DataConfig, probe: bool = False, probe_fn: Callable[[Pat
         "split_files": dict(data.split_files),
         "videos_dir": str(data.videos),
         "splits": split_summary(ann),
-        "total": {"videos": len(ann.entries), "captions": sum(len(e.captions) for e in ann.entries)},
+        "total": {"videos": len(ann.entries), "captions": sum(len(e.captions) for e in ann.entries),
+                  "source_videos": len({e.source for e in ann.entries})},
         "problem_count": len(ann.problems),
         "problems": [{"source": q.source, "reason": q.reason} for q in ann.problems],
         "unused_splits": unused_splits(ann, data),
         "outside_videos": {"count": len(ann.outside), "items": [{"source": q.source, "reason": q.reason}
                                                                  for q in ann.outside]},
+        "clipped_segments": {"count": len(ann.clipped), "items": [{"source": q.source, "reason": q.reason}
+                                                                  for q in ann.clipped]},
         "missing_videos": {"count": len(missing), "total": len(paths),
                            "paths": [str(p) for p in missing[:MAX_LISTED_MISSING]]},
         "unreadable_videos": unreadable,
@@ -203,6 +207,14 @@ def report_text(s: dict[str, Any]) -> str:
     if s["problem_count"] > 10:
         lines.append(f"  ... and {s['problem_count'] - 10} more (see the JSON)")
     lines.extend(_split_and_path_lines(s))
+    if s["total"]["source_videos"] != s["total"]["videos"]:
+        lines.append(f"time ranges: {s['total']['videos']} clips of {s['total']['source_videos']} videos")
+    cut = s["clipped_segments"]
+    if cut["count"]:
+        lines.append(f"segments cut at their video's duration: {cut['count']} (kept)")
+        lines.extend(f"  {q['source']}: {q['reason']}" for q in cut["items"][:5])
+        if cut["count"] > 5:
+            lines.append(f"  ... and {cut['count'] - 5} more (see the JSON)")
     m = s["missing_videos"]
     lines.append(f"missing video files: {m['count']} of {m['total']}")
     lines.extend(f"  {p}" for p in m["paths"][:5])

@@ -20,6 +20,7 @@ from typing import Callable
 
 from retrieval_pretrain.foundation.errors import ConfigError
 from retrieval_pretrain.reading import benchmark_formats as bench
+from retrieval_pretrain.reading import dense_formats as dense
 from retrieval_pretrain.reading import label_formats as labelled
 from retrieval_pretrain.reading.annotation_table import AnnotationError, Table, load_jsonl
 from retrieval_pretrain.reading.data_config import DataConfig
@@ -65,8 +66,14 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("vatex", bench.load_vatex,
            "VATEX JSON lists of videoID and enCap: one file per split in data.split_files, or one file "
            "whose items carry a split", split_files=True),
+    Format("activitynet", dense.load_activitynet,
+           "ActivityNet Captions: train.json / val_1.json / val_2.json in data.split_files; each time-stamped "
+           "sentence is a clip of its untrimmed video", split_files=True),
+    Format("youcook2", dense.load_youcook2,
+           "YouCook2's youcookii_annotations_trainval.json; each annotated segment is a clip of its untrimmed video"),
     Format("jsonl", load_jsonl,
-           "one JSON object per line: video (relative to data.videos), captions (a list) and split"),
+           "one JSON object per line: video (relative to data.videos), captions (a list), split, and optionally "
+           "start / end (seconds: that part of the video)"),
     Format("hf", _load_hf,
            "a Hugging Face dataset (hub id, save_to_disk folder, or parquet / json / csv files); "
            "data.columns names its video, captions and split columns"),

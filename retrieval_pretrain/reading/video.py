@@ -47,18 +47,18 @@ from __future__ import annotations
 
 import math
 import os
-import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from retrieval_pretrain.foundation.errors import VideoReadError
-from retrieval_pretrain.reading.video_integrity import check_complete, probe_indices
+from retrieval_pretrain.reading.clips import Clip, as_clip, frames_in_range
+from retrieval_pretrain.reading.video_integrity import check_complete, decord_detail, diagnose_open, probe_indices
 
 METHODS = ("uniform", "fps", "tsn")
 MIN_VIDEO_FRAMES = 2  # fewer is a still image, rejected (see the module docstring)
-_REENCODE = "re-encode to H.264, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
 
 
 @dataclass
@@ -148,56 +148,6 @@ def _decord() -> Any:
     return decord
 
 
-def _ffmpeg_strerror(code: int) -> str:
-    """ffmpeg's text for an error code (either sign), via PyAV; the number if PyAV cannot say."""
-    try:
-        import av.error  # deferred: PyAV (FFmpeg), only on a decord error
-
-        av.error.err_check(-abs(code))
-    except Exception as e:  # err_check raises the matching FFmpegError subclass
-        text = getattr(e, "strerror", None)
-        if text:
-            return str(text)
-    return f"ffmpeg error {code}"
-
-
-def _decord_detail(err: BaseException) -> str:
-    """decord's message without its ``[hh:mm:ss] file.cc:line:`` prefixes, C++ check text and trace."""
-    lines = str(err).strip().splitlines()
-    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", lines[0] if lines else type(err).__name__)
-    code = re.search(r"\((-?\d{4,}) vs\. 0\)|failed with (-?\d{4,})", text)
-    text = re.sub(r"Check failed: .*? \(-?\d+ vs\. -?\d+\) ?", "", text).strip()
-    if code:
-        text = f"{text} ({_ffmpeg_strerror(int(code.group(1) or code.group(2)))})"
-    return text or type(err).__name__
-
-
-def _diagnose_open(path: str, err: BaseException) -> str:
-    """Why decord could not open ``path``: ask PyAV what is in the file."""
-    detail = _decord_detail(err)
-    try:
-        import av  # deferred: PyAV (FFmpeg), only to diagnose a failed open
-    except ImportError:
-        return f"decord cannot open it: {detail}"
-    try:
-        with av.open(path, metadata_errors="ignore") as container:
-            if not container.streams.video:
-                return "no video stream (audio only)" if container.streams.audio else "no video stream"
-            codec = container.streams.best("video").codec_context.codec.canonical_name
-    except av.FFmpegError as e:
-        return (f"not a video file, or a truncated/corrupt one: ffmpeg cannot read the container "
-                f"({e.strerror})")
-    except Exception as e:  # PyAV itself failed; decord's reason is the best we have
-        return f"decord cannot open it: {detail} (PyAV: {type(e).__name__}: {e})"
-    if "cannot find video stream" in detail:  # a video stream exists, but decord's ffmpeg has no decoder
-        return f"decord cannot decode codec {codec}; {_REENCODE}"
-    if "frame count" in detail.lower() or "frame-count" in detail:
-        return f"the {codec} video stream has no frames ({detail})"
-    if "av_read_frame" in detail:
-        return f"reading packets failed, the file is probably truncated or corrupt: {detail}"
-    return f"decord cannot open this {codec} video: {detail}"
-
-
 def _check_file(path: str | os.PathLike) -> str:
     """The path as a string, after the checks that need no decoder."""
     p = os.fspath(path)
@@ -217,7 +167,7 @@ def _open(path: str, num_threads: int, width: int = -1, height: int = -1) -> Any
         reader = decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height,
                                     num_threads=num_threads)
     except Exception as e:  # DECORDError, RuntimeError("Error reading ..."), AssertionError (0 frames)
-        raise VideoReadError(path, _diagnose_open(path, e)) from None
+        raise VideoReadError(path, diagnose_open(path, e)) from None
     if len(reader) < 1:
         raise VideoReadError(path, "no video frames")
     if len(reader) < MIN_VIDEO_FRAMES:
@@ -241,7 +191,7 @@ def _decode(reader: Any, path: str, indices: np.ndarray, num_video_frames: int,
     try:
         return _to_numpy(reader.get_batch(indices.tolist()))
     except Exception as e:
-        detail = _decord_detail(e)
+        detail = decord_detail(e)
     # error path only: decode the wanted frames one at a time with a fresh reader to find which fails
     bad = None
     try:
@@ -250,7 +200,7 @@ def _decode(reader: Any, path: str, indices: np.ndarray, num_video_frames: int,
             try:
                 probe.get_batch([i])
             except Exception as e:
-                bad, detail = i, _decord_detail(e)
+                bad, detail = i, decord_detail(e)
                 break
     except VideoReadError:
         pass
@@ -294,20 +244,78 @@ def _first_frame_shape(reader: Any, path: str) -> tuple[int, int]:
     except StopIteration:  # e.g. a text file that ffmpeg's tty demuxer took for a video
         raise VideoReadError(path, "decoding failed at frame 0: the decoder returned no frame") from None
     except Exception as e:
-        raise VideoReadError(path, f"decoding failed at frame 0: {_decord_detail(e)}") from None
+        raise VideoReadError(path, f"decoding failed at frame 0: {decord_detail(e)}") from None
     return int(frame.shape[0]), int(frame.shape[1])
+
+
+@dataclass
+class _Opened:
+    """A checked reader of one file: its frame count, every frame's start, the average rate, the
+    video's end (seconds) and the size frames come out at (``(-1, -1)``: native)."""
+
+    reader: Any
+    n: int
+    starts: np.ndarray
+    fps: float
+    end: float
+    size: tuple[int, int]
+
+
+def _end_time(reader: Any, n: int, starts: np.ndarray, fps: float) -> float:
+    """The last frame's end (seconds): its stop timestamp, or its start + 1 / fps where there is none."""
+    try:
+        end = float(np.asarray(reader.get_frame_timestamp([n - 1]), dtype=np.float64)[0, 1])
+    except Exception:
+        end = math.nan
+    return end if math.isfinite(end) and end > starts[-1] else float(starts[-1]) + 1.0 / fps
+
+
+def _open_checked(p: str, num_threads: int, short_side: int | None) -> _Opened:
+    """Open ``p``, time its frames, refuse it if truncated, and reopen at ``short_side`` if asked."""
+    reader = _open(p, num_threads)
+    n = len(reader)
+    starts, fps = _timing(reader, n)
+    check_complete(p, n, float(starts[-1]) + (1.0 / fps if math.isfinite(fps) else 0.0), fps)
+    size = (-1, -1)
+    if short_side is not None:
+        native = _first_frame_shape(reader, p)
+        size = _resized(*native, short_side)
+        if size != native:
+            reader = _open(p, num_threads, width=size[1], height=size[0])
+    return _Opened(reader, n, starts, fps, _end_time(reader, n, starts, fps), size)
+
+
+_LAST = threading.local()  # per thread: (key, _Opened) of the last file read by range
+
+
+def _opened(p: str, num_threads: int, short_side: int | None, reuse: bool) -> _Opened:
+    """A checked reader of ``p``. With ``reuse`` (reads by time range) the thread's last reader is
+    kept, so the many windows of one long video open and index it once per process, not once per
+    window; it is reopened when the file changes (size, mtime, inode) and one reader is held at most."""
+    if not reuse:
+        return _open_checked(p, num_threads, short_side)
+    st = os.stat(p)
+    key = (p, st.st_ino, st.st_size, st.st_mtime_ns, num_threads, short_side)
+    last = getattr(_LAST, "value", None)
+    if last is not None and last[0] == key:
+        return last[1]
+    _LAST.value = None  # let the previous reader go before opening the next
+    opened = _open_checked(p, num_threads, short_side)
+    _LAST.value = (key, opened)
+    return opened
 
 
 # ---------------------------------------------------------------- public readers
 
 
-def read_frames(path: str | os.PathLike, num_frames: int, method: str = "uniform",
+def read_frames(path: str | os.PathLike | Clip, num_frames: int, method: str = "uniform",
                 short_side: int | None = None, rng: np.random.Generator | None = None,
                 num_threads: int = 1) -> SampledFrames:
     """Decode ``num_frames`` frames of a video, picked by ``sample_indices``, and nothing else.
 
     Args:
-        path: the video file.
+        path: the video file, or a ``clips.Clip``: a time range of one, sampled inside the range
+            only (the frames whose start lies in ``[start, end)``; see ``clips.frames_in_range``).
         num_frames: frames to return (padding included, see ``sample_indices``).
         method: ``uniform``, ``fps`` or ``tsn``.
         short_side: if given, decord resizes in the decoder so that the shorter side of the
@@ -318,33 +326,33 @@ def read_frames(path: str | os.PathLike, num_frames: int, method: str = "uniform
         num_threads: decoder threads for this call's reader (1 suits DataLoader workers).
 
     Returns:
-        ``SampledFrames``; ``frames`` is ``(num_frames, H, W, 3)`` uint8 RGB.
+        ``SampledFrames``; ``frames`` is ``(num_frames, H, W, 3)`` uint8 RGB; indices and
+        timestamps are the file's own (a range's first frame is not index 0).
 
     Raises:
-        VideoReadError: any file that cannot be read (message ``"{path}: {reason}"``).
+        VideoReadError: any file that cannot be read (message ``"{path}: {reason}"``), and a range
+            that starts past the end of the video or holds no frame.
         ValueError: a bad argument (unknown method, ``tsn`` without ``rng``, ...).
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; expected one of {METHODS}")
     if short_side is not None and short_side < 1:
         raise ValueError(f"short_side must be >= 1, got {short_side}")
-    p = _check_file(path)
-    reader = _open(p, num_threads)
-    n = len(reader)
-    starts, fps = _timing(reader, n)
-    check_complete(p, n, float(starts[-1]) + (1.0 / fps if math.isfinite(fps) else 0.0), fps)
-    if method == "fps" and not math.isfinite(fps):
+    clip = as_clip(path)
+    p = _check_file(clip.path)
+    got = _opened(p, num_threads, short_side, reuse=clip.is_range)
+    if method == "fps" and not math.isfinite(got.fps):
         raise VideoReadError(p, "frame rate unknown, cannot sample one frame per second")
-    indices, mask = sample_indices(n, num_frames, method, fps=fps, rng=rng)
-    size = (-1, -1)
-    if short_side is not None:
-        native = _first_frame_shape(reader, p)
-        size = _resized(*native, short_side)
-        if size != native:
-            reader = _open(p, num_threads, width=size[1], height=size[0])
-    frames = _decode(reader, p, indices, n, num_threads, size)  # (N, H, W, 3)
-    return SampledFrames(frames=frames, timestamps=starts[indices], mask=mask, indices=indices,
-                         num_video_frames=n, fps=fps)
+    lo, hi = frames_in_range(got.starts, clip, got.end) if clip.is_range else (0, got.n)
+    indices, mask = sample_indices(hi - lo, num_frames, method, fps=got.fps, rng=rng)
+    indices = indices + lo
+    try:
+        frames = _decode(got.reader, p, indices, got.n, num_threads, got.size)  # (N, H, W, 3)
+    except VideoReadError:
+        _LAST.value = None  # never reuse a reader that failed
+        raise
+    return SampledFrames(frames=frames, timestamps=got.starts[indices], mask=mask, indices=indices,
+                         num_video_frames=got.n, fps=got.fps)
 
 
 def probe_video(path: str | os.PathLike, num_threads: int = 1,
@@ -362,12 +370,7 @@ def probe_video(path: str | os.PathLike, num_threads: int = 1,
     reader = _open(p, num_threads)
     n = len(reader)
     starts, fps = _timing(reader, n)
-    try:
-        end = float(np.asarray(reader.get_frame_timestamp([n - 1]), dtype=np.float64)[0, 1])
-    except Exception:
-        end = math.nan
-    if not (math.isfinite(end) and end > starts[-1]):  # no pts: the last frame lasts 1 / fps
-        end = float(starts[-1]) + 1.0 / fps
+    end = _end_time(reader, n, starts, fps)
     check_complete(p, n, end, fps)
     height, width = _first_frame_shape(reader, p)
     if samplings:

@@ -7,7 +7,7 @@ at end of file. A file cut short whose header survives - an mp4 with its ``moov`
 whenever ffmpeg meets a clean end of file there (nearly always for Matroska and AVI; for mp4 when
 the cut falls between two packets, or past its read buffer inside a large one): a ten-second clip
 downloaded to 10% reads as its first second and would be trained on and captioned without a word.
-(Other cuts make decord raise; ``video._diagnose_open`` names them.) ``check_complete`` compares the
+(Other cuts make decord raise; ``diagnose_open`` names them.) ``check_complete`` compares the
 frames decord found with what the header lists, read by PyAV from the header alone (a 32-byte probe,
 no frame decoded):
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,3 +141,58 @@ def probe_indices(num_video_frames: int, picks: list[np.ndarray], segments: list
         bounds = (np.arange(k + 1, dtype=np.int64) * n + k - 1) // k  # as in video.sample_indices
         parts += [bounds[:-1], bounds[1:] - 1] if n > k else [np.arange(n, dtype=np.int64)]
     return np.unique(np.concatenate(parts))
+
+
+# ---------------------------------------------------------------- why decord failed
+
+_REENCODE = "re-encode to H.264, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
+
+
+def _ffmpeg_strerror(code: int) -> str:
+    """ffmpeg's text for an error code (either sign), via PyAV; the number if PyAV cannot say."""
+    try:
+        import av.error  # deferred: PyAV (FFmpeg), only on a decord error
+
+        av.error.err_check(-abs(code))
+    except Exception as e:  # err_check raises the matching FFmpegError subclass
+        text = getattr(e, "strerror", None)
+        if text:
+            return str(text)
+    return f"ffmpeg error {code}"
+
+
+def decord_detail(err: BaseException) -> str:
+    """decord's message without its ``[hh:mm:ss] file.cc:line:`` prefixes, C++ check text and trace."""
+    lines = str(err).strip().splitlines()
+    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", lines[0] if lines else type(err).__name__)
+    code = re.search(r"\((-?\d{4,}) vs\. 0\)|failed with (-?\d{4,})", text)
+    text = re.sub(r"Check failed: .*? \(-?\d+ vs\. -?\d+\) ?", "", text).strip()
+    if code:
+        text = f"{text} ({_ffmpeg_strerror(int(code.group(1) or code.group(2)))})"
+    return text or type(err).__name__
+
+
+def diagnose_open(path: str, err: BaseException) -> str:
+    """Why decord could not open ``path``: ask PyAV what is in the file."""
+    detail = decord_detail(err)
+    try:
+        import av  # deferred: PyAV (FFmpeg), only to diagnose a failed open
+    except ImportError:
+        return f"decord cannot open it: {detail}"
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                return "no video stream (audio only)" if container.streams.audio else "no video stream"
+            codec = container.streams.best("video").codec_context.codec.canonical_name
+    except av.FFmpegError as e:
+        return (f"not a video file, or a truncated/corrupt one: ffmpeg cannot read the container "
+                f"({e.strerror})")
+    except Exception as e:  # PyAV itself failed; decord's reason is the best we have
+        return f"decord cannot open it: {detail} (PyAV: {type(e).__name__}: {e})"
+    if "cannot find video stream" in detail:  # a video stream exists, but decord's ffmpeg has no decoder
+        return f"decord cannot decode codec {codec}; {_REENCODE}"
+    if "frame count" in detail.lower() or "frame-count" in detail:
+        return f"the {codec} video stream has no frames ({detail})"
+    if "av_read_frame" in detail:
+        return f"reading packets failed, the file is probably truncated or corrupt: {detail}"
+    return f"decord cannot open this {codec} video: {detail}"

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from retrieval_pretrain.foundation.errors import ConfigError
 from retrieval_pretrain.modeling.spec import ModelSpec
+from retrieval_pretrain.reading.clips import Clip, as_clip
 from retrieval_pretrain.reading.label_lists import TEMPLATES
 from retrieval_pretrain.reading.transforms import normalise_frames, preprocess_frames, resize_crop_frames
 from retrieval_pretrain.reading.video import read_frames, sample_indices
@@ -54,13 +55,13 @@ class Preprocess:
         ``spec.eval_sampling``."""
         return cls(spec.num_frames, spec.image_size, spec.image_mean, spec.image_std)
 
-    def __call__(self, path: str | Path, method: str, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    def __call__(self, path: str | Path | Clip, method: str, rng: np.random.Generator | None = None) -> dict[str, Any]:
         sampled = read_frames(path, self.num_frames, method=method, short_side=self.image_size, rng=rng)
         frames = preprocess_frames(sampled.frames, self.image_size, self.mean, self.std)  # (T, 3, S, S)
         return {"frames": frames, "mask": torch.from_numpy(np.asarray(sampled.mask, dtype=bool))}
 
 
-def _load(pre: Preprocess, path: Path, method: str, rng: np.random.Generator | None,
+def _load(pre: Preprocess, path: Path | Clip, method: str, rng: np.random.Generator | None,
           cached: Callable[[str, np.random.Generator | None], dict[str, Any]] | None = None,
           frame_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Decode one video (or take its frames from ``cached``); on any failure return a placeholder
@@ -81,16 +82,21 @@ def _load(pre: Preprocess, path: Path, method: str, rng: np.random.Generator | N
     return item
 
 
-def _failure_reason(path: str | Path, e: BaseException) -> str:
-    """The error's message, prefixed with the file unless it already names it."""
-    return str(e) if str(Path(path)) in str(e) else f"{path}: {type(e).__name__}: {e}"
+def _failure_reason(path: str | Path | Clip, e: BaseException) -> str:
+    """The error's message, prefixed with the file unless it already names it; a time range's
+    file is named with its range (``a.mp4 [12-20 s]``)."""
+    clip = as_clip(path)
+    text = str(e)
+    if str(clip.path) not in text:
+        return f"{clip}: {type(e).__name__}: {e}"
+    return text.replace(str(clip.path), str(clip), 1) if clip.is_range and str(clip) not in text else text
 
 
 class VideoClipDataset(Dataset):
     """One item per video: ``{"video_id", "path", "frames" (T,3,S,S), "mask" (T,), "ok", "error"}``."""
 
-    def __init__(self, videos: Sequence[tuple[str, str | Path]], pre: Preprocess, method: str = "uniform"):
-        self.videos = [(vid, Path(p)) for vid, p in videos]
+    def __init__(self, videos: Sequence[tuple[str, str | Path | Clip]], pre: Preprocess, method: str = "uniform"):
+        self.videos = [(vid, as_clip(p)) for vid, p in videos]
         self.pre = pre
         self.method = method
 
@@ -100,7 +106,7 @@ class VideoClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         vid, path = self.videos[index]
         item = _load(self.pre, path, self.method, rng=np.random.default_rng(index))
-        item.update(video_id=vid, path=str(path))
+        item.update(video_id=vid, path=str(path))  # a range: "a.mp4 [12-20 s]"
         return item
 
 
@@ -231,8 +237,8 @@ def _only_item(items: list[Any]) -> Any:
 
 
 class _CacheFill(Dataset):
-    def __init__(self, paths: Sequence[str | Path], max_frames: int, image_size: int):
-        self.paths, self.max_frames, self.image_size = [Path(p) for p in paths], max_frames, image_size
+    def __init__(self, paths: Sequence[str | Path | Clip], max_frames: int, image_size: int):
+        self.paths, self.max_frames, self.image_size = [as_clip(p) for p in paths], max_frames, image_size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -292,8 +298,9 @@ class ContrastiveTrainSet(Dataset):
         cached = None
         if self.cache is not None:
             cached = functools.partial(self.cache.sample, index, self.pre)
-        item = _load(self.pre, Path(entry.path), self.method, rng, cached, getattr(self.cache, "frame_shape", None))
-        item.update(video_id=entry.video_id, path=str(entry.path), caption=caption,
+        clip = entry.clip if hasattr(entry, "clip") else Path(entry.path)
+        item = _load(self.pre, clip, self.method, rng, cached, getattr(self.cache, "frame_shape", None))
+        item.update(video_id=entry.video_id, path=str(clip), caption=caption,
                     tokens=self.tokenize([caption])[0])
         return item
 

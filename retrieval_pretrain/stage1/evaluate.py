@@ -62,7 +62,7 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
     warn_if_video_differs(cfg.video.num_frames, spec.num_frames, model_dir, cfg.video.eval_sampling, spec.eval_sampling)
     entries = split_entries(load_annotations(cfg.data), split, cfg.data.annotations)
     pre = Preprocess.for_model(spec)
-    videos = [(e.video_id, Path(e.path)) for e in entries]
+    videos = [(e.video_id, e.clip) for e in entries]
     pairwise = scores_pairwise(model)
     encode = video_states if pairwise else embed_videos  # {video_id: state} or {video_id: embedding (D,)}
     emb, failures = encode(model, videos, pre, device, batch_size,

@@ -45,7 +45,7 @@ def _wanted_videos(cfg: RetrievalConfig, splits: list[str] | None) -> dict[str, 
     videos: dict[str, Path] = {}
     for e in ann.entries:
         if wanted is None or e.split in wanted:
-            videos.setdefault(e.video_id, Path(e.path))
+            videos.setdefault(e.video_id, e.clip)
     return videos
 
 

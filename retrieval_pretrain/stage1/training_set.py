@@ -52,10 +52,10 @@ def training_entries(ann: Annotations, cfg: RetrievalConfig) -> tuple[list[Any],
     eval_keys = {}
     for split in held_out:
         for e in ann.split(split):
-            eval_keys[e.video_id] = split
+            eval_keys[e.source] = split  # a time range: any part of an evaluation video is that video
             eval_keys[os.path.realpath(e.path)] = split  # realpath: a link loop is not an error here
     overlap = [e.video_id for e in train
-               if e.video_id in eval_keys or os.path.realpath(e.path) in eval_keys]
+               if e.source in eval_keys or os.path.realpath(e.path) in eval_keys]
     official = [e.video_id for e in train if e.official_split in held_out and e.video_id not in overlap]
     if (overlap or official) and not cfg.pretrain.allow_eval_overlap:
         parts = []
@@ -101,7 +101,7 @@ def frame_cache(entries: list[Any], cfg: RetrievalConfig, image_size: int, main:
     check_fits_memory(estimate_cache_bytes(len(entries), n, image_size),
                       f"video.cache_frames={n}: {len(entries)} videos x {n} frames at {image_size} px",
                       "lower it, or set video.cache_frames=0 to decode every step")
-    cache = FrameCache([e.path for e in entries], n, image_size, cfg.run.num_workers, progress=main)
+    cache = FrameCache([e.clip for e in entries], n, image_size, cfg.run.num_workers, progress=main)
     bad = sum(1 for e in cache.errors if e)
     print(f"stage 1: {len(entries) - bad} training videos decoded once into memory ({cache.nbytes / 1e6:.0f} MB)"
           + (f"; {bad} could not be read and are reported when drawn" if bad else ""), file=sys.stderr)
@@ -121,7 +121,7 @@ def feature_cache(entries: list[Any], cfg: RetrievalConfig, model: StageOneModel
     check_fits_memory(len(entries) * n * model.embed_dim * 4,
                       f"pretrain.mode=prompt: the features of {len(entries)} videos x {n} frames", "lower video.cache_frames")
     start = time.perf_counter()
-    cache = FeatureCache([e.path for e in entries], n, model.image_size, model.image_mean, model.image_std, encode,
+    cache = FeatureCache([e.clip for e in entries], n, model.image_size, model.image_mean, model.image_std, encode,
                          cfg.run.num_workers, progress=main, batch_frames=max(64, 4 * cfg.pretrain.batch_size))
     bad = sum(1 for e in cache.errors if e)
     if len(entries) - bad < 2:

@@ -191,7 +191,7 @@ def evaluate_classification(net: StageOneModel, spec: ModelSpec, cfg: RetrievalC
                            f"{cfg.data.format} holds captions); eval-classify needs a labelled format")
     labels = class_list(cfg.data) or sorted({e.label for e in ann.entries})
     device = next(net.parameters()).device
-    done, logits, failures = class_logits(net, spec, [(e.video_id, Path(e.path)) for e in entries], labels,
+    done, logits, failures = class_logits(net, spec, [(e.video_id, e.clip) for e in entries], labels,
                                           templates, device, cfg.pretrain.eval_batch_size, cfg.run.num_workers,
                                           desc="eval-classify")  # (V, C), rows in the order of kept
     for _, reason in failures:

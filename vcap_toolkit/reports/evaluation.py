@@ -24,7 +24,7 @@ def write_evaluation_report(path: Path, model_dir: Path, entries: Sequence[Any],
     refs = {e.video_id: [normalize_caption(c) for c in e.captions] for e in entries}
     scored = {v: refs[v] for v in predictions}
     cider = per_caption_cider(predictions, scored) if len(predictions) > 1 else {}
-    rows = make_rows({e.video_id: e.path for e in entries}, predictions, refs, cider,
+    rows = make_rows({e.video_id: e.clip for e in entries}, predictions, refs, cider,
                      {m["video_id"]: m["reason"] for m in missing}, workers=max(1, workers))
     run = Path(model_dir).parent
     try:  # a log that cannot be read costs the page its curves, never the evaluation

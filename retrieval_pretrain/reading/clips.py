@@ -1,0 +1,102 @@
+"""A clip: a whole video file, or a time range of one (``start`` / ``end`` in seconds).
+
+Annotations point into long videos with a range (jsonl ``start`` / ``end``, the dense-caption formats'
+segments); every consumer hands a ``Clip`` to ``video.read_frames``, which samples inside the range
+only. Which frames belong to a range (``frames_in_range``): those whose *start time* lies in
+``[start, end)`` - a frame that starts exactly at ``end`` belongs to the next window, so consecutive
+windows share no frame, and every sampled frame's timestamp lies in ``[start, end]``.
+
+A range's clip id (``clip_id``) is the video id plus the range in milliseconds, ``v_abc[12.5-20]``: the
+feature caches key each clip by video and range through it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval_pretrain.foundation.errors import VideoReadError
+
+
+def seconds(x: float) -> str:
+    """``x`` seconds as short text: millisecond precision, no trailing zeros (``12.5``, ``20``)."""
+    return f"{x:.3f}".rstrip("0").rstrip(".")
+
+
+def range_problem(start: object, end: object) -> str:
+    """Why ``(start, end)`` cannot be a time range (``""`` when it can): numbers (not booleans), finite,
+    ``0 <= start < end``."""
+    for name, v in (("start", start), ("end", end)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"'{name}' must be a number of seconds, got {type(v).__name__}"
+        if not math.isfinite(v):
+            return f"'{name}' must be finite, got {v}"
+    if start < 0:
+        return f"negative start time {start}"
+    if end == start:
+        return f"zero-length range [{seconds(start)}, {seconds(end)}]"
+    if end < start:
+        return f"end before start [{seconds(start)}, {seconds(end)}]"
+    return ""
+
+
+def clip_id(video_id: str, start: float | None, end: float | None) -> str:
+    """The id of a range of ``video_id`` (``video_id`` itself for a whole video): ``id[start-end]``."""
+    return video_id if start is None else f"{video_id}[{seconds(start)}-{seconds(end)}]"
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A video file, or the part of it from ``start`` to ``end`` seconds (both or neither)."""
+
+    path: Path
+    start: float | None = None
+    end: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if (self.start is None) != (self.end is None):
+            raise ValueError(f"{self.path}: a clip needs both start and end, or neither")
+        if self.start is not None:
+            why = range_problem(self.start, self.end)
+            if why:
+                raise ValueError(f"{self.path}: {why}")
+            object.__setattr__(self, "start", float(self.start))
+            object.__setattr__(self, "end", float(self.end))
+
+    @property
+    def is_range(self) -> bool:
+        return self.start is not None
+
+    def __str__(self) -> str:
+        """The file, plus the range when there is one: ``a.mp4 [12.5-20 s]`` (what error lines name)."""
+        if self.start is None:
+            return str(self.path)
+        return f"{self.path} [{seconds(self.start)}-{seconds(self.end)} s]"
+
+
+def as_clip(source: str | os.PathLike | Clip) -> Clip:
+    """A ``Clip`` of ``source``: a clip as is, a path as the whole file."""
+    return source if isinstance(source, Clip) else Clip(Path(source))
+
+
+def frames_in_range(starts: np.ndarray, clip: Clip, duration: float) -> tuple[int, int]:
+    """``(lo, hi)``: frames ``lo .. hi-1`` start inside ``[clip.start, clip.end)``.
+
+    ``starts``: every frame's start time (non-decreasing, seconds); ``duration``: the video's end.
+    ``VideoReadError`` naming the file and the range when the range begins at or past the end of
+    the video, or holds no frame start (a range shorter than one frame's interval)."""
+    if clip.start >= duration:
+        raise VideoReadError(clip.path, f"the range {seconds(clip.start)}-{seconds(clip.end)} s starts past the "
+                                        f"end of the video ({seconds(duration)} s long)")
+    lo = int(np.searchsorted(starts, clip.start - 1e-6, side="left"))
+    hi = int(np.searchsorted(starts, clip.end - 1e-6, side="left"))
+    if hi <= lo:
+        near = starts[max(0, lo - 1): lo + 1]
+        raise VideoReadError(clip.path, f"the range {seconds(clip.start)}-{seconds(clip.end)} s holds no frame "
+                                        f"(frames start at {', '.join(seconds(t) for t in near)} s)")
+    return lo, hi

@@ -1,0 +1,150 @@
+"""The dense-caption formats on the real annotation files (exact counts, the named defects), jsonl's
+``start`` / ``end``, and a Hypothesis property over both readers: a table or named problems, never
+another exception."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from retrieval_pretrain.reading.annotation_table import AnnotationError
+from retrieval_pretrain.reading.annotations import load_annotations
+from retrieval_pretrain.reading.data_check import check_dataset
+from retrieval_pretrain.reading.data_config import DataConfig
+
+
+@pytest.fixture(scope="module")
+def anet(shared_data: Path) -> Path:
+    return shared_data / "annotations" / "activitynet_captions"
+
+
+@pytest.mark.parametrize("name,videos,sentences,problems,cut", [
+    ("train", 10009, 37421, 4, 29), ("val_1", 4917, 17505, 0, 5), ("val_2", 4885, 17031, 0, 1)])
+def test_activitynet_counts(anet: Path, name, videos, sentences, problems, cut):
+    ann = load_annotations(DataConfig(format="activitynet", split_files={"train": str(anet / f"{name}.json")},
+                                      videos="/nowhere"), warn=False)
+    assert len({e.source for e in ann.entries}) == videos
+    assert sum(len(e.captions) for e in ann.entries) + len(ann.problems) == sentences
+    assert len(ann.problems) == problems and len(ann.clipped) == cut
+    raw = json.loads((anet / f"{name}.json").read_text())
+    for e in ann.entries[:300]:  # each entry is a segment of its video, inside its duration
+        ms = [f"{t:.3f}".rstrip("0").rstrip(".") for t in (e.start, e.end)]
+        assert e.video_id == f"{e.source}[{ms[0]}-{ms[1]}]"
+        assert 0 <= e.start < e.end <= raw[e.source]["duration"]
+        assert e.path == Path("/nowhere") / f"{e.source}.mp4"
+        assert all(c == c.strip() and c for c in e.captions)
+
+
+def test_activitynet_names_the_defective_segments(anet: Path):
+    ann = load_annotations(DataConfig(format="activitynet", split_files={"train": str(anet / "train.json")}), warn=False)
+    reasons = {q.source.split("(")[-1].rstrip(")"): q.reason for q in ann.problems}
+    assert reasons["v_0bosp4-pyTM, segment 3"] == "end before start [61.29, 60.71]; skipped"
+    assert reasons["v_rhOtqArO-3Y, segment 5"] == "end before start [173.44, 150.31]; skipped"
+    assert sum("zero-length range" in r for r in reasons.values()) == 2
+    assert all("past the duration" in q.reason and "0.01 s past" in q.reason for q in ann.clipped)
+
+
+def test_youcook2_counts(shared_data: Path):
+    path = shared_data / "annotations/youcook2/youcookii_annotations_trainval.json"
+    ann = load_annotations(DataConfig(format="youcook2", annotations=str(path), videos="/v"), warn=False)
+    assert len({e.source for e in ann.entries}) == 1790
+    assert {s: len({e.source for e in ann.split(s)}) for s in ann.splits()} == {"train": 1333, "val": 457}
+    assert sum(len(e.captions) for e in ann.entries) == 13829 and not ann.problems and not ann.clipped
+    assert {s: sum(len(e.captions) for e in ann.split(s)) for s in ann.splits()} == {"train": 10337, "val": 3492}
+    first = ann.entries[0]
+    assert (first.video_id, first.start, first.end, first.source) == ("GLd3aX16zBg[90-102]", 90.0, 102.0, "GLd3aX16zBg")
+
+
+def test_youcook2_finds_the_official_download_layout(tmp_path: Path):
+    ann_file = tmp_path / "yc2.json"
+    ann_file.write_text(json.dumps({"database": {"abc": {
+        "duration": 30, "subset": "validation", "recipe_type": "113",
+        "annotations": [{"segment": [1, 5], "id": 0, "sentence": "add salt"},
+                        {"segment": [1, 5], "id": 1, "sentence": "salt it"},
+                        {"segment": [6, 40], "id": 2, "sentence": "stir"}]}}}))
+    (tmp_path / "validation" / "113").mkdir(parents=True)
+    (tmp_path / "validation" / "113" / "abc.mp4").write_bytes(b"x")
+    ann = load_annotations(DataConfig(format="youcook2", annotations=str(ann_file), videos=str(tmp_path)), warn=False)
+    assert [(e.video_id, e.captions, e.split) for e in ann.entries] == [
+        ("abc[1-5]", ["add salt", "salt it"], "val"), ("abc[6-30]", ["stir"], "val")]
+    assert ann.entries[0].path == tmp_path / "validation" / "113" / "abc.mp4"
+    assert "ends at 40 s, 10 s past the duration 30 s; cut there" in ann.clipped[0].reason
+    s = check_dataset(DataConfig(format="youcook2", annotations=str(ann_file), videos=str(tmp_path)), probe=False)
+    assert s["total"] == {"videos": 2, "captions": 3, "source_videos": 1} and s["clipped_segments"]["count"] == 1
+
+
+def test_jsonl_time_ranges(tmp_path: Path):
+    lines = [{"video": "long.mp4", "captions": ["a"], "split": "train", "start": 0, "end": 10},
+             {"video": "long.mp4", "captions": ["b"], "split": "train", "start": 10, "end": 20.5},
+             {"video": "long.mp4", "captions": ["c"], "split": "train"},
+             {"video": "long.mp4", "captions": ["d"], "split": "train", "start": 5},
+             {"video": "long.mp4", "captions": ["e"], "split": "train", "start": 5, "end": 2},
+             {"video": "long.mp4", "captions": ["f"], "split": "train", "start": -1, "end": 2},
+             {"video": "long.mp4", "captions": ["g"], "split": "train", "start": "0", "end": 2},
+             {"video": "long.mp4", "captions": ["h"], "split": "train", "start": 0, "end": 1e999}]
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    ann = load_annotations(DataConfig(format="jsonl", annotations=str(path), videos=str(tmp_path)), warn=False)
+    assert [(e.video_id, e.start, e.end, e.source) for e in ann.entries] == [
+        ("long[0-10]", 0.0, 10.0, "long"), ("long[10-20.5]", 10.0, 20.5, "long"), ("long", None, None, "long")]
+    assert [q.reason for q in ann.problems] == [
+        "a time range needs both 'start' and 'end' (seconds); skipped",
+        "bad time range: end before start [5, 2]; skipped",
+        "bad time range: negative start time -1; skipped",
+        "bad time range: 'start' must be a number of seconds, got str; skipped",
+        "bad time range: 'end' must be finite, got inf; skipped"]
+    assert str(ann.entries[0].clip) == f"{tmp_path / 'long.mp4'} [0-10 s]"
+
+
+@pytest.mark.parametrize("content,fmt,message", [
+    ("[1, 2]", "activitynet", "expected ActivityNet Captions' object of videos"),
+    ('{"database": []}', "youcook2", "expected YouCook2's"),
+    ("[]", "youcook2", "got list"),
+])
+def test_unreadable_files_are_one_error(tmp_path: Path, content, fmt, message):
+    path = tmp_path / "a.json"
+    path.write_text(content)
+    data = (DataConfig(format=fmt, split_files={"train": str(path)}) if fmt == "activitynet"
+            else DataConfig(format=fmt, annotations=str(path)))
+    with pytest.raises(AnnotationError, match=message):
+        load_annotations(data, warn=False)
+
+
+_cells = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                   st.text(max_size=6), st.lists(st.floats(-10, 100), max_size=3))
+_segments = st.lists(st.one_of(_cells, st.tuples(st.floats(-5, 50), st.floats(-5, 50)).map(list)), max_size=4)
+_anet_video = st.fixed_dictionaries({}, optional={"duration": _cells, "timestamps": st.one_of(_cells, _segments),
+                                                  "sentences": st.one_of(_cells, st.lists(_cells, max_size=4))})
+_yc_video = st.fixed_dictionaries({}, optional={
+    "duration": _cells, "subset": st.one_of(_cells, st.sampled_from(["training", "validation"])),
+    "recipe_type": _cells, "annotations": st.one_of(_cells, st.lists(st.one_of(_cells, st.fixed_dictionaries(
+        {}, optional={"segment": st.one_of(_cells, _segments), "sentence": _cells})), max_size=4))})
+_ids = st.one_of(st.text(max_size=8), st.sampled_from(["", ".", "..", "/", "v_a/../b", "v_x"]))
+
+
+def _check(ann) -> None:
+    for e in ann.entries:
+        assert e.captions and all(isinstance(c, str) and c.strip() for c in e.captions)
+        assert math.isfinite(e.start) and math.isfinite(e.end) and 0 <= e.start < e.end
+        assert "/" not in e.source and e.source not in ("", ".", "..")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(_ids, st.one_of(_cells, _anet_video), max_size=4))
+def test_activitynet_reader_never_raises_anything_else(tmp_path: Path, raw):
+    path = tmp_path / "anet.json"
+    path.write_text(json.dumps(raw))
+    _check(load_annotations(DataConfig(format="activitynet", split_files={"train": str(path)}), warn=False))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(_ids, st.one_of(_cells, _yc_video), max_size=4))
+def test_youcook2_reader_never_raises_anything_else(tmp_path: Path, raw):
+    path = tmp_path / "yc2.json"
+    path.write_text(json.dumps({"database": raw}))
+    _check(load_annotations(DataConfig(format="youcook2", annotations=str(path)), warn=False))
