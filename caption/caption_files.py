@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,12 +31,39 @@ from caption.dense_metrics import (
 from caption.metrics import score_captions
 from retrieval_pretrain.foundation.atomic import write_json
 from retrieval_pretrain.foundation.errors import ConfigError, DatasetError
+from retrieval_pretrain.foundation.ownership import METRICS, claim_file
+
+MAX_FILE_BYTES = 512 * 2**20  # a predictions or references file; the largest benchmark's are a few MB
+
+
+def _check_file(st: os.stat_result, path: Path) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, fifo or socket"
+        raise DatasetError(f"{path}: cannot be read: not a regular file ({kind}); give a JSON file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise DatasetError(f"{path}: {st.st_size / 2**20:.0f} MB, more than the {MAX_FILE_BYTES // 2**20} MB a "
+                           "predictions or references file may have")
+
+
+def _read_text(path: Path) -> str:
+    """The text of a regular file of at most ``MAX_FILE_BYTES``, checked before anything is read:
+    ``/dev/zero``, a fifo or a folder would never end or block, a huge file would fill the memory.
+    Opened non-blocking (a fifo swapped in after the check cannot block) and checked again on the
+    open file, so the file read is the file checked."""
+    _check_file(os.stat(path), path)
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+        _check_file(os.fstat(f.fileno()), path)
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:  # it grew after the check
+        raise DatasetError(f"{path}: more than the {MAX_FILE_BYTES // 2**20} MB a predictions or references file "
+                           "may have")
+    return data.decode("utf-8")
 
 
 def _read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys(path))
+        return json.loads(_read_text(path), object_pairs_hook=_unique_keys(path))
     except FileNotFoundError:
         raise DatasetError(f"file not found: {path}") from None
     except json.JSONDecodeError as err:
@@ -64,14 +93,19 @@ def _item_id(item: Any, path: Path, index: int) -> str:
     if isinstance(item, dict):
         for key in ("video_id", "image_id", "id"):
             if key in item:
-                return str(item[key])
+                value = item[key]
+                if isinstance(value, bool) or not isinstance(value, (str, int)):  # 1.0, null, a list: no id
+                    raise DatasetError(f"{path}: item {index}: '{key}' must be a string or an integer, "
+                                       f"got {str(value)[:60]}")
+                return str(value)
     raise DatasetError(f"{path}: item {index} has no video_id/image_id: {str(item)[:100]}")
 
 
-def _item_caption(item: dict, path: Path, index: int) -> str:
+def _item_caption(item: dict, path: Path, index: int, reference: bool = False) -> str:
     caption = item.get("caption")
-    if not isinstance(caption, str):
-        raise DatasetError(f"{path}: item {index} has no string 'caption': {str(item)[:100]}")
+    if not isinstance(caption, str) or (reference and not caption.strip()):
+        what = "non-empty string" if reference else "string"
+        raise DatasetError(f"{path}: item {index} has no {what} 'caption': {str(item)[:100]}")
     return caption
 
 
@@ -116,7 +150,7 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
     if items is not None:
         out: dict[str, list[str]] = {}
         for i, item in enumerate(items):
-            out.setdefault(_item_id(item, path, i), []).append(_item_caption(item, path, i))
+            out.setdefault(_item_id(item, path, i), []).append(_item_caption(item, path, i, reference=True))
         return out
     if isinstance(data, dict):
         out = {}
@@ -139,8 +173,12 @@ def score_files(predictions_path: str | Path, references_path: str | Path | Sequ
     challenge format (``is_dense_predictions``) are scored as its evaluator does, against one or more
     reference files (``score_dense_files``); other predictions take exactly one references file."""
     paths = [references_path] if isinstance(references_path, (str, Path)) else list(references_path)
+    if output is not None:  # a metrics.json there that vcap did not write: refused before any work
+        claim_file(Path(output) / "metrics.json", METRICS)
     data = _read_json(predictions_path)
-    if is_dense_predictions(data):
+    if is_dense_predictions(data) or (isinstance(data, dict) and "results" in data
+                                      and not isinstance(data["results"], str)):  # a "results" of another shape:
+        # parse_dense_predictions names it (an id "results" with a caption string is a plain prediction)
         return score_dense_files(predictions_path, paths, tokenize=tokenize, output=output, data=data)
     if len(paths) != 1:
         raise ConfigError(f"{len(paths)} --references files given; several are only for dense (time-stamped) "
@@ -193,8 +231,10 @@ def parse_dense_predictions(data: Any, path: str | Path) -> dict[str, list[Dense
     errors): every row needs a string ``sentence`` and a ``timestamp`` ``[start, end]``; a video may
     have no rows. Anything else is a ``DatasetError`` naming the video, the row and the problem."""
     if not is_dense_predictions(data):
+        got = (f"; its \"results\" is a {type(data['results']).__name__}, not an object of videos"
+               if isinstance(data, dict) and "results" in data else "")
         raise DatasetError(f"{path}: dense predictions must be {{\"results\": {{video: [{{\"sentence\", "
-                           "\"timestamp\"}, ...]}}} (the ActivityNet Captions challenge format)")
+                           f"\"timestamp\"}}, ...]}}}} (the ActivityNet Captions challenge format){got}")
     if not data["results"]:
         raise DatasetError(f"{path}: \"results\" holds no videos; nothing to score")
     out: dict[str, list[DenseCaption]] = {}
@@ -247,6 +287,16 @@ def parse_dense_references(data: Any, path: str | Path) -> dict[str, DenseRefere
     return out
 
 
+def _warn_before_zero(path: str | Path, segments: dict[str, list[tuple[float, float]]]) -> None:
+    """One warning line counting the segments that start before 0 s: the official evaluator scores
+    them as given (so does ``score_dense``), but a negative time is likely a model's or a file's error."""
+    early = [(vid, i) for vid, spans in segments.items() for i, (start, _) in enumerate(spans) if start < 0]
+    if early:
+        vid, i = early[0]
+        print(f"warning: {path}: {len(early)} segment(s) start before 0 s (first: video {vid!r}, segment {i}); "
+              "scored as given, as the official evaluator does", file=sys.stderr)
+
+
 def load_dense_predictions(path: str | Path) -> dict[str, list[DenseCaption]]:
     """The challenge-format predictions file ``path`` (``parse_dense_predictions``)."""
     return parse_dense_predictions(_read_json(path), path)
@@ -264,6 +314,8 @@ def score_dense_files(predictions_path: str | Path, references_paths: Sequence[s
     predictions file's JSON when already read."""
     if not references_paths:
         raise ConfigError("give at least one references file")
+    if output is not None:
+        claim_file(Path(output) / "metrics.json", METRICS)
     predictions = parse_dense_predictions(_read_json(predictions_path) if data is None else data, predictions_path)
     references = [load_dense_references(p) for p in references_paths]
     known = {vid for table in references for vid in table}
@@ -271,6 +323,9 @@ def score_dense_files(predictions_path: str | Path, references_paths: Sequence[s
     if len(ignored) == len(predictions):
         raise DatasetError(f"{predictions_path}: none of its {len(predictions)} videos is in the references "
                            f"({', '.join(map(str, references_paths))}); e.g. {', '.join(ignored[:5])}")
+    _warn_before_zero(predictions_path, {vid: [(c.start, c.end) for c in caps] for vid, caps in predictions.items()})
+    for path, table in zip(references_paths, references):
+        _warn_before_zero(path, {vid: list(ref.segments) for vid, ref in table.items()})
     videos = {"references": len(known), "predicted": len(predictions) - len(ignored), "ignored": len(ignored)}
     print(f"scoring dense captions of {videos['predicted']} videos against {len(known)} reference videos "
           f"({len(references)} file(s); reference videos without predictions score 0; tIoU "

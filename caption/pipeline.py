@@ -9,6 +9,12 @@ on), so ``CaptionPipeline.from_pretrained(folder)`` needs nothing else::
 
     pipe = CaptionPipeline.from_pretrained("runs/caption/model")
     pipe.caption(["a.mp4", "b.mp4"])   # -> {"a.mp4": "a man is cooking", ...}
+    pipe.caption(["long.mp4"], segments=10)   # -> {"long.mp4": [TimedCaption(0.0, 10.0, "..."), ...]}
+
+A long video is captioned window by window (``caption_windows``; where the windows lie:
+``caption.windows``): each window's frames are sampled inside it and decoded in DataLoader workers,
+a batch at a time, so memory stays flat whatever the video's length; consecutive windows with the
+same caption merge.
 """
 
 from __future__ import annotations
@@ -22,17 +28,20 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from caption.tokenizer import CaptionTokenizer
+from caption.windows import TimedCaption, WindowSpec, merge_captions, video_windows
 from decoders.config import DecodeConfig
 from decoders.model import CaptionModel
 from retrieval_pretrain.foundation.accelerate_setup import pick_device
 from retrieval_pretrain.foundation.errors import ModelFolderError, VideoReadError, check_finite
+from retrieval_pretrain.foundation.hub import resolve_model_folder
 from retrieval_pretrain.modeling.model_folder import from_pretrained as load_video_tower
 from retrieval_pretrain.modeling.model_folder import model_fingerprint
 from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.modeling.spec import ModelSpec
-from retrieval_pretrain.reading.clips import Clip, as_clip
+from retrieval_pretrain.reading.clips import Clip, as_clip, clip_id
 from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import encode_video_batches
 
@@ -160,7 +169,7 @@ class CaptionPipeline:
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "auto",
                         load_tower: bool = True) -> "CaptionPipeline":
-        folder = Path(folder)
+        folder = resolve_model_folder(folder)  # a path, or a Hub id org/name[@revision] (foundation.hub)
         if not (folder / "config.json").is_file():
             raise ModelFolderError(f"{folder} is not a caption model folder (no config.json)")
         device = pick_device(device, key="--device") if isinstance(device, str) else device
@@ -201,8 +210,10 @@ class CaptionPipeline:
 
     @torch.no_grad()
     def caption_videos(self, videos: Sequence[tuple[str, Path | Clip]], decode: DecodeConfig | None = None,
-                       num_workers: int = 2, batch_size: int | None = None) -> dict[str, str | Exception]:
-        """``{id: caption}``; a video that cannot be read maps to the exception naming it."""
+                       num_workers: int = 2, batch_size: int | None = None, unit: str = "video",
+                       progress: bool = True) -> dict[str, str | Exception]:
+        """``{id: caption}``; a video that cannot be read maps to the exception naming it. A progress
+        bar on stderr counts the items (``unit``: what it calls them)."""
         if self.tower is None:
             raise RuntimeError("this pipeline was loaded without its video tower")
         decode = decode or self.default_decode()
@@ -210,24 +221,60 @@ class CaptionPipeline:
         results: dict[str, str | Exception] = {}
         path_to_id = {str(as_clip(p)): vid for vid, p in videos}  # failures name the file (and range)
         batches = encode_video_batches(self.tower, list(videos), pre, self.device, batch_size or decode.batch_size,
-                                       num_workers, method=self.tower_spec.eval_sampling,
-                                       desc="caption")
-        for ids, seq, mask, failed in batches:
-            for path, reason in failed:
-                results[path_to_id[path]] = RuntimeError(reason)
-            if not ids:
-                continue
-            # Stage 2 trained on fp16-cached features: round the same way so captions match `evaluate`.
-            feats = seq.half().float()  # (B, T, D)
-            tokens = self.model.generate_captions(feats, mask, decode)
-            results.update(zip(ids, self.tokenizer.decode_batch(tokens.tolist())))
+                                       num_workers, method=self.tower_spec.eval_sampling, progress=False)
+        with tqdm(total=len(videos), desc="caption", unit=unit, file=sys.stderr, disable=not progress) as bar:
+            for ids, seq, mask, failed in batches:
+                for path, reason in failed:
+                    results[path_to_id[path]] = RuntimeError(reason)
+                bar.update(len(ids) + len(failed))
+                if not ids:
+                    continue
+                # Stage 2 trained on fp16-cached features: round the same way so captions match `evaluate`.
+                feats = seq.half().float()  # (B, T, D)
+                tokens = self.model.generate_captions(feats, mask, decode)
+                results.update(zip(ids, self.tokenizer.decode_batch(tokens.tolist())))
         return {vid: results[vid] for vid, _ in videos if vid in results}
 
+    def caption_windows(self, videos: Sequence[tuple[str, str | Path]], windows: WindowSpec,
+                        decode: DecodeConfig | None = None, num_workers: int = 2, batch_size: int | None = None,
+                        progress: bool = True) -> dict[str, list[TimedCaption] | VideoReadError]:
+        """Caption each video window by window: ``{id: [TimedCaption, ...]}`` in time order, consecutive
+        windows with the same caption merged (``caption.windows``). A video that cannot be read maps to
+        the ``VideoReadError`` naming it; a window that cannot be read is a ``TimedCaption`` with its
+        ``error``. The windows of all videos are captioned as one stream of batches."""
+        plans: dict[str, list[tuple[float, float]] | VideoReadError] = {}
+        for vid, path in tqdm(videos, desc="windows", unit="video", file=sys.stderr,
+                              disable=not progress or not windows.shots):
+            try:
+                plans[vid] = video_windows(path, windows)
+            except VideoReadError as e:
+                plans[vid] = e
+        items = [(clip_id(vid, s, e), Clip(Path(path), s, e)) for vid, path in videos
+                 if not isinstance(plans[vid], Exception) for s, e in plans[vid]]
+        results = self.caption_videos(items, decode, num_workers, batch_size, unit="window", progress=progress)
+        out: dict[str, list[TimedCaption] | VideoReadError] = {}
+        for vid, _ in videos:
+            if isinstance(plans[vid], Exception):
+                out[vid] = plans[vid]
+                continue
+            timed = []
+            for s, e in plans[vid]:
+                r = results.get(clip_id(vid, s, e), RuntimeError("not captioned"))
+                timed.append(TimedCaption(s, e, r) if isinstance(r, str) else TimedCaption(s, e, None, str(r)))
+            out[vid] = merge_captions(timed)
+        return out
+
     def caption(self, paths: Sequence[str | Path], num_beams: int | None = None, batch_size: int = 8,
-                num_workers: int = 2) -> dict[str, str | Exception]:
-        """Caption video files: ``{path: caption or exception}`` in input order."""
+                num_workers: int = 2, segments: float | str | WindowSpec | None = None
+                ) -> dict[str, str | list[TimedCaption] | Exception]:
+        """Caption video files: ``{path: caption or exception}`` in input order. With ``segments``
+        (seconds per window, ``"shots"``, or a ``WindowSpec``), each file window by window:
+        ``{path: [TimedCaption, ...] or exception}`` (``caption_windows``)."""
         decode = self.default_decode()
         if num_beams is not None:
             decode = dataclasses.replace(decode, num_beams=num_beams)
         videos = [(str(p), Path(p)) for p in paths]
+        if segments is not None:
+            spec = segments if isinstance(segments, WindowSpec) else WindowSpec(segments)
+            return self.caption_windows(videos, spec, decode, num_workers=num_workers, batch_size=batch_size)
         return self.caption_videos(videos, decode, num_workers=num_workers, batch_size=batch_size)

@@ -57,7 +57,7 @@ def test_overrides_are_typed_and_dotted(tmp_path):
     ("caption.dropout=1", "caption.dropout: 1.0 must be in \\[0.0, 1.0\\)"),
     ("caption.num_heads=7", "caption.hidden_size=512 is not a multiple of caption.num_heads=7"),
     ("pretrain.head=seqLSTMM", "pretrain.head: 'seqLSTMM' is not one of meanP, seqTransf"),
-    ("data.format=coco", "data.format: 'coco' is not one of msrvtt, msrvtt-clip4clip, msvd, vatex, jsonl, hf"),
+    ("data.format=coco", "data.format: 'coco' is not one of msrvtt, msrvtt-clip4clip, msvd, vatex, activitynet, youcook2, jsonl, hf"),
     ("caption.select_by=bleu", "caption.select_by: 'bleu' is not one of CIDEr, loss, last"),
     ("pretrain.loss=triplet", "pretrain.loss: 'triplet' is not one of infonce"),
     ("pretrain.epochs=0", "pretrain.epochs: 0 must be >= 1"),  # would write the untrained model, exit 0

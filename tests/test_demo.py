@@ -1,13 +1,26 @@
-"""The demo's configuration: one YAML, shipped inside the package, that `vcap demo` runs."""
+"""The demo's configuration: one YAML, shipped inside the package, that `vcap demo` runs, plus how the
+demo runs on this machine (``SPEED_OVERRIDES``: bf16 where the CPU has it natively, channels-last
+frames, no loader workers) - which must keep the model the same and the numbers reproducible."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from caption.config import load
 from caption.demo import CONFIG_PATH, demo_config
+from caption.demo import data as demo_data
+from caption.demo.run import SPEED_OVERRIDES
+from retrieval_pretrain.foundation import accelerate_setup
+from retrieval_pretrain.foundation.accelerate_setup import make_accelerator, resolve_precision
+from retrieval_pretrain.modeling.parts import build_video_text_model
+from retrieval_pretrain.stage1.train import channels_last_frames
+from retrieval_pretrain.stage1.train import train as pretrain
 
 
 def test_demo_runs_the_yaml_shipped_in_the_package(tmp_path):
@@ -16,21 +29,81 @@ def test_demo_runs_the_yaml_shipped_in_the_package(tmp_path):
     assert CONFIG_PATH.parent == Path(caption.demo.__file__).parent and CONFIG_PATH.is_file()
     raw = yaml.safe_load(CONFIG_PATH.read_text())
     cfg = demo_config(tmp_path, quick=False, seed=3)
-    # every value of the file reaches the config, and the demo only adds where its data is
+    # every value of the file reaches the config, and the demo only adds where its data is and how it runs
     assert cfg.pretrain.epochs == raw["pretrain"]["epochs"] and cfg.caption.epochs == raw["caption"]["epochs"]
     assert cfg.clip.custom == raw["clip"]["custom"] and cfg.pretrain.freeze == raw["pretrain"]["freeze"]
     assert (cfg.data.annotations, cfg.data.videos, cfg.run.seed) == (str(tmp_path / "annotations.jsonl"),
                                                                      str(tmp_path), 3)
     plain = load(CONFIG_PATH, [f"data.annotations={tmp_path / 'annotations.jsonl'}", f"data.videos={tmp_path}",
-                               "run.seed=3"])
+                               "run.seed=3", *SPEED_OVERRIDES])
     assert cfg == plain
+    # the speed settings change how the demo runs, never the YAML's model or schedule
+    assert (cfg.run.mixed_precision, cfg.run.channels_last, cfg.run.num_workers) == ("auto", True, 0)
+    assert all(k.startswith("run.") for k in SPEED_OVERRIDES)
     quick = demo_config(tmp_path, quick=True)
     assert quick.pretrain.epochs < cfg.pretrain.epochs and quick.caption.epochs < cfg.caption.epochs
+    assert (quick.run, quick.clip, quick.video) == (demo_config(tmp_path, seed=0).run, cfg.clip, cfg.video)
     assert cfg.clip.custom and cfg.clip.pretrained is None  # a from-scratch CLIP: no download
     assert (cfg.caption.encoder_layers, cfg.caption.decoder_layers, cfg.pretrain.head) == (1, 3, "seqTransf")
 
 
 def test_the_users_overrides_reach_the_demos_config(tmp_path):
-    cfg = demo_config(tmp_path, quick=True, overrides=["pretrain.head=seqLSTM", "pretrain.epochs=3"])
+    cfg = demo_config(tmp_path, quick=True, overrides=["pretrain.head=seqLSTM", "pretrain.epochs=3",
+                                                       "run.mixed_precision='no'"])
     assert (cfg.pretrain.head, cfg.pretrain.epochs) == ("seqLSTM", 3)  # applied after --quick's own
+    assert cfg.run.mixed_precision == "no"  # and after the speed settings
     assert cfg.caption.epochs == demo_config(tmp_path, quick=True).caption.epochs
+
+
+@pytest.mark.parametrize("caps, expected", [
+    ({"avx512_bf16": True, "amx_bf16": False}, "bf16"),  # the 2-core AMD EPYC of BENCHMARKS.md
+    ({"avx512_bf16": False, "amx_bf16": True}, "bf16"),  # a Xeon with AMX
+    ({"avx512_bf16": False, "amx_bf16": False}, "no"),  # AVX2 or plain AVX-512: bf16 in software, fp32 kept
+    ({}, "no"),  # a CPU torch reports nothing about (ARM)
+])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, capsys, caps, expected):
+    monkeypatch.setattr(accelerate_setup.torch.cpu, "get_capabilities", lambda: caps)
+    assert resolve_precision("auto", cpu=True) == expected
+    assert "run.mixed_precision=auto: " + ("bf16 autocast" if expected == "bf16" else "fp32") in capsys.readouterr().err
+    for given in ("no", "bf16", "fp16"):  # an explicit choice is kept, whatever the CPU
+        assert resolve_precision(given, cpu=True) == given
+    assert make_accelerator("auto", 1, "cpu", 0).mixed_precision == expected
+
+
+def test_channels_last_frames_are_the_same_frames_in_the_faster_layout():
+    cfg = demo_config(Path("unused"))
+    torch.manual_seed(0)
+    model = build_video_text_model(cfg).eval()
+    frames = torch.randn(3, 4, 3, 64, 64)  # (B, T, 3, H, W)
+    laid = channels_last_frames(frames)
+    assert torch.equal(laid, frames) and laid.shape == frames.shape
+    assert laid.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    assert not frames.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    feats = torch.randn(3, 4, 128)  # cached image-tower features (prompt tuning) go through untouched
+    assert channels_last_frames(feats) is feats
+    with torch.no_grad():  # the model computes the same function of either layout (fp32: up to rounding)
+        a, b = model.encode_frames(frames), model.encode_frames(laid)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert a.abs().mean() > 0.1  # features, not zeros
+
+
+def test_the_demos_speed_settings_train_the_same_weights_run_after_run(tmp_path):
+    """bf16 autocast (where native), channels-last frames, no workers: two stage-1 runs with one
+    seed end with bit-identical weights, as `vcap demo` promises for its numbers."""
+    spec = demo_data.DemoSpec(num_train=8, num_val=0, num_test=2, frames=8, size=64, seed=4, captions_per_video=2)
+    demo_data.generate_dataset(tmp_path / "data", spec, progress=False, workers=1)
+    cfg = demo_config(tmp_path / "data", overrides=["pretrain.epochs=2", "pretrain.batch_size=4",
+                                                    "pretrain.save_every=0", "run.log_every=1"])
+    one, two = (load_file(pretrain(cfg, tmp_path / run) / "model.safetensors") for run in ("a", "b"))
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    logs = [(tmp_path / run / "log.jsonl").read_text() for run in ("a", "b")]
+    losses = [json.loads(line)["loss"] for line in logs[0].splitlines()]
+    assert _without_times(logs[0]) == _without_times(logs[1])  # the same loss and temperature at every step
+    assert len(losses) == 4 and len(set(losses)) == 4  # 2 epochs of 2 steps, and the loss moved
+
+
+def _without_times(log: str) -> list[dict]:
+    """The log's records without what depends on the clock."""
+    clock = ("time", "data_s", "compute_s", "videos_per_s")
+    return [{k: v for k, v in json.loads(line).items() if k not in clock} for line in log.splitlines()]

@@ -35,7 +35,7 @@ def test_num_frames_that_cannot_fit_in_memory_is_refused_before_pretrain_starts(
     line = _last_line(capsys)
     assert code == ConfigError.exit_code, line
     assert line.startswith("vcap: config error: video.num_frames=100000") and "GB" in line, line
-    assert "lower video.num_frames or pretrain.batch_size" in line
+    assert "lower video.num_frames to at most " in line and "(now 100000)" in line  # a batch of 1 would not fit
     assert not out.exists()  # no folder written, no model built
 
 
@@ -43,14 +43,15 @@ def test_batch_memory_estimate_counts_frames_pixels_and_batch():
     check_batch_memory(12, 224, 8, "--batch-size", "video.num_frames")  # 58 MB: fine
     frames = memory_bytes() // (3 * 224 * 224 * 4) + 1  # one video alone takes all the memory
     with pytest.raises(ConfigError, match=rf"video.num_frames={frames}: a batch of 1 video x .*GB.*"
-                                          r"lower video.num_frames or --batch-size"):
+                                          rf"lower video.num_frames to at most \d+ \(now {frames}\)$"):
         check_batch_memory(frames, 224, 1, "--batch-size", "video.num_frames")
 
 
 def test_extract_refuses_a_batch_that_cannot_fit_before_its_folder_is_made(tmp_path, monkeypatch):
     monkeypatch.setattr(extract, "read_spec", lambda folder: SimpleNamespace(num_frames=12, image_size=224))
     huge = memory_bytes() // (12 * 3 * 224 * 224 * 4) + 1
-    with pytest.raises(ConfigError, match=rf"--batch-size={huge}: a batch of {huge} videos.*lower --batch-size$"):
+    with pytest.raises(ConfigError, match=rf"--batch-size={huge}: a batch of {huge} videos.*lower --batch-size to at "
+                                          rf"most \d+ \(now {huge}\)$"):
         extract.extract_features(tmp_path / "model", load(CONFIG_PATH), tmp_path / "feats", batch_size=huge)
     assert not (tmp_path / "feats").exists()
 

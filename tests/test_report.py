@@ -28,6 +28,7 @@ from PIL import Image
 
 from retrieval_pretrain.foundation.errors import DatasetError
 from retrieval_pretrain.foundation.run_log import VALUE_BOUND, read_log
+from retrieval_pretrain.reading.annotation_table import VideoEntry
 from retrieval_pretrain.reading.video import probe_video
 from vcap_toolkit.reports.captions_page import ReportRow, as_row, caption_report, make_rows, video_thumbnails
 from vcap_toolkit.reports.evaluation import write_evaluation_report
@@ -349,7 +350,7 @@ def test_evaluation_report_never_fails_on_the_runs_log(tmp_path: Path, log: str,
         (run / "log.jsonl").write_bytes(b"\xff\xfe\xfd\n")
     else:
         (run / "log.jsonl").mkdir(parents=True)
-    entry = type("E", (), {"video_id": "a", "path": str(tmp_path / "a.mp4"), "captions": ["a dog runs"]})
+    entry = VideoEntry("a", tmp_path / "a.mp4", ["a dog runs"], "test")
     out = write_evaluation_report(tmp_path / "eval" / "report.html", run / "model", [entry], {"a": "a dog"}, [],
                                   {"CIDEr": 0.1, "split": "test", "videos": 1})
     page = Page(out.read_text(encoding="utf-8"))

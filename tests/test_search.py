@@ -23,7 +23,7 @@ from caption.demo import CONFIG_PATH
 from retrieval_pretrain.foundation.errors import FeatureMismatchError, FeatureStoreError
 from vcap_toolkit.cli.main import main
 from vcap_toolkit.jobs.index_files import check_meta, check_rows
-from vcap_toolkit.jobs.search import VideoIndex, build_index, rank, search
+from vcap_toolkit.jobs.search import IndexSearcher, VideoIndex, build_index, rank, search, update_vectors
 
 VCAP = Path(sys.executable).with_name("vcap")
 CPU = torch.device("cpu")
@@ -172,17 +172,19 @@ def test_a_changed_file_is_embedded_again_and_a_gone_one_is_never_returned(clips
     shutil.copy(sorted(truth)[5], mine[0])  # another clip under the first one's name
     os.unlink(mine[1])
     report = build_index(model, mine, tmp_path / "idx", CPU, batch_size=4)
-    assert (report["changed"], report["gone"], report["indexed"]) == (1, 1, 1)
+    assert (report["changed"], report["gone"], report["indexed"], report["dropped"]) == (1, 1, 1, 1)
     index = VideoIndex(tmp_path / "idx")
     paths = index.paths()
-    assert sorted(paths) == mine  # each path once: the changed one by its newest row (now last)
+    assert sorted(paths) == [mine[0], *mine[2:]]  # each once (the changed one by its newest row); the gone one dropped
     after = dict(zip(paths, index.embeddings().astype(np.float32)))
     assert not np.allclose(after[mine[0]], before[0], atol=1e-2)
     assert all(np.array_equal(after[p], before[i]) for i, p in enumerate(mine) if i >= 2)
+    assert {f["path"] for f in json.loads((tmp_path / "idx" / "failures.json").read_text())} == {mine[1]}
+    os.unlink(mine[2])  # gone since the last run: a search leaves it out, saying so
     assert main(["search", str(tmp_path / "idx"), "moving up", "--top", "4", "--json"]) == 0
     out = capsys.readouterr()
     result = json.loads(out.out.strip().splitlines()[-1])
-    assert mine[1] not in [p for p, _ in result["results"]] and len(result["results"]) == 3
+    assert {p for p, _ in result["results"]} == {mine[0], mine[3]}
     assert "no longer exist and were left out" in out.err
 
 
@@ -200,9 +202,11 @@ def small_index(clips, tmp_path_factory) -> Path:
 def _copy(small_index: Path, tmp_path: Path, records: bool) -> Path:
     idx = tmp_path / "idx"
     shutil.copytree(small_index, idx)
-    if not records:  # as the index was written before the records existed: only the structure is checked
+    if not records:  # as the index was written before the records (and vector indexes) existed
         meta = json.loads((idx / "meta.json").read_text())
         meta.pop("shards", None)
+        for faiss_file in idx.glob(meta.pop("vectors")["file"]):
+            faiss_file.unlink()
         (idx / "meta.json").write_text(json.dumps(meta))
     return idx
 
@@ -328,3 +332,146 @@ def test_the_index_file_reader_takes_any_json_or_refuses_it(meta, rows):
         assert all(isinstance(r["size"], int) for r in got_rows if "size" in r)
     except FeatureStoreError as e:
         assert str(e).startswith(f"{where}: ") and "\n" not in str(e)
+
+
+# --- The vector index (issue 27): FAISS, exact and approximate ----------------------------------
+
+
+def _generated_index(folder: Path, files: Path, vectors: np.ndarray, shard: int) -> list[str]:
+    """An index of ``vectors`` (fp16 rows, ``shard`` a shard) over empty files, so a search keeps them."""
+    index = VideoIndex(folder)
+    index.init({"model": "generated", "model_fingerprint": "0", "dim": vectors.shape[1], "dtype": "float16"})
+    files.mkdir(exist_ok=True)
+    paths = []
+    for start in range(0, len(vectors), shard):
+        names = [str(files / f"v{i}.mp4") for i in range(start, min(start + shard, len(vectors)))]
+        for name in names:
+            Path(name).touch()
+        index.append(names, vectors[start:start + shard])
+        paths += names
+    return paths
+
+
+def test_exact_mode_returns_what_brute_force_returns(tmp_path):
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((3000, 64)).astype(np.float32)
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    paths = _generated_index(tmp_path / "idx", tmp_path / "v", vectors, shard=700)
+    record = update_vectors(VideoIndex(tmp_path / "idx"))
+    assert (record["kind"], record["factory"], record["rows"]) == ("exact", "IDMap,Flat", 3000)
+    searcher = IndexSearcher(tmp_path / "idx")
+    queries = rng.standard_normal((20, 64)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    brute = queries @ vectors.astype(np.float32).T  # (20, 3000): the fp16 rows, float32 products
+    for q, scores in zip(queries, brute):
+        hits = searcher.by_vector(q, 10)
+        want = np.argsort(-scores)[:10]
+        assert [h.path for h in hits] == [paths[i] for i in want]
+        np.testing.assert_allclose([h.score for h in hits], scores[want], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """100,000 realistic rows of width 512 (``bench_vector_index.Library``: topics, videos, moments)
+    in 4 fp16 shards, and an approximate vector index over the first 3."""
+    from benchmarks.bench_vector_index import Library, shard_vectors, write_shards
+    from vcap_toolkit.jobs import vector_index
+
+    folder = tmp_path_factory.mktemp("library")
+    lib = Library()
+    paths = write_shards(folder / "shards", 100_000, lib, shard_rows=25_000)
+    record = vector_index.update(folder, None, shard_vectors(paths[:3]), 512, "approximate", log=lambda line: None)
+    return folder, lib, paths, record
+
+
+def test_an_approximate_index_keeps_recall_at_10_and_adds_and_drops_shards(library):
+    from benchmarks.bench_vector_index import exact_top, shard_vectors
+    from vcap_toolkit.jobs import vector_index
+
+    folder, lib, paths, record = library
+    assert record["kind"] == "approximate" and record["factory"].startswith("IVF") and record["rows"] == 75_000
+    assert record["recall@10"] >= 0.95 and record["nprobe"] in vector_index.NPROBES  # measured at build time
+    assert record["bytes"] < sum(p.stat().st_size for p in paths[:3]) / 8  # 64 bytes of codes a row, not 1024
+    shards = shard_vectors(paths)
+    record2 = vector_index.update(folder, record, shards, 512, "auto", log=lambda line: None)  # a 4th shard in
+    assert (record2["rows"], record2["trained_rows"], record2["nprobe"]) == (100_000, 75_000, record["nprobe"])
+    searcher = vector_index.open_vectors(folder, record2, {s.stem: s.mapped for s in shards})
+    queries = lib.queries(300, 100_000)  # text-like queries, none of them a row: measured here, not assumed
+    found = searcher.search(queries, 10)[1]
+    recall = vector_index.recall_at(found, exact_top(paths, queries))
+    assert recall >= 0.95, recall
+    new = np.asarray(np.load(paths[3], mmap_mode="r")[[5, 17_000]], dtype=np.float32)  # rows of the added shard
+    scores, ids = searcher.search(new, 1)
+    assert ids[:, 0].tolist() == vector_index.row_ids(paths[3].stem, [5, 17_000]).tolist()
+    np.testing.assert_allclose(scores[:, 0], (new * new).sum(1), atol=1e-5)  # re-ranked exactly from the shard
+    record3 = vector_index.update(folder, record2, shards[:2] + shards[3:], 512, log=lambda line: None)  # one out
+    searcher = vector_index.open_vectors(folder, record3, {s.stem: s.mapped for s in shards})
+    assert searcher.index.ntotal == 75_000
+    left = vector_index.split_ids(searcher.search(queries[:50], 50)[1])[0]
+    assert int(paths[2].stem) not in set(left.ravel().tolist())  # its rows are gone by id
+
+
+def test_a_cut_shard_or_a_missing_vector_index(small_index, tmp_path, capsys):
+    idx = _copy(small_index, tmp_path / "cut", records=True)
+    npy = idx / "shards" / "000001.npy"
+    npy.write_bytes(npy.read_bytes()[:-16])  # cut: refused at once, whichever rows a query would find
+    _refused(idx, capsys, "000001.npy: not a readable index shard")
+    idx = _copy(small_index, tmp_path / "lost", records=True)
+    meta = json.loads((idx / "meta.json").read_text())
+    (idx / meta["vectors"]["file"]).unlink()  # the vector index lost: ranked from the shards, said
+    assert main(["search", str(idx), "moving up", "--top", "4", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "the vector index is missing or cut; ranking the shards directly" in captured.err
+    assert main(["search", str(small_index), "moving up", "--top", "4", "--json"]) == 0
+    assert json.loads(captured.out.splitlines()[-1]) == json.loads(capsys.readouterr().out.splitlines()[-1])
+
+
+def test_a_pairwise_model_re_ranks_the_approximate_shortlist_by_its_own_scores(tmp_path, monkeypatch):
+    """X-CLIP (its text prompted by each video) over an approximate vector index: the shortlist the
+    index gives for the sentence's plain embedding is scored by the model's ``pair_scores`` of each
+    row's stored state - exactly: the results are the shortlist's best by that score."""
+    from test_xclip import XCLIP
+
+    from caption.config import load
+    from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
+    from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint, save_pretrained
+    from retrieval_pretrain.modeling.parts import build_video_text_model
+    from vcap_toolkit.jobs import ranking
+    from vcap_toolkit.jobs.search import pair_scores_over_index
+
+    torch.manual_seed(0)
+    folder = save_pretrained(build_video_text_model(load(None, XCLIP)).eval(), tmp_path / "xclip")
+    net, spec = from_pretrained(folder)
+    with torch.no_grad():
+        states = net.encode_video_state(torch.randn(400, 4, 3, 32, 32))  # 400 clips' states, as the tower gives them
+    index = VideoIndex(tmp_path / "idx")
+    index.init({"model": str(folder), "model_fingerprint": model_fingerprint(folder), "dim": 32, "dtype": "float16",
+                "format": 2, "scoring": "pairwise"})
+    (tmp_path / "v").mkdir()
+    paths = [str(tmp_path / "v" / f"{i}.mp4") for i in range(400)]
+    for p in paths:
+        Path(p).touch()
+    for lo in (0, 250):
+        part = {k: v[lo:lo + 250].numpy() for k, v in states.items()}
+        index.append(paths[lo:lo + 250], part.pop("video"), part)
+    assert update_vectors(index, "approximate")["kind"] == "approximate"
+    monkeypatch.setattr(ranking, "PAIRWISE_SHORTLIST", 40)
+    tokens = tokenizer_from_spec(spec)(["moving up"])
+    with torch.no_grad():
+        text_state, text = net.encode_text_state(tokens), net.encode_text(tokens)[0].numpy()
+        every = pair_scores_over_index(net, index, text_state, CPU).numpy()  # (400,) the model's score of each row
+    searcher = IndexSearcher(tmp_path / "idx")
+    hits = searcher.by_pairs(net, text_state, text, top=2, device=CPU)
+    rows = {p: i for i, p in enumerate(index.paths())}
+    shortlist = _candidate_rows(searcher, text, 40, rows)
+    want = sorted(shortlist, key=lambda r: -every[r])[:2]
+    assert len(set(shortlist)) == 40 and [rows[h.path] for h in hits] == want
+    np.testing.assert_allclose([h.score for h in hits], every[want], atol=1e-5)
+
+
+def _candidate_rows(searcher, text: np.ndarray, count: int, rows: dict[str, int]) -> list[int]:
+    """The rows (of ``index.paths()``) of the approximate index's first ``count`` candidates for ``text``."""
+    from vcap_toolkit.jobs.vector_index import split_ids
+
+    shard, pos = split_ids(searcher.vectors.candidates(text[None], count)[0])
+    return [rows[searcher._rows(f"{s:06d}")[j]["path"]] for s, j in zip(shard.tolist(), pos.tolist())]

@@ -112,3 +112,28 @@ def test_frames_in_range_is_half_open():
     assert frames_in_range(starts, Clip(Path("x"), 0.2, 0.5), 1.0) == (2, 5)
     assert frames_in_range(starts, Clip(Path("x"), 0.25, 0.5), 1.0) == (3, 5)
     assert frames_in_range(starts, Clip(Path("x"), 0.9, 5.0), 1.0) == (9, 10)
+
+
+_FORK_AFTER_RANGE = """
+import sys
+from torch.utils.data import DataLoader
+from retrieval_pretrain.reading.clips import Clip
+from retrieval_pretrain.reading.video import read_frames
+a, b = sys.argv[1], sys.argv[2]
+read_frames(Clip(a, 0.0, 2.0), 4)  # this process now holds a decoder of a
+loader = DataLoader([Clip(b, 0.0, 2.0), Clip(a, 2.0, 4.0)], batch_size=1, num_workers=1,
+                    collate_fn=lambda items: int(read_frames(items[0], 4).mask.sum()))
+print(sum(loader))
+"""
+
+
+def test_a_forked_loader_worker_never_touches_the_parents_decoder(videos: Path):
+    """decord's destructor waits for decoding threads that a forked child does not have: a worker that
+    inherited the parent's range decoder and dropped it hung forever (gdb: FFMPEGThreadedDecoder::Stop)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _FORK_AFTER_RANGE, str(videos / "mmaction2/test.mp4"),
+                           str(videos / "mmaction2/demo.mp4")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == "8"

@@ -20,6 +20,7 @@ from typing import Any
 from caption.config import Config, load
 from caption.demo import data as demo_data
 from retrieval_pretrain.foundation.atomic import write_file, write_json
+from retrieval_pretrain.foundation.ownership import FolderKind, claim_folder, holds_only
 from retrieval_pretrain.reading.annotations import load_annotations
 
 # The demo's configuration: the YAML shipped beside this module (package data), the one source.
@@ -28,12 +29,28 @@ CONFIG_PATH = Path(__file__).resolve().with_name("tiny_demo.yaml")
 # --quick: the same model on the smaller data set (quick_spec), shorter training; every stage runs.
 QUICK_OVERRIDES = ["pretrain.epochs=22", "caption.epochs=8"]
 
+# How the demo runs on this machine, beside the model's settings in the YAML (which the test suite's
+# tiny runs also start from, in fp32): bf16 autocast where the CPU has native bf16 (AVX512-BF16,
+# AMX), fp32 elsewhere; stage 1's frames channels-last (oneDNN's faster convolution layout); no
+# DataLoader workers - stage 1 samples frames already in memory, stage 2 memory-mapped features, so
+# workers (started again every epoch) only take the 2 cores' time, and the numbers are the same
+# without them. BENCHMARKS.md, "Demo speed (issue 29)".
+SPEED_OVERRIDES = ["run.mixed_precision=auto", "run.channels_last=true", "run.num_workers=0"]
+
+
+# What the demo writes in its folder; an unrecorded folder holding only these, with a generated
+# dataset's manifest, is a demo folder an earlier release wrote.
+DEMO_NAMES = frozenset({"data", "data_quick", "stage1", "features", "stage2", "eval_retrieval", "eval_caption",
+                        "metrics.json", "examples.txt"})
+DEMO = FolderKind("vcap demo folder", "vcap demo", lambda folder: holds_only(folder, DEMO_NAMES) and any(
+    (folder / data / demo_data.MANIFEST).is_file() for data in ("data", "data_quick")))
+
 
 def demo_config(data_dir: Path, quick: bool = False, seed: int = 0, overrides: list[str] | None = None) -> Config:
     """The demo's config (``CONFIG_PATH``) pointed at a generated dataset in ``data_dir``, plus the
     user's ``overrides`` (applied last)."""
     given = [f"data.annotations={data_dir / 'annotations.jsonl'}", f"data.videos={data_dir}",
-             f"run.seed={seed}"] + (QUICK_OVERRIDES if quick else []) + list(overrides or [])
+             f"run.seed={seed}", *SPEED_OVERRIDES] + (QUICK_OVERRIDES if quick else []) + list(overrides or [])
     return load(CONFIG_PATH, given)
 
 
@@ -48,6 +65,7 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[s
     ``output/metrics.json``; the CLI prints them as the last line) - and a few generated captions
     beside references in ``output/examples.txt``. ``overrides``: changes to the demo's config.
     ``spec``: another generated world (benchmarks); its ``seed`` is replaced by ``seed``."""
+    output = claim_folder(Path(output), DEMO)  # it removes its stage folders below: only in a demo folder
     # The stages load torch (seconds); caption.demo is often imported for CONFIG_PATH or the data alone.
     from caption.evaluate import evaluate  # deferred: torch stage
     from caption.train import train as train_captioner  # deferred: torch stage
@@ -56,8 +74,6 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[s
     from retrieval_pretrain.stage1.train import train as pretrain  # deferred: torch stage
 
     t_start = time.perf_counter()
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
     t = _stage("1/6 generating the demo dataset (cached)")

@@ -65,16 +65,37 @@ def process_state(device: str) -> PartialState:
     return PartialState(cpu=_on_cpu(device))
 
 
+def native_bf16(cpu: bool) -> bool:
+    """Whether this machine computes in bf16 natively: on the CPU, AVX512-BF16 or AMX instructions
+    (elsewhere bf16 is converted in software); on CUDA, a GPU that supports bf16."""
+    if not cpu:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    caps = torch.cpu.get_capabilities()
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def resolve_precision(mixed_precision: str, cpu: bool) -> str:
+    """``run.mixed_precision`` as Accelerate takes it: ``auto`` becomes ``bf16`` where the hardware
+    has native bf16 (``native_bf16``) and ``no`` (fp32) elsewhere; other values are kept."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    chosen = "bf16" if native_bf16(cpu) else "no"
+    print(f"run.mixed_precision=auto: {'bf16 autocast' if chosen == 'bf16' else 'fp32'} on this "
+          f"{'CPU' if cpu else 'GPU'}", file=sys.stderr)
+    return chosen
+
+
 def make_accelerator(mixed_precision: str, grad_accum: int, device: str, seed: int) -> Accelerator:
     """An Accelerator for the run's precision/device; ``device='cpu'`` forces the CPU."""
-    if mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"run.mixed_precision must be no, fp16 or bf16, got {mixed_precision!r}")
+    if mixed_precision not in ("no", "fp16", "bf16", "auto"):
+        raise ConfigError(f"run.mixed_precision must be no, fp16, bf16 or auto, got {mixed_precision!r}")
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"run.device={device!r}: training takes auto, cpu or cuda (choose GPUs with "
                           "CUDA_VISIBLE_DEVICES, or several with accelerate launch)")
     if device == "cuda":
         _check_cuda(torch.device("cuda"), "run.device")
     cpu = _on_cpu(device)
+    mixed_precision = resolve_precision(mixed_precision, cpu)
     if cpu and mixed_precision == "fp16":
         print("warning: run.mixed_precision=fp16 needs a GPU; training in fp32 on the CPU "
               "(run.mixed_precision=bf16 works on CPUs)", file=sys.stderr)

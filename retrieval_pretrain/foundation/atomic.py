@@ -18,6 +18,9 @@ cleared by the next ``write_folder`` of the same folder; for files, by ``clear_t
 (``write_file`` does not clear them itself, so two processes may write one file at once; the
 feature cache clears its own). New files and folders get the permissions the umask allows
 (``mkstemp`` / ``mkdtemp`` alone, and libraries such as safetensors, would make them private).
+
+These writers replace whatever stands at the path; *which* folders and files a command may replace
+is ``ownership``'s rule (``claim_folder``, ``write_owned_folder``, ``claim_file``), checked first.
 """
 
 from __future__ import annotations

@@ -4,8 +4,14 @@ once (``FolderBusyError``, naming the holder) instead of deleting the first one'
 or encoding the same videos twice.
 
 The lock is ``flock(2)`` on an open file: the kernel drops it when the holding process ends, however
-it ends (a SIGKILLed run leaves no stale lock to clean up). Under ``accelerate launch`` the main
-process holds it for all processes of that launch. On network file systems flock works where the
+it ends (a SIGKILLed run leaves no stale lock to clean up). A flock belongs to the open file, which
+a forked child shares - a DataLoader worker would hold the lock on after its parent was killed,
+until it noticed (seconds), refusing the run started right after. So every child forked while the
+lock is held closes its copy at once (``os.register_at_fork``): the lock lives exactly as long as
+the process that took it. Under ``accelerate launch`` the main
+process holds it for all processes of that launch. A lock file this run created in a folder it
+then never claimed (``ownership``: refused, or failed before) is removed when the lock is released,
+with the folder if the lock made it. On network file systems flock works where the
 file system supports it (NFSv4 does on Linux); where it does not, the lock is not taken (a warning
 says so) rather than refusing every run.
 """
@@ -23,13 +29,31 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from retrieval_pretrain.foundation.errors import FolderBusyError
+from retrieval_pretrain.foundation.ownership import LOCK_FILE, RECORD
 
-LOCK_FILE = ".lock"
+__all__ = ["LOCK_FILE", "folder_lock"]
 _held: dict[str, Any] = {}  # resolved folder -> open lock file of this process
+_fork_hook = False  # whether _forget_in_child is registered
+
+
+def _forget_in_child() -> None:
+    """In a forked child (a DataLoader worker, a multiprocessing pool): close its copies of the lock
+    files, so that the lock ends with the process that took it. The parent's lock stays held: a
+    flock is released when the last descriptor of its open file is closed, and the parent's is open."""
+    for f in _held.values():
+        try:
+            f.close()
+        except OSError:
+            pass
+    _held.clear()
 
 
 def _acquire(folder: Path, command: str) -> str | None:
     """Take the lock; the reason it is refused, or None."""
+    global _fork_hook
+    if not _fork_hook:
+        os.register_at_fork(after_in_child=_forget_in_child)
+        _fork_hook = True
     key = str(folder.resolve())
     f = (folder / LOCK_FILE).open("a+")
     try:
@@ -52,10 +76,20 @@ def _acquire(folder: Path, command: str) -> str | None:
     return None
 
 
-def _release(folder: Path) -> None:
+def _release(folder: Path, made_folder: bool, made_lock: bool) -> None:
     f = _held.pop(str(folder.resolve()), None)
-    if f is not None:
-        f.close()  # closing the file drops the flock
+    if f is None:
+        return
+    if made_lock and not os.path.lexists(folder / RECORD):
+        # The command never claimed the folder (``ownership``: it refused it, or failed before): leave
+        # it as it was found - no lock file among the user's files, no empty folder it made.
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+        if made_folder:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    f.close()  # closing the file drops the flock
 
 
 @contextmanager
@@ -65,6 +99,7 @@ def folder_lock(folder: str | Path, command: str, accelerator: Any | None = None
     folder = Path(folder)
     main = accelerator is None or accelerator.is_main_process
     refusal, nested = None, main and str(folder.resolve()) in _held  # this process holds it already
+    made = not os.path.lexists(folder), not os.path.lexists(folder / LOCK_FILE)
     if main and not nested:
         folder.mkdir(parents=True, exist_ok=True)
         refusal = _acquire(folder, command)
@@ -78,4 +113,4 @@ def folder_lock(folder: str | Path, command: str, accelerator: Any | None = None
         yield
     finally:
         if main and not nested:
-            _release(folder)
+            _release(folder, *made)

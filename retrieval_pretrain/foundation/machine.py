@@ -29,10 +29,26 @@ def memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_fits_memory(need: int, what: str, lower: str) -> None:
+def check_fits_memory(need: int, what: str, lower: str = "", settings: dict[str, int] | None = None) -> None:
     """``ConfigError`` when ``need`` bytes (``what`` says what takes them, naming the setting) exceed
-    half of this machine's memory; ``lower`` says what to change."""
+    half of this machine's memory.
+
+    Args:
+        lower: what to change, in words (after the advice ``settings`` gives, if any).
+        settings: the settings ``need`` grows with in proportion (name -> value now): the message
+            names each that can be lowered and the largest value of it that fits on its own
+            (``lower video.num_frames to at most 96 (now 100000)``); one already at 1 is left out.
+    """
     ram = memory_bytes()
-    if need > ram // 2:
-        raise ConfigError(f"{what} take up to {need / 1e9:.1f} GB, more than half of this machine's "
-                          f"{ram / 1e9:.1f} GB; {lower}")
+    budget = ram // 2
+    if need <= budget:
+        return
+    advice = [f"{name} to at most {value * budget // need} (now {value})"
+              for name, value in (settings or {}).items() if value > 1 and value * budget // need >= 1]
+    if settings and not advice:
+        advice_text = f"even 1 for {' and '.join(settings)} takes too much"
+    else:
+        advice_text = "lower " + " or ".join(advice) if advice else ""
+    said = "; ".join(t for t in (advice_text, lower) if t)
+    raise ConfigError(f"{what} take up to {need / 1e9:.1f} GB, more than half of this machine's "
+                      f"{ram / 1e9:.1f} GB" + (f"; {said}" if said else ""))

@@ -9,6 +9,12 @@
 * with ``--resume``, the recorded run must be this one: same command, same inputs, same config
   except the settings that do not change what is trained (``RESUMABLE``) and the sections the
   command does not read (``SECTIONS``); a difference is refused, naming the keys. ``--resume`` on a folder with no run starts one.
+
+Before any of this, the folder must be a training run's at all (``ownership.claim_folder`` with
+``TRAINING_RUN``): a new or empty folder, one recorded as a run folder, or one an earlier release
+wrote as one (its ``run.json``, or only what a run writes); a folder of other files - a model
+folder, a copy of the user's data - is refused untouched, since a new run there removes what a run
+that never checkpointed left (``_start_clean``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from retrieval_pretrain.foundation.atomic import write_json
 from retrieval_pretrain.foundation.checkpoints import latest_checkpoint
 from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.foundation.ownership import FolderKind, claim_folder, entries
 from retrieval_pretrain.foundation.typed_config import config_to_dict
 
 RUN_FILE = "run.json"
@@ -31,6 +38,27 @@ RUN_FILE = "run.json"
 RESUMABLE = ("run.num_workers", "run.log_every", "pretrain.save_every", "caption.save_every", "pretrain.keep_checkpoints")
 # The config sections each command trains from (stage 2 reads video and CLIP only through its features).
 SECTIONS = {"pretrain": ("data", "video", "clip", "pretrain", "run"), "train": ("data", "caption", "decode", "run")}
+# What either training command writes in its run folder, and what a user commonly keeps beside it
+# there (a feature folder, evaluations, the report): an unrecorded folder holding only these, and
+# something trained or logged, is a run folder an earlier release wrote.
+RUN_NAMES = frozenset({RUN_FILE, "log.jsonl", "config.json", "skipped.json", "failures.json", "checkpoints", "model",
+                       "best", "tokenizer.model", "report.html", "features"})
+
+
+def _legacy_run(folder: Path) -> bool:
+    try:
+        old = json.loads((folder / RUN_FILE).read_text())
+    except (OSError, ValueError, RecursionError):
+        old = None
+    if isinstance(old, dict) and isinstance(old.get("command"), str) and old["command"] in SECTIONS:
+        return True
+    names = entries(folder)
+    return (all(n in RUN_NAMES or n.startswith("eval_") for n in names)
+            and any(n in ("log.jsonl", "checkpoints", "model") for n in names))
+
+
+# One kind for both commands: which command's run a folder holds is run.json's to say (``_check``).
+TRAINING_RUN = {command: FolderKind("training run folder", f"vcap {command}", _legacy_run) for command in SECTIONS}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -91,6 +119,17 @@ def _start_clean(output: Path) -> None:
     shutil.rmtree(output / "best", ignore_errors=True)
 
 
+def _record_problem(old: Any) -> str:
+    """Why a parsed ``run.json`` is not what ``_identity`` writes (``""`` when it is): the resume
+    check compares its fields, so each must have the type written."""
+    if not isinstance(old, dict):
+        return f"a JSON object is written, not {type(old).__name__}"
+    for key, kind in (("command", str), ("fingerprint", str), ("inputs", dict), ("config", dict)):
+        if key in old and not isinstance(old[key], kind):
+            return f"'{key}' is {type(old[key]).__name__}, not {kind.__name__}"
+    return ""
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     out = [f"command {old.get('command')!r} -> {new['command']!r}"] if old.get("command") != new["command"] else []
     for key in sorted(set(old.get("inputs", {})) | set(new["inputs"])):
@@ -132,14 +171,19 @@ def _check(output: Path, command: str, cfg: Any, resume: bool, inputs: dict[str,
     if (output / "meta.json").is_file():  # a feature folder or a search index: another job's outputs
         raise ConfigError(f"{output} holds a feature folder or a search index (meta.json); give the run its own "
                           "--output folder")
+    claim_folder(output, TRAINING_RUN[command], write=accelerator.is_main_process)  # every process checks
     if not resume and _holds_a_run(output):
         raise ConfigError(f"{output} already holds a run (a checkpoint or model/): continue it with "
                           "--resume, or give a new --output folder")
     if resume and record.is_file() and _holds_a_run(output):
         try:
             old = json.loads(record.read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{record}: cannot be read ({e}); this folder cannot be resumed") from None
+        except (OSError, ValueError, RecursionError) as e:
+            raise ConfigError(f"{record}: cannot be read ({type(e).__name__}: {e}); this folder cannot be "
+                              "resumed") from None
+        why = _record_problem(old)
+        if why:
+            raise ConfigError(f"{record}: not a run record ({why}); this folder cannot be resumed")
         if old.get("fingerprint") != new["fingerprint"] and not _only_new_defaults(old, new, command, cfg):
             diff = _differences(old, new)
             raise ConfigError(f"{output} holds another run than this one ({'; '.join(diff[:8]) or 'fingerprint'}"

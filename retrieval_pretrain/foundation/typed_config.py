@@ -11,6 +11,7 @@ and ``caption.config`` (the whole ``vcap`` config).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -18,7 +19,7 @@ import types
 import typing
 from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -103,14 +104,16 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-            try:
+        try:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+            if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+                return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ConfigError(f"{where}: {str(value)[:20]}... is too large a number") from None
+        except ValueError:
+            pass
+        raise ConfigError(f"{where}: expected a number, got {str(value)[:80]!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -127,19 +130,69 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         path = f"{where}.{key}" if where else key
-        if key not in names:
-            raise ConfigError(f"unknown config key '{path}'; valid keys here: {', '.join(names)}")
-        tp = hints[key]
-        if _is_dataclass_type(tp):
-            kwargs[key] = _build(tp, value or {}, path)
-        else:
-            kwargs[key] = _check_type(value, tp, path)
-        _check_value(path, kwargs[key], fields[key].metadata)
+        with _about(path):
+            if key not in names:
+                raise ConfigError(f"unknown config key '{path}'; valid keys here: {', '.join(names)}")
+            tp = hints[key]
+            if _is_dataclass_type(tp):
+                kwargs[key] = _build(tp, value or {}, path)
+            else:
+                kwargs[key] = _check_type(value, tp, path)
+            _check_value(path, kwargs[key], fields[key].metadata)
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if check is not None:  # checks across fields of one section
-        check(where or "config")
+        with _about(where):
+            check(where or "config")
     return obj
+
+
+@contextlib.contextmanager
+def _about(key: str) -> Iterator[None]:
+    """Marks a ``ConfigError`` raised inside with the dotted ``key`` it is about (the innermost
+    one; ``""``: the whole config), so ``load_config`` can say where its value came from."""
+    try:
+        yield
+    except ConfigError as e:
+        if not hasattr(e, "config_key"):
+            e.config_key = key  # type: ignore[attr-defined]
+        raise
+
+
+_DOTTED = re.compile(r"\b[a-z_]+(?:\.[a-z_0-9]+)+\b")  # a dotted config key named in a message
+
+
+def _related(a: str, b: str) -> bool:
+    """Whether dotted keys ``a`` and ``b`` are one, or one holds the other (``""`` holds all)."""
+    return a == b or not a or not b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _leaves(raw: Any, where: str = "") -> list[str]:
+    """The dotted keys a YAML mapping sets (its leaves, and empty sections)."""
+    if not isinstance(raw, dict) or not raw:
+        return [where] if where else []
+    return [leaf for k, v in raw.items() for leaf in _leaves(v, f"{where}.{k}" if where else str(k))]
+
+
+def _origin(e: ConfigError, path: Path | None, file_keys: list[str], overrides: list[tuple[str, str]]) -> str:
+    """The message of ``e`` prefixed with where the value it is about was set, when a file is read:
+    the YAML file (as before), ``override 'k=v' (over FILE)`` when only overrides set it (a file value
+    an override replaced does not count), or ``FILE with override 'k=v'`` when both do (a check
+    across the fields of a section)."""
+    if path is None:  # no file: every value set came from an override, and the message names its key
+        return str(e)
+    key = getattr(e, "config_key", "")
+    kept = [k for k in file_keys if not any(k and o and _related(k, o) for o, _ in overrides)]
+    # a section's own check (across its fields) is about the keys its message names, when it names some
+    named = [m for m in _DOTTED.findall(str(e)) if _related(m, key)
+             and any(_related(m, k) for k in kept + [o for o, _ in overrides])]
+    about = named or [key]
+    given = [item for k, item in overrides if any(_related(k, a) for a in about)]
+    in_file = not given or any(_related(k, a) for k in kept for a in about)
+    if not given:
+        return f"{path}: {e}"
+    label = "override " + ", ".join(f"'{_shown(item)}'" for item in given)
+    return f"{path} with {label}: {e}" if in_file else f"{label} (over {path}): {e}"
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -154,21 +207,29 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
-    """``["a.b=1", "c=x"]`` -> ``[("a.b", 1), ("c", "x")]`` with YAML-typed values."""
+def _shown(item: str) -> str:
+    """An override as a message shows it: whole up to 100 characters."""
+    return item if len(item) <= 100 else item[:97] + "..."
+
+
+def parse_overrides(items: list[str], over: str | Path | None = None) -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=x"]`` -> ``[("a.b", 1), ("c", "x")]`` with YAML-typed values. ``over``: the
+    config file they apply to, named in errors."""
     out = []
+    on = f" (over {over})" if over else ""
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
+            raise ConfigError(f"override '{_shown(item)}'{on} is not of the form key=value")
         key, text = item.split("=", 1)
         key = key.strip()
-        if not key:
-            raise ConfigError(f"override '{item}' has an empty key")
+        if not key or "" in key.split("."):
+            raise ConfigError(f"override '{_shown(item)}'{on} has an empty key" + (" part" if key else ""))
         try:
             value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as e:
-            problem = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ConfigError(f"override '{item}': the value is not valid YAML ({problem})") from None
+        except (yaml.YAMLError, RecursionError) as e:
+            problem = (str(e).splitlines() or [type(e).__name__])[0] if isinstance(e, yaml.YAMLError) else \
+                "nested too deeply"
+            raise ConfigError(f"override '{_shown(item)}'{on}: the value is not valid YAML ({problem})") from None
         out.append((key, value))
     return out
 
@@ -215,12 +276,15 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         raw = loaded
-    for key, value in parse_overrides(overrides or []):
+    file_keys = _leaves(raw)
+    items = [str(item) for item in overrides or []]
+    parsed = parse_overrides(items, path)
+    for key, value in parsed:
         _set_dotted(raw, key, value)
     try:
         return _build(cls, raw, "")
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError(_origin(e, path, file_keys, [(k, item) for (k, _), item in zip(parsed, items)])) from None
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

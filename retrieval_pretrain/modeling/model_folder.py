@@ -31,6 +31,7 @@ from safetensors.torch import load_model, save_model
 
 from retrieval_pretrain.foundation.atomic import write_folder
 from retrieval_pretrain.foundation.errors import ConfigError, ModelFolderError, check_finite
+from retrieval_pretrain.foundation.hub import resolve_model_folder
 from retrieval_pretrain.modeling.parts import StageOneModel, build_model, check_spec_fits
 from retrieval_pretrain.modeling.spec import FORMAT, FORMAT_VERSION, ModelSpec  # noqa: F401  (re-exported)
 
@@ -64,9 +65,10 @@ def save_pretrained(model: StageOneModel, folder: str | Path, spec: ModelSpec | 
 
 
 def read_spec(folder: str | Path) -> ModelSpec:
-    """The checked spec of the model folder ``folder`` (nothing built); ``ModelFolderError``
-    naming the folder or config.json (and the key) when it is missing or malformed."""
-    folder = Path(folder)
+    """The checked spec of the model folder ``folder`` (a path, or a Hub id ``org/name[@revision]``:
+    ``foundation.hub``; nothing built); ``ModelFolderError`` naming the folder or config.json (and
+    the key) when it is missing or malformed."""
+    folder = resolve_model_folder(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"model folder not found: {folder}")
     missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).is_file()]
@@ -87,7 +89,7 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> t
     and every weight is loaded strictly from ``model.safetensors``. ``ModelFolderError`` names the
     folder or file (and the config key) when something is missing, malformed or corrupt.
     """
-    folder = Path(folder)
+    folder = resolve_model_folder(folder)  # a Hub id: its cached snapshot (foundation.hub)
     spec = read_spec(folder)
     try:
         model = build_model(spec)

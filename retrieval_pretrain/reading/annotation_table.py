@@ -237,6 +237,34 @@ def video_path(data: DataConfig, stem: str, first: str | None = ".mp4") -> Path:
     return folder / f"{stem}{candidates[0] if candidates else ''}"
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows); longer ones make every stat() fail
+PATH_MAX = 4095  # bytes in a whole path (Linux)
+_EXT_ROOM = 8  # an id gets an extension (.mp4, .webm ...) before it is a file name
+
+
+def path_problem(text: str) -> str:
+    """Why ``text`` (a path from a user's table) cannot name a file on this system, or ``""``: a
+    control character or NUL, text that is not valid Unicode (a lone surrogate from a JSON
+    ``\\udXXX`` escape), a part longer than ``NAME_MAX`` bytes or a whole longer than ``PATH_MAX``."""
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        return f"{text[:60]!r} holds a control character ({bad!r})"
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{text[:60]!r} is not valid Unicode text (a lone surrogate)"
+    if len(raw) > PATH_MAX or any(len(part.encode()) > NAME_MAX - _EXT_ROOM for part in text.split("/")):
+        return f"{text[:40]!r}... ({len(raw)} bytes) is too long to be a file name"
+    return ""
+
+
+def split_cell(value: Any, what: str = "split") -> tuple[str, str]:
+    """``(split, "")`` for a non-empty string without control characters, else ``("", why)``."""
+    if not isinstance(value, str) or not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value.strip()):
+        return "", f"{what} must be a non-empty string without control characters, got {str(value)[:40]!r}"
+    return value.strip(), ""
+
+
 def video_cell(value: Any) -> tuple[str, str]:
     """``(path text, "")`` for a video cell that names a file (a non-empty string, not ``/``, ``.``,
     ``..`` or a folder ending in ``/``, no NUL), or ``("", why)``. Checked cell by cell, never coerced."""
@@ -247,7 +275,8 @@ def video_cell(value: Any) -> tuple[str, str]:
         return "", "'video' must be a non-empty string"
     if "\x00" in text or text.endswith(("/", "\\")) or Path(text).name in ("", ".", ".."):
         return "", f"'video' {text[:80]!r} does not name a file"
-    return text, ""
+    why = path_problem(text)
+    return ("", f"'video' {why}") if why else (text, "")
 
 
 def clean_captions(value: Any) -> tuple[list[str], str]:
@@ -278,8 +307,9 @@ def _jsonl_problem(obj: Any) -> str:
     missing = [k for k in ("video", "captions", "split") if k not in obj]
     if missing:
         return f"missing key(s) {', '.join(missing)}"
-    if not isinstance(obj["split"], str) or not obj["split"].strip():
-        return "'split' must be a non-empty string"
+    why = split_cell(obj["split"], "'split'")[1]
+    if why:
+        return why
     why = video_cell(obj["video"])[1]
     if why:
         return why

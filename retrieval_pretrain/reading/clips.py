@@ -8,6 +8,10 @@ windows share no frame, and every sampled frame's timestamp lies in ``[start, en
 
 A range's clip id (``clip_id``) is the video id plus the range in milliseconds, ``v_abc[12.5-20]``: the
 feature caches key each clip by video and range through it.
+
+``fixed_windows`` cuts a video's duration into windows of a length (optionally overlapping, one every
+``stride``): the arithmetic of ``caption.windows.segment_windows``, here so that the search index's
+moments (``vcap index --segments``, a job that may not import ``caption``) are the same windows.
 """
 
 from __future__ import annotations
@@ -100,3 +104,28 @@ def frames_in_range(starts: np.ndarray, clip: Clip, duration: float) -> tuple[in
         raise VideoReadError(clip.path, f"the range {seconds(clip.start)}-{seconds(clip.end)} s holds no frame "
                                         f"(frames start at {', '.join(seconds(t) for t in near)} s)")
     return lo, hi
+
+
+
+TAIL_FRACTION = 0.25  # a last window shorter than this share of a window joins the one before
+
+
+def fixed_windows(duration: float, seconds: float, stride: float | None = None) -> list[tuple[float, float]]:
+    """``(start, end)`` windows of ``seconds`` over ``[0, duration]``, one starting every ``stride``
+    seconds (default ``seconds``: consecutive windows; less: windows that overlap), times rounded to
+    the millisecond. The fewest windows that reach ``duration``; the last ends there. A last window
+    shorter than ``TAIL_FRACTION`` of a window is not one of its own: the window before it runs
+    to the end instead (so a short video is one window).
+
+    With ``stride == seconds`` these are ``caption.windows.segment_windows``' windows: the pure
+    arithmetic lives here so that ``vcap index --segments`` (a job, which may not import
+    ``caption``) cuts a video where ``vcap caption --segments`` does."""
+    stride = seconds if stride is None else stride
+    if not (duration > 0 and seconds > 0 and 0 < stride <= seconds):
+        raise ValueError(f"need duration > 0 and 0 < stride <= seconds, got {duration}, {seconds}, {stride}")
+    count = max(1, math.ceil((duration - seconds) / stride - 1e-9) + 1)
+    if count > 1 and duration - (count - 1) * stride < TAIL_FRACTION * seconds:
+        count -= 1
+    ends = [duration if i == count - 1 else (i + 1) * seconds if stride == seconds else i * stride + seconds
+            for i in range(count)]  # (i + 1) * seconds: segment_windows' float edges, to the last bit
+    return [(float(round(i * stride, 3)), float(round(end, 3))) for i, end in enumerate(ends)]

@@ -56,7 +56,10 @@ class DataConfig:
 class VideoConfig:
     """Frame sampling. ``num_frames`` frames per video; ``train_sampling`` while training
     (``tsn``: random frame inside each segment), ``eval_sampling`` otherwise (``uniform``:
-    segment centres, or ``fps``: CLIP4Clip's one frame per second thinned to ``num_frames``)."""
+    segment centres, or ``fps``: CLIP4Clip's one frame per second thinned to ``num_frames``).
+    ``backend``: the decoder (``reading.decoding``): ``auto`` (the fastest usable here, said at
+    start-up; ``decoding.choice``), ``decord``, ``torchcodec`` or ``pyav``. Every backend samples
+    the same frames; a property of the run, not recorded in model folders."""
 
     num_frames: int = at_least(12, 1)
     train_sampling: str = choice("tsn", "tsn", "uniform", "fps")
@@ -66,3 +69,4 @@ class VideoConfig:
     # (videos x frames x 3 x size^2 bytes per process: for small datasets). 0 decodes every step.
     # pretrain.mode=prompt always encodes this many frames per video once (when 0: 32, or num_frames if more) and keeps features.
     cache_frames: int = at_least(0, 0)
+    backend: str = choice("auto", "auto", "decord", "torchcodec", "pyav")

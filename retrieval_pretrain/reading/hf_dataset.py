@@ -63,6 +63,7 @@ from retrieval_pretrain.reading.annotation_table import (
     video_cell,
     video_path,
 )
+from retrieval_pretrain.reading.benchmark_formats import path_problem
 from retrieval_pretrain.reading.data_config import DataConfig
 
 ROLES = ("video", "captions", "split")
@@ -169,9 +170,12 @@ def _no_progress_bars() -> Iterator[None]:
     with warnings.catch_warnings():  # the HF_DATASETS_DISABLE_PROGRESS_BARS variable has priority
         warnings.simplefilter("ignore")
         datasets.utils.disable_progress_bars()
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to read file" line would repeat ours
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(level)
         if not was_disabled:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -183,7 +187,7 @@ def _why(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}"
     if e.__cause__ is not None and str(e.__cause__) not in text:
         text += f" ({type(e.__cause__).__name__}: {e.__cause__})"
-    return text
+    return " ".join(text.split())  # one line: pandas' parser messages end in a newline
 
 
 class _JsonCells:
@@ -233,10 +237,16 @@ def _load_file(path: Path, cache_dir: str) -> datasets.Dataset | _JsonCells:
         if builder == "csv":  # every column as text: ids such as 007 keep their zeros
             with open(path, newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])
+            twice = sorted({name for name in header if header.count(name) > 1})
+            if twice:  # the library would read one of them without a word
+                raise AnnotationError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in "
+                                      "the header; which one is meant is unknown")
             kwargs["features"] = datasets.Features({name: datasets.Value("string") for name in header})
         with _no_progress_bars():
             return datasets.load_dataset(builder, data_files=[str(path)], split="train", cache_dir=cache_dir,
                                          **kwargs)
+    except AnnotationError:
+        raise
     except Exception as e:  # any file the library cannot parse is unreadable as a whole
         raise AnnotationError(f"{path}: cannot read as {builder}: {_why(e)}") from e
 
@@ -329,6 +339,7 @@ def _row(video: Any, caps: Any, split: Any, columns: dict[str, str],
     """``(video, captions, normalised split)`` of one row, or why it is skipped."""
     video, why = _text(video, "video", columns)
     why = why or video_cell(video)[1].replace("'video'", f"column '{columns['video']}' (video)")
+    why = why or path_problem(video) and f"column '{columns['video']}' (video): {path_problem(video)}"
     if why:
         return why
     if isinstance(caps, list):
@@ -343,7 +354,8 @@ def _row(video: Any, caps: Any, split: Any, columns: dict[str, str],
     if why:
         return why
     if normalize_split(split) not in known:
-        return f"unknown split '{split}' (column '{columns['split']}'; known: {', '.join(known)}){_hint(split, known)}"
+        return (f"unknown split {split[:80]!r} (column '{columns['split']}'; known: {', '.join(known)})"
+                f"{_hint(split, known)}")
     return video, captions, normalize_split(split)
 
 

@@ -16,16 +16,19 @@ label through a random prompt template (ActionCLIP), ``vcap eval-classify`` scor
   used); the class is the file name before ``_test_split`` (``brush_hair`` -> ``brush hair``), the
   video ``<videos>/<class>/<video>``.
 
-A malformed row is named (``file:line``) and skipped, like a bad caption line. A label outside the
-dataset's class list - ``data.labels_file`` (one label per line), or for UCF101 ``classInd.txt`` -
-is an error naming the row: it would be a class no evaluation can score.
+A malformed row is named (``file:line``) and skipped, like a bad caption line: a video, id or file
+name that names no single file inside the video folder (``benchmark_formats.id_cell`` /
+``path_problem``: ``/``, ``.``, ``..``, a NUL or control character, a name too long for the file
+system), a UCF101 list line whose class number disagrees with its folder's in ``classInd.txt``.
+A label outside the dataset's class list - ``data.labels_file`` (one label per line), or for
+UCF101 ``classInd.txt`` - is an error naming the row: it would be a class no evaluation can score;
+so is a ``classInd.txt`` that numbers or names a class twice, and an HMDB51 split file whose name
+gives no class.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import math
 import re
@@ -41,6 +44,7 @@ from retrieval_pretrain.reading.annotation_table import (
     video_cell,
     video_path,
 )
+from retrieval_pretrain.reading.benchmark_formats import csv_rows, extra_cells, id_cell, path_problem, split_cell
 from retrieval_pretrain.reading.data_config import DataConfig
 from retrieval_pretrain.reading.label_lists import read_labels
 
@@ -79,8 +83,8 @@ def _rows(path: Path, csv_file: bool | None = None) -> list[tuple[str, Any]]:
     decided by the suffix unless given)."""
     text = read_text(path)
     if csv_file or (csv_file is None and path.suffix.lower() == ".csv"):
-        reader = csv.DictReader(io.StringIO(text))
-        return [(f"{path}:{i}", row) for i, row in enumerate(reader, 2)]
+        columns, rows = csv_rows(path, text)
+        return [(f"{path}:{line}", extra_cells(row, columns) or row) for line, row in rows]
     out = []
     for i, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -102,6 +106,7 @@ def load_labels(data: DataConfig, table: Table) -> None:
             continue
         missing = [k for k in ("video", "label", "split") if not isinstance(row.get(k), str) or not row[k].strip()]
         why = f"needs non-empty string(s) {', '.join(missing)}" if missing else video_cell(row["video"])[1]
+        why = why or path_problem(row["video"].strip()) or split_cell(row["split"])[1]
         if why:
             table.problem(where, f"{why}; skipped")
             continue
@@ -115,7 +120,7 @@ def _kinetics_file(data: DataConfig, youtube_id: str, start: int, end: int, labe
     if flat.exists():
         return flat.relative_to(data.videos).as_posix()
     for folder in (label, label.replace(" ", "_")):
-        if not _bare_name(folder):
+        if id_cell(folder)[1]:  # a label that is not one folder name is not looked for as one
             continue
         nested = video_path(data, f"{folder}/{stem}")
         if nested.exists():
@@ -123,27 +128,25 @@ def _kinetics_file(data: DataConfig, youtube_id: str, start: int, end: int, labe
     return flat.relative_to(data.videos).as_posix()
 
 
-def _bare_name(text: str) -> bool:
-    """Whether ``text`` is one file name: no folder separator, not ``.`` / ``..``, no NUL."""
-    return bool(text) and not any(c in text for c in "/\\\x00") and text not in (".", "..")
-
-
 def _kinetics_row(row: Any) -> tuple[str, int, int] | str:
     """``(youtube_id, start, end)`` of a kinetics row, or why it is skipped: the id is one file name
     (it must not leave the video folder), the times finite numbers >= 0 with start <= end."""
+    if isinstance(row, str):
+        return row
     if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
                                             for k in ("label", "youtube_id")):
         return "needs label and youtube_id"
-    youtube_id = row["youtube_id"].strip()
-    if not _bare_name(youtube_id):
-        return f"youtube_id {youtube_id[:80]!r} is not a file name (it would leave the video folder)"
+    youtube_id, why = id_cell(row["youtube_id"], "youtube_id")
+    if why:
+        return why
     try:
         start, end = float(row["time_start"]), float(row["time_end"])
     except (KeyError, TypeError, ValueError):
         return "time_start / time_end are not numbers"
-    if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < 0 or start > end:
-        return f"time_start / time_end must be finite numbers >= 0 with start <= end, got {start}, {end}"
-    return youtube_id, int(start), int(end)
+    if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < 0 or start > end or end >= 1e6:
+        return f"time_start / time_end must be finite numbers >= 0 with start <= end < 1e6 s, got {start}, {end}"
+    why = path_problem(f"{youtube_id}_{int(start):06d}_{int(end):06d}")
+    return why or (youtube_id, int(start), int(end))
 
 
 def load_kinetics(data: DataConfig, table: Table) -> None:
@@ -160,9 +163,11 @@ def load_kinetics(data: DataConfig, table: Table) -> None:
                 table.problem(where, f"{checked}; skipped")
                 continue
             youtube_id, start, end = checked
-            row_split = split or (row.get("split") or "").strip()
-            if not row_split:
-                table.problem(where, "no split (no split column, and the file is not in data.split_files); skipped")
+            row_split, why = (split, "") if split else split_cell(row.get("split") or "")
+            if why and not (row.get("split") or "").strip():
+                why = "no split (no split column, and the file is not in data.split_files)"
+            if why:
+                table.problem(where, f"{why}; skipped")
                 continue
             label = row["label"].strip()
             _check_label(label, known, where, f"data.labels_file {data.labels_file}")
@@ -176,16 +181,48 @@ def words(class_name: str) -> str:
     return " ".join(spaced.lower().split())
 
 
-def load_ucf101(data: DataConfig, table: Table) -> None:
-    ind = required_file(data.annotations, "annotations", "ucf101")
-    classes: dict[str, str] = {}
+def _class_index(ind: Path) -> dict[str, tuple[str, str]]:
+    """``classInd.txt`` -> ``folder -> (number, label in words)``; a line that is not ``N ClassName``
+    (ASCII digits, one folder name), or a number or class given twice, refuses the file."""
+    classes: dict[str, tuple[str, str]] = {}
+    numbers: dict[str, str] = {}
     for i, line in enumerate(read_text(ind).splitlines(), 1):
         parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit():
-            if line.strip():
-                raise AnnotationError(f"{ind}:{i}: not a classInd line ('N ClassName'): {line!r}")
+        if not parts:
             continue
-        classes[parts[1]] = words(parts[1])
+        name, why = id_cell(parts[1], "class") if len(parts) == 2 else ("", "")
+        if len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit()) or why:
+            raise AnnotationError(f"{ind}:{i}: not a classInd line ('N ClassName'{', ' + why if why else ''}): "
+                                  f"{line[:100]!r}")
+        number = str(int(parts[0]))
+        if name in classes or number in numbers:
+            twice = f"class {name!r}" if name in classes else f"number {number} (also {numbers[number]!r})"
+            raise AnnotationError(f"{ind}:{i}: {twice} is given twice; which label a video has would be unknown")
+        classes[name], numbers[number] = (number, words(name)), name
+    return classes
+
+
+def _ucf_line(line: str, classes: dict[str, tuple[str, str]], ind: Path) -> tuple[str, str] | str:
+    """``(Class/file, class folder)`` of a list line, or why it is skipped; a class not in classInd
+    raises (a label no evaluation can score)."""
+    parts = line.split()
+    rel = parts[0]
+    folder, _, name = rel.partition("/")
+    why = ("" if len(parts) <= 2 and name else "not 'Class/v_Class_gXX_cYY.avi [N]'") or \
+        id_cell(folder, "class folder")[1] or id_cell(name, "video file")[1]
+    if why:
+        return f"{why}: {line[:100]!r}"
+    if folder not in classes:
+        raise AnnotationError(f"class {folder!r} is not in {ind} ({len(classes)} classes)")
+    number = parts[1] if len(parts) == 2 else None
+    if number is not None and (not (number.isascii() and number.isdigit()) or str(int(number)) != classes[folder][0]):
+        return f"class number {number[:20]!r} is not {folder}'s ({classes[folder][0]} in {ind})"
+    return rel, folder
+
+
+def load_ucf101(data: DataConfig, table: Table) -> None:
+    ind = required_file(data.annotations, "annotations", "ucf101")
+    classes = _class_index(ind)
     files = split_files(data, "ucf101")
     if not files:
         raise AnnotationError("format 'ucf101' needs data.split_files (e.g. train: trainlist01.txt, "
@@ -194,14 +231,15 @@ def load_ucf101(data: DataConfig, table: Table) -> None:
         for i, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
-            rel = line.split()[0]
-            folder = rel.split("/")[0] if "/" in rel else None
-            if folder is None:
-                table.problem(f"{path}:{i}", f"not 'Class/v_Class_gXX_cYY.avi': {line!r}; skipped")
+            try:
+                checked = _ucf_line(line, classes, ind)
+            except AnnotationError as e:
+                raise AnnotationError(f"{path}:{i}: {e}") from None
+            if isinstance(checked, str):
+                table.problem(f"{path}:{i}", f"{checked}; skipped")
                 continue
-            if folder not in classes:
-                raise AnnotationError(f"{path}:{i}: class {folder!r} is not in {ind} ({len(classes)} classes)")
-            _add(table, data, rel, classes[folder], split, f"{path}:{i}")
+            rel, folder = checked
+            _add(table, data, rel, classes[folder][1], split, f"{path}:{i}")
 
 
 def load_hmdb51(data: DataConfig, table: Table) -> None:
@@ -213,13 +251,19 @@ def load_hmdb51(data: DataConfig, table: Table) -> None:
     for path in map(Path, files):
         if "_test_split" not in path.name:
             raise AnnotationError(f"{path}: not an HMDB51 split file (CLASS_test_splitN.txt)")
-        folder = path.name.split("_test_split")[0]
+        raw = path.name.split("_test_split")[0]
+        folder, why = id_cell(raw, "class (the file name before _test_split)")
+        why = why or (folder != raw and f"class (the file name before _test_split) {raw!r} has spaces around it")
+        if why:
+            raise AnnotationError(f"{path}: {why}")
         for i, line in enumerate(read_text(path).splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-                table.problem(f"{path}:{i}", f"not 'video.avi 0|1|2': {line!r}; skipped")
+            why = "" if len(parts) == 2 and parts[1] in ("0", "1", "2") else f"not 'video.avi 0|1|2': {line[:100]!r}"
+            why = why or id_cell(parts[0], "video")[1]
+            if why:
+                table.problem(f"{path}:{i}", f"{why}; skipped")
             elif parts[1] != "0":  # 0: not in this split's train or test
                 _add(table, data, f"{folder}/{parts[0]}", words(folder), "train" if parts[1] == "1" else "test",
                      f"{path}:{i}")

@@ -1,4 +1,4 @@
-"""Frame sampling from video files with decord: decode only the frames a model will see.
+"""Frame sampling from video files: decode only the frames a model will see.
 
 Three ways to pick ``num_frames`` frame indices from a clip of ``n`` frames (``sample_indices``):
 
@@ -17,34 +17,25 @@ last index repeated with ``mask`` False. A file with a single frame is not a vid
 in a video container: nothing moves, and a captioner would describe a picture); ``read_frames``
 and ``probe_video`` reject it with ``VideoReadError`` (``MIN_VIDEO_FRAMES``).
 
-``read_frames`` opens one decord ``VideoReader`` per call (safe in DataLoader worker processes)
-and decodes only the sampled indices with ``get_batch``. Facts about decord 0.6 it relies on
-(each checked by ``tests/test_video.py`` on real files):
+Decoding is a backend's (``decoding/``: decord, torchcodec or PyAV; ``video.backend``). ``auto``, the
+default, takes PyAV, else decord, else torchcodec: the order measured on a 2-core CPU (BENCHMARKS.md,
+"Decoder backends": PyAV as fast as decord or faster at every size and read pattern, torchcodec
+slowest at resized reads); ``decoding.choice`` holds the rule. Each opens the file once per call (safe in
+DataLoader worker processes; a time range reuses the thread's last reader) and decodes only the
+sampled indices. Every backend gives the same frame count, indices and start times (frame ``i`` is
+the ``i``-th in presentation order of the stream ffmpeg's ``av_find_best_stream`` picks; starts
+from the packets' pts, ``index / fps`` where there are none), applies rotation metadata, and
+refuses a file cut short (``video_integrity.check_complete`` compares the frames found with what
+the header lists). Pixels: identical across backends for 8-bit video at native size; resized in the
+decoder and 10-bit video differ by a few levels (``tests/test_backends.py`` states the bounds).
 
-* Frame ``i`` is the ``i``-th frame in presentation order (decord sorts packets by pts), so files
-  whose frames are stored out of timestamp order read correctly; ``get_batch`` returns the same
-  pixels as decoding every frame in sequence.
-* Rotation metadata (the display matrix of phone videos) is applied by decord itself: frames come
-  out upright, and the ``width``/``height`` it resizes to are those of the upright frame.
-* Of several video streams decord reads the one ffmpeg's ``av_find_best_stream`` picks (for
-  ``torchcodec/nasa_13013.mp4`` the 480x270 stream, not the 320x180 one); it cannot be chosen.
-* ``get_frame_timestamp`` gives per-frame start/stop seconds from packet pts (exact for
-  variable-frame-rate files, to float32 precision). Where a container has no pts (AVI), decord
-  reports a huge negative constant; such timestamps are replaced by ``index / fps``.
-* If the last packets of a stream yield no frame (the container lists more frames than decode),
-  decord substitutes the last decoded frame for them. We keep that: the substitute is the
-  neighbouring frame and rejecting the video would lose it. Any other decoding error raises.
-* Its frame index comes from reading every packet at open, up to wherever the file ends: a file
-  cut short with its header intact (faststart mp4, Matroska, AVI) opens as a shorter clip.
-  ``video_integrity.check_complete`` compares the frames found with what the header lists (one
-  header-only PyAV open, about 1 ms) and refuses the file as truncated.
-
-Every failure raises ``VideoReadError`` (message ``"{path}: {reason}"``); when decord cannot open a
-file, PyAV looks at it to say why (no video stream, a codec decord lacks, not a video, truncated).
+Every failure raises ``VideoReadError`` (message ``"{path}: {reason}"``); when a backend lacks the
+codec of a file, the message names the installed backends that decode it.
 """
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import threading
@@ -55,7 +46,11 @@ import numpy as np
 
 from retrieval_pretrain.foundation.errors import VideoReadError
 from retrieval_pretrain.reading.clips import Clip, as_clip, frames_in_range
-from retrieval_pretrain.reading.video_integrity import check_complete, decord_detail, diagnose_open, probe_indices
+from retrieval_pretrain.reading.decoding.base import REENCODE, CodecNotSupported, Decoder, resized
+from retrieval_pretrain.reading.decoding.choice import current, open_decoder, who_decodes
+from retrieval_pretrain.reading.decoding.decord_backend import open_reader as _open  # noqa: F401  (old name: tests)
+from retrieval_pretrain.reading.decoding.decord_backend import to_numpy as _to_numpy  # noqa: F401  (old name: tests)
+from retrieval_pretrain.reading.video_integrity import check_complete, probe_indices
 
 METHODS = ("uniform", "fps", "tsn")
 MIN_VIDEO_FRAMES = 2  # fewer is a still image, rejected (see the module docstring)
@@ -132,20 +127,7 @@ def sample_indices(num_video_frames: int, num_frames: int, method: str = "unifor
     return _pad(real, k)
 
 
-# ---------------------------------------------------------------- decord plumbing and diagnosis
-
-_QUIET = False
-
-
-def _decord() -> Any:
-    """Import decord and silence ffmpeg's own log lines once (errors still reach us as exceptions)."""
-    global _QUIET
-    import decord  # deferred: decord (FFmpeg) loads on the first read
-
-    if not _QUIET:
-        decord.logging.set_level(decord.logging.QUIET)
-        _QUIET = True
-    return decord
+# ---------------------------------------------------------------- opening a file
 
 
 def _check_file(path: str | os.PathLike) -> str:
@@ -160,149 +142,59 @@ def _check_file(path: str | os.PathLike) -> str:
     return p
 
 
-def _open(path: str, num_threads: int, width: int = -1, height: int = -1) -> Any:
-    """A fresh decord ``VideoReader`` (frames resized in the decoder when width/height are set)."""
-    decord = _decord()
+def _open_checked(p: str, num_threads: int, backend: str) -> Decoder:
+    """Open ``p`` with ``backend``, refuse it if it is no video (fewer than ``MIN_VIDEO_FRAMES``) or
+    truncated. A codec the backend lacks is named with the backends that decode it."""
     try:
-        reader = decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height,
-                                    num_threads=num_threads)
-    except Exception as e:  # DECORDError, RuntimeError("Error reading ..."), AssertionError (0 frames)
-        raise VideoReadError(path, diagnose_open(path, e)) from None
-    if len(reader) < 1:
-        raise VideoReadError(path, "no video frames")
-    if len(reader) < MIN_VIDEO_FRAMES:
-        raise VideoReadError(path, f"only {len(reader)} frame: a still image, not a video "
-                                   f"(at least {MIN_VIDEO_FRAMES} frames are needed)")
-    return reader
+        decoder = open_decoder(p, backend, num_threads)
+    except CodecNotSupported as e:
+        able = who_decodes(p, backend)
+        other = f"video.backend={' or '.join(able)} decodes it" if able else "no installed decoder reads it"
+        raise VideoReadError(p, f"{e.reason}; {other}, or {REENCODE}") from None
+    n = decoder.timing.n
+    if n < 1:
+        raise VideoReadError(p, "no video frames")
+    if n < MIN_VIDEO_FRAMES:
+        raise VideoReadError(p, f"only {n} frame: a still image, not a video (at least {MIN_VIDEO_FRAMES} frames "
+                                "are needed)")
+    check_complete(p, n, decoder.timing.end, decoder.timing.fps)
+    return decoder
 
 
-def _to_numpy(batch: Any) -> np.ndarray:
-    """decord's output as a numpy array, whatever bridge another module may have set."""
-    if hasattr(batch, "asnumpy"):
-        return batch.asnumpy()
-    if hasattr(batch, "numpy"):
-        return batch.numpy()
-    return np.asarray(batch)
+_LAST = threading.local()  # per thread: (key, Decoder) of the last file read by range
+_INHERITED: list[threading.local] = []  # a forked child's copies of its parent's decoders: never destroyed
 
 
-def _decode(reader: Any, path: str, indices: np.ndarray, num_video_frames: int,
-            num_threads: int, size: tuple[int, int]) -> np.ndarray:
-    """``reader.get_batch(indices)`` as ``(N, H, W, 3)`` uint8; on failure name the first bad frame."""
-    try:
-        return _to_numpy(reader.get_batch(indices.tolist()))
-    except Exception as e:
-        detail = decord_detail(e)
-    # error path only: decode the wanted frames one at a time with a fresh reader to find which fails
-    bad = None
-    try:
-        probe = _open(path, num_threads, width=size[1], height=size[0])
-        for i in sorted(set(indices.tolist())):
-            try:
-                probe.get_batch([i])
-            except Exception as e:
-                bad, detail = i, decord_detail(e)
-                break
-    except VideoReadError:
-        pass
-    where = f"at frame {bad} " if bad is not None else ""
-    raise VideoReadError(path, f"decoding failed {where}(the container lists {num_video_frames} "
-                               f"frames): {detail}") from None
+def _after_fork_in_child() -> None:
+    """A forked process (a DataLoader worker) must not reuse or destroy the decoder it inherited: its
+    decoding threads live only in the parent, and decord's destructor waits for them forever. Keep
+    the inherited one aside for the child's lifetime and start with none."""
+    global _LAST
+    _INHERITED.append(_LAST)
+    _LAST = threading.local()
 
 
-def _timing(reader: Any, num_video_frames: int) -> tuple[np.ndarray, float]:
-    """Start time of every frame (seconds, float64 ``(n,)``) and the average frame rate.
-
-    decord's timestamps are used when they are finite, non-negative and strictly increasing;
-    otherwise (AVI without pts) frame ``i`` starts at ``i / fps``. ``fps`` is the container's
-    average rate, or ``(n - 1) / last start`` when it states none; nan if neither is known.
-    """
-    n = num_video_frames
-    try:
-        starts = np.asarray(reader.get_frame_timestamp(list(range(n))), dtype=np.float64)[:, 0]
-    except Exception:
-        starts = np.full(n, np.nan)
-    valid = bool(np.isfinite(starts).all() and starts.min() >= -1e-3 and (np.diff(starts) > 0).all())
-    fps = float(reader.get_avg_fps())
-    if not (math.isfinite(fps) and fps > 0):
-        fps = (n - 1) / starts[-1] if valid and n > 1 and starts[-1] > 0 else math.nan
-    if not valid:
-        starts = np.arange(n, dtype=np.float64) / fps
-    return starts, fps
+os.register_at_fork(after_in_child=_after_fork_in_child)
+# Release the main thread's decoder while the interpreter is whole, not in module teardown.
+atexit.register(lambda: setattr(_LAST, "value", None))
 
 
-def _resized(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """``(H, W)`` with the shorter side ``short_side`` and the aspect ratio kept (rounded)."""
-    if height <= width:
-        return short_side, max(1, round(width * short_side / height))
-    return max(1, round(height * short_side / width)), short_side
-
-
-def _first_frame_shape(reader: Any, path: str) -> tuple[int, int]:
-    """Upright ``(H, W)`` of the video, from decoding its first frame (decord has no shape query)."""
-    try:
-        frame = _to_numpy(reader.next())
-    except StopIteration:  # e.g. a text file that ffmpeg's tty demuxer took for a video
-        raise VideoReadError(path, "decoding failed at frame 0: the decoder returned no frame") from None
-    except Exception as e:
-        raise VideoReadError(path, f"decoding failed at frame 0: {decord_detail(e)}") from None
-    return int(frame.shape[0]), int(frame.shape[1])
-
-
-@dataclass
-class _Opened:
-    """A checked reader of one file: its frame count, every frame's start, the average rate, the
-    video's end (seconds) and the size frames come out at (``(-1, -1)``: native)."""
-
-    reader: Any
-    n: int
-    starts: np.ndarray
-    fps: float
-    end: float
-    size: tuple[int, int]
-
-
-def _end_time(reader: Any, n: int, starts: np.ndarray, fps: float) -> float:
-    """The last frame's end (seconds): its stop timestamp, or its start + 1 / fps where there is none."""
-    try:
-        end = float(np.asarray(reader.get_frame_timestamp([n - 1]), dtype=np.float64)[0, 1])
-    except Exception:
-        end = math.nan
-    return end if math.isfinite(end) and end > starts[-1] else float(starts[-1]) + 1.0 / fps
-
-
-def _open_checked(p: str, num_threads: int, short_side: int | None) -> _Opened:
-    """Open ``p``, time its frames, refuse it if truncated, and reopen at ``short_side`` if asked."""
-    reader = _open(p, num_threads)
-    n = len(reader)
-    starts, fps = _timing(reader, n)
-    check_complete(p, n, float(starts[-1]) + (1.0 / fps if math.isfinite(fps) else 0.0), fps)
-    size = (-1, -1)
-    if short_side is not None:
-        native = _first_frame_shape(reader, p)
-        size = _resized(*native, short_side)
-        if size != native:
-            reader = _open(p, num_threads, width=size[1], height=size[0])
-    return _Opened(reader, n, starts, fps, _end_time(reader, n, starts, fps), size)
-
-
-_LAST = threading.local()  # per thread: (key, _Opened) of the last file read by range
-
-
-def _opened(p: str, num_threads: int, short_side: int | None, reuse: bool) -> _Opened:
-    """A checked reader of ``p``. With ``reuse`` (reads by time range) the thread's last reader is
+def _opened(p: str, num_threads: int, backend: str, reuse: bool) -> Decoder:
+    """A checked decoder of ``p``. With ``reuse`` (reads by time range) the thread's last decoder is
     kept, so the many windows of one long video open and index it once per process, not once per
-    window; it is reopened when the file changes (size, mtime, inode) and one reader is held at most."""
+    window; it is reopened when the file changes (size, mtime, inode) or the backend does; one is held
+    at most."""
     if not reuse:
-        return _open_checked(p, num_threads, short_side)
+        return _open_checked(p, num_threads, backend)
     st = os.stat(p)
-    key = (p, st.st_ino, st.st_size, st.st_mtime_ns, num_threads, short_side)
+    key = (p, st.st_ino, st.st_size, st.st_mtime_ns, num_threads, backend)
     last = getattr(_LAST, "value", None)
     if last is not None and last[0] == key:
         return last[1]
-    _LAST.value = None  # let the previous reader go before opening the next
-    opened = _open_checked(p, num_threads, short_side)
-    _LAST.value = (key, opened)
-    return opened
+    _LAST.value = None  # let the previous decoder go before opening the next
+    decoder = _open_checked(p, num_threads, backend)
+    _LAST.value = (key, decoder)
+    return decoder
 
 
 # ---------------------------------------------------------------- public readers
@@ -310,7 +202,7 @@ def _opened(p: str, num_threads: int, short_side: int | None, reuse: bool) -> _O
 
 def read_frames(path: str | os.PathLike | Clip, num_frames: int, method: str = "uniform",
                 short_side: int | None = None, rng: np.random.Generator | None = None,
-                num_threads: int = 1) -> SampledFrames:
+                num_threads: int = 1, backend: str | None = None) -> SampledFrames:
     """Decode ``num_frames`` frames of a video, picked by ``sample_indices``, and nothing else.
 
     Args:
@@ -318,12 +210,14 @@ def read_frames(path: str | os.PathLike | Clip, num_frames: int, method: str = "
             only (the frames whose start lies in ``[start, end)``; see ``clips.frames_in_range``).
         num_frames: frames to return (padding included, see ``sample_indices``).
         method: ``uniform``, ``fps`` or ``tsn``.
-        short_side: if given, decord resizes in the decoder so that the shorter side of the
-            upright frame is ``short_side`` (up or down), aspect ratio kept. This costs one extra
-            reader open and one native-size decode of frame 0, to learn the frame size. Frames
-            still need a centre crop.
+        short_side: if given, the decoder resizes so that the shorter side of the upright frame is
+            ``short_side`` (up or down), aspect ratio kept. This costs a native-size decode of
+            frame 0, to learn the frame size (and with decord one extra reader open). Frames still
+            need a centre crop.
         rng: random generator for ``tsn``.
         num_threads: decoder threads for this call's reader (1 suits DataLoader workers).
+        backend: ``decord``, ``torchcodec``, ``pyav`` or ``auto``; default: this process's
+            (``decoding.choice.current``: ``video.backend`` as ``vcap`` set it).
 
     Returns:
         ``SampledFrames``; ``frames`` is ``(num_frames, H, W, 3)`` uint8 RGB; indices and
@@ -332,52 +226,54 @@ def read_frames(path: str | os.PathLike | Clip, num_frames: int, method: str = "
     Raises:
         VideoReadError: any file that cannot be read (message ``"{path}: {reason}"``), and a range
             that starts past the end of the video or holds no frame.
-        ValueError: a bad argument (unknown method, ``tsn`` without ``rng``, ...).
+        ValueError: a bad argument (unknown method, ``tsn`` without ``rng``, ...); ConfigError (a
+            ValueError) for a backend that is unknown or not usable here.
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; expected one of {METHODS}")
     if short_side is not None and short_side < 1:
         raise ValueError(f"short_side must be >= 1, got {short_side}")
+    name = current(backend)
     clip = as_clip(path)
     p = _check_file(clip.path)
-    got = _opened(p, num_threads, short_side, reuse=clip.is_range)
-    if method == "fps" and not math.isfinite(got.fps):
+    got = _opened(p, num_threads, name, reuse=clip.is_range)
+    timing = got.timing
+    if method == "fps" and not math.isfinite(timing.fps):
         raise VideoReadError(p, "frame rate unknown, cannot sample one frame per second")
-    lo, hi = frames_in_range(got.starts, clip, got.end) if clip.is_range else (0, got.n)
-    indices, mask = sample_indices(hi - lo, num_frames, method, fps=got.fps, rng=rng)
+    lo, hi = frames_in_range(timing.starts, clip, timing.end) if clip.is_range else (0, timing.n)
+    indices, mask = sample_indices(hi - lo, num_frames, method, fps=timing.fps, rng=rng)
     indices = indices + lo
     try:
-        frames = _decode(got.reader, p, indices, got.n, num_threads, got.size)  # (N, H, W, 3)
+        size = None if short_side is None else resized(*got.native_size(), short_side)
+        frames = got.frames(indices, size)  # (N, H, W, 3)
     except VideoReadError:
         _LAST.value = None  # never reuse a reader that failed
         raise
-    return SampledFrames(frames=frames, timestamps=got.starts[indices], mask=mask, indices=indices,
-                         num_video_frames=got.n, fps=got.fps)
+    return SampledFrames(frames=frames, timestamps=timing.starts[indices], mask=mask, indices=indices,
+                         num_video_frames=timing.n, fps=timing.fps)
 
 
 def probe_video(path: str | os.PathLike, num_threads: int = 1,
-                samplings: Sequence[tuple[int, str]] = ()) -> dict[str, Any]:
+                samplings: Sequence[tuple[int, str]] = (), backend: str | None = None) -> dict[str, Any]:
     """Open a video, refuse it if truncated, and decode frame 0 - and, for each ``(num_frames,
     method)`` of ``samplings``, the frames ``read_frames`` picks with it and the first and last
     frame of each of the ``num_frames`` TSN segments (``tsn`` picks at random between them), plus
     the last frame (``video_integrity.probe_indices``; 8 frames in memory at a time). Returns
     ``{"num_frames", "fps", "height", "width", "duration"}`` (upright height/width; duration in
-    seconds, last frame's end). Raises ``VideoReadError`` where ``read_frames`` would."""
+    seconds, last frame's end). Raises ``VideoReadError`` where ``read_frames`` would; ``backend``
+    as for ``read_frames``."""
     for _, method in samplings:
         if method not in METHODS:
             raise ValueError(f"unknown sampling method {method!r}; expected one of {METHODS}")
     p = _check_file(path)
-    reader = _open(p, num_threads)
-    n = len(reader)
-    starts, fps = _timing(reader, n)
-    end = _end_time(reader, n, starts, fps)
-    check_complete(p, n, end, fps)
-    height, width = _first_frame_shape(reader, p)
+    decoder = _open_checked(p, num_threads, current(backend))
+    n, fps = decoder.timing.n, decoder.timing.fps
+    height, width = decoder.native_size()
     if samplings:
         if any(m == "fps" for _, m in samplings) and not math.isfinite(fps):
             raise VideoReadError(p, "frame rate unknown, cannot sample one frame per second")
         picks = [sample_indices(n, k, m, fps=fps)[0] for k, m in samplings if m != "tsn"]
         wanted = probe_indices(n, picks, [k for k, _ in samplings])
         for chunk in np.array_split(wanted, -(-len(wanted) // 8)):
-            _decode(reader, p, chunk, n, num_threads, (-1, -1))
-    return {"num_frames": n, "fps": fps, "height": height, "width": width, "duration": end}
+            decoder.frames(chunk)
+    return {"num_frames": n, "fps": fps, "height": height, "width": width, "duration": decoder.timing.end}

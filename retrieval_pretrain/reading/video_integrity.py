@@ -1,24 +1,26 @@
 """Whole-file checks for ``retrieval_pretrain.reading.video``: refuse a video cut short, and pick the frames
 a deep probe decodes.
 
-Truncation. When decord 0.6 opens a file it reads every packet to index the frames and stops quietly
-at end of file. A file cut short whose header survives - an mp4 with its ``moov`` box first
+Truncation. When a backend opens a file it reads every packet to index the frames (decord 0.6 does;
+the PyAV and torchcodec backends do it through ``decoding.stream_index``) and stops quietly at end
+of file. A file cut short whose header survives - an mp4 with its ``moov`` box first
 (``-movflags +faststart``), a Matroska/WebM file, an AVI - therefore opens as a shorter clip
 whenever ffmpeg meets a clean end of file there (nearly always for Matroska and AVI; for mp4 when
 the cut falls between two packets, or past its read buffer inside a large one): a ten-second clip
 downloaded to 10% reads as its first second and would be trained on and captioned without a word.
-(Other cuts make decord raise; ``diagnose_open`` names them.) ``check_complete`` compares the
-frames decord found with what the header lists, read by PyAV from the header alone (a 32-byte probe,
+(Other cuts make the open fail; ``decoding.decord_backend.diagnose_open`` and
+``decoding.stream_index.scan`` name them.) ``check_complete`` compares the frames the backend found
+with what the header lists, read by PyAV from the header alone (a 32-byte probe,
 no frame decoded):
 
 * mp4/mov: the demuxer's sample table (``index_entries``, edit lists applied) - exactly the packets
-  decord reads from a whole file, so a trimming edit list is no false alarm.
+  every backend reads from a whole file, so a trimming edit list is no false alarm.
 * other containers that state a frame count (AVI's stream header): that count.
-* Matroska/WebM (no frame count): the video track's ``DURATION`` tag against the end of decord's
+* Matroska/WebM (no frame count): the video track's ``DURATION`` tag against the end of the backend's
   last frame; without the tag, the segment duration, which covers the audio too (often a little
   longer), so a looser tolerance applies.
 
-A file is truncated when decord has fewer frames than listed by more than ``max(2, 2%)`` frames (or
+A file is truncated when the backend found fewer frames than listed by more than ``max(2, 2%)`` frames (or
 ends earlier than the track duration by more than ``max(2 frames, 2%)``; than the segment duration
 by more than ``max(1 s, 10%)``). On every readable real clip in ``../shared/data/videos`` the counts
 match exactly and the Matroska clip's track duration equals the end of its last frame (its segment
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,8 +122,8 @@ def truncation(listed: Listed, num_frames: int, end: float, fps: float, size: in
 
 def check_complete(path: str, num_frames: int, end: float, fps: float) -> None:
     """Raise ``VideoReadError(path, "truncated: ...")`` when the file's header lists clearly more
-    video than decord found (see the module docstring). ``end``: the last frame's end in seconds
-    after the first frame's start, as decord counts (nan if unknown); ``fps``: the average frame
+    video than the backend found (see the module docstring). ``end``: the last frame's end in seconds
+    after the first frame's start, as every backend counts (nan if unknown); ``fps``: the average frame
     rate (nan if unknown)."""
     listed = listed_in_header(path)
     if listed is not None:
@@ -141,58 +142,3 @@ def probe_indices(num_video_frames: int, picks: list[np.ndarray], segments: list
         bounds = (np.arange(k + 1, dtype=np.int64) * n + k - 1) // k  # as in video.sample_indices
         parts += [bounds[:-1], bounds[1:] - 1] if n > k else [np.arange(n, dtype=np.int64)]
     return np.unique(np.concatenate(parts))
-
-
-# ---------------------------------------------------------------- why decord failed
-
-_REENCODE = "re-encode to H.264, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
-
-
-def _ffmpeg_strerror(code: int) -> str:
-    """ffmpeg's text for an error code (either sign), via PyAV; the number if PyAV cannot say."""
-    try:
-        import av.error  # deferred: PyAV (FFmpeg), only on a decord error
-
-        av.error.err_check(-abs(code))
-    except Exception as e:  # err_check raises the matching FFmpegError subclass
-        text = getattr(e, "strerror", None)
-        if text:
-            return str(text)
-    return f"ffmpeg error {code}"
-
-
-def decord_detail(err: BaseException) -> str:
-    """decord's message without its ``[hh:mm:ss] file.cc:line:`` prefixes, C++ check text and trace."""
-    lines = str(err).strip().splitlines()
-    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", lines[0] if lines else type(err).__name__)
-    code = re.search(r"\((-?\d{4,}) vs\. 0\)|failed with (-?\d{4,})", text)
-    text = re.sub(r"Check failed: .*? \(-?\d+ vs\. -?\d+\) ?", "", text).strip()
-    if code:
-        text = f"{text} ({_ffmpeg_strerror(int(code.group(1) or code.group(2)))})"
-    return text or type(err).__name__
-
-
-def diagnose_open(path: str, err: BaseException) -> str:
-    """Why decord could not open ``path``: ask PyAV what is in the file."""
-    detail = decord_detail(err)
-    try:
-        import av  # deferred: PyAV (FFmpeg), only to diagnose a failed open
-    except ImportError:
-        return f"decord cannot open it: {detail}"
-    try:
-        with av.open(path, metadata_errors="ignore") as container:
-            if not container.streams.video:
-                return "no video stream (audio only)" if container.streams.audio else "no video stream"
-            codec = container.streams.best("video").codec_context.codec.canonical_name
-    except av.FFmpegError as e:
-        return (f"not a video file, or a truncated/corrupt one: ffmpeg cannot read the container "
-                f"({e.strerror})")
-    except Exception as e:  # PyAV itself failed; decord's reason is the best we have
-        return f"decord cannot open it: {detail} (PyAV: {type(e).__name__}: {e})"
-    if "cannot find video stream" in detail:  # a video stream exists, but decord's ffmpeg has no decoder
-        return f"decord cannot decode codec {codec}; {_REENCODE}"
-    if "frame count" in detail.lower() or "frame-count" in detail:
-        return f"the {codec} video stream has no frames ({detail})"
-    if "av_read_frame" in detail:
-        return f"reading packets failed, the file is probably truncated or corrupt: {detail}"
-    return f"decord cannot open this {codec} video: {detail}"

@@ -145,6 +145,7 @@ class PretrainConfig:
     freeze: list[str] = field(default_factory=list)
     # A stage-1 model folder whose weights (every tensor, strictly) start this run instead of the
     # backbone's: fine-tune a caption-trained model on labels (ActionCLIP from a video-text model).
+    # Or a Hub id, org/name[@revision] (retrieval_pretrain.foundation.hub).
     init_from: str = ""
     # How many of the newest checkpoints RUN/checkpoints keeps (older ones are removed).
     keep_checkpoints: int = at_least(2, 1)
@@ -164,7 +165,12 @@ class RunConfig:
     """Settings shared by every long job."""
 
     seed: int = 42
-    mixed_precision: str = choice("no", "no", "fp16", "bf16")
+    # auto: bf16 where the hardware computes in bf16 natively (a CPU with AVX512-BF16 or AMX, a GPU
+    # with bf16), fp32 elsewhere (accelerate_setup.resolve_precision)
+    mixed_precision: str = choice("no", "no", "fp16", "bf16", "auto")
+    # stage 1: frames laid out channels-last (NHWC) for the image tower - oneDNN's faster convolutions
+    # on CPUs (BENCHMARKS.md, "Demo speed"); the same model, other rounding
+    channels_last: bool = False
     num_workers: int = at_least(default_workers(4), 0)  # default: 4, at most the CPUs this process may use
     log_every: int = at_least(10, 1)
     # auto, cpu, cuda (training: pick GPUs with CUDA_VISIBLE_DEVICES or accelerate launch); inference also cuda:N, mps
@@ -220,10 +226,11 @@ def check_batch_memory(num_frames: int, image_size: int, batch_size: int, batch_
     need = batch_size * num_frames * 3 * image_size * image_size * 4
     videos = f"a batch of {batch_size} video{'s' if batch_size != 1 else ''} x {num_frames} frames at {image_size} px"
     if frames_key:
-        check_fits_memory(need, f"{frames_key}={num_frames}: {videos} (float32)", f"lower {frames_key} or {batch_key}")
+        check_fits_memory(need, f"{frames_key}={num_frames}: {videos} (float32)",
+                          settings={frames_key: num_frames, batch_key: batch_size})
     else:
         check_fits_memory(need, f"{batch_key}={batch_size}: {videos} (float32, the model's frame count)",
-                          f"lower {batch_key}")
+                          settings={batch_key: batch_size})
 
 
 def configured_image_size(clip: ClipConfig) -> int:

@@ -54,9 +54,10 @@ def evaluate_retrieval(model_dir: Path, cfg: RetrievalConfig, split: str | None 
                        output: Path | None = None, batch_size: int | None = None) -> dict[str, Any]:
     """Retrieval metrics of the stage-1 model in ``model_dir`` on a split; writes ``metrics.json``."""
     split = split or cfg.data.test_split
+    batch_key = "batch_size" if batch_size else "pretrain.eval_batch_size"  # the setting the caller chose it by
     batch_size = batch_size or cfg.pretrain.eval_batch_size
     spec = read_spec(model_dir)  # the frames and size it encodes: one batch must fit, checked before any work
-    check_batch_memory(spec.num_frames, spec.image_size, batch_size, "pretrain.eval_batch_size")
+    check_batch_memory(spec.num_frames, spec.image_size, batch_size, batch_key)
     device = pick_device(cfg.run.device)
     model, spec = from_pretrained(model_dir, device=device)
     warn_if_video_differs(cfg.video.num_frames, spec.num_frames, model_dir, cfg.video.eval_sampling, spec.eval_sampling)

@@ -4,6 +4,9 @@ input). Stores the temporal head's per-frame output [n_real_frames, D] as fp16 i
 Unreadable videos are listed with the reason in ``FEATS/failures.json`` and retried on a rerun.
 
 One extraction at a time per folder (``folder_lock``: a second ``vcap extract`` into it is refused).
+The folder must be a feature folder or new (``ownership.claim_folder`` with ``FEATURES``): a folder
+of other files, a run folder or an index is refused untouched; one an earlier release wrote (its
+``meta.json`` and nothing a feature folder does not hold) is taken as one.
 Under ``accelerate launch --num_processes N`` the videos still to encode are split into N
 contiguous shares, one per process, so each file is written by exactly one process; the failures
 and counts of all shares are combined into one report.
@@ -11,6 +14,7 @@ and counts of all shares are combined into one report.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,8 +27,14 @@ from retrieval_pretrain.foundation.accelerate_setup import pick_device, process_
 from retrieval_pretrain.foundation.atomic import write_json
 from retrieval_pretrain.foundation.errors import DatasetError
 from retrieval_pretrain.foundation.folder_lock import folder_lock
+from retrieval_pretrain.foundation.ownership import FolderKind, claim_folder, holds_only
 from retrieval_pretrain.foundation.run_log import StepTimer
-from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint, read_spec, warn_if_video_differs
+from retrieval_pretrain.modeling.model_folder import (
+    from_pretrained,
+    model_fingerprint,
+    read_spec,
+    warn_if_video_differs,
+)
 from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.reading.annotation_table import normalize_split, splits_found
 from retrieval_pretrain.reading.annotations import load_annotations
@@ -32,6 +42,20 @@ from retrieval_pretrain.reading.features import FeatureStore
 from retrieval_pretrain.stage1.config import RetrievalConfig, check_batch_memory
 from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import encode_video_batches
+
+
+def _legacy_features(folder: Path) -> bool:
+    """A feature folder an earlier release wrote: a feature record in ``meta.json`` and nothing else
+    but what extraction writes."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return (isinstance(meta, dict) and isinstance(meta.get("tower_fingerprint"), str)
+            and holds_only(folder, {"meta.json", "features", "failures.json"}))
+
+
+FEATURES = FolderKind("feature folder", "vcap extract", _legacy_features)
 
 
 def _wanted_videos(cfg: RetrievalConfig, splits: list[str] | None) -> dict[str, Path]:
@@ -78,6 +102,7 @@ def extract_features(model_dir: Path, cfg: RetrievalConfig, output: Path, splits
     spec = read_spec(model_dir)  # the frames and size it encodes: one batch must fit, checked before any work
     check_batch_memory(spec.num_frames, spec.image_size, batch_size, "--batch-size")
     state = process_state(cfg.run.device)
+    claim_folder(output, FEATURES, write=state.is_main_process)  # every process checks; before the lock makes .lock
     with folder_lock(output, "vcap extract", state):
         return _extract(Path(model_dir), cfg, FeatureStore(output), splits, batch_size, state)
 

@@ -6,6 +6,9 @@ et al., 2022): three ways of staying close to the CLIP a video model started fro
   fine-tuned model has (the temporal head) is kept from it. The base is a stage-1 model folder,
   an open_clip checkpoint file of the fine-tuned model's CLIP architecture, or a pretrained tag of
   its open_clip model (``openai``). Its CLIP tensors must match the fine-tuned model's one for one.
+  The output folder is swapped in whole, so it must be new, empty, or an interpolated model folder
+  holding nothing else (``INTERPOLATED``, ``ownership.write_owned_folder``): a run folder, a trained
+  or caption model folder, a folder of other files is refused untouched.
 * **Interpolation-regularised training** (``pretrain.interpolation``, ``InterpolationRegulariser``):
   each step also takes the loss at ``ratio * base + (1 - ratio) * theta`` with ``ratio ~ U(low,
   high)`` and adds ``weight`` times its gradient. As in the paper's implementation
@@ -22,6 +25,7 @@ base while training; new layers have no CLIP counterpart.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from contextlib import nullcontext
@@ -35,13 +39,29 @@ from open_clip.factory import load_state_dict
 from open_clip.pretrained import get_pretrained_cfg
 
 from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.foundation.ownership import FolderKind, claim_folder, holds_only, write_owned_folder
 from retrieval_pretrain.modeling.backbones import build_clip, clip_from_arch
-from retrieval_pretrain.modeling.model_folder import from_pretrained, save_pretrained
+from retrieval_pretrain.modeling.model_folder import CONFIG_NAME, WEIGHTS_NAME, from_pretrained, save_pretrained
 from retrieval_pretrain.modeling.parts import StageOneModel
 from retrieval_pretrain.modeling.spec import InterpolationRecord
 from retrieval_pretrain.stage1.config import ClipConfig
 
 Weights = dict[str, torch.Tensor]
+
+
+def _legacy_interpolated(folder: Path) -> bool:
+    """An interpolated model folder an earlier release wrote: exactly a model folder's two files, its
+    config.json recording the interpolation (a trained model's records none)."""
+    try:
+        info = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return (isinstance(info, dict) and isinstance(info.get("interpolation"), dict)
+            and holds_only(folder, {CONFIG_NAME, WEIGHTS_NAME}))
+
+
+INTERPOLATED = FolderKind("interpolated model folder", "vcap interpolate", _legacy_interpolated,
+                          names=frozenset({CONFIG_NAME, WEIGHTS_NAME}))
 
 
 def _is_new(model: torch.nn.Module) -> Callable[[str], bool]:
@@ -167,15 +187,14 @@ def interpolate_folders(base: str | Path, finetuned: str | Path, alpha: float, o
     for name, path in (("--finetuned", finetuned), ("--base", Path(base))):
         if path.exists() and output.resolve() == path.resolve():
             raise ConfigError(f"--output {output} is the {name} model itself; give a new folder")
-    if output.is_dir() and any(output.iterdir()) and not (output / "config.json").is_file():
-        # the folder is swapped in whole: what else it holds would be lost without a word
-        raise ConfigError(f"--output {output} is a folder holding other files (not a model folder); give a new "
-                          "or empty folder, or an earlier interpolated model to replace")
+    claim_folder(output, INTERPOLATED, write=False)  # before any model is read; checked again when written
     model, spec = from_pretrained(finetuned)
     weights = load_base(base, model)
     state, mixed, kept = interpolate_state(model.state_dict(), weights, alpha)
     model.load_state_dict(state, strict=True)
-    save_pretrained(model, output, replace(spec, interpolation=InterpolationRecord(str(base), str(finetuned), alpha)))
+    record = replace(spec, interpolation=InterpolationRecord(str(base), str(finetuned), alpha))
+    # save_pretrained swaps its folder in place of the (empty) temporary one; the ownership record joins it there
+    write_owned_folder(output, INTERPOLATED, lambda tmp: save_pretrained(model, tmp, record))
     return {"output": str(output), "base": str(base), "finetuned": str(finetuned), "alpha": alpha,
             "interpolated_tensors": len(mixed), "kept_tensors": len(kept)}
 

@@ -34,6 +34,7 @@ from retrieval_pretrain.foundation.atomic import write_json
 from retrieval_pretrain.foundation.checkpoints import epoch_batches, load_checkpoint, save_checkpoint, stop_if_diverged
 from retrieval_pretrain.foundation.errors import ConfigError, DatasetError
 from retrieval_pretrain.foundation.folder_lock import folder_lock
+from retrieval_pretrain.foundation.hub import resolve_model_folder
 from retrieval_pretrain.foundation.run_folder import claim
 from retrieval_pretrain.foundation.run_log import JsonlLogger, StepTimer
 from retrieval_pretrain.modeling.clip_tokenizer import build_tokenizer
@@ -96,6 +97,7 @@ class Stage1:
     interp: InterpolationRegulariser | None = None  # pretrain.interpolation (Open-VCLIP)
     swa: WeightAverage | None = None  # pretrain.swa
     distill: MomentumDistiller | None = None  # pretrain.distill (CLIP2TV)
+    channels_last: bool = False  # run.channels_last
 
 
 def _select_videos(cfg: RetrievalConfig, output: Path, main: bool) -> tuple[list[Any], int]:
@@ -140,13 +142,15 @@ def setup(cfg: RetrievalConfig, output: Path, accelerator: Accelerator, resume: 
     if cfg.pretrain.batch_size * accelerator.num_processes < 2:
         raise ConfigError(f"pretrain.batch_size={cfg.pretrain.batch_size} on {accelerator.num_processes} process: a "
                           "contrastive step needs at least 2 videos, so every step would be skipped")
+    # a Hub id (foundation.hub) is fetched before the run folder is claimed: one that cannot be had leaves nothing
+    init_from = resolve_model_folder(cfg.pretrain.init_from, "pretrain.init_from") if cfg.pretrain.init_from else None
     claim(output, "pretrain", cfg, resume, accelerator)
     if main:
         write_json(output / "config.json", config_to_dict(cfg))
     entries, skipped = _select_videos(cfg, output, main)
     model = build_video_text_model(cfg)
-    if cfg.pretrain.init_from:
-        init_weights_from(model, cfg.pretrain.init_from)
+    if init_from is not None:
+        init_weights_from(model, init_from)
     model = build_training_mode(cfg, model)
     encode = _frozen_image_tower(model, accelerator) if cfg.pretrain.mode == "prompt" else None
     loader, sampler = train_loader(entries, cfg, model, build_tokenizer(cfg), main, encode)
@@ -158,7 +162,7 @@ def setup(cfg: RetrievalConfig, output: Path, accelerator: Accelerator, resume: 
     start = {n: q.detach().clone() for n, q in model.named_parameters()} if i.enabled and not i.base else {}
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     run = Stage1(accelerator, model, optimizer, scheduler, loader, sampler, build_loss(cfg), len(entries),
-                 skipped, total)
+                 skipped, total, channels_last=cfg.run.channels_last)
     _open_vclip_parts(run, cfg, start)
     return run
 
@@ -197,17 +201,28 @@ def _resume(run: Stage1, output: Path) -> tuple[int, int, int]:
     return state["epoch"], state["batches_done"], state["global_step"]
 
 
+def channels_last_frames(frames: torch.Tensor) -> torch.Tensor:
+    """The same (B, T, 3, H, W) frames stored channels-last (each pixel's 3 values together), so
+    that the image tower's (B*T, 3, H, W) view of them is ``torch.channels_last``, which oneDNN's
+    convolutions run faster on a CPU; their layers' outputs keep the layout. Cached features
+    (B, T, D) are returned as they are."""
+    if frames.dim() != 5:
+        return frames
+    return frames.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
 def _step(run: Stage1, batch: dict[str, Any], max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward/backward (an optimizer step when accumulation is complete); returns the loss and
     the temperature the loss used."""
     acc = run.accelerator
+    frames = channels_last_frames(batch["frames"]) if run.channels_last else batch["frames"]
     with acc.accumulate(run.model):
         if run.interp is not None:  # first, so the ordinary backward all-reduces both gradients
             run.interp.backward(acc, run.model, lambda: run.loss_fn(run.model(
-                frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"]), batch["tokens"]))
-        out = run.model(frames=batch["frames"], mask=batch["mask"], tokens=batch["tokens"])
+                frames=frames, mask=batch["mask"], tokens=batch["tokens"]), batch["tokens"]))
+        out = run.model(frames=frames, mask=batch["mask"], tokens=batch["tokens"])
         if run.distill is not None:  # soft targets from the EMA teacher, queued negatives
-            loss = run.distill.loss(out, batch["frames"], batch["mask"], batch["tokens"], batch["video_ids"])
+            loss = run.distill.loss(out, frames, batch["mask"], batch["tokens"], batch["video_ids"])
         else:
             loss = run.loss_fn(out, batch["tokens"])
         acc.backward(loss)

@@ -100,7 +100,7 @@ def frame_cache(entries: list[Any], cfg: RetrievalConfig, image_size: int, main:
     _warn_if_fewer(cfg)
     check_fits_memory(estimate_cache_bytes(len(entries), n, image_size),
                       f"video.cache_frames={n}: {len(entries)} videos x {n} frames at {image_size} px",
-                      "lower it, or set video.cache_frames=0 to decode every step")
+                      "or set video.cache_frames=0 to decode every step", settings={"video.cache_frames": n})
     cache = FrameCache([e.clip for e in entries], n, image_size, cfg.run.num_workers, progress=main)
     bad = sum(1 for e in cache.errors if e)
     print(f"stage 1: {len(entries) - bad} training videos decoded once into memory ({cache.nbytes / 1e6:.0f} MB)"
@@ -118,8 +118,11 @@ def feature_cache(entries: list[Any], cfg: RetrievalConfig, model: StageOneModel
     tower through ``encode``."""
     n = cfg.video.cache_frames or max(FEATURE_CACHE_FRAMES, cfg.video.num_frames)
     _warn_if_fewer(cfg)
+    chose = (f"video.cache_frames={n}" if cfg.video.cache_frames else
+             f"video.cache_frames=0 (so max({FEATURE_CACHE_FRAMES}, video.num_frames={cfg.video.num_frames}) frames)")
     check_fits_memory(len(entries) * n * model.embed_dim * 4,
-                      f"pretrain.mode=prompt: the features of {len(entries)} videos x {n} frames", "lower video.cache_frames")
+                      f"pretrain.mode=prompt with {chose}: the features of {len(entries)} videos x {n} frames",
+                      settings={"video.cache_frames": n})  # a cache_frames > 0 sets the frames kept, whatever num_frames
     start = time.perf_counter()
     cache = FeatureCache([e.clip for e in entries], n, model.image_size, model.image_mean, model.image_std, encode,
                          cfg.run.num_workers, progress=main, batch_frames=max(64, 4 * cfg.pretrain.batch_size))

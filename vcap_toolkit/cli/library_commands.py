@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.foundation.ownership import METRICS, SKIPPED, claim_files
 from vcap_toolkit.cli.command_io import config, opt_path, per_video_output, print_json
 
 
@@ -68,23 +69,26 @@ def _eval_classify(args: argparse.Namespace) -> int:
     )
 
     templates = read_templates(args.template)
-    net, spec = load_recognizer(cfg, args.model, args.pretrained, pick_device(cfg.run.device))
     split = args.split or cfg.data.test_split
     base = Path(args.model).parent if args.model and Path(args.model).is_dir() else Path.cwd()
-    metrics = evaluate_classification(net, spec, cfg, split=split, templates=templates,
-                                      output=Path(args.output) if args.output else base / f"eval_classify_{split}")
+    out = Path(args.output) if args.output else base / f"eval_classify_{split}"
+    claim_files(out, {"metrics.json": METRICS, "skipped.json": SKIPPED})  # before the model loads
+    net, spec = load_recognizer(cfg, args.model, args.pretrained, pick_device(cfg.run.device))
+    metrics = evaluate_classification(net, spec, cfg, split=split, templates=templates, output=out)
     print_json(metrics)
     return 1 if metrics["unreadable_videos"] or metrics["annotation_problems"] else 0
 
 
 def _index(args: argparse.Namespace) -> int:
     from caption.pipeline import expand_videos  # deferred: keeps vcap --help fast (torch)
-    from retrieval_pretrain.foundation.accelerate_setup import pick_device  # deferred: torch, accelerate
-    from vcap_toolkit.jobs.search import build_index  # deferred: keeps vcap --help fast (torch)
+    from vcap_toolkit.jobs.index_parallel import index_videos  # deferred: keeps vcap --help fast (torch)
 
     paths, unlisted = expand_videos(args.videos)
-    report = build_index(Path(args.model), paths, Path(args.output), pick_device(args.device), args.batch_size,
-                         args.num_workers, args.shard_size, unlisted=[(e.path, str(e)) for e in unlisted])
+    report = index_videos(Path(args.model), paths, Path(args.output), args.device, args.batch_size,
+                          args.num_workers, args.shard_size, unlisted=[(e.path, str(e)) for e in unlisted],
+                          segments=args.segments, stride=args.stride, vectors=args.vectors)
+    if report is None:  # a process of 'accelerate launch' other than the main one: the main one reports
+        return 0
     print_json(report)
     return 1 if report["failed"] else 0
 
@@ -100,8 +104,9 @@ def _search(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"query": args.query if args.query is not None else {"video": args.video}, "results": results})
     else:
-        for i, (path, score) in enumerate(results, 1):
-            print(f"{i}\t{score:.4f}\t{path}")
+        for i, result in enumerate(results, 1):
+            where = "" if len(result) == 2 else f"\t{result[1]:.3f}-{result[2]:.3f} s"
+            print(f"{i}\t{result[-1]:.4f}\t{result[0]}{where}")
     return 0
 
 

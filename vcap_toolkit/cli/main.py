@@ -27,7 +27,8 @@ from typing import Any, Callable
 from caption.caption_files import score_files
 from caption.demo import CONFIG_PATH, run_demo
 from retrieval_pretrain.foundation.errors import ConfigError, StorageError, VcapError
-from vcap_toolkit.cli import library_commands, stage_commands
+from retrieval_pretrain.foundation.hub import parse_model_id, resolve_model_folder
+from vcap_toolkit.cli import library_commands, push_command, stage_commands
 from vcap_toolkit.cli.command_io import print_json
 from vcap_toolkit.cli.parser import build_parser
 from vcap_toolkit.reports.html_page import check_report_path
@@ -74,8 +75,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **stage_commands.COMMANDS, **library_commands.COMMANDS,
-    "score": _score, "interpolate": _interpolate, "report": _report, "demo": _demo,
+    "score": _score, "interpolate": _interpolate, "report": _report, "demo": _demo, "push": push_command.push,
 }
+# The options that name a model folder; each may also be a Hub id org/name[@revision] (foundation.hub).
+MODEL_OPTIONS = ("model", "init_from", "caption_model", "retrieval_model", "finetuned")
+
+
+def resolve_model_options(args: argparse.Namespace) -> None:
+    """Replace each Hub id among the model options by its cached snapshot folder, before the command
+    runs: the jobs then record (meta.json, run.json) and check a real folder, as for a local one."""
+    for name in MODEL_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and parse_model_id(value) is not None:
+            setattr(args, name, str(resolve_model_folder(value, "--" + name.replace("_", "-"))))
 
 
 _STORAGE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
@@ -161,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "output", None) and args.command != "report":  # vcap report --output is a file
             check_output(args.output)
+        resolve_model_options(args)
         return _run_command(args)
     except VcapError as e:
         print(one_line(e), file=sys.stderr)

@@ -9,10 +9,12 @@ import textwrap
 from retrieval_pretrain.foundation.errors import EXIT_CODES
 from retrieval_pretrain.foundation.machine import default_workers
 from retrieval_pretrain.reading.formats import help_lines
+from vcap_toolkit.cli.push_command import add_push_parser
+from vcap_toolkit.cli.stage_commands import add_window_options
 
 EPILOG_OVERRIDES = (
     "Overrides: any config field as a dotted key, e.g. video.num_frames=8 pretrain.lr=1e-4 "
-    "run.mixed_precision=bf16 data.split_files.test=test.csv. Unknown keys are errors."
+    "run.mixed_precision=bf16 data.split_files.test=test.csv video.backend=pyav. Unknown keys are errors."
 )
 
 
@@ -89,7 +91,7 @@ def _add_eval_retrieval(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "eval-retrieval", "text-to-video and video-to-text R@1/5/10, median and mean rank",
                  "Embed a split's videos and captions once and report retrieval metrics; with --dsl also after "
                  "dual-softmax re-weighting (CLIP2TV). Writes OUT/metrics.json.")
-    p.add_argument("--model", required=True, metavar="RUN/model", help="stage-1 model folder")
+    p.add_argument("--model", required=True, metavar="RUN/model", help="stage-1 model folder or Hub id org/name[@rev]")
     p.add_argument("--split", default=None, help="split to evaluate (default: data.test_split)")
     p.add_argument("--dsl", action="store_true", help="also report dual-softmax re-weighted results")
     p.add_argument("--output", default=None, metavar="OUT", help="folder for metrics.json (default: next to the model)")
@@ -101,8 +103,9 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
                  "features [frames, dim] as fp16 .npy files (memory-mappable). Resumable: a rerun skips finished "
                  "videos. Unreadable videos are listed in FEATS/failures.json (exit 1). The report JSON is the "
                  "last line of stdout.")
-    p.add_argument("--model", required=True, metavar="RUN/model", help="stage-1 model folder")
-    p.add_argument("--output", required=True, metavar="FEATS", help="feature folder")
+    p.add_argument("--model", required=True, metavar="RUN/model", help="stage-1 model folder or Hub id org/name[@rev]")
+    p.add_argument("--output", required=True, metavar="FEATS",
+                   help="feature folder: new, or one vcap extract wrote (any other is refused untouched)")
     p.add_argument("--split", action="append", default=None, help="only this split (repeatable)")
     p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos per forward pass")
 
@@ -116,37 +119,59 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", required=True, metavar="FEATS", help="folder written by 'vcap extract'")
     p.add_argument("--output", required=True, metavar="RUN2", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN2")
-    p.add_argument("--init-from", default=None, metavar="DIR", help="fine-tune this caption model (keeps its tokenizer)")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="fine-tune this caption model (keeps its tokenizer): a folder or Hub id org/name[@rev]")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "evaluate", "caption a split and score BLEU/METEOR/ROUGE-L/CIDEr",
                  "Caption every video of a split (from cached features, or from the video files when --features "
                  "is not given) and score with pycocoevalcap. Writes OUT/predictions.json and OUT/metrics.json.")
-    p.add_argument("--model", required=True, metavar="RUN2/model", help="caption model folder")
+    p.add_argument("--model", required=True, metavar="RUN2/model", help="caption model folder or Hub id org/name[@rev]")
     p.add_argument("--features", default=None, metavar="FEATS", help="feature folder (else decode videos)")
     p.add_argument("--split", default=None, help="split (default: data.test_split)")
     p.add_argument("--output", default=None, metavar="OUT", help="output folder (default: next to the model)")
     p.add_argument("--report", action="store_true",
                    help="also write OUT/report.html: one self-contained page with the metrics, every video's frames, "
                         "caption, references and CIDEr (worst first, sortable) and the run's training curves")
+    add_window_options(p, "on a dataset whose entries are time ranges (activitynet, youcook2, jsonl with "
+                          "start/end): also caption each whole source video window by window - SECONDS per window "
+                          "(default 10), or 'shots' - write OUT/predictions_dense.json (ActivityNet Captions "
+                          "challenge format) and OUT/references_dense.json, and add the dense metric to "
+                          "metrics.json under \"dense\"")
 
 
 def _add_caption(sub: argparse._SubParsersAction) -> None:
-    p = _command(sub, "caption", "caption video files",
+    p = _command(sub, "caption", "caption video files (whole, or window by window with --segments)",
                  "Caption video files (or every video in a folder) with a caption model folder; the folder holds "
                  "everything needed (tokenizer, stage-1 video tower). A video that cannot be read is named on "
-                 "stderr and the exit code is 1; the others are still captioned.", config=False)
+                 "stderr and the exit code is 1; the others are still captioned. A long video is better captioned "
+                 "window by window (--segments): each window's frames are sampled inside it and decoded a batch at "
+                 "a time, so memory stays flat whatever the length; a progress bar counts the windows.",
+                 config=False)
+    p.epilog = ("Overrides: video.backend=auto|decord|torchcodec|pyav picks the video decoder (every one samples "
+                "the same frames); other settings come from the model folder and are refused here.")
+    p.set_defaults(overrides=[], config=None)
     p.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER")
-    p.add_argument("--model", required=True, metavar="RUN2/model", help="caption model folder")
+    p.add_argument("--model", required=True, metavar="RUN2/model", help="caption model folder or Hub id org/name[@rev]")
     p.add_argument("--beam", type=_at_least_one, default=None, help="beam size (default: the model's; 1 = greedy)")
-    p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos per batch")
+    p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos (or windows) per batch")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object {"captions": {video: caption}, "failed": {video: reason}} '
-                        "as the last line (default: one 'video<TAB>caption' line per video)")
+                        "as the last line (default: one 'video<TAB>caption' line per video); with --segments "
+                        '{"captions": {video: [{"start", "end", "caption"}, ...]}, ...}, times in seconds')
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--report", default=None, metavar="OUT.html",
-                   help="also write one self-contained HTML page: each video's frames beside its caption")
+                   help="also write one self-contained HTML page: each video's frames beside its caption; with "
+                        "--segments a timeline, one frame and the caption per window")
+    add_window_options(p, "caption consecutive windows of SECONDS each (a last window shorter than a quarter "
+                          "joins the one before), or 'shots': cut where PySceneDetect's content detector finds a "
+                          "shot boundary (see --min-segment, --max-segment). Prints one "
+                          "'video<TAB>start-end<TAB>caption' line per window (H:MM:SS.mmm); consecutive windows "
+                          "with the same caption merge into one")
+    p.add_argument("--subtitles", default=None, metavar="OUT.vtt|OUT.srt",
+                   help="with --segments and one video: also write the windows' captions as subtitles, WebVTT "
+                        "(.vtt, for a <track> in a web page) or SubRip (.srt), by the extension")
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -160,7 +185,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 def _add_recognizer(p: argparse.ArgumentParser) -> None:
     """The options naming the model and prompts of 'classify' and 'eval-classify'."""
-    p.add_argument("--model", default=None, metavar="DIR_OR_NAME", help="stage-1 model folder or open_clip name")
+    p.add_argument("--model", default=None, metavar="DIR_OR_NAME",
+                   help="stage-1 model folder, Hub id org/name[@rev], or open_clip name")
     p.add_argument("--pretrained", default=None, metavar="TAG_OR_FILE", help="with an open_clip name: its weights")
     p.add_argument("--template", action="append", default=None, metavar="'a video of {}'",
                    help="a prompt template (repeatable); replaces the built-in ensemble")
@@ -209,33 +235,49 @@ def _add_eval_classify(sub: argparse._SubParsersAction) -> None:
 def _add_index(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "index", "embed every video of folders once, for 'vcap search'",
                  "Build (or extend) a search index: every video (files, or folders searched recursively) embedded "
-                 "once by a stage-1 model, in fp16 shards. A rerun embeds only videos the index does not hold yet "
-                 "(new files; those a killed run had not saved); unreadable videos are named on stderr, listed in "
-                 "IDX/failures.json and retried next time (exit 1). An index belongs to its model: another is "
-                 "refused. The report JSON is the last line of stdout.", config=False)
+                 "once by a stage-1 model, in fp16 shards - whole, or with --segments as moments - and a FAISS "
+                 "vector index over them (--vectors). A rerun embeds only videos the index does not hold yet (new, "
+                 "changed, or not saved by a killed run) and adds them without retraining; unreadable videos are "
+                 "named on stderr, listed in IDX/failures.json and retried next time (exit 1). An index belongs to "
+                 "its model (and windows): another is refused. Under 'accelerate launch' each process embeds its "
+                 "share into its own shards, then one merge. The report JSON is the last line of stdout.", config=False)
     p.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER")
-    p.add_argument("--model", required=True, metavar="RUN/model", help="stage-1 model folder")
-    p.add_argument("--output", required=True, metavar="IDX", help="index folder (created or extended)")
-    p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos per batch")
+    p.add_argument("--model", required=True, metavar="RUN/model", help="stage-1 model folder or Hub id org/name[@rev]")
+    p.add_argument("--output", required=True, metavar="IDX",
+                   help="index folder, created or extended (any other folder is refused untouched); a rerun first "
+                        "rebuilds shards that fail their checks and drops the rows of videos gone or unreadable")
+    p.add_argument("--segments", type=float, default=None, metavar="SECONDS",
+                   help="index moments: windows of SECONDS of each video (as 'vcap caption --segments' cuts them), "
+                        "each a row with its start and end; a search returns video, start, end and score")
+    p.add_argument("--stride", type=float, default=None, metavar="SECONDS",
+                   help="with --segments: a window starts every SECONDS (default: the window length; shorter: "
+                        "windows overlap, and a search keeps only the best of overlapping results of one video)")
+    p.add_argument("--vectors", choices=["auto", "exact", "approximate"], default="auto",
+                   help="exact (brute force), approximate (IVF-PQ, nprobe tuned to recall@10 >= 0.95 and measured, "
+                        "a shortlist re-ranked exactly), or auto: exact up to 100,000 rows (default)")
+    p.add_argument("--batch-size", type=_at_least_one, default=8, help="clips per batch")
     p.add_argument("--shard-size", type=_at_least_one, default=256,
-                   help="videos per saved shard: at most this many are embedded again after a kill")
+                   help="videos per saved shard (with their windows): at most this many are embedded again after a kill")
     p.add_argument("--num-workers", type=_at_least_zero, default=default_workers(2),
                    help="decoding worker processes (default 2, at most the CPUs available; 0: decode in this process)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
-    p = _command(sub, "search", "rank indexed videos by a sentence or an example clip",
-                 "Search an index made by 'vcap index': the videos most similar to QUERY (a sentence) or to "
-                 "--video CLIP, by cosine similarity of the stage-1 model's embeddings - or, for a model that "
-                 "scores pairs (X-CLIP, tightTransf), a sentence by the model's own pair score against each "
-                 "video's stored state, and --video by cosine of the pooled embeddings.", config=False)
+    p = _command(sub, "search", "rank indexed videos (or moments) by a sentence or an example clip",
+                 "Search an index made by 'vcap index': the videos - or moments (video, start, end) of an index "
+                 "of --segments - most similar to QUERY (a sentence) or to --video CLIP, by cosine similarity of "
+                 "the stage-1 model's embeddings through the FAISS vector index (scores exact, from the stored "
+                 "rows). A model that scores pairs (X-CLIP, tightTransf) ranks a sentence by its own pair score "
+                 "against the stored states (all, or the approximate index's shortlist), --video by cosine of "
+                 "pooled embeddings. Overlapping moments of one video collapse to the best.", config=False)
     p.add_argument("index", metavar="IDX")
     p.add_argument("query", nargs="?", default=None, metavar="QUERY", help="a sentence")
     p.add_argument("--video", default=None, metavar="CLIP", help="search by this example clip instead")
     p.add_argument("--top", type=_at_least_one, default=10, help="results to show (default 10)")
     p.add_argument("--json", action="store_true",
-                   help='print one JSON object {"query": ..., "results": [[video, similarity], ...]} as the last line')
+                   help='print one JSON object {"query": ..., "results": [[video, similarity], ...]} as the last '
+                        "line; in an index of moments each result is [video, start, end, similarity]")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
@@ -254,7 +296,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                         "val_2.json, or the option repeated), as the official evaluator does")
     p.add_argument("--tokenize", choices=["ptb", "none"], default="ptb",
                    help="ptb: pycocoevalcap's PTB tokenizer, as the papers (default); none: whitespace split")
-    p.add_argument("--output", default=None, metavar="OUT", help="folder for metrics.json")
+    p.add_argument("--output", default=None, metavar="OUT",
+                   help="folder for metrics.json (one there that vcap did not write is never replaced)")
 
 
 def _add_interpolate(sub: argparse._SubParsersAction) -> None:
@@ -270,7 +313,9 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetuned", required=True, metavar="RUN/model", help="the fine-tuned stage-1 model folder")
     p.add_argument("--alpha", required=True, type=float, metavar="A",
                    help="weight of the base, in [0, 1] (0: the fine-tuned model; Open-VCLIP patches with 0.5)")
-    p.add_argument("--output", required=True, metavar="DIR", help="the new model folder")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="the new model folder: new, empty, or one vcap interpolate wrote holding nothing else "
+                        "(replaced whole; any other is refused untouched)")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -280,7 +325,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                  "print captions beside references and the metrics JSON last (retrieval R@1/R@5, BLEU-4, METEOR, "
                  "ROUGE-L, CIDEr, and how often the captions name the right colour, shape and motion). 9 to 18 "
                  "minutes on 2 CPU cores (18 without AVX-512); --quick runs every stage on less data in 2 to 5.", config=False)
-    p.add_argument("--output", default="vcap_demo", metavar="DIR", help="working folder (default: ./vcap_demo)")
+    p.add_argument("--output", default="vcap_demo", metavar="DIR",
+                   help="working folder (default: ./vcap_demo): new, or one vcap demo wrote (its stage folders are "
+                        "replaced; any other folder is refused untouched)")
     p.add_argument("--quick", action="store_true", help="smaller data and shorter training (smoke test)")
     p.add_argument("--seed", type=int, default=0, help="seed for data and training")
     p.add_argument("--config-path", action="store_true",
@@ -309,9 +356,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                  "video with a typed label list. The models are loaded once, at start. Binds 127.0.0.1 (this "
                  "machine only) unless --host says otherwise. Needs the web extra: pip install "
                  "'vcap-toolkit[web]'. Stop it with Ctrl-C.", config=False)
-    p.add_argument("--caption-model", required=True, metavar="RUN2/model", help="caption model folder")
+    p.add_argument("--caption-model", required=True, metavar="RUN2/model",
+                   help="caption model folder or Hub id org/name[@rev]")
     p.add_argument("--retrieval-model", default=None, metavar="RUN/model",
-                   help="stage-1 model for classifying (default: the caption model's own video tower)")
+                   help="stage-1 model (folder or Hub id) to classify with (default: the caption model's video tower)")
     p.add_argument("--index", default=None, metavar="IDX", help="an index made by 'vcap index', for search")
     p.add_argument("--allow", action="append", default=None, metavar="DIR",
                    help="a folder whose videos the page may caption, classify and play (repeatable; default: "
@@ -339,6 +387,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_data, _add_pretrain, _add_eval_retrieval, _add_extract, _add_train, _add_evaluate,
                 _add_caption, _add_classify, _add_eval_classify, _add_index, _add_search, _add_score, _add_report, _add_interpolate, _add_demo,
-                _add_serve):
+                _add_serve, add_push_parser):
         add(sub)
     return parser

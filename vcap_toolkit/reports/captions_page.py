@@ -28,6 +28,7 @@ from PIL import Image
 from caption.metrics import METRICS
 from retrieval_pretrain.foundation.atomic import write_file
 from retrieval_pretrain.foundation.errors import VideoReadError
+from retrieval_pretrain.reading.clips import Clip
 from retrieval_pretrain.reading.video import read_frames
 from vcap_toolkit.reports.html_page import is_number, page
 from vcap_toolkit.reports.run_curves import curves_html
@@ -45,9 +46,10 @@ class Thumbnails(NamedTuple):
     error: str | None
 
 
-def video_thumbnails(path: str | Path, count: int = 6, height: int = 96) -> Thumbnails:
-    """``count`` frames sampled uniformly over the video (TSN test-mode centres, as the models see
-    them; fewer for a clip with fewer frames), each a JPEG ``height`` pixels tall, aspect kept.
+def video_thumbnails(path: str | Path | Clip, count: int = 6, height: int = 96) -> Thumbnails:
+    """``count`` frames sampled uniformly over the video - or over a ``Clip``'s time range only -
+    (TSN test-mode centres, as the models see them; fewer for a clip with fewer frames), each a JPEG
+    ``height`` pixels tall, aspect kept.
 
     Decoded by the toolkit's own reader (``retrieval_pretrain.reading.video.read_frames``, the sampling
     rule of evaluation), so a thumbnail shows frames the captioner sees, upright, and a video it

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from retrieval_pretrain.foundation.errors import ConfigError
+from retrieval_pretrain.foundation.ownership import FileKind, claim_file
 
 _CSS = """
 :root{--bad:#c62828;--bad-bg:#fdecea;--good:#2e7d32;--good-bg:#e8f5e9;--mid:#546e7a;--line:#dde1e6}
@@ -107,11 +108,26 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` begins as every page ``page`` writes (and wrote since the first release)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(_HEAD)) == _HEAD
+    except OSError:
+        return False
+
+
+_HEAD = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy" '
+         'content="default-src \'none\'').encode()
+REPORT = FileKind("report page", _is_report)
+
+
 def check_report_path(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """Refuse a report path before any work: it must end in ``.html`` (``vcap caption --report
     v1.mp4 v2.mp4`` would otherwise replace the first video with the page), must not be one of the
     ``inputs``, and, where something already stands there, it must be a regular file - not a folder,
-    a device such as ``/dev/null`` or a symbolic link, which the atomic rename would replace."""
+    a device such as ``/dev/null`` or a symbolic link, which the atomic rename would replace - and a
+    page vcap wrote (``REPORT``, ``ownership.claim_file``): a user's own page is never replaced."""
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise ConfigError(f"report path {path}: give a file name ending in .html (the page is HTML)")
@@ -121,6 +137,7 @@ def check_report_path(path: str | Path, inputs: Iterable[str | Path] = ()) -> Pa
                               "(writing would replace the link, not its target)")
         if not path.is_file():
             raise ConfigError(f"report path {path} exists and is not a regular file; give a new .html file name")
+        claim_file(path, REPORT, "report path")
     resolved = path.resolve()
     for given in inputs:
         if Path(given).resolve() == resolved:

@@ -7,23 +7,23 @@ already spreads one forward pass over all cores), while the app serves files in 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from caption.config import load as load_config
 from caption.pipeline import TOWER_DIR, CaptionPipeline
 from retrieval_pretrain.foundation.errors import FeatureMismatchError, VideoReadError
+from retrieval_pretrain.foundation.hub import resolve_model_folder
 from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
 from retrieval_pretrain.modeling.model import scores_pairwise
 from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint
+from vcap_toolkit.jobs.moments import Hit
 from vcap_toolkit.jobs.recognition import classify_videos, load_recognizer, read_templates
-from vcap_toolkit.jobs.search import VideoIndex, cosine_scores, pair_scores_over_index
+from vcap_toolkit.jobs.search import IndexSearcher
 from vcap_toolkit.web.serve_paths import PathGuard, index_folders
 
 
@@ -37,19 +37,20 @@ class ServeModels:
                  search_model: tuple[Any, dict[str, Any]] | None = None):
         self.pipe, self.caption_name = pipe, caption_name
         self.recognizer, self.recognizer_name = recognizer, recognizer_name
-        self.index, self.search_model = index, search_model
+        self.index, self.search_model = index, search_model  # index: an IndexSearcher (opened once)
         self.lock = threading.Lock()
-        self.index_paths: list[str] = index.paths() if index is not None else []
-        self.pairwise = index is not None and index.scoring() == "pairwise"
-        self.embeddings = (np.asarray(index.embeddings(), dtype=np.float16)
-                           if index is not None and not self.pairwise else None)  # (N, D), read once
+        self.index_paths: list[str] = list(dict.fromkeys(index.index.paths())) if index is not None else []
+        self.pairwise = index is not None and index.meta.get("scoring") == "pairwise"
 
     @classmethod
     def load(cls, caption_model: str | Path, retrieval_model: str | Path | None = None,
              index: str | Path | None = None, device: str = "auto") -> "ServeModels":
         """Load the models ``vcap serve`` names. Without ``retrieval_model`` the caption model's
-        own stage-1 tower classifies; the index's model is loaded only if it is neither of those."""
+        own stage-1 tower classifies; the index's model is loaded only if it is neither of those.
+        The models may be Hub ids, ``org/name[@revision]`` (``foundation.hub``)."""
         pipe = CaptionPipeline.from_pretrained(caption_model, device=device)
+        if retrieval_model is not None:
+            retrieval_model = resolve_model_folder(retrieval_model, "--retrieval-model")
         tower_print = (pipe.model.config.video_tower or {}).get("fingerprint")
         loaded = {tower_print: (pipe.tower, pipe.tower_spec)} if tower_print else {}
         if retrieval_model is None:
@@ -61,8 +62,8 @@ class ServeModels:
                 loaded[model_fingerprint(retrieval_model)] = recognizer
         video_index = search_model = None
         if index is not None:
-            video_index = VideoIndex(index)
-            meta = video_index.meta()
+            video_index = IndexSearcher(index)
+            meta = video_index.meta
             model_dir = Path(meta["model"])
             if meta["model_fingerprint"] not in loaded:
                 weights = model_dir / "model.safetensors"
@@ -71,8 +72,9 @@ class ServeModels:
                                                f"{meta['model_fingerprint']}) is gone or changed; rebuild the index")
                 loaded[meta["model_fingerprint"]] = from_pretrained(model_dir, device=pipe.device)
             search_model = loaded[meta["model_fingerprint"]]
-            if scores_pairwise(search_model[0]) != (video_index.scoring() == "pairwise"):
-                raise FeatureMismatchError(f"{index}: an index of {video_index.scoring()} scoring, not what its model "
+            scoring = meta.get("scoring", "embedding")
+            if scores_pairwise(search_model[0]) != (scoring == "pairwise"):
+                raise FeatureMismatchError(f"{index}: an index of {scoring} scoring, not what its model "
                                            f"{model_dir} scores by (made by an earlier version of vcap); rebuild it "
                                            "with 'vcap index' into a new folder")
         return cls(pipe, str(caption_model), recognizer, name, video_index, search_model)
@@ -103,25 +105,22 @@ class ServeModels:
         return ranked[name], seconds
 
     @torch.no_grad()
-    def search(self, text: str, top: int) -> tuple[list[tuple[str, float]], float]:
-        """The ``top`` indexed videos that still exist, best first, by the index model's own score
-        (cosine of embeddings, or a pairwise model's ``pair_scores``), and the seconds it took."""
+    def search(self, text: str, top: int) -> tuple[list[Hit], float]:
+        """The ``top`` results whose files still exist, best first - videos, or moments of an index
+        of windows (overlapping ones of a video collapsed) - by the index model's own score (cosine
+        of embeddings through the vector index, or a pairwise model's ``pair_scores``), and the
+        seconds it took (``ranking.IndexSearcher``)."""
         model, spec = self.search_model
         device = self.pipe.device
         with self.lock:
             t0 = time.perf_counter()
             tokens = tokenizer_from_spec(spec)([text]).to(device)
+            query = model.encode_text(tokens).float().cpu()[0].numpy()  # (D,)
             if self.pairwise:
-                scores = pair_scores_over_index(model, self.index, model.encode_text_state(tokens), device)  # (N,)
+                found = self.index.by_pairs(model, model.encode_text_state(tokens), query, top, device)
             else:
-                scores = cosine_scores(self.embeddings, model.encode_text(tokens).float().cpu()[0].numpy())  # (N,)
+                found = self.index.by_vector(query, top)
             seconds = time.perf_counter() - t0
-        found: list[tuple[str, float]] = []
-        for i in torch.argsort(scores, descending=True, stable=True).tolist():
-            if len(found) == top:
-                break
-            if os.path.isfile(self.index_paths[i]):  # a file gone since it was indexed is left out
-                found.append((self.index_paths[i], round(float(scores[i]), 6)))
         return found, seconds
 
 

@@ -9,9 +9,10 @@ small JSON API of a Flask app served by waitress (threads)::
     GET  /api/videos         video files under the allowed folders (the page's path picker)
     POST /api/caption        form: video (an upload) or path (a server file); beam
     POST /api/classify       form: video or path; labels (one a line, or comma-separated); top
-    GET  /api/search         ?q=a sentence&top=8
+    GET  /api/search         ?q=a sentence&top=8: videos, or moments (start, end) of an index of windows
     GET  /api/thumbnails     ?path=P&count=4: frames as data: URIs (report.video_thumbnails)
     GET  /api/video          ?path=P: the file's bytes with its content type (range requests)
+    GET  /api/subtitles      ?path=P: the WebVTT file beside video P (P.vtt), for the player's track
 
 Every API error is ``{"error": "..."}`` with a 4xx status (500 for a bug, whose traceback goes to
 the server's log, never to the page): 400 a malformed request, 403 a path outside the allowed
@@ -42,6 +43,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -59,6 +61,7 @@ from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, NotFound, 
 
 from caption.pipeline import VIDEO_EXTENSIONS
 from retrieval_pretrain.foundation.errors import VideoReadError
+from vcap_toolkit.jobs.moments import Hit
 from vcap_toolkit.reports.captions_page import video_thumbnails
 from vcap_toolkit.web.models import ServeModels, file_reason
 from vcap_toolkit.web.serve_paths import PathGuard
@@ -205,7 +208,9 @@ def _add_model_routes(app: Flask, models: ServeModels, guard: PathGuard, max_upl
     def _info() -> Response:
         index = None
         if models.index is not None:
-            index = {"folder": str(models.index.folder), "videos": len(models.index_paths)}
+            index = {"folder": str(models.index.folder), "videos": len(models.index_paths),
+                     "rows": models.index.size(), "moments": models.index.moments,
+                     "vectors": (models.index.meta.get("vectors") or {}).get("kind", "none")}
         return jsonify(caption_model=models.caption_name, retrieval_model=models.recognizer_name,
                        index=index, allowed=[str(r) for r in guard.roots], max_upload_mb=max_upload_mb,
                        beam=models.pipe.default_decode().num_beams, max_beam=MAX_BEAM, device=str(models.pipe.device))
@@ -243,8 +248,19 @@ def _add_model_routes(app: Flask, models: ServeModels, guard: PathGuard, max_upl
         top = _int_arg(request.args.get("top"), "top", 8, 1, 100)
         t0 = time.perf_counter()
         found, seconds = models.search(text, top)
-        return jsonify(query=text, results=[{"path": p, "name": Path(p).name, "score": s} for p, s in found],
+        return jsonify(query=text, results=[_result(hit) for hit in found],
                        seconds={"model": round(seconds, 3), "total": round(time.perf_counter() - t0, 3)})
+
+
+def _result(hit: Hit) -> dict[str, Any]:
+    """A search result as the page takes it: the file, its name and score; a moment's ``start`` and
+    ``end`` (seconds; the page plays from the start); ``subtitles``: a WebVTT file beside the video
+    (``vcap caption --subtitles``), which the page shows as the player's subtitle track."""
+    out = {"path": hit.path, "name": Path(hit.path).name, "score": hit.score,
+           "subtitles": Path(os.path.realpath(hit.path)).with_suffix(".vtt").is_file()}
+    if hit.start is not None:
+        out.update(start=hit.start, end=hit.end)
+    return out
 
 
 def _add_file_routes(app: Flask, guard: PathGuard) -> None:
@@ -263,6 +279,18 @@ def _add_file_routes(app: Flask, guard: PathGuard) -> None:
         if error:
             raise VideoReadError(request.args["path"], error)
         return jsonify(thumbnails=_data_uris(images))
+
+    @app.get("/api/subtitles")
+    def _subtitles() -> Response:
+        file, real, st = guard.open_beside(request.args.get("path", ""), ".vtt")  # the video checked, then its .vtt
+        try:
+            response = send_file(file, mimetype="text/vtt", conditional=False, max_age=0, download_name=real.name,
+                                 last_modified=st.st_mtime)
+            response.content_length = st.st_size
+            return response
+        except BaseException:
+            file.close()
+            raise
 
     @app.get("/api/video")
     def _video() -> Response:

@@ -57,6 +57,9 @@ class PathGuard:
         about whether it exists), ``NotFound`` for no such file inside them."""
         if not text or not text.strip() or "\x00" in text:
             raise BadRequest("no path given")
+        if len(text.encode("utf-8", "surrogatepass")) > 4095 or \
+                any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in Path(text).parts):
+            raise BadRequest(f"{text[:60]}...: too long to be a file name")  # stat() would raise ENAMETOOLONG
         if text in self.indexed:
             return self._resolve_indexed(text)
         given = Path(text)
@@ -96,7 +99,10 @@ class PathGuard:
         must be a regular file, at the checked location and the same file (device and inode) that is
         there now; else ``Forbidden`` (it changed between the check and the open). Read and send
         from the returned file, never from the path again."""
-        real = self.resolve(text)
+        return self._open_real(text, self.resolve(text))
+
+    def _open_real(self, text: str, real: Path) -> tuple[BinaryIO, Path, os.stat_result]:
+        """``open`` of ``real``, the checked location of what ``text`` names."""
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(real, flags)
@@ -112,6 +118,18 @@ class PathGuard:
             file.close()
             raise
         return file, real, st
+
+    def open_beside(self, text: str, suffix: str) -> tuple[BinaryIO, Path, os.stat_result]:
+        """``open`` of the file beside the video ``text`` names, with ``suffix`` for its own (its
+        subtitles: ``.vtt``): the video is checked (``resolve``), then the file in the video's real
+        folder is opened and checked as the video would be. ``NotFound`` when there is none;
+        ``Forbidden`` for one that is a symbolic link."""
+        beside = self.resolve(text).with_suffix(suffix)
+        if beside.is_symlink():
+            raise Forbidden(f"{text}: its {suffix} file is a symbolic link; refused")
+        if not beside.is_file():
+            raise NotFound(f"{text}: no {suffix} file beside it")
+        return self._open_real(text, beside)
 
     def _check_opened(self, text: str, real: Path, fd: int, st: os.stat_result) -> None:
         """``Forbidden`` unless the open ``fd`` is a regular file at ``real`` (see ``open``)."""
