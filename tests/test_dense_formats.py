@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from retrieval_pretrain.reading.annotation_table import AnnotationError
@@ -144,6 +144,7 @@ def test_activitynet_reader_never_raises_anything_else(tmp_path: Path, raw):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.dictionaries(_ids, st.one_of(_cells, _yc_video), max_size=4))
+@example({"0": {"duration": 1, "subset": []}})  # found by Hypothesis in CI: an unhashable subset was a TypeError
 def test_youcook2_reader_never_raises_anything_else(tmp_path: Path, raw):
     path = tmp_path / "yc2.json"
     path.write_text(json.dumps({"database": raw}))

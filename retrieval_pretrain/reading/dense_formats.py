@@ -150,7 +150,7 @@ def load_youcook2(data: DataConfig, table: Table) -> None:
         duration, why = _duration(info)
         why = _id_problem(vid) or why
         subset, segments = info.get("subset"), info.get("annotations")
-        if not why and subset not in _YOUCOOK_SPLITS:
+        if not why and (not isinstance(subset, str) or subset not in _YOUCOOK_SPLITS):  # a list is unhashable
             why = f"'subset' must be one of {', '.join(_YOUCOOK_SPLITS)}, got {str(subset)[:40]!r}"
         if not why and not (isinstance(segments, list) and all(isinstance(a, dict) for a in segments)):
             why = "'annotations' must be a list of {segment, sentence} objects"
