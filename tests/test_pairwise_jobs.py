@@ -285,8 +285,8 @@ def test_the_wrong_kind_of_index_is_refused(world, tmp_path):
     (tmp_path / "emb" / "meta.json").write_text(json.dumps({**meta, "format": 2, "scoring": PAIRWISE}))
     with pytest.raises(FeatureMismatchError, match="pairwise video states .* is an embedding model"):
         search(tmp_path / "emb", CPU, text="moving up")
-    (tmp_path / "emb" / "meta.json").write_text(json.dumps({**meta, "format": 3}))
-    with pytest.raises(FeatureStoreError, match="index format 3, newer than"):
+    (tmp_path / "emb" / "meta.json").write_text(json.dumps({**meta, "format": 4}))  # 3 is moments (issue 27)
+    with pytest.raises(FeatureStoreError, match="index format 4, newer than"):
         search(tmp_path / "emb", CPU, text="moving up")
 
 
