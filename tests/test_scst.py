@@ -250,7 +250,8 @@ def test_report_paths_are_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         check_report_path(tmp_path / "real.html" / "x.html")
     assert check_report_path(tmp_path / "new" / "r.html") == tmp_path / "new" / "r.html"
-    assert check_report_path(tmp_path / "real.html") == tmp_path / "real.html"  # an earlier report: replaced
+    with pytest.raises(ConfigError, match="is not a report page that vcap wrote; nothing was changed"):
+        check_report_path(tmp_path / "real.html")  # a file vcap did not write is never replaced (issue 25)
 
 
 def test_scst_refusals_and_warnings(xe_run, tmp_path, capsys):
