@@ -140,14 +140,19 @@ def write_record(folder: str | os.PathLike, kind: FolderKind) -> None:
     write_json(Path(folder) / RECORD, {"format": RECORD_FORMAT, "kind": kind.kind, "command": kind.command})
 
 
-def claim_folder(folder: str | os.PathLike, kind: FolderKind, label: str = "--output", write: bool = True) -> Path:
+def claim_folder(folder: str | os.PathLike, kind: FolderKind, label: str = "--output", write: bool = True,
+                 wait: Callable[[], None] | None = None) -> Path:
     """Check that ``kind``'s writer may write ``folder`` (``ConfigError`` naming it and what it holds,
     before anything is touched, otherwise) and, with ``write``, create it and record it as
-    ``kind``'s. Under several processes every process checks and only the main one writes."""
+    ``kind``'s. Under several processes every process checks, ``wait`` (the processes' barrier) holds
+    them until all have, and only then does the main one write: a process that checked while the main
+    one was writing the record would see its temporary file and refuse the folder."""
     folder = Path(folder)
     problem = folder_problem(folder, kind)
     if problem:
         raise _refuse(folder, kind, problem, label)
+    if wait is not None:
+        wait()
     if write and (read_record(folder) or {}).get("kind") != kind.kind:
         write_record(folder, kind)
     return folder

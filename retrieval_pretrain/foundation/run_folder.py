@@ -171,7 +171,8 @@ def _check(output: Path, command: str, cfg: Any, resume: bool, inputs: dict[str,
     if (output / "meta.json").is_file():  # a feature folder or a search index: another job's outputs
         raise ConfigError(f"{output} holds a feature folder or a search index (meta.json); give the run its own "
                           "--output folder")
-    claim_folder(output, TRAINING_RUN[command], write=accelerator.is_main_process)  # every process checks
+    claim_folder(output, TRAINING_RUN[command], write=accelerator.is_main_process,  # every process checks
+                 wait=accelerator.wait_for_everyone)
     if not resume and _holds_a_run(output):
         raise ConfigError(f"{output} already holds a run (a checkpoint or model/): continue it with "
                           "--resume, or give a new --output folder")

@@ -102,7 +102,7 @@ def extract_features(model_dir: Path, cfg: RetrievalConfig, output: Path, splits
     spec = read_spec(model_dir)  # the frames and size it encodes: one batch must fit, checked before any work
     check_batch_memory(spec.num_frames, spec.image_size, batch_size, "--batch-size")
     state = process_state(cfg.run.device)
-    claim_folder(output, FEATURES, write=state.is_main_process)  # every process checks; before the lock makes .lock
+    claim_folder(output, FEATURES, write=state.is_main_process, wait=state.wait_for_everyone)  # before .lock exists
     with folder_lock(output, "vcap extract", state):
         return _extract(Path(model_dir), cfg, FeatureStore(output), splits, batch_size, state)
 

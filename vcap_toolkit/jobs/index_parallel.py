@@ -67,7 +67,7 @@ def index_videos(model_dir: Path, videos: Sequence[Path], output: Path, device: 
     windows = window_spec(segments, stride)
     check_vectors_kind(vectors)
     dev = state.device if device != "cpu" and state.device.type != "cpu" else torch.device("cpu")
-    claim_folder(output, INDEX, write=state.is_main_process)  # every process checks; before the lock makes .lock
+    claim_folder(output, INDEX, write=state.is_main_process, wait=state.wait_for_everyone)  # before .lock exists
     with folder_lock(output, "vcap index", state):
         return _index_shares(state, Path(model_dir), videos, Path(output), dev, batch_size, num_workers, shard_size,
                              unlisted, windows, vectors)
