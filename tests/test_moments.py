@@ -206,8 +206,9 @@ def test_two_processes_killed_midway_resume_and_equal_one(motion_model, tmp_path
     assert sorted(got) == sorted(videos) and len(b.paths()) == len(videos)
     want = dict(zip(a.paths(), a.embeddings().astype(np.float32)))
     assert all(np.allclose(got[v], want[v], atol=2e-3) for v in videos)
-    assert [p for p, _ in search(tmp_path / "two", CPU, text="moving up", top=5)] == \
-        [p for p, _ in search(tmp_path / "one", CPU, text="moving up", top=5)]
+    two, one = (search(tmp_path / name, CPU, text="moving up", top=6) for name in ("two", "one"))
+    assert sorted(Path(p).name for p, _ in two) == sorted(Path(p).name for p, _ in one)  # each clip 3 times:
+    np.testing.assert_allclose([s for _, s in two], [s for _, s in one], atol=2e-3)  # ties in any order
 
 
 # ----------------------------------------------------------------------------- the page

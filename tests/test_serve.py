@@ -30,10 +30,11 @@ import torch
 pytest.importorskip("flask", reason="the web extra is not installed (pip install 'vcap-toolkit[web]')")
 pytest.importorskip("waitress", reason="the web extra is not installed (pip install 'vcap-toolkit[web]')")
 
+from werkzeug.exceptions import Forbidden  # noqa: E402
+
 from vcap_toolkit.web.models import ServeModels, path_guard  # noqa: E402
 from vcap_toolkit.web.serve import create_app, make_server, stop_server  # noqa: E402
 from vcap_toolkit.web.serve_paths import PathGuard  # noqa: E402
-from werkzeug.exceptions import Forbidden  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
