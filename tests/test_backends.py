@@ -19,7 +19,9 @@ frames, ``uniform`` / ``tsn`` / ``fps``):
 
 from __future__ import annotations
 
+import gc
 import re
+import weakref
 from pathlib import Path
 
 import av
@@ -32,6 +34,7 @@ from retrieval_pretrain.foundation.errors import ConfigError, VideoReadError
 from retrieval_pretrain.reading import video as video_module
 from retrieval_pretrain.reading.clips import Clip
 from retrieval_pretrain.reading.decoding import choice
+from retrieval_pretrain.reading.decoding.pyav_backend import PyAVDecoder
 from retrieval_pretrain.reading.video import probe_video, read_frames
 from vcap_toolkit.cli.main import main
 
@@ -64,8 +67,9 @@ def videos(shared_data: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def own_backend(monkeypatch):
-    """Each test starts from auto and leaves the process's backend as it found it."""
-    monkeypatch.delenv(choice.ENV, raising=False)
+    """Each test starts from auto and leaves the process's backend as it found it (set, then
+    restored at teardown: ``set_backend`` writes the variable)."""
+    monkeypatch.setenv(choice.ENV, "auto")
 
 
 # ------------------------------------------------------------------ parity on the real clips
@@ -158,12 +162,16 @@ def test_bad_files_are_refused_alike(videos, tmp_path, backend):
 
 @pytest.mark.parametrize("backend", ALL)
 def test_a_corrupt_stream_names_the_same_frame(videos, backend):
+    """PyAV and torchcodec name frame 31, the first wanted frame past the 28 that decode; decord
+    names it too on a quiet machine, but its threaded decoder can fail earlier under load (seen:
+    frame 6), so for decord only the kind of error is checked."""
     path = videos / "decord/corrupted.mp4"
     assert probe_video(path, backend=backend)["num_frames"] == 50  # the header's claim; frame 0 decodes
     with pytest.raises(VideoReadError) as info:
         read_frames(path, 12, backend=backend)  # uniform: ..., 27, 31: 31 is past the last good frame
-    assert str(info.value).startswith(f"{path}: decoding failed at frame 31 (the container lists 50 frames): ")
-    assert "Invalid data" in info.value.reason
+    frame = "31" if backend != "decord" else r"\d+"
+    assert re.match(rf"decoding failed at frame {frame} \(the container lists 50 frames\): ", info.value.reason)
+    assert str(info.value).startswith(f"{path}: ") and "Invalid data" in info.value.reason
 
 
 def with_trailing_packet(tmp_path: Path) -> Path:
@@ -250,6 +258,41 @@ def test_the_choice_reaches_spawned_dataloader_workers(monkeypatch):
     loader = torch.utils.data.DataLoader(list(range(2)), batch_size=None, num_workers=1,
                                          multiprocessing_context="spawn", collate_fn=_current_backend)
     assert list(loader) == ["pyav", "pyav"]
+
+
+class _DropInheritedDecoders(torch.utils.data.Dataset):
+    """A worker that lets go of the decoders its parent held when it forked, and collects garbage."""
+
+    def __init__(self, held: list):
+        self.held = held
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> int:
+        self.held.clear()
+        gc.collect()
+        return i
+
+
+def test_a_forked_worker_never_closes_its_parents_pyav_decoders(videos):
+    """Closing, in a forked DataLoader worker, an FFmpeg container the parent opened hung the worker:
+    a worker keeps its copies of the parent's decoders unclosed, and a decoder is freed when its last
+    reference goes (no reference cycle left for a collector that may run in a worker). The loader's
+    timeout turns a hang into a failure."""
+    path = str(videos / "mmaction2/rawvideo_part_0.mp4")
+    left = PyAVDecoder(path)
+    left.frames(np.array([0, 3]))
+    gone = weakref.ref(left)
+    del left
+    assert gone() is None  # freed here, by reference counting
+    held = [PyAVDecoder(path)]
+    held[0].frames(np.array([1]))
+    gc.collect()  # the worker collects only what it drops itself, not the rest of this test session's garbage
+    loader = torch.utils.data.DataLoader(_DropInheritedDecoders(held), batch_size=None, num_workers=1,
+                                         multiprocessing_context="fork", timeout=60)
+    assert list(loader) == [0, 1]
+    assert held[0].frames(np.array([5])).shape == (1, 256, 340, 3)  # the parent's copy still works
 
 
 def test_command_line_overrides(tmp_path, capsys):

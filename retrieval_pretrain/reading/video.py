@@ -18,9 +18,10 @@ in a video container: nothing moves, and a captioner would describe a picture); 
 and ``probe_video`` reject it with ``VideoReadError`` (``MIN_VIDEO_FRAMES``).
 
 Decoding is a backend's (``decoding/``: decord, torchcodec or PyAV; ``video.backend``). ``auto``, the
-default, takes PyAV, else decord, else torchcodec: the order measured on a 2-core CPU (BENCHMARKS.md,
-"Decoder backends": PyAV as fast as decord or faster at every size and read pattern, torchcodec
-slowest at resized reads); ``decoding.choice`` holds the rule. Each opens the file once per call (safe in
+default, takes decord where it installs (the pixels every model so far was trained on), else PyAV,
+else torchcodec; PyAV measured as fast as decord or faster everywhere (BENCHMARKS.md, "Decoder
+backends"), so ``video.backend=pyav`` is the faster choice; ``decoding.choice`` holds the rule.
+Each opens the file once per call (safe in
 DataLoader worker processes; a time range reuses the thread's last reader) and decodes only the
 sampled indices. Every backend gives the same frame count, indices and start times (frame ``i`` is
 the ``i``-th in presentation order of the stream ffmpeg's ``av_find_best_stream`` picks; starts

@@ -16,6 +16,7 @@ last frame ends at its packet's pts + duration, else its start + ``1 / fps``.
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import numpy as np
 from retrieval_pretrain.foundation.errors import VideoReadError
 
 BACKENDS = ("decord", "torchcodec", "pyav")
+_INHERITED: list[dict] = []  # what a forked child's copies of its parent's decoders held: never freed there
 REENCODE = "re-encode to H.264, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
 
 
@@ -82,6 +84,17 @@ class Decoder(ABC):
     def __init__(self, path: str, timing: Timing):
         self.path = path
         self.timing = timing
+        self._pid = os.getpid()
+
+    def __del__(self) -> None:
+        """Close, in the process that opened it. A forked child (a DataLoader worker) that drops its
+        copy of a parent's decoder keeps that copy's FFmpeg objects instead: freeing there what the
+        parent made hung the child (an open PyAV container: ``tests/test_backends.py``; decord's
+        reader waits for decoding threads only the parent has, ``reading/video.py`` notes)."""
+        if getattr(self, "_pid", os.getpid()) != os.getpid():
+            _INHERITED.append(dict(self.__dict__))
+            return
+        self.close()
 
     @abstractmethod
     def native_size(self) -> tuple[int, int]:

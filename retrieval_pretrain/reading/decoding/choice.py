@@ -1,16 +1,19 @@
 """Which backend decodes: ``video.backend`` = ``auto | decord | torchcodec | pyav``.
 
-``auto`` takes the first usable one of ``AUTO_ORDER``, the order ``benchmarks/bench_backends.py``
-measured (BENCHMARKS.md, "Decoder backends", 2-core x86-64 CPU, one decoder thread): PyAV was as fast
-as decord or faster in every case - 12 frames sampled from the real clips (1.0-1.9x at native size,
-1.3-2.7x at 224 short side, where decord opens and indexes the file a second time), 12 frames of a
-3-minute 720p clip (tie native, 2.3x at 224) and every frame of it (2.6x native, 1.9x at 224) -, and
-it installs everywhere (its wheels bundle FFmpeg, AV1 included); decord next; torchcodec last (the
-fastest only on native-size time windows of the long clip, slower than both on the real clips, and
-its in-decoder resize made the dense 224 read 5.7x slower than PyAV's; it also needs FFmpeg's shared
-libraries on the machine). The machine was shared while measuring (other jobs on its 2 cores): a
-difference under about 1.3x is noise, so PyAV against decord at native size is a tie or a win, never
-a loss. All three give the same frames (``tests/test_backends.py``): the order changes speed only.
+``auto`` takes the first usable one of ``AUTO_ORDER``: decord where it installs - the issue keeps it
+the default, and every model trained so far saw decord's pixels (resized frames differ from the
+others' by about a level, ``tests/test_backends.py``) -, else PyAV, else torchcodec, by measured
+speed (BENCHMARKS.md, "Decoder backends", 2-core x86-64 CPU, one decoder thread). Measured, PyAV was
+as fast as decord or faster in every case - 12 frames sampled from the real clips (1.0-1.9x at native
+size, 1.3-2.7x at 224 short side, where decord opens and indexes the file a second time), 12 frames
+of a 3-minute 720p clip (tie native, 2.3x at 224) and every frame of it (2.6x native, 1.9x at 224) -
+and it installs everywhere (its wheels bundle FFmpeg, AV1 included): it is what ``auto`` gives where
+decord does not install (ARM Linux, Apple silicon), and ``video.backend=pyav`` is the faster choice
+on x86-64 too. torchcodec is last: the fastest only on native-size time windows of the long clip,
+slower than both on the real clips, its in-decoder resize made the dense 224 read 5.7x slower than
+PyAV's, and it needs FFmpeg's shared libraries on the machine. The machine was shared while
+measuring (other jobs on its 2 cores): a difference under about 1.3x is noise. All three give the
+same frames: the order changes speed and, for resized or 10-bit frames, pixels by a few levels.
 
 The choice is process-wide. ``set_backend`` (``vcap`` calls it once the config is read) resolves
 ``auto`` once and stores the name in the environment variable ``VCAP_VIDEO_BACKEND``, which DataLoader
@@ -32,9 +35,9 @@ from retrieval_pretrain.reading.decoding.torchcodec_backend import TorchCodecDec
 
 ENV = "VCAP_VIDEO_BACKEND"
 CHOICES = ("auto", *BACKENDS)
-AUTO_ORDER = ("decord", "pyav", "torchcodec")  # decord first where it installs (the issue: it stays the default; same pixels as every model trained so far), then by measured speed
+AUTO_ORDER = ("decord", "pyav", "torchcodec")  # decord where it installs, then by measured speed (docstring)
 INSTALL = {
-    "decord": "pip install decord (wheels for x86-64 Linux, macOS and Windows only)",
+    "decord": "pip install decord (wheels for x86-64 Linux and Windows only)",
     "torchcodec": "pip install 'vcap-toolkit[torchcodec]'",
     "pyav": "pip install av",
 }

@@ -36,6 +36,14 @@ def _av() -> Any:
     return av
 
 
+def _decoded(container: Any, stream: Any) -> Any:
+    """The stream's frames from the container's position on. A function, not a method: a generator
+    holding its decoder would make a reference cycle, and a decoder left for the garbage collector
+    can outlive a fork into a DataLoader worker."""
+    for packet in container.demux(stream):
+        yield from packet.decode()  # the final empty packet flushes the decoder
+
+
 def _turns(frame: Any) -> int:
     """Quarter turns counter-clockwise that make ``frame`` upright (its display matrix)."""
     return (int(round(frame.rotation)) // 90) % 4
@@ -75,13 +83,6 @@ class PyAVDecoder(Decoder):
             self._container.close()
         self._container = self._frames = self._last = None
 
-    def __del__(self) -> None:
-        self.close()
-
-    def _decoded(self, stream: Any) -> Any:
-        for packet in self._container.demux(stream):
-            yield from packet.decode()  # the final empty packet flushes the decoder
-
     def _start(self, key: int) -> None:
         """Decode from the key frame at index ``key`` on (from the file's start when 0 or untimed)."""
         if self._container is None or key == 0 or self._position is None:
@@ -94,7 +95,7 @@ class PyAVDecoder(Decoder):
         stream = self._container.streams[self.index.stream]
         if key > 0 and self._position is not None:
             self._container.seek(int(self.index.pts[key]), backward=True, any_frame=False, stream=stream)
-        self._frames, self._pos, self._last = self._decoded(stream), key - 1, None
+        self._frames, self._pos, self._last = _decoded(self._container, stream), key - 1, None
         self._key, self._first = key, True  # the first frame out tells whether the seek landed where asked
 
     def _key_before(self, j: int) -> int:
