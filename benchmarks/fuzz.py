@@ -32,6 +32,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.fuzz_dense_formats import DENSE_FORMAT_TARGETS
 from benchmarks.fuzz_targets import (
     BAD_TEXT,
     FORMAT_TARGETS,
@@ -405,6 +406,7 @@ _WEB = st.one_of(
 
 TARGETS: list[Target] = [
     *FORMAT_TARGETS,
+    *DENSE_FORMAT_TARGETS,
     Target("config", _CONFIG, _config, 40, always=((None, None, [("caption.label_smoothing", "2" * 400)]),)),
     Target("score", _SCORE, _score, 40, always=(([], [{"video_id": "v1", "caption": ""}]),
                                                 ([{"video_id": None, "caption": "a"}], {}))),

@@ -1,16 +1,13 @@
 """The dense-caption formats on the real annotation files (exact counts, the named defects), jsonl's
-``start`` / ``end``, and a Hypothesis property over both readers: a table or named problems, never
-another exception."""
+``start`` / ``end``; the readers' Hypothesis properties are fuzz targets
+(``benchmarks/fuzz_dense_formats.py``, run by tests/test_fuzz_targets.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
 
 from retrieval_pretrain.reading.annotation_table import AnnotationError
 from retrieval_pretrain.reading.annotations import load_annotations
@@ -115,37 +112,5 @@ def test_unreadable_files_are_one_error(tmp_path: Path, content, fmt, message):
         load_annotations(data, warn=False)
 
 
-_cells = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True),
-                   st.text(max_size=6), st.lists(st.floats(-10, 100), max_size=3))
-_segments = st.lists(st.one_of(_cells, st.tuples(st.floats(-5, 50), st.floats(-5, 50)).map(list)), max_size=4)
-_anet_video = st.fixed_dictionaries({}, optional={"duration": _cells, "timestamps": st.one_of(_cells, _segments),
-                                                  "sentences": st.one_of(_cells, st.lists(_cells, max_size=4))})
-_yc_video = st.fixed_dictionaries({}, optional={
-    "duration": _cells, "subset": st.one_of(_cells, st.sampled_from(["training", "validation"])),
-    "recipe_type": _cells, "annotations": st.one_of(_cells, st.lists(st.one_of(_cells, st.fixed_dictionaries(
-        {}, optional={"segment": st.one_of(_cells, _segments), "sentence": _cells})), max_size=4))})
-_ids = st.one_of(st.text(max_size=8), st.sampled_from(["", ".", "..", "/", "v_a/../b", "v_x"]))
-
-
-def _check(ann) -> None:
-    for e in ann.entries:
-        assert e.captions and all(isinstance(c, str) and c.strip() for c in e.captions)
-        assert math.isfinite(e.start) and math.isfinite(e.end) and 0 <= e.start < e.end
-        assert "/" not in e.source and e.source not in ("", ".", "..")
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.dictionaries(_ids, st.one_of(_cells, _anet_video), max_size=4))
-def test_activitynet_reader_never_raises_anything_else(tmp_path: Path, raw):
-    path = tmp_path / "anet.json"
-    path.write_text(json.dumps(raw))
-    _check(load_annotations(DataConfig(format="activitynet", split_files={"train": str(path)}), warn=False))
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.dictionaries(_ids, st.one_of(_cells, _yc_video), max_size=4))
-@example({"0": {"duration": 1, "subset": []}})  # found by Hypothesis in CI: an unhashable subset was a TypeError
-def test_youcook2_reader_never_raises_anything_else(tmp_path: Path, raw):
-    path = tmp_path / "yc2.json"
-    path.write_text(json.dumps({"database": raw}))
-    _check(load_annotations(DataConfig(format="youcook2", annotations=str(path)), warn=False))
+# The readers' Hypothesis properties are fuzz targets (benchmarks/fuzz_dense_formats.py), run by
+# tests/test_fuzz_targets.py with the other formats' and longer by python -m benchmarks.fuzz.
