@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from retrieval_pretrain.foundation.errors import ConfigError, VideoReadError
+from retrieval_pretrain.reading.clips import MIN_WINDOW
 from retrieval_pretrain.reading.video import probe_video
 
 SHOTS = "shots"
@@ -49,10 +50,10 @@ class WindowSpec:
 
     def __post_init__(self) -> None:
         if self.segments != SHOTS:
-            _positive("--segments", self.segments, f"a number of seconds > 0 or '{SHOTS}'")
+            _positive("--segments", self.segments, f"a number of seconds > 0 or '{SHOTS}'", MIN_WINDOW)
             object.__setattr__(self, "segments", float(self.segments))
         _positive("--min-segment", self.min_segment)
-        _positive("--max-segment", self.max_segment)
+        _positive("--max-segment", self.max_segment, least=MIN_WINDOW)
         if self.max_segment < self.min_segment:
             raise ConfigError(f"--max-segment {self.max_segment:g} is shorter than --min-segment {self.min_segment:g}")
 
@@ -67,10 +68,13 @@ class WindowSpec:
         return {"segments": self.segments}
 
 
-def _positive(option: str, value: Any, what: str = "a number of seconds > 0") -> None:
+def _positive(option: str, value: Any, what: str = "a number of seconds > 0", least: float = 0.0) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if not ok:
         raise ConfigError(f"{option} {value!r}: give {what}")
+    if value < least:
+        raise ConfigError(f"{option} {value:g}: windows shorter than {least:g} s are not cut (times are kept to "
+                          "the millisecond, and a window must hold a frame); give a longer one")
 
 
 def parse_segments(text: str) -> float | str:
@@ -81,7 +85,7 @@ def parse_segments(text: str) -> float | str:
         value = float(text)
     except ValueError:
         value = math.nan
-    _positive("--segments", value, f"a number of seconds > 0 or '{SHOTS}'")
+    _positive("--segments", value, f"a number of seconds > 0 or '{SHOTS}'", MIN_WINDOW)
     return value
 
 

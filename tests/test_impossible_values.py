@@ -105,3 +105,13 @@ def test_default_loader_workers_are_capped_by_the_cpus_an_explicit_value_is_kept
     assert load(None, ["run.num_workers=7"]).run.num_workers == 7
     args = build_parser().parse_args(["index", "v.mp4", "--model", "m", "--output", "o"])
     assert args.num_workers == min(2, cpus)
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "a" * 300, "x\x00y"])
+def test_a_host_nobody_can_listen_on_is_one_line_before_the_models_load(host, tmp_path, capsys):
+    """A hostile round's find: ``vcap serve --host 999.1.1.1`` was waitress's ValueError, a traceback,
+    after the models had loaded (here the model folder does not even exist: the host is checked first)."""
+    pytest.importorskip("flask", reason="the web extra is not installed")
+    code = main(["serve", "--caption-model", str(tmp_path / "no_model"), "--host", host, "--port", "0"])
+    line = _last_line(capsys)
+    assert code == ConfigError.exit_code and line.startswith(f"vcap: config error: --host {host!r}: not an address"), line

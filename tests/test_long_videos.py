@@ -426,3 +426,14 @@ def test_impossible_window_lengths_are_usage_errors(option, value, capsys):
         main(["caption", "v.mp4", "--model", "m", "--segments", "shots", option, value])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"argument {option}: {value!r} is not a number of seconds > 0" in err
+
+
+@pytest.mark.parametrize("option, value", [("--segments", "1e-9"), ("--max-segment", "0.01")])
+def test_windows_too_short_to_hold_a_frame_are_refused_before_any_work(option, value, capsys):
+    """A hostile round's find: ``--segments 1e-9`` asked for 10^10 windows and ran out of memory."""
+    extra = [option, value] if option == "--segments" else ["--segments", "shots", option, value]
+    assert main(["caption", "v.mp4", "--model", "m", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"vcap: config error: {option} {float(value):g}: windows shorter "
+                                               "than 0.1 s are not cut"), err
+

@@ -150,7 +150,9 @@ def test_a_bad_window_option_is_one_line(long_video, tmp_path, capsys):
     for extra, message in ((["--segments", "0"], "--segments 0.0: give a number of seconds > 0"),
                            (["--segments", "2", "--stride", "3"], "--stride 3 is longer than --segments 2"),
                            (["--stride", "1"], "--stride needs --segments"),
-                           (["--vectors", "approximate", "--segments", "nan"], "--segments nan: give a number")):
+                           (["--vectors", "approximate", "--segments", "nan"], "--segments nan: give a number"),
+                           (["--segments", "1e-6"], "--segments 1e-06: windows shorter than 0.1 s are not cut"),
+                           (["--segments", "5", "--stride", "0.01"], "--stride 0.01: windows shorter than 0.1 s")):
         capsys.readouterr()
         assert main(["index", str(video), "--model", str(model), "--output", str(tmp_path / "i"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()

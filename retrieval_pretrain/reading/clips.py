@@ -110,6 +110,12 @@ def frames_in_range(starts: np.ndarray, clip: Clip, duration: float) -> tuple[in
 TAIL_FRACTION = 0.25  # a last window shorter than this share of a window joins the one before
 
 
+# The shortest window a command cuts (--segments, --stride, --max-segment): times are kept to the
+# millisecond, and a window must hold a frame of any ordinary video; shorter asks for millions of
+# windows an hour (found by a hostile round: 1e-9 s ran out of memory).
+MIN_WINDOW = 0.1
+
+
 def fixed_windows(duration: float, seconds: float, stride: float | None = None) -> list[tuple[float, float]]:
     """``(start, end)`` windows of ``seconds`` over ``[0, duration]``, one starting every ``stride``
     seconds (default ``seconds``: consecutive windows; less: windows that overlap), times rounded to

@@ -13,6 +13,7 @@ import argparse
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -114,6 +115,11 @@ def _check_serve_args(args: argparse.Namespace) -> None:
     """Refuse a bad port or ``--allow`` folder before the models load."""
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: not a port (0 to 65535)")
+    try:
+        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError) as e:  # socket.gaierror is an OSError
+        raise ConfigError(f"--host {args.host!r}: not an address this machine can listen on ({e}); give an IP "
+                          "address or host name, e.g. 127.0.0.1 or 0.0.0.0") from None
     for folder in args.allow or []:
         if not Path(folder).is_dir():
             raise ConfigError(f"--allow {folder}: not a folder")
@@ -135,8 +141,9 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(models, guard, args.max_upload_mb, host=args.host)
     try:
         server = make_server(app, args.host, args.port, max_upload_mb=args.max_upload_mb)
-    except OSError as e:
-        raise ConfigError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e})") from None
+    except (OSError, ValueError) as e:  # waitress: ValueError("Invalid host/port specified.")
+        raise ConfigError(f"--host {args.host} --port {args.port}: cannot listen there "
+                          f"({getattr(e, 'strerror', None) or e})") from None
     port = getattr(server, "effective_port", args.port)
     where = f"[{args.host}]" if ":" in args.host else args.host
     print(f"vcap serve: http://{where}:{port}/ (models on {models.pipe.device}; allowed folders: "

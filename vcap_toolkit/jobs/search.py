@@ -69,6 +69,7 @@ from retrieval_pretrain.modeling.clip_tokenizer import tokenizer_from_spec
 from retrieval_pretrain.modeling.model import scores_pairwise
 from retrieval_pretrain.modeling.model_folder import from_pretrained, model_fingerprint
 from retrieval_pretrain.modeling.parts import StageOneModel
+from retrieval_pretrain.reading.clips import MIN_WINDOW
 from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import embed_videos, video_states
 from vcap_toolkit.jobs import vector_index
@@ -102,6 +103,9 @@ def window_spec(segments: float | None, stride: float | None) -> dict[str, float
     for option, value in (("--segments", segments), ("--stride", stride if stride is not None else segments)):
         if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
             raise ConfigError(f"{option} {value!r}: give a number of seconds > 0")
+        if value < MIN_WINDOW:
+            raise ConfigError(f"{option} {value:g}: windows shorter than {MIN_WINDOW:g} s are not cut (times are "
+                              "kept to the millisecond, and a window must hold a frame); give a longer one")
     stride = float(segments if stride is None else stride)
     if stride > segments:
         raise ConfigError(f"--stride {stride:g} is longer than --segments {segments:g}: windows would leave gaps")
