@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from retrieval_pretrain.foundation.errors import DatasetError
 from caption.metrics import per_caption_cider
 from caption.tokenizer import normalize_caption
+from retrieval_pretrain.foundation.errors import DatasetError
 from vcap_toolkit.reports.captions_page import caption_report, make_rows
 from vcap_toolkit.reports.run_curves import LOG_FILE, training_curves
 
