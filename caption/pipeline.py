@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 from caption.tokenizer import CaptionTokenizer
 from caption.windows import TimedCaption, WindowSpec, merge_captions, video_windows
-from decoders.config import DecodeConfig
+from decoders.config import MAX_BEAMS, DecodeConfig
 from decoders.model import CaptionModel
 from retrieval_pretrain.foundation.accelerate_setup import pick_device
-from retrieval_pretrain.foundation.errors import ModelFolderError, VideoReadError, check_finite
+from retrieval_pretrain.foundation.errors import ConfigError, ModelFolderError, VideoReadError, check_finite
 from retrieval_pretrain.foundation.hub import resolve_model_folder
 from retrieval_pretrain.modeling.model_folder import from_pretrained as load_video_tower
 from retrieval_pretrain.modeling.model_folder import model_fingerprint
@@ -272,6 +272,8 @@ class CaptionPipeline:
         ``{path: [TimedCaption, ...] or exception}`` (``caption_windows``)."""
         decode = self.default_decode()
         if num_beams is not None:
+            if isinstance(num_beams, bool) or not isinstance(num_beams, int) or not 1 <= num_beams <= MAX_BEAMS:
+                raise ConfigError(f"num_beams={num_beams!r}: give a whole number from 1 to {MAX_BEAMS}")
             decode = dataclasses.replace(decode, num_beams=num_beams)
         videos = [(str(p), Path(p)) for p in paths]
         if segments is not None:

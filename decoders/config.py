@@ -81,6 +81,11 @@ class CaptionModelSettings:
         return CaptionModelSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(CaptionModelSettings)})
 
 
+# The widest beam: each video keeps this many hypotheses at every step, so memory and time grow with
+# it (a hostile round's --beam 100000 ran past 5 minutes on one short video); the papers use 3-5.
+MAX_BEAMS = 100
+
+
 @dataclass
 class DecodeConfig:
     """Caption decoding with transformers' generation: beam search with ``num_beams`` (1: greedy),
@@ -89,7 +94,7 @@ class DecodeConfig:
     ``batch_size``: videos per ``generate_captions`` call (the callers' batching; it does not
     change a caption)."""
 
-    num_beams: int = _range(5, 1)
+    num_beams: int = _range(5, 1, MAX_BEAMS)
     max_new_tokens: int = _range(28, 1)
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = _range(0, 0)

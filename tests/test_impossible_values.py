@@ -114,4 +114,19 @@ def test_a_host_nobody_can_listen_on_is_one_line_before_the_models_load(host, tm
     pytest.importorskip("flask", reason="the web extra is not installed")
     code = main(["serve", "--caption-model", str(tmp_path / "no_model"), "--host", host, "--port", "0"])
     line = _last_line(capsys)
-    assert code == ConfigError.exit_code and line.startswith(f"vcap: config error: --host {host!r}: not an address"), line
+    assert code == ConfigError.exit_code, line
+    assert line.startswith(f"vcap: config error: --host {host!r}: not an address"), line
+
+
+def test_a_beam_past_the_widest_is_refused_everywhere_it_enters(tmp_path, capsys):
+    """A hostile round's find: ``vcap caption --beam 100000`` ran past 5 minutes on one short video."""
+    from decoders.config import MAX_BEAMS, DecodeConfig
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["caption", "v.mp4", "--model", "m", "--beam", str(MAX_BEAMS + 1)])
+    assert exit_.value.code == 2 and f"at most {MAX_BEAMS}" in capsys.readouterr().err
+    assert build_parser().parse_args(["caption", "v.mp4", "--model", "m", "--beam", str(MAX_BEAMS)]).beam == MAX_BEAMS
+    with pytest.raises(ValueError, match=rf"decode.num_beams: 100000 must be in \[1, {MAX_BEAMS}\]"):
+        DecodeConfig.from_saved({"num_beams": 100000})
+    code = main(["evaluate", "--model", str(tmp_path / "m"), "--config", str(CONFIG_PATH), "decode.num_beams=100000"])
+    assert code == ConfigError.exit_code and "decode.num_beams: 100000 must be in [1, 100]" in _last_line(capsys)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from decoders.config import MAX_BEAMS
 from retrieval_pretrain.foundation.errors import EXIT_CODES
 from retrieval_pretrain.foundation.machine import default_workers
 from retrieval_pretrain.reading.formats import help_lines
@@ -29,6 +30,12 @@ def _whole(text: str, low: int) -> int:
 
 def _at_least_one(text: str) -> int:
     return _whole(text, 1)
+
+
+def _beam(text: str) -> int:
+    if _whole(text, 1) > MAX_BEAMS:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_BEAMS} (hypotheses kept per video; 3-5 is usual)")
+    return int(text)
 
 
 def _at_least_zero(text: str) -> int:
@@ -154,7 +161,7 @@ def _add_caption(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(overrides=[], config=None)
     p.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER")
     p.add_argument("--model", required=True, metavar="RUN2/model", help="caption model folder or Hub id org/name[@rev]")
-    p.add_argument("--beam", type=_at_least_one, default=None, help="beam size (default: the model's; 1 = greedy)")
+    p.add_argument("--beam", type=_beam, default=None, help=f"beam size, 1 to {MAX_BEAMS} (default: the model's)")
     p.add_argument("--batch-size", type=_at_least_one, default=8, help="videos (or windows) per batch")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object {"captions": {video: caption}, "failed": {video: reason}} '
