@@ -40,6 +40,7 @@ from retrieval_pretrain.foundation.errors import ConfigError, FeatureStoreError,
 from retrieval_pretrain.foundation.folder_lock import folder_lock
 from retrieval_pretrain.foundation.ownership import (
     METRICS,
+    PREDICTIONS,
     RECORD,
     FolderKind,
     claim_file,
@@ -267,13 +268,32 @@ def test_the_installed_vcap_refuses_in_one_line(made, tmp_path):
 def test_claim_file_knows_the_toolkits_metrics(tmp_path):
     ours = tmp_path / "metrics.json"
     for text, ok in (('{"split": "test", "t2v_R@1": 0.5}', True), ('{"CIDEr": 1.2, "count": 3}', True),
-                     ('{"accuracy": 0.9}', False), ("[1, 2]", False), ("not json", False), ("", False)):
+                     ('{"caption": {"CIDEr": 1.0}}', True), ('{"caption": "my notes"}', False),
+                     ('{"CIDEr": true}', False), ('{"accuracy": 0.9}', False), ("[1, 2]", False),
+                     ("not json", False), ("", False)):
         ours.write_text(text)
         if ok:
             assert claim_file(ours, METRICS) == ours
         else:
             with pytest.raises(ConfigError, match="is not a metrics file"):
                 claim_file(ours, METRICS)
+
+
+def test_claim_file_knows_the_toolkits_predictions_by_the_metrics_beside_them(tmp_path):
+    """A hostile round's find: a user's notes ``{"todo": "call Bob"}`` looked like predictions and were
+    replaced by vcap evaluate. vcap's predictions.json has its metrics.json beside it."""
+    preds, metrics = tmp_path / "predictions.json", tmp_path / "metrics.json"
+    preds.write_text('{"v1": "a red circle moves up"}')
+    with pytest.raises(ConfigError, match="is not a predictions file that vcap wrote"):
+        claim_file(preds, PREDICTIONS)  # alone: a user's notes, or an evaluation killed before its metrics
+    metrics.write_text('{"user_note": "x"}')
+    with pytest.raises(ConfigError, match="is not a predictions file"):
+        claim_file(preds, PREDICTIONS)
+    metrics.write_text('{"CIDEr": 0.8, "BLEU-4": 0.2}')
+    assert claim_file(preds, PREDICTIONS) == preds
+    preds.write_text('{"v1": ["not", "a caption"]}')
+    with pytest.raises(ConfigError, match="is not a predictions file"):
+        claim_file(preds, PREDICTIONS)
 
 
 # ----------------------------------------------------------------------------- index reruns (items 2, 3)

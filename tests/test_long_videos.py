@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import re
 import threading
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -26,7 +27,7 @@ import webvtt
 
 from caption.demo import CONFIG_PATH
 from caption.demo import data as demo_data
-from caption.subtitles import subtitles_text, write_subtitles
+from caption.subtitles import check_subtitles_path, subtitles_text, write_subtitles
 from caption.windows import TimedCaption, WindowSpec, bound_shots, detect_cuts, merge_captions, segment_windows
 from retrieval_pretrain.foundation.errors import ConfigError
 from vcap_toolkit.cli.main import main
@@ -178,6 +179,23 @@ def test_subtitle_files_parse_with_their_libraries(tmp_path):
     assert [(s.index, s.start.total_seconds(), s.end.total_seconds(), s.content) for s in subs] == [
         (1, 0.0, 2.5, windows[0].caption), (2, 4.0, 3725.25, "a green star grows")]
     assert subtitles_text([], ".vtt").startswith("WEBVTT")
+
+
+def test_a_subtitle_file_vcap_did_not_write_is_never_replaced(tmp_path):
+    """A hostile round's find: ``--subtitles mine.srt`` replaced a user's hand-made subtitles. A WebVTT
+    file vcap wrote says so in a NOTE block and may be replaced; any other file there is refused."""
+    windows = [TimedCaption(0.0, 2.0, "a red circle moves up")]
+    ours = write_subtitles(tmp_path / "ours.vtt", windows)
+    assert "NOTE written by vcap caption" in ours.read_text() and len(webvtt.read(str(ours)).captions) == 1
+    assert check_subtitles_path(ours) == ours  # vcap's own: a rerun replaces it
+    mine = {"mine.srt": "1\n00:00:00,000 --> 00:00:02,000\nmy words\n",
+            "mine.vtt": "WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nmy words\n", "notes.vtt": "not subtitles"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=rf"--subtitles {re.escape(str(tmp_path / name))} exists \(.*\); nothing "
+                                              "was changed - move it away"):
+            check_subtitles_path(tmp_path / name)
+        assert (tmp_path / name).read_text() == text
 
 
 def test_bad_window_options_are_one_line_before_any_work(tmp_path, capsys):

@@ -213,13 +213,21 @@ METRIC_NAMES = frozenset({"BLEU-4", "CIDEr", "METEOR", "ROUGE-L", "t2v_R@1", "v2
 
 
 def _metrics(path: Path) -> bool:
+    """A JSON object with one of ``METRIC_NAMES`` holding a number or an object of them (a user's
+    ``{"caption": "notes"}`` is not one: a hostile round's find)."""
     data = _json_of(path)
-    return isinstance(data, dict) and bool(METRIC_NAMES & set(data))
+    if not isinstance(data, dict):
+        return False
+    return any(isinstance(data[k], (dict, int, float)) and not isinstance(data[k], bool) for k in METRIC_NAMES & set(data))
 
 
 def _predictions(path: Path) -> bool:
+    """``{video_id: caption}`` with the ``metrics.json`` its evaluation wrote after it beside it: a
+    user's JSON object of strings alone (notes) is not vcap's. An evaluation killed between the two
+    files leaves predictions that are refused, said so, rather than a user's file replaced."""
     data = _json_of(path)
-    return isinstance(data, dict) and all(isinstance(v, str) for v in data.values())
+    return (isinstance(data, dict) and all(isinstance(v, str) for v in data.values())
+            and _metrics(path.with_name("metrics.json")))
 
 
 def _failure_list(path: Path) -> bool:
