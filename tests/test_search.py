@@ -186,6 +186,11 @@ def test_a_changed_file_is_embedded_again_and_a_gone_one_is_never_returned(clips
     result = json.loads(out.out.strip().splitlines()[-1])
     assert {p for p, _ in result["results"]} == {mine[0], mine[3]}
     assert "no longer exist and were left out" in out.err
+    Path(mine[3]).write_bytes(b"not a video any more")  # changed since indexed (a hostile round's find: it was
+    assert main(["search", str(tmp_path / "idx"), "moving up", "--top", "4", "--json"]) == 0  # returned, old score)
+    out = capsys.readouterr()
+    assert {p for p, _ in json.loads(out.out.strip().splitlines()[-1])["results"]} == {mine[0]}
+    assert "changed since they were indexed and were left out; rerun 'vcap index'" in out.err
 
 
 # --- A damaged index (issue 25, class 2): one line, exit 7, never a silently wrong score ---------

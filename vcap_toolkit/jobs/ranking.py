@@ -15,8 +15,9 @@ An index without a vector index (written before them), or one whose vector index
 directly, is ranked by brute force over its checked shards, as before; a larger one is refused
 until ``vcap index`` runs again.
 
-Results are filtered and collapsed after ranking: a file gone since it was indexed is left out
-(said once), and overlapping windows of one video collapse to the best (``moments.collapse``); the
+Results are filtered and collapsed after ranking: a file gone since it was indexed, or changed
+(its size or modification time not its row's: the embedding describes what it held), is left out
+(said once per kind), and overlapping windows of one video collapse to the best (``moments.collapse``); the
 ranking asks for more rows until ``top`` results survive or every row has been ranked.
 """
 
@@ -66,6 +67,7 @@ class IndexSearcher:
         self.vectors = self._open_vectors()
         self._checked: dict[str, list[dict[str, Any]]] = {}
         self._brute: tuple[list[dict[str, Any]], np.ndarray] | None = None
+        self._stamps: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) embedded, of the rows ranked
 
     def _open_vectors(self) -> VectorSearcher | None:
         record, records = self.meta.get("vectors"), self.meta.get("shards")
@@ -114,7 +116,19 @@ class IndexSearcher:
         return self._checked[stem]
 
     def _hit(self, row: dict[str, Any], score: float) -> Hit:
+        if "size" in row and "mtime_ns" in row:
+            self._stamps[row["path"]] = (row["size"], row["mtime_ns"])
         return Hit(row["path"], round(float(score), 6), row.get("start"), row.get("end"))
+
+    def _as_indexed(self, path: str) -> str | None:
+        """None when the file at ``path`` is the one embedded; else why not: ``"gone"``, or ``"changed"``
+        (size or modification time differ from its row's: its embedding describes another video)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return "gone"
+        stamp = self._stamps.get(path)
+        return "changed" if stamp is not None and (st.st_size, st.st_mtime_ns) != stamp else None
 
     def _present(self, ids: np.ndarray) -> np.ndarray:
         """``ids`` without padding (-1) and without rows of recorded shards that are not complete."""
@@ -190,12 +204,14 @@ class IndexSearcher:
         k = min(total, top * (4 if self.moments else 2) + 16)
         while True:
             hits = ranked(k)
-            found = collapse(h for h in hits if os.path.exists(h.path))
+            why = {h.path: self._as_indexed(h.path) for h in hits}
+            found = collapse(h for h in hits if why[h.path] is None)
             if len(found) >= top or k >= total:
                 break
             k = min(total, k * 4)
-        if any(not os.path.exists(h.path) for h in hits):
-            warn(f"{self.folder}: some indexed videos no longer exist and were left out; rerun 'vcap index'")
+        for reason, said in (("gone", "no longer exist"), ("changed", "changed since they were indexed")):
+            if reason in why.values():
+                warn(f"{self.folder}: some indexed videos {said} and were left out; rerun 'vcap index'")
         return found[:top]
 
 
