@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,8 @@ def test_jsonl_time_ranges(tmp_path: Path):
              {"video": "long.mp4", "captions": ["e"], "split": "train", "start": 5, "end": 2},
              {"video": "long.mp4", "captions": ["f"], "split": "train", "start": -1, "end": 2},
              {"video": "long.mp4", "captions": ["g"], "split": "train", "start": "0", "end": 2},
-             {"video": "long.mp4", "captions": ["h"], "split": "train", "start": 0, "end": 1e999}]
+             {"video": "long.mp4", "captions": ["h"], "split": "train", "start": 0, "end": 1e999},
+             {"video": "long.mp4", "captions": ["i"], "split": "train", "start": 1e308, "end": 1.7e308}]
     path = tmp_path / "a.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines))
     ann = load_annotations(DataConfig(format="jsonl", annotations=str(path), videos=str(tmp_path)), warn=False)
@@ -94,8 +96,27 @@ def test_jsonl_time_ranges(tmp_path: Path):
         "bad time range: end before start [5, 2]; skipped",
         "bad time range: negative start time -1; skipped",
         "bad time range: 'start' must be a number of seconds, got str; skipped",
-        "bad time range: 'end' must be finite, got inf; skipped"]
+        "bad time range: 'end' must be finite, got inf; skipped",
+        "bad time range: 'start' 1e+308 s is past any video's length (at most 1e+07 s); skipped"]
     assert str(ann.entries[0].clip) == f"{tmp_path / 'long.mp4'} [0-10 s]"
+
+
+def test_data_check_probe_names_a_range_past_the_end_of_its_video(shared_data: Path, tmp_path: Path):
+    """A hostile round's find: ``vcap data check --probe`` said OK about a range [500, 600] s of a
+    10-second video, which every run then failed to read."""
+    videos = shared_data / "videos" / "mmaction2"
+    lines = [{"video": "test.mp4", "captions": ["a"], "split": "train", "start": 1, "end": 3},
+             {"video": "test.mp4", "captions": ["b"], "split": "train", "start": 500, "end": 600}]
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    data = DataConfig(format="jsonl", annotations=str(path), videos=str(videos))
+    s = check_dataset(data, probe=True, progress=False)
+    assert not s["ok"] and s["unreadable_videos"]["count"] == 1 and s["unreadable_videos"]["probed"] == 1
+    item = s["unreadable_videos"]["items"][0]
+    assert item["path"] == str(videos / "test.mp4")
+    assert re.fullmatch(rf"{re.escape(str(videos / 'test.mp4'))}: the range 500-600 s starts past the end of the "
+                        r"video \([0-9.]+ s long\)", item["reason"]), item
+    assert check_dataset(data, probe=False)["ok"]  # without --probe the duration is unknown: said as not probed
 
 
 @pytest.mark.parametrize("content,fmt,message", [

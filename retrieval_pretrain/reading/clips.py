@@ -31,14 +31,21 @@ def seconds(x: float) -> str:
     return f"{x:.3f}".rstrip("0").rstrip(".")
 
 
+# No video lasts longer (about 116 days): a time past it is a typo or hostile, and would make a
+# clip id (and the feature file named by it) hundreds of digits long (a hostile round's find).
+MAX_SECONDS = 1e7
+
+
 def range_problem(start: object, end: object) -> str:
     """Why ``(start, end)`` cannot be a time range (``""`` when it can): numbers (not booleans), finite,
-    ``0 <= start < end``."""
+    ``0 <= start < end <= MAX_SECONDS``."""
     for name, v in (("start", start), ("end", end)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"'{name}' must be a number of seconds, got {type(v).__name__}"
         if not math.isfinite(v):
             return f"'{name}' must be finite, got {v}"
+        if v > MAX_SECONDS:
+            return f"'{name}' {v:g} s is past any video's length (at most {MAX_SECONDS:g} s)"
     if start < 0:
         return f"negative start time {start}"
     if end == start:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from retrieval_pretrain.reading.annotation_table import normalize_split, split_role
 from retrieval_pretrain.reading.annotations import Annotations, load_annotations
+from retrieval_pretrain.reading.clips import seconds
 from retrieval_pretrain.reading.data_config import DataConfig, VideoConfig
 from retrieval_pretrain.reading.video import probe_video
 
@@ -88,14 +89,32 @@ def _reason(path: Path, err: Exception) -> str:
     return f"{path}: {type(err).__name__}" + (f": {first}" if first else "")
 
 
-def probe_videos(paths: list[Path], probe_fn: Callable[[Path], Any], progress: bool = True) -> list[dict[str, str]]:
-    """Open each file with ``probe_fn``; return ``[{path, reason}]`` for those that raise."""
+def probe_videos(paths: list[Path], probe_fn: Callable[[Path], Any], progress: bool = True,
+                 found: dict[Path, Any] | None = None) -> list[dict[str, str]]:
+    """Open each file with ``probe_fn``; return ``[{path, reason}]`` for those that raise (and put
+    what it returned for the others in ``found``)."""
     bad = []
     for path in tqdm(paths, desc="probing videos", unit="video", file=sys.stderr, disable=not progress):
         try:
-            probe_fn(path)
+            info = probe_fn(path)
         except Exception as e:  # a bad file is reported, never fatal
             bad.append({"path": str(path), "reason": _reason(path, e)})
+        else:
+            if found is not None:
+                found[path] = info
+    return bad
+
+
+def ranges_past_the_end(entries: list[Any], found: dict[Path, Any]) -> list[dict[str, str]]:
+    """``[{path, reason}]`` for each time range that starts at or past the end of its probed video
+    (every read of it would fail: ``clips.frames_in_range``)."""
+    bad = []
+    for e in entries:
+        info = found.get(Path(e.path))
+        duration = info.get("duration") if isinstance(info, dict) else None
+        if e.start is not None and isinstance(duration, (int, float)) and e.start >= duration:
+            bad.append({"path": str(e.path), "reason": f"{e.path}: the range {seconds(e.start)}-{seconds(e.end)} s "
+                                                      f"starts past the end of the video ({seconds(duration)} s long)"})
     return bad
 
 
@@ -146,7 +165,9 @@ def check_dataset(data: DataConfig, probe: bool = False, probe_fn: Callable[[Pat
             probe_fn = video_probe(video if video is not None else VideoConfig())
         missing_set = set(missing)
         existing = [p for p in paths if p not in missing_set]
-        items = probe_videos(existing, probe_fn, progress=progress)
+        found: dict[Path, Any] = {}
+        items = probe_videos(existing, probe_fn, progress=progress, found=found)
+        items += ranges_past_the_end(ann.entries, found)
         unreadable = {"count": len(items), "probed": len(existing), "items": items}
     summary = {
         "format": data.format,
