@@ -230,9 +230,14 @@ def test_demo_quick_runs_from_the_installed_package(installed):
         assert metrics[group], f"no {group} metrics: {metrics}"
         for key, value in metrics[group].items():
             assert isinstance(value, (int, float)) and math.isfinite(value), (group, key, value)
+    # What the numbers support (BENCHMARKS.md, "SCST against its control": the quick demo with seeds 0 /
+    # 1 / 2 here gave t2v R@1 0.424 / 0.476 / 0.414, R@5 0.948 / 0.910 / 0.981, CIDEr 1.039 / 1.109 /
+    # 0.907, colour 1.0 each, shape 0.29-0.40, motion 0.17-0.48; chance 0.024 / 0.119 / - / 0.17 / 0.20
+    # / 0.14), with room for another CPU's rounding (fp32 where there is no native bf16).
     chance = metrics["chance"]
-    assert metrics["retrieval"]["t2v_R@1"] > 2 * chance["t2v_R@1"], metrics
-    assert metrics["retrieval"]["t2v_R@5"] > chance["t2v_R@5"], metrics
-    for key in ("colour", "shape", "motion"):
+    assert metrics["retrieval"]["t2v_R@1"] >= 0.25, metrics  # 10x chance
+    assert metrics["retrieval"]["t2v_R@5"] >= 0.7, metrics
+    assert metrics["attributes"]["colour"] >= 0.9, metrics
+    for key in ("shape", "motion"):
         assert metrics["attributes"][key] > chance[key], (key, metrics)
-    assert metrics["caption"]["CIDEr"] > 0.1, metrics
+    assert metrics["caption"]["CIDEr"] >= 0.7, metrics
