@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import re
+import time
 import weakref
 from pathlib import Path
 
@@ -191,6 +192,28 @@ def with_trailing_packet(tmp_path: Path) -> Path:
         extra.pts = extra.dts = max(pts) + (max(pts) - min(pts)) // 5
         out.mux(extra)
     return path
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the process's memory from /proc")
+def test_a_decord_reader_kept_between_reads_does_not_decode_ahead(tmp_path):
+    """decord's reader goes on decoding the following frames in a background thread after a read
+    and keeps them: a reader kept between the windows of a long video (``read_frames`` of a time
+    range) grew to 3.2 GB in 4 s on a 10-minute 480p video. Each read now ends with ``seek(0)``."""
+    from retrieval_pretrain.reading.decoding.decord_backend import DecordDecoder
+
+    path = write_clip(tmp_path / "long.mp4", 600, size=(480, 640), fps=30)  # 600 frames x 0.9 MB decoded
+    decoder = DecordDecoder(str(path))
+    before = _rss_mb()
+    decoder.native_size()  # frame 0 on the native reader
+    decoder.frames(np.array([10, 20]), (224, 298))  # and a resized read
+    time.sleep(3)  # what decoding ahead would fill: the rest of the video, ~500 MB
+    assert _rss_mb() - before < 150, f"{_rss_mb() - before:.0f} MB more after 3 s idle"
+    assert decoder.frames(np.array([300]), (224, 298)).shape == (1, 224, 298, 3)  # reads go on as before
 
 
 @pytest.mark.skipif("libx264" not in av.codecs_available, reason="needs an H.264 encoder")

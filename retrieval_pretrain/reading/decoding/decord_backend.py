@@ -16,6 +16,11 @@ the frames asked for. Facts it relies on (each checked by ``tests/test_video.py`
 * Its frame index comes from reading every packet at open, up to wherever the file ends (so a file
   cut short opens as a shorter clip: ``video_integrity.check_complete`` catches that).
 
+* After a read, decord's reader goes on decoding the frames that follow in a background thread,
+  keeping them all until the next call: left alone for a few seconds, a reader of a 10-minute 480p
+  video held 3.2 GB (measured; decord issues #157, #197, #208). ``seek(0)`` after each read stops
+  that (52 MB), so every read here ends with one (``_rest``); the next read seeks where it needs.
+
 When decord cannot open a file, PyAV looks at it to say why (``diagnose_open``: no video stream, a
 codec decord's FFmpeg 4.1 lacks - AV1 -, not a video, truncated).
 """
@@ -113,6 +118,11 @@ def to_numpy(batch: Any) -> np.ndarray:
     return np.asarray(batch)
 
 
+def _rest(reader: Any) -> None:
+    """Stop ``reader`` decoding ahead in the background (module docstring): ``seek(0)``."""
+    reader.seek(0)
+
+
 class DecordDecoder(Decoder):
     """A decord ``VideoReader`` per output size (the native one opened first)."""
 
@@ -140,6 +150,7 @@ class DecordDecoder(Decoder):
             try:
                 reader.seek(0)
                 frame = to_numpy(reader.next())
+                _rest(reader)
             except StopIteration:  # e.g. a text file that ffmpeg's tty demuxer took for a video
                 raise VideoReadError(self.path, "decoding failed at frame 0: the decoder returned no frame") from None
             except Exception as e:
@@ -160,7 +171,9 @@ class DecordDecoder(Decoder):
         name the first that fails."""
         reader = self._reader(size)
         try:
-            return to_numpy(reader.get_batch(np.asarray(indices).tolist()))
+            out = to_numpy(reader.get_batch(np.asarray(indices).tolist()))
+            _rest(reader)
+            return out
         except Exception as e:
             detail = decord_detail(e)
         bad = None
