@@ -173,6 +173,9 @@ def score_files(predictions_path: str | Path, references_path: str | Path | Sequ
     challenge format (``is_dense_predictions``) are scored as its evaluator does, against one or more
     reference files (``score_dense_files``); other predictions take exactly one references file."""
     paths = [references_path] if isinstance(references_path, (str, Path)) else list(references_path)
+    twice = sorted({str(p) for p in paths if sum(os.path.realpath(q) == os.path.realpath(p) for q in paths) > 1})
+    if twice:  # each reference file counts as one annotator: the same one twice would change the scores
+        raise ConfigError(f"--references {twice[0]} is given more than once; give each reference file once")
     if output is not None:  # a metrics.json there that vcap did not write: refused before any work
         claim_file(Path(output) / "metrics.json", METRICS)
     data = _read_json(predictions_path)

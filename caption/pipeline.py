@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import stat
 import sys
@@ -40,6 +41,7 @@ from retrieval_pretrain.foundation.hub import resolve_model_folder
 from retrieval_pretrain.modeling.model_folder import from_pretrained as load_video_tower
 from retrieval_pretrain.modeling.model_folder import model_fingerprint
 from retrieval_pretrain.modeling.parts import StageOneModel
+from retrieval_pretrain.modeling.spec import FORMAT as STAGE1_FORMAT
 from retrieval_pretrain.modeling.spec import ModelSpec
 from retrieval_pretrain.reading.clips import Clip, as_clip, clip_id
 from retrieval_pretrain.stage1.data import Preprocess
@@ -129,10 +131,24 @@ def _follow(path: Path) -> os.stat_result:
         raise VideoReadError(path, f"cannot follow symbolic link: {e.strerror or e}") from e
 
 
+def _check_kind(folder: Path) -> None:
+    """A stage-1 model folder given where a caption model belongs is said as such (a hostile round's
+    find: transformers printed 200 lines, then the folder was called a mismatch of its own files)."""
+    try:
+        kind = json.loads((folder / "config.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return  # no readable config: from_pretrained's own error names it
+    if kind == STAGE1_FORMAT:
+        raise ModelFolderError(f"{folder} is a stage-1 (video-text retrieval) model folder, not a caption model: give "
+                               "the caption model's folder (vcap train's RUN2/model); a stage-1 model is what "
+                               "vcap extract, index and classify take")
+
+
 def load_caption_model(folder: str | Path) -> CaptionModel:
     """The caption model in ``folder``, loaded strictly: a missing, unexpected or misshapen tensor,
     or an unreadable file, is a ``ModelFolderError`` naming the folder (never a random init)."""
     folder = Path(folder)
+    _check_kind(folder)
     try:
         model, info = CaptionModel.from_pretrained(folder, output_loading_info=True)
     except Exception as e:  # transformers raises OSError, ValueError, JSON and safetensors errors

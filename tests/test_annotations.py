@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,16 @@ def test_missing_file_error_names_the_path(tmp_path: Path):
     with pytest.raises(AnnotationError) as err:
         load_annotations(DataConfig(format="msrvtt-clip4clip", split_files={"test": str(missing)}))
     assert str(missing) in str(err.value) and "split_files.test" in str(err.value)
+
+
+def test_an_annotation_path_that_is_not_a_file_says_what_it_is(tmp_path: Path):
+    """A hostile round's find: a folder, a pipe or /dev/zero as data.annotations was 'file not found'."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path, what in ((tmp_path, "is a folder, not a file"), (fifo, "is not a regular file"),
+                       (Path("/dev/zero"), "is not a regular file")):
+        with pytest.raises(AnnotationError, match=rf"^{re.escape(str(path))}: {what}.* \(data.annotations\)$"):
+            load_annotations(DataConfig(format="jsonl", annotations=str(path)))
 
 
 def test_unreadable_layouts_and_unknown_format(tmp_path: Path):

@@ -177,8 +177,20 @@ def test_score_takes_several_reference_files():
 def test_several_reference_files_are_for_dense_predictions_only(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps({"v1": "a man talks"}))
     (tmp_path / "r.json").write_text(json.dumps({"v1": ["a man talks"]}))
+    (tmp_path / "r2.json").write_text(json.dumps({"v1": ["a man speaks"]}))
     with pytest.raises(ConfigError, match="only for dense"):
-        score_files(tmp_path / "p.json", [tmp_path / "r.json", tmp_path / "r.json"])
+        score_files(tmp_path / "p.json", [tmp_path / "r.json", tmp_path / "r2.json"])
+
+
+def test_the_same_reference_file_twice_is_refused(densevid, reference_values, tmp_path):
+    """A hostile round's find: one references file given twice counted as two annotators and moved
+    the scores (CIDEr 1000 -> 975 on the references scored against themselves), without a word."""
+    spec = reference_values["c_whole_video_first_sentence"]
+    refs = densevid / spec["references"][0]
+    (tmp_path / "same.json").symlink_to(refs)
+    for twice in ([refs, refs], [refs, tmp_path / "same.json"]):
+        with pytest.raises(ConfigError, match=r"--references .* is given more than once; give each reference file once"):
+            score_files(densevid / spec["prediction"], twice)
 
 
 GOOD_REFS = {"v1": {"duration": 20.0, "timestamps": [[0, 10], [10, 20]], "sentences": ["a man talks", "he sits"]}}

@@ -30,12 +30,12 @@ def _last_line(capsys: pytest.CaptureFixture) -> str:
 
 def test_num_frames_that_cannot_fit_in_memory_is_refused_before_pretrain_starts(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["pretrain", "--output", str(out), "--config", str(CONFIG_PATH), "video.num_frames=100000",
-                 "pretrain.batch_size=1000"])
+    code = main(["pretrain", "--output", str(out), "--config", str(CONFIG_PATH), "video.num_frames=4096",
+                 "pretrain.batch_size=1000"])  # 4096: the most a config takes (video.num_frames' range)
     line = _last_line(capsys)
     assert code == ConfigError.exit_code, line
-    assert line.startswith("vcap: config error: video.num_frames=100000") and "GB" in line, line
-    assert "lower video.num_frames to at most " in line and "(now 100000)" in line  # a batch of 1 would not fit
+    assert line.startswith("vcap: config error: video.num_frames=4096: a batch of 1000 videos") and "GB" in line, line
+    assert "lower video.num_frames to at most " in line and "(now 4096)" in line and "pretrain.batch_size" in line
     assert not out.exists()  # no folder written, no model built
 
 
@@ -130,3 +130,37 @@ def test_a_beam_past_the_widest_is_refused_everywhere_it_enters(tmp_path, capsys
         DecodeConfig.from_saved({"num_beams": 100000})
     code = main(["evaluate", "--model", str(tmp_path / "m"), "--config", str(CONFIG_PATH), "decode.num_beams=100000"])
     assert code == ConfigError.exit_code and "decode.num_beams: 100000 must be in [1, 100]" in _last_line(capsys)
+
+
+def test_more_frames_than_any_run_samples_is_a_config_error(capsys):
+    """A hostile round's find: video.num_frames=1e20 was accepted, and data check --probe then called
+    every good video unreadable instead of naming the setting."""
+    code = main(["data", "check", "--config", str(CONFIG_PATH), "video.num_frames=100000000000000000000"])
+    line = _last_line(capsys)
+    assert code == ConfigError.exit_code and "video.num_frames: 100000000000000000000 must be in [1, 4096]" in line, line
+
+
+def test_a_stage1_model_given_for_a_caption_model_is_named_as_one(tmp_path, capsys):
+    """A hostile round's find: a stage-1 folder as ``vcap caption --model`` printed 200 lines of
+    transformers' output and then called its weights a mismatch of its config."""
+    stage1 = tmp_path / "s1"
+    stage1.mkdir()
+    (stage1 / "config.json").write_text('{"format": "vcap-video-text-model", "format_version": 1}')
+    (stage1 / "model.safetensors").write_bytes(b"\0" * 16)
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\0")
+    code = main(["caption", str(video), "--model", str(stage1)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 5 and len(err) == 1, err
+    assert err[0].startswith(f"vcap: model folder error: {stage1} is a stage-1 (video-text retrieval) model folder, "
+                             "not a caption model"), err
+
+
+def test_resume_into_a_folder_without_a_run_says_it_starts_a_new_one(tmp_path, capsys):
+    """A hostile round called this silent: ``--resume`` into a folder holding no run trains from step 0.
+    It is the documented behaviour (a preemptible job may always pass --resume); the line says so."""
+    from retrieval_pretrain.foundation.checkpoints import load_checkpoint
+
+    assert load_checkpoint(None, tmp_path / "run") is None
+    err = capsys.readouterr().err
+    assert err.startswith(f"--resume: {tmp_path / 'run'} holds no run to continue") and "from step 0" in err

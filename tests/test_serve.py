@@ -309,6 +309,13 @@ def test_paths_outside_the_allowed_folders_are_refused(built, server):
     assert "symbolic link" in call(f"{server.url}/api/caption", {"path": str(server.link_out)})[1]["error"]
     status, body, _ = call(f"{server.url}/api/video?path=" + urllib.parse.quote(f"{inside.parent}/gone.mp4"))
     assert status == 404 and "file not found" in body["error"]
+    notes = inside.parent / "notes.txt"  # a hostile round's find: any file of an allowed folder was served
+    notes.write_text("not for the page")
+    try:
+        status, body, _ = call(f"{server.url}/api/video?path=" + urllib.parse.quote(str(notes)))
+    finally:
+        notes.unlink()
+    assert status == 403 and body["error"] == "notes.txt: not a video file by its name; the page serves videos only"
 
     status, body, headers = call(f"{server.url}/api/video?path=" + urllib.parse.quote(str(inside)))
     assert status == 200 and body == inside.read_bytes() and headers["Content-Type"] == "video/mp4"

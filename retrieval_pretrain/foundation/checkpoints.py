@@ -61,7 +61,8 @@ def load_checkpoint(accelerator: Accelerator, run: Path) -> dict[str, Any] | Non
     there is none."""
     ckpt = latest_checkpoint(run)
     if ckpt is None:
-        print(f"--resume: no checkpoint in {Path(run) / 'checkpoints'}; starting fresh", file=sys.stderr)
+        print(f"--resume: {run} holds no run to continue (no checkpoint in {Path(run) / 'checkpoints'}); starting a "
+              "new run from step 0 - check the folder if you meant to continue one", file=sys.stderr)
         return None
     accelerator.load_state(str(ckpt))
     state = json.loads((ckpt / "trainer_state.json").read_text())

@@ -197,7 +197,9 @@ def required_file(path_str: str, key: str, fmt: str) -> Path:
         raise AnnotationError(f"data.{key} is not set (format '{fmt}' needs it)")
     path = Path(path_str)
     if not path.is_file():
-        raise AnnotationError(f"{path}: file not found (data.{key})")
+        what = ("file not found" if not os.path.exists(path) else "is a folder, not a file" if path.is_dir()
+                else "is not a regular file (a device, pipe or socket)")
+        raise AnnotationError(f"{path}: {what} (data.{key})")
     return path
 
 

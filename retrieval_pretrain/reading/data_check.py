@@ -130,6 +130,14 @@ def video_probe(video: VideoConfig) -> Callable[[Path], Any]:
     return functools.partial(probe_video, samplings=sorted(samplings))
 
 
+def _probed(ann: Annotations, existing: list[Path], probe_fn: Callable[[Path], Any], progress: bool) -> dict[str, Any]:
+    """``unreadable_videos``: the files ``probe_fn`` cannot read, and the ranges past their video's end."""
+    found: dict[Path, Any] = {}
+    items = probe_videos(existing, probe_fn, progress=progress, found=found)
+    items += ranges_past_the_end(ann.entries, found)
+    return {"count": len(items), "probed": len(existing), "items": items}
+
+
 def check_dataset(data: DataConfig, probe: bool = False, probe_fn: Callable[[Path], Any] | None = None,
                   progress: bool = True, video: VideoConfig | None = None) -> dict[str, Any]:
     """Summarise the dataset ``data`` describes (a JSON-able dict).
@@ -161,14 +169,9 @@ def check_dataset(data: DataConfig, probe: bool = False, probe_fn: Callable[[Pat
     missing = [p for p in paths if not p.is_file()]
     unreadable = None
     if probe:
-        if probe_fn is None:
-            probe_fn = video_probe(video if video is not None else VideoConfig())
-        missing_set = set(missing)
-        existing = [p for p in paths if p not in missing_set]
-        found: dict[Path, Any] = {}
-        items = probe_videos(existing, probe_fn, progress=progress, found=found)
-        items += ranges_past_the_end(ann.entries, found)
-        unreadable = {"count": len(items), "probed": len(existing), "items": items}
+        probe_fn = probe_fn or video_probe(video if video is not None else VideoConfig())
+        gone = set(missing)
+        unreadable = _probed(ann, [p for p in paths if p not in gone], probe_fn, progress)
     summary = {
         "format": data.format,
         "annotations": str(data.annotations),

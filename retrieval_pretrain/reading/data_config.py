@@ -52,21 +52,26 @@ class DataConfig:
     novel_labels: str = ""
 
 
+# The most frames a run samples from one video: a value past it is a typo (a hostile round's
+# video.num_frames=1e20 made data check --probe call every good video unreadable).
+MAX_FRAMES = 4096
+
+
 @dataclass
 class VideoConfig:
     """Frame sampling. ``num_frames`` frames per video; ``train_sampling`` while training
     (``tsn``: random frame inside each segment), ``eval_sampling`` otherwise (``uniform``:
     segment centres, or ``fps``: CLIP4Clip's one frame per second thinned to ``num_frames``).
-    ``backend``: the decoder (``reading.decoding``): ``auto`` (the fastest usable here, said at
-    start-up; ``decoding.choice``), ``decord``, ``torchcodec`` or ``pyav``. Every backend samples
+    ``backend``: the decoder (``reading.decoding``): ``auto`` (decord where it installs, else the
+    fastest usable; said at start-up; ``decoding.choice``), ``decord``, ``torchcodec`` or ``pyav``. Every backend samples
     the same frames; a property of the run, not recorded in model folders."""
 
-    num_frames: int = at_least(12, 1)
+    num_frames: int = at_least(12, 1, MAX_FRAMES)
     train_sampling: str = choice("tsn", "tsn", "uniform", "fps")
     eval_sampling: str = choice("uniform", "uniform", "fps", "tsn")
     # Stage 1 only: > 0 decodes each training video once, keeping up to this many frames (all of a
     # shorter video) at the model's input size in memory, and samples training frames from there
     # (videos x frames x 3 x size^2 bytes per process: for small datasets). 0 decodes every step.
     # pretrain.mode=prompt always encodes this many frames per video once (when 0: 32, or num_frames if more) and keeps features.
-    cache_frames: int = at_least(0, 0)
+    cache_frames: int = at_least(0, 0, MAX_FRAMES)
     backend: str = choice("auto", "auto", "decord", "torchcodec", "pyav")

@@ -11,7 +11,7 @@ small JSON API of a Flask app served by waitress (threads)::
     POST /api/classify       form: video or path; labels (one a line, or comma-separated); top
     GET  /api/search         ?q=a sentence&top=8: videos, or moments (start, end) of an index of windows
     GET  /api/thumbnails     ?path=P&count=4: frames as data: URIs (report.video_thumbnails)
-    GET  /api/video          ?path=P: the file's bytes with its content type (range requests)
+    GET  /api/video          ?path=P: a video file's bytes with its content type (range requests)
     GET  /api/subtitles      ?path=P: the WebVTT file beside video P (P.vtt), for the player's track
 
 Every API error is ``{"error": "..."}`` with a 4xx status (500 for a bug, whose traceback goes to
@@ -295,6 +295,9 @@ def _add_file_routes(app: Flask, guard: PathGuard) -> None:
     @app.get("/api/video")
     def _video() -> Response:
         file, real, st = guard.open(request.args.get("path", ""))  # the bytes come from this open file
+        if real.suffix.lower() not in VIDEO_EXTENSIONS:  # an allowed folder's other files are not the page's
+            file.close()
+            raise Forbidden(f"{real.name}: not a video file by its name; the page serves videos only")
         try:
             kind = _CONTENT_TYPES.get(real.suffix.lower(), "application/octet-stream")
             response = send_file(file, mimetype=kind, conditional=False, max_age=0, download_name=real.name,
