@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.long_video import Scene, build_long_video
+from caption.demo.captions import caption_attributes
 
 _DECODE = """
 import sys, time
@@ -61,11 +62,6 @@ print(duration, time.perf_counter() - t0, frames)
 """
 
 # What each motion's caption says (caption/demo/captions.py words for the seven motions).
-_MOTION_WORDS = {"left": ("left",), "right": ("right",), "up": ("up", "rises", "rising"), "down": ("down", "falls", "falling"),
-                 "grow": ("grow", "bigger", "larger", "expand"), "shrink": ("shrink", "smaller"),
-                 "still": ("still", "stays", "stationary", "motionless", "not moving")}
-
-
 _PEAK = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
          "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr[-3000:]); "
          "u = resource.getrusage(resource.RUSAGE_CHILDREN); print(u.ru_utime + u.ru_stime); print(u.ru_maxrss); "
@@ -94,9 +90,10 @@ def run_decode(path: Path, window: float, mode: str) -> dict[str, Any]:
 
 
 def _names(caption: str, scene: Scene) -> dict[str, bool]:
-    words = caption.lower()
-    return {"colour": scene.colour in words, "shape": scene.shape in words,
-            "motion": any(w in words for w in _MOTION_WORDS[scene.motion])}
+    """Whether ``caption`` names the scene's colour, shape and motion, read as the demo's metrics read
+    captions (``caption_attributes``: its synonyms - "plus sign" is a cross, "climbs upward" up)."""
+    named = caption_attributes(caption)
+    return {k: named[k] == getattr(scene, k) for k in ("colour", "shape", "motion")}
 
 
 def window_accuracy(segments: list[dict[str, Any]], scenes: list[Scene], window: float) -> dict[str, float]:

@@ -330,8 +330,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                  "Generate a procedural video-caption dataset (real H.264 mp4 files), train a tiny CLIP video-text "
                  "model by retrieval, extract features, train the caption model, evaluate on the test split and "
                  "print captions beside references and the metrics JSON last (retrieval R@1/R@5, BLEU-4, METEOR, "
-                 "ROUGE-L, CIDEr, and how often the captions name the right colour, shape and motion). 9 to 18 "
-                 "minutes on 2 CPU cores (18 without AVX-512); --quick runs every stage on less data in 2 to 5.", config=False)
+                 "ROUGE-L, CIDEr, and how often the captions name the right colour, shape and motion). About 8.5 "
+                 "minutes on 2 Xeon cores, up to 18 on slower ones; --quick runs every stage on less data.", config=False)
     p.add_argument("--output", default="vcap_demo", metavar="DIR",
                    help="working folder (default: ./vcap_demo): new, or one vcap demo wrote (its stage folders are "
                         "replaced; any other folder is refused untouched)")
