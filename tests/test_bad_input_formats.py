@@ -198,7 +198,7 @@ def test_an_override_error_names_the_override_and_the_file_it_applies_to(tmp_pat
     good = tmp_path / "good.yaml"
     good.write_text("video:\n  num_frames: 4\ncaption:\n  hidden_size: 512\n")
     for overrides, message in [
-        (["video.num_frames=0"], f"override 'video.num_frames=0' (over {good}): video.num_frames: 0 must be >= 1"),
+        (["video.num_frames=0"], f"override 'video.num_frames=0' (over {good}): video.num_frames: 0 must be in [1, 4096]"),
         (["nokey=1"], f"override 'nokey=1' (over {good}): unknown config key 'nokey'"),
         (["video.num_frames=[1"], f"override 'video.num_frames=[1' (over {good}): the value is not valid YAML"),
         (["caption.num_heads=7"], f"{good} with override 'caption.num_heads=7': caption.hidden_size=512 is not a "
@@ -210,7 +210,7 @@ def test_an_override_error_names_the_override_and_the_file_it_applies_to(tmp_pat
         assert str(err.value).startswith(message) or message in str(err.value), str(err.value)
     bad = tmp_path / "bad.yaml"
     bad.write_text("video:\n  num_frames: 0\n")
-    with pytest.raises(ConfigError, match=rf"^{bad}: video.num_frames: 0 must be >= 1$"):
+    with pytest.raises(ConfigError, match=rf"^{bad}: video.num_frames: 0 must be in \[1, 4096\]$"):
         load(bad, ["caption.batch_size=4"])  # the file's own key: the file, as before
 
 

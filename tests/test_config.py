@@ -51,7 +51,7 @@ def test_overrides_are_typed_and_dotted(tmp_path):
     ("video.num_frames", "not of the form key=value"),
     ("clip.custom.vision_cfg={layers:", "override 'clip.custom.vision_cfg={layers:': the value is not valid YAML"),
     ("run.device=tpu", "run.device: 'tpu' is not auto, cpu, cuda, cuda:N or mps"),
-    ("video.num_frames=0", "video.num_frames: 0 must be >= 1"),
+    ("video.num_frames=0", "video.num_frames: 0 must be in \\[1, 4096\\]"),
     ("pretrain.lr=-1", "pretrain.lr: -1.0 must be greater than 0"),
     ("caption.batch_size=0", "caption.batch_size: 0 must be >= 1"),
     ("caption.dropout=1", "caption.dropout: 1.0 must be in \\[0.0, 1.0\\)"),

@@ -73,5 +73,5 @@ class VideoConfig:
     # shorter video) at the model's input size in memory, and samples training frames from there
     # (videos x frames x 3 x size^2 bytes per process: for small datasets). 0 decodes every step.
     # pretrain.mode=prompt always encodes this many frames per video once (when 0: 32, or num_frames if more) and keeps features.
-    cache_frames: int = at_least(0, 0, MAX_FRAMES)
+    cache_frames: int = at_least(0, 0)  # no cap: the memory estimate refuses what cannot fit
     backend: str = choice("auto", "auto", "decord", "torchcodec", "pyav")
