@@ -284,29 +284,8 @@ def test_short_clip_pads_by_repeating_last_frame(tmp_path):
     assert np.abs(reds - (40 * np.arange(10)) % 256).max() <= 6  # frame i is the i-th frame
 
 
-def test_trailing_packet_without_frame_is_substituted(tmp_path):
-    """decord 0.6 quirk, kept on purpose: the container lists one frame more than decodes
-    (a trailing end-of-sequence packet); decord returns the previous frame for it."""
-    if "libx264" not in av.codecs_available:
-        pytest.skip("needs an H.264 clip")
-    src = write_clip(tmp_path / "src.mp4", 6)
-    path = tmp_path / "extra.mp4"
-    with av.open(str(src)) as inp, av.open(str(path), "w") as out:
-        stream_in = inp.streams.video[0]
-        stream_out = out.add_stream_from_template(stream_in)
-        pts = []
-        for packet in inp.demux(stream_in):
-            if packet.size:
-                pts.append(packet.pts)
-                packet.stream = stream_out
-                out.mux(packet)
-        extra = av.Packet(b"\x00\x00\x00\x02\x0a\x80")  # AVCC-framed H.264 end-of-sequence NAL
-        extra.stream, extra.time_base = stream_out, stream_in.time_base
-        extra.pts = extra.dts = max(pts) + (max(pts) - min(pts)) // 5  # one frame after the last
-        out.mux(extra)
-    out = read_frames(path, 7)
-    assert out.num_video_frames == 7 and out.indices.tolist() == list(range(7))
-    np.testing.assert_array_equal(out.frames[6], out.frames[5])
+# A trailing packet that yields no frame (the container lists one frame more than decodes): every
+# backend stands in the previous frame - tests/test_backends.py (with_trailing_packet).
 
 
 # ------------------------------------------------------------------ bad inputs

@@ -247,7 +247,7 @@ _EXT_ROOM = 8  # an id gets an extension (.mp4, .webm ...) before it is a file n
 def path_problem(text: str) -> str:
     """Why ``text`` (a path from a user's table) cannot name a file on this system, or ``""``: a
     control character or NUL, text that is not valid Unicode (a lone surrogate from a JSON
-    ``\\udXXX`` escape), a part longer than ``NAME_MAX`` bytes or a whole longer than ``PATH_MAX``."""
+    ``\\udc80``-style escape), a part longer than ``NAME_MAX`` bytes or a whole longer than ``PATH_MAX``."""
     bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
     if bad is not None:
         return f"{text[:60]!r} holds a control character ({bad!r})"

@@ -37,6 +37,7 @@ from retrieval_pretrain.foundation.errors import FeatureStoreError
 from retrieval_pretrain.modeling.model import PairwiseScorer
 from vcap_toolkit.jobs.index_files import REBUILD, check_recorded, map_array, read_array, read_rows
 from vcap_toolkit.jobs.index_store import VideoIndex
+from vcap_toolkit.jobs.index_upkeep import changed_since
 from vcap_toolkit.jobs.moments import Hit, collapse
 from vcap_toolkit.jobs.vector_index import EXACT, EXACT_MAX_ROWS, VectorSearcher, open_vectors, split_ids
 
@@ -123,12 +124,9 @@ class IndexSearcher:
     def _as_indexed(self, path: str) -> str | None:
         """None when the file at ``path`` is the one embedded; else why not: ``"gone"``, or ``"changed"``
         (size or modification time differ from its row's: its embedding describes another video)."""
-        try:
-            st = os.stat(path)
-        except OSError:
+        if not os.path.exists(path):
             return "gone"
-        stamp = self._stamps.get(path)
-        return "changed" if stamp is not None and (st.st_size, st.st_mtime_ns) != stamp else None
+        return "changed" if changed_since(path, self._stamps.get(path)) else None
 
     def _present(self, ids: np.ndarray) -> np.ndarray:
         """``ids`` without padding (-1) and without rows of recorded shards that are not complete."""
