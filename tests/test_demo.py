@@ -5,6 +5,9 @@ frames, no loader workers) - which must keep the model the same and the numbers 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,6 +88,23 @@ def test_channels_last_frames_are_the_same_frames_in_the_faster_layout():
         a, b = model.encode_frames(frames), model.encode_frames(laid)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert a.abs().mean() > 0.1  # features, not zeros
+
+
+@pytest.mark.parametrize("user", [None, "PASSIVE"])
+def test_vcap_demo_waits_actively_unless_the_user_chose(user):
+    """OMP_WAIT_POLICY is read once, when torch loads: vcap demo sets ACTIVE before that (a stage-1
+    step 0.15 vs 0.22 s on an idle 2-core Xeon, BENCHMARKS.md) and leaves a user's choice alone."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user:
+        env["OMP_WAIT_POLICY"] = user
+    code = ("import os, sys; from vcap_toolkit.cli.main import main; main(['demo', '--config-path']); "
+            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    path, policy = proc.stdout.split()[0], proc.stdout.split()[1:]
+    assert Path(path) == CONFIG_PATH
+    assert policy == (["ACTIVE", "False"] if user is None else [user, "False"])  # torch not loaded by then
+    assert ("OpenMP threads wait actively" in proc.stderr) == (user is None)
 
 
 def test_the_demos_speed_settings_train_the_same_weights_run_after_run(tmp_path):

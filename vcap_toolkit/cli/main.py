@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+import vcap_toolkit
 from caption.caption_files import score_files
 from caption.demo import CONFIG_PATH, run_demo
 from retrieval_pretrain.foundation.errors import ConfigError, StorageError, VcapError
@@ -60,6 +61,17 @@ def _report(args: argparse.Namespace) -> int:
     where = run_report(run, check_report_path(args.output if args.output else run / "report.html"))
     print(where)
     return 0
+
+
+def _demo_wait_policy() -> None:
+    """``vcap demo`` runs torch with no DataLoader workers beside it (caption.demo.run), where
+    spinning OpenMP threads are what is fast: a stage-1 step 0.15 s instead of 0.22 s, stage 2
+    0.10 s instead of 0.16 s on an idle 2-core Xeon (BENCHMARKS.md, "Demo speed"). Active waits
+    unless the user set OMP_WAIT_POLICY; only before torch loads (it reads the variable once)."""
+    if vcap_toolkit.USER_OMP_WAIT_POLICY is None and "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
+        print("vcap demo: OpenMP threads wait actively, fastest on an otherwise idle machine (on a busy one, "
+              "OMP_WAIT_POLICY=PASSIVE vcap demo)", file=sys.stderr)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -170,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     # 2 cores). Passive waiting costs nothing when the CPU is free. Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parse(argv)
+    if args.command == "demo":
+        _demo_wait_policy()
     try:
         if getattr(args, "output", None) and args.command != "report":  # vcap report --output is a file
             check_output(args.output)
