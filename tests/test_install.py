@@ -148,8 +148,10 @@ def start_in_background(demo: bool) -> None:
             return
         try:
             out = installed.elsewhere / "demo_out"
+            # one torch thread: beside the rest of the suite, a second would only wait for a core
             proc = subprocess.Popen([str(installed.vcap), "demo", "--quick", "--output", str(out)],
-                                    cwd=installed.elsewhere, env=_clean_env(), stdout=subprocess.PIPE,
+                                    cwd=installed.elsewhere, env={**_clean_env(), "OMP_NUM_THREADS": "1"},
+                                    stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
             _children.append(proc)
             stdout, stderr = proc.communicate(timeout=1800)
