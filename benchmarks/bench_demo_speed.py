@@ -15,11 +15,14 @@ contiguous frames) and then as it runs now (the config's ``run.mixed_precision``
 ``compare``: the real ``vcap pretrain`` loop (``--stage1-epochs`` on the full demo data, 35 steps an
 epoch) and ``vcap train`` loop (``--stage2-epochs`` over features of a short stage-1 run) under
 each configuration: ``NAME=key=value,key=value`` (default: the ladder of issue 29's kept changes,
-each adding one to the previous). Every run is a process of its own, and the configurations are
-interleaved round by round (A B C A B C), so load from other processes falls on all of them alike;
-a run's CPU time (user+sys of its process and children) is the contention-robust figure, its wall
-time is printed beside it. Prints a table and, last, a JSON summary with each configuration's
-ratio against the one before it.
+each adding one to the previous; an item ``env.NAME=value`` sets an environment variable of the
+run's process instead, e.g. ``env.OMP_WAIT_POLICY=ACTIVE``). Every run is a process of its own, and
+the configurations are interleaved round by round (A B C A B C), so load from other processes falls
+on all of them alike; a run's CPU time (user+sys of its process and children) is the
+contention-robust figure, its wall time is printed beside it (with ``--threads 2`` on an idle
+machine, the wall time is what a user waits: spinning OpenMP threads cost CPU time, not wall
+time). Prints a table and, last, a JSON summary with each configuration's ratio against the one
+before it, in CPU time and in the wall time of a training step (the logged steps, start-up left out).
 
 Both commands run torch on one thread unless told otherwise: on a machine shared with other jobs
 the CPU time of a 2-thread step grew with the load (2-5x, measured), a 1-thread step's stayed
@@ -52,7 +55,10 @@ LADDER = {
     "before (fp32, 2 workers)": "run.num_workers=2,run.mixed_precision='no',run.channels_last=false",
     "0 workers": "run.num_workers=0,run.mixed_precision='no',run.channels_last=false",
     "+ channels-last": "run.num_workers=0,run.mixed_precision='no',run.channels_last=true",
-    "+ bf16 where native (now)": "run.num_workers=0,run.mixed_precision=auto,run.channels_last=true",
+    "+ bf16 where native": "run.num_workers=0,run.mixed_precision=auto,run.channels_last=true",
+    # vcap demo's own wait policy (vcap_toolkit/cli/main.py); only shows with --threads 2
+    "+ OpenMP active waits (now)": "run.num_workers=0,run.mixed_precision=auto,run.channels_last=true,"
+                                   "env.OMP_WAIT_POLICY=ACTIVE",
 }
 BEFORE = ["run.mixed_precision='no'", "run.channels_last=false"]
 
@@ -199,9 +205,11 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _child(stage: int, epochs: int, data: Path, features: Path, threads: int, overrides: list[str]) -> dict[str, Any]:
+    env = {**os.environ, **dict(o[len("env."):].split("=", 1) for o in overrides if o.startswith("env."))}
+    overrides = [o for o in overrides if not o.startswith("env.")]
     cmd = [sys.executable, "-m", "benchmarks.bench_demo_speed", "_one", "--stage", str(stage), "--epochs", str(epochs),
            "--data", str(data), "--features", str(features), "--threads", str(threads), *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -232,7 +240,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                 res = _child(stage, epochs, data, features, args.threads, ov)
                 runs[name][f"stage{stage}"].append(res)
                 print(f"round {r + 1} {name:<28} stage {stage}: {res['steps'] + 1} steps, cpu {res['cpu_s']:.1f} s, "
-                      f"wall {res['wall_s']:.1f} s (measured under whatever load the machine had)", flush=True)
+                      f"wall {res['wall_s']:.1f} s, {1000 * res['step_s']:.0f} ms a step "
+                      "(measured under whatever load the machine had)", flush=True)
     return _summary(runs, args)
 
 
@@ -241,16 +250,21 @@ def _summary(runs: dict[str, dict[str, list[dict[str, Any]]]], args: argparse.Na
                                "stage1_epochs": args.stage1_epochs, "stage2_epochs": args.stage2_epochs, "configs": {}}
     previous: dict[str, float] | None = None
     print(f"\n{'configuration':<28} {'stage-1 cpu s':>14} {'stage-2 cpu s':>14} {'wall s (1+2)':>13} "
-          f"{'cpu ratio vs previous (1 / 2)':>30}")
+          f"{'cpu ratio vs previous (1 / 2)':>30} {'ms a step (1 / 2)':>18} {'step-time ratio (1 / 2)':>24}")
+    step_before: dict[str, float] | None = None
     for name, stages in runs.items():
         cpu = {s: min(r["cpu_s"] for r in rs) for s, rs in stages.items()}  # least disturbed run
         wall = {s: min(r["wall_s"] for r in rs) for s, rs in stages.items()}
+        step = {s: min(r["step_s"] for r in rs) for s, rs in stages.items()}  # wall time of a logged step
         ratio = {s: round(previous[s] / cpu[s], 2) for s in cpu} if previous else None
-        summary["configs"][name] = {"cpu_s": cpu, "wall_s": wall, "cpu_ratio_vs_previous": ratio}
+        step_ratio = {s: round(step_before[s] / step[s], 2) for s in step} if step_before else None
+        summary["configs"][name] = {"cpu_s": cpu, "wall_s": wall, "cpu_ratio_vs_previous": ratio, "step_s": step,
+                                    "step_ratio_vs_previous": step_ratio}
         shown = f"{ratio['stage1']:.2f}x / {ratio['stage2']:.2f}x" if ratio else "-"
+        shown_step = f"{step_ratio['stage1']:.2f}x / {step_ratio['stage2']:.2f}x" if step_ratio else "-"
         print(f"{name:<28} {cpu['stage1']:14.1f} {cpu['stage2']:14.1f} {wall['stage1'] + wall['stage2']:13.1f} "
-              f"{shown:>30}")
-        previous = cpu
+              f"{shown:>30} {1000 * step['stage1']:8.0f} / {1000 * step['stage2']:<7.0f} {shown_step:>24}")
+        previous, step_before = cpu, step
     print(json.dumps(summary))
     return summary
 
