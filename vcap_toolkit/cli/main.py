@@ -63,11 +63,16 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_wait_policy() -> None:
+def _demo_wait_policy(overrides: list[str]) -> None:
     """``vcap demo`` runs torch with no DataLoader workers beside it (caption.demo.run), where
-    spinning OpenMP threads are what is fast: a stage-1 step 0.15 s instead of 0.22 s, stage 2
-    0.10 s instead of 0.16 s on an idle 2-core Xeon (BENCHMARKS.md, "Demo speed"). Active waits
-    unless the user set OMP_WAIT_POLICY; only before torch loads (it reads the variable once)."""
+    spinning OpenMP threads are what is fast: a training step 1.5x (stage 1) and 1.6x (stage 2)
+    faster than with passive waits on an idle 2-core Xeon, 2.4x slower in stage 2 beside one busy
+    process (BENCHMARKS.md, "Demo speed"). Active waits unless the user set OMP_WAIT_POLICY or gave
+    the demo loader workers (``run.num_workers=N``, N > 0: they would compete with the spinning);
+    only before torch loads (it reads the variable once)."""
+    workers = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "run.num_workers"]
+    if workers and workers[-1] != "0":
+        return
     if vcap_toolkit.USER_OMP_WAIT_POLICY is None and "torch" not in sys.modules:
         os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
         print("vcap demo: OpenMP threads wait actively, fastest on an otherwise idle machine (on a busy one, "
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parse(argv)
     if args.command == "demo":
-        _demo_wait_policy()
+        _demo_wait_policy(args.overrides)
     try:
         if getattr(args, "output", None) and args.command != "report":  # vcap report --output is a file
             check_output(args.output)
