@@ -97,19 +97,23 @@ def test_channels_last_frames_are_the_same_frames_in_the_faster_layout():
     (None, ["run.num_workers=2"], "PASSIVE"),  # loader workers would compete with spinning threads
     (None, ["run.num_workers=2", "run.num_workers=0"], "ACTIVE"),  # the last value counts, as in the config
 ])
-def test_vcap_demo_waits_actively_unless_the_user_chose(user, overrides, expected):
+def test_vcap_demo_waits_actively_unless_the_user_chose(tmp_path, user, overrides, expected):
     """OMP_WAIT_POLICY is read once, when torch loads: vcap demo sets ACTIVE before that (a step
-    1.5-1.6x faster on an idle 2-core Xeon, BENCHMARKS.md) unless the user chose or asked for workers."""
+    1.5-1.6x faster on an idle 2-core Xeon, BENCHMARKS.md) unless the user chose or asked for workers.
+    The run is stopped by a key the config lacks, which is refused before a folder is claimed, a
+    video generated or torch loaded."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if user:
         env["OMP_WAIT_POLICY"] = user
-    code = (f"import os, sys; from vcap_toolkit.cli.main import main; main(['demo', '--config-path', *{overrides!r}]); "
-            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    out = tmp_path / "demo"
+    argv = ["demo", "--output", str(out), *overrides, "pretrain.no_such_key=1"]
+    code = (f"import os, sys; from vcap_toolkit.cli.main import main; rc = main({argv!r}); "
+            "print(rc, os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    path, policy = proc.stdout.split()[0], proc.stdout.split()[1:]
-    assert Path(path) == CONFIG_PATH
-    assert policy == [expected, "False"]  # and torch was not loaded by then
+    assert proc.stdout.split() == ["2", expected, "False"]  # config error; torch not loaded by then
+    assert "unknown config key 'pretrain.no_such_key'" in proc.stderr.splitlines()[-1]
+    assert not out.exists()  # nothing claimed, nothing generated
     assert ("OpenMP threads wait actively" in proc.stderr) == (user is None and expected == "ACTIVE")
 
 

@@ -65,6 +65,7 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[s
     ``output/metrics.json``; the CLI prints them as the last line) - and a few generated captions
     beside references in ``output/examples.txt``. ``overrides``: changes to the demo's config.
     ``spec``: another generated world (benchmarks); its ``seed`` is replaced by ``seed``."""
+    demo_config(Path(output) / "data", quick=quick, seed=seed, overrides=overrides)  # bad overrides: refused first
     output = claim_folder(Path(output), DEMO)  # it removes its stage folders below: only in a demo folder
     # The stages load torch (seconds); caption.demo is often imported for CONFIG_PATH or the data alone.
     from caption.evaluate import evaluate  # deferred: torch stage

@@ -29,6 +29,7 @@ from caption.caption_files import score_files
 from caption.demo import CONFIG_PATH, run_demo
 from retrieval_pretrain.foundation.errors import ConfigError, StorageError, VcapError
 from retrieval_pretrain.foundation.hub import parse_model_id, resolve_model_folder
+from retrieval_pretrain.foundation.typed_config import parse_overrides
 from vcap_toolkit.cli import library_commands, push_command, stage_commands
 from vcap_toolkit.cli.command_io import print_json
 from vcap_toolkit.cli.parser import build_parser
@@ -70,8 +71,8 @@ def _demo_wait_policy(overrides: list[str]) -> None:
     process (BENCHMARKS.md, "Demo speed"). Active waits unless the user set OMP_WAIT_POLICY or gave
     the demo loader workers (``run.num_workers=N``, N > 0: they would compete with the spinning);
     only before torch loads (it reads the variable once)."""
-    workers = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "run.num_workers"]
-    if workers and workers[-1] != "0":
+    workers = [value for key, value in parse_overrides(overrides) if key == "run.num_workers"]
+    if workers and workers[-1] != 0:
         return
     if vcap_toolkit.USER_OMP_WAIT_POLICY is None and "torch" not in sys.modules:
         os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
@@ -187,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     # 2 cores). Passive waiting costs nothing when the CPU is free. Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parse(argv)
-    if args.command == "demo":
-        _demo_wait_policy(args.overrides)
     try:
         if getattr(args, "output", None) and args.command != "report":  # vcap report --output is a file
             check_output(args.output)
         resolve_model_options(args)
+        if args.command == "demo" and not args.config_path:  # before anything loads torch
+            _demo_wait_policy(args.overrides)
         return _run_command(args)
     except VcapError as e:
         print(one_line(e), file=sys.stderr)

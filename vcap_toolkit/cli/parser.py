@@ -331,8 +331,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                  "model by retrieval, extract features, train the caption model, evaluate on the test split and "
                  "print captions beside references and the metrics JSON last (retrieval R@1/R@5, BLEU-4, METEOR, "
                  "ROUGE-L, CIDEr, and how often the captions name the right colour, shape and motion). About 6 "
-                 "minutes on 2 idle Xeon cores (OpenMP threads spin unless OMP_WAIT_POLICY is set: on a busy machine "
-                 "OMP_WAIT_POLICY=PASSIVE is faster), longer on slower ones; --quick: less data.", config=False)
+                 "minutes on 2 idle Xeon cores (OpenMP threads spin unless OMP_WAIT_POLICY or loader workers are set; "
+                 "on a busy machine OMP_WAIT_POLICY=PASSIVE is faster), longer on slower ones; --quick: less data.", config=False)
     p.add_argument("--output", default="vcap_demo", metavar="DIR",
                    help="working folder (default: ./vcap_demo): new, or one vcap demo wrote (its stage folders are "
                         "replaced; any other folder is refused untouched)")
