@@ -95,26 +95,51 @@ def test_channels_last_frames_are_the_same_frames_in_the_faster_layout():
     ("PASSIVE", [], "PASSIVE"),  # the user's choice stays
     ("ACTIVE", [], "ACTIVE"),
     (None, ["run.num_workers=2"], "PASSIVE"),  # loader workers would compete with spinning threads
+    (None, ["run={num_workers: 2}"], "PASSIVE"),  # the same, given as a section
     (None, ["run.num_workers=2", "run.num_workers=0"], "ACTIVE"),  # the last value counts, as in the config
 ])
-def test_vcap_demo_waits_actively_unless_the_user_chose(tmp_path, user, overrides, expected):
+def test_vcap_demo_waits_actively_unless_the_user_chose(user, overrides, expected):
     """OMP_WAIT_POLICY is read once, when torch loads: vcap demo sets ACTIVE before that (a step
-    1.5-1.6x faster on an idle 2-core Xeon, BENCHMARKS.md) unless the user chose or asked for workers.
-    The run is stopped by a key the config lacks, which is refused before a folder is claimed, a
-    video generated or torch loaded."""
+    1.5-1.6x faster on an idle 2-core Xeon, BENCHMARKS.md) unless the user chose or the config has
+    loader workers."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if user:
         env["OMP_WAIT_POLICY"] = user
-    out = tmp_path / "demo"
-    argv = ["demo", "--output", str(out), *overrides, "pretrain.no_such_key=1"]
-    code = (f"import os, sys; from vcap_toolkit.cli.main import main; rc = main({argv!r}); "
-            "print(rc, os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    code = ("import os; from pathlib import Path; from vcap_toolkit.cli.main import _demo_wait_policy; "
+            "from caption.demo import demo_config; "
+            f"_demo_wait_policy(demo_config(Path('unused'), overrides={overrides!r})); print(os.environ['OMP_WAIT_POLICY'])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["2", expected, "False"]  # config error; torch not loaded by then
-    assert "unknown config key 'pretrain.no_such_key'" in proc.stderr.splitlines()[-1]
-    assert not out.exists()  # nothing claimed, nothing generated
+    assert proc.stdout.split() == [expected]
     assert ("OpenMP threads wait actively" in proc.stderr) == (user is None and expected == "ACTIVE")
+
+
+def test_the_demo_decides_after_claiming_its_folder_and_before_torch_loads(tmp_path):
+    """run_demo checks the overrides first (a bad one: one line, nothing created, no word about
+    threads), then claims the folder, then calls ``before_torch`` - with torch not yet loaded."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    code = f"""
+import sys
+from pathlib import Path
+from vcap_toolkit.cli.main import main
+from caption.demo import run_demo
+print(main(['demo', '--output', {str(bad)!r}, 'pretrain.no_such_key=1']))
+class Stop(Exception):
+    pass
+def hook(cfg):
+    print('torch' in sys.modules, (Path({str(good)!r}) / '.vcap.json').is_file(), cfg.run.num_workers)
+    raise Stop
+try:
+    run_demo(Path({str(good)!r}), quick=True, before_torch=hook)
+except Stop:
+    print('stopped')
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["2", "False", "True", "0", "stopped"]
+    assert "unknown config key 'pretrain.no_such_key'" in proc.stderr and not bad.exists()
+    assert "OpenMP threads wait actively" not in proc.stderr  # the refused run said nothing of threads
 
 
 def test_the_demos_speed_settings_train_the_same_weights_run_after_run(tmp_path):

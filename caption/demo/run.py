@@ -9,13 +9,14 @@ right colour, shape and motion (overall, and on colour-shape pairs never seen in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from caption.config import Config, load
 from caption.demo import data as demo_data
@@ -60,13 +61,14 @@ def _stage(name: str) -> float:
 
 
 def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[str] | None = None,
-             spec: demo_data.DemoSpec | None = None) -> dict[str, Any]:
-    """Run the whole pipeline in ``output``; returns the metrics (also in
-    ``output/metrics.json``; the CLI prints them as the last line) - and a few generated captions
-    beside references in ``output/examples.txt``. ``overrides``: changes to the demo's config.
-    ``spec``: another generated world (benchmarks); its ``seed`` is replaced by ``seed``."""
-    demo_config(Path(output) / "data", quick=quick, seed=seed, overrides=overrides)  # bad overrides: refused first
+             spec: demo_data.DemoSpec | None = None, before_torch: Callable[[Config], Any] = id) -> dict[str, Any]:
+    """Run the whole pipeline in ``output``; returns the metrics (also in ``output/metrics.json``; the
+    CLI prints them last) - and generated captions beside references in ``output/examples.txt``.
+    ``overrides``: changes to the demo's config. ``spec``: another generated world (benchmarks), its
+    ``seed`` replaced by ``seed``. ``before_torch(config)``: after the claim, before torch loads (``id``: no-op)."""
+    checked = demo_config(Path(output) / "data", quick=quick, seed=seed, overrides=overrides)  # refused first
     output = claim_folder(Path(output), DEMO)  # it removes its stage folders below: only in a demo folder
+    before_torch(checked)
     # The stages load torch (seconds); caption.demo is often imported for CONFIG_PATH or the data alone.
     from caption.evaluate import evaluate  # deferred: torch stage
     from caption.train import train as train_captioner  # deferred: torch stage
@@ -78,8 +80,7 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[s
     timings: dict[str, float] = {}
 
     t = _stage("1/6 generating the demo dataset (cached)")
-    spec = spec or (demo_data.quick_spec() if quick else demo_data.DemoSpec())
-    spec.seed = seed
+    spec = dataclasses.replace(spec or (demo_data.quick_spec() if quick else demo_data.DemoSpec()), seed=seed)
     data_dir = output / ("data_quick" if quick else "data")
     demo_data.generate_dataset(data_dir, spec)
     cfg = demo_config(data_dir, quick=quick, seed=seed, overrides=overrides)

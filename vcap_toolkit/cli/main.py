@@ -26,10 +26,10 @@ from typing import Any, Callable
 
 import vcap_toolkit
 from caption.caption_files import score_files
+from caption.config import Config
 from caption.demo import CONFIG_PATH, run_demo
 from retrieval_pretrain.foundation.errors import ConfigError, StorageError, VcapError
 from retrieval_pretrain.foundation.hub import parse_model_id, resolve_model_folder
-from retrieval_pretrain.foundation.typed_config import parse_overrides
 from vcap_toolkit.cli import library_commands, push_command, stage_commands
 from vcap_toolkit.cli.command_io import print_json
 from vcap_toolkit.cli.parser import build_parser
@@ -64,17 +64,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_wait_policy(overrides: list[str]) -> None:
+def _demo_wait_policy(cfg: Config) -> None:
     """``vcap demo`` runs torch with no DataLoader workers beside it (caption.demo.run), where
     spinning OpenMP threads are what is fast: a training step 1.5x (stage 1) and 1.6x (stage 2)
     faster than with passive waits on an idle 2-core Xeon, 2.4x slower in stage 2 beside one busy
-    process (BENCHMARKS.md, "Demo speed"). Active waits unless the user set OMP_WAIT_POLICY or gave
-    the demo loader workers (``run.num_workers=N``, N > 0: they would compete with the spinning);
-    only before torch loads (it reads the variable once)."""
-    workers = [value for key, value in parse_overrides(overrides) if key == "run.num_workers"]
-    if workers and workers[-1] != 0:
-        return
-    if vcap_toolkit.USER_OMP_WAIT_POLICY is None and "torch" not in sys.modules:
+    process (BENCHMARKS.md, "Demo speed"). Active waits unless the user set OMP_WAIT_POLICY or the
+    config gives loader workers (they would compete with the spinning); called by ``run_demo`` once
+    the config is valid and the folder claimed, before torch loads (it reads the variable once)."""
+    if cfg.run.num_workers == 0 and vcap_toolkit.USER_OMP_WAIT_POLICY is None and "torch" not in sys.modules:
         os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
         print("vcap demo: OpenMP threads wait actively, fastest on an otherwise idle machine (on a busy one, "
               "OMP_WAIT_POLICY=PASSIVE vcap demo)", file=sys.stderr)
@@ -85,7 +82,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(CONFIG_PATH)
         return 0
     output = Path(args.output)
-    metrics = run_demo(output, quick=args.quick, seed=args.seed, overrides=args.overrides)
+    metrics = run_demo(output, quick=args.quick, seed=args.seed, overrides=args.overrides,
+                       before_torch=_demo_wait_policy)
     print((output / "examples.txt").read_text(), end="")
     print_json(metrics)
     return 0
@@ -192,8 +190,6 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "output", None) and args.command != "report":  # vcap report --output is a file
             check_output(args.output)
         resolve_model_options(args)
-        if args.command == "demo" and not args.config_path:  # before anything loads torch
-            _demo_wait_policy(args.overrides)
         return _run_command(args)
     except VcapError as e:
         print(one_line(e), file=sys.stderr)
