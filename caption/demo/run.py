@@ -68,6 +68,7 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[s
     ``seed`` replaced by ``seed``. ``before_torch(config)``: after the claim, before torch loads (``id``: no-op)."""
     checked = demo_config(Path(output) / "data", quick=quick, seed=seed, overrides=overrides)  # refused first
     output = claim_folder(Path(output), DEMO)  # it removes its stage folders below: only in a demo folder
+    _fresh_start(output)
     before_torch(checked)
     # The stages load torch (seconds); caption.demo is often imported for CONFIG_PATH or the data alone.
     from caption.evaluate import evaluate  # deferred: torch stage
@@ -86,9 +87,6 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[s
     cfg = demo_config(data_dir, quick=quick, seed=seed, overrides=overrides)
     timings["data"] = time.perf_counter() - t
 
-    # Runs start fresh each time so two runs with one seed give the same numbers.
-    for sub in ("stage1", "features", "stage2", "eval_retrieval", "eval_caption"):
-        shutil.rmtree(output / sub, ignore_errors=True)
 
     t = _stage("2/6 stage 1: tiny CLIP video-text model, contrastive retrieval")
     stage1 = pretrain(cfg, output / "stage1")
@@ -120,6 +118,16 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[s
     write_file(output / "examples.txt", examples_text(predictions, cfg, attributes) + "\n")
     print(f"\nDemo finished in {metrics['seconds']['total']:.0f} s; everything is in {output}/", file=sys.stderr)
     return metrics
+
+
+def _fresh_start(output: Path) -> None:
+    """Remove what an earlier run in this (claimed) demo folder wrote, but the cached data: runs start
+    fresh so two runs with one seed give the same numbers, and an earlier run's metrics never sit
+    beside a run that was stopped half-way."""
+    for sub in ("stage1", "features", "stage2", "eval_retrieval", "eval_caption"):
+        shutil.rmtree(output / sub, ignore_errors=True)
+    for name in ("metrics.json", "examples.txt"):
+        (output / name).unlink(missing_ok=True)
 
 
 def _summary(retrieval: dict[str, Any], scores: dict[str, Any], accuracy: dict[str, Any],

@@ -334,8 +334,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                  "minutes on 2 idle Xeon cores (OpenMP threads spin unless OMP_WAIT_POLICY or loader workers are set; "
                  "on a busy machine OMP_WAIT_POLICY=PASSIVE is faster), longer on slower ones; --quick: less data.", config=False)
     p.add_argument("--output", default="vcap_demo", metavar="DIR",
-                   help="working folder (default: ./vcap_demo): new, or one vcap demo wrote (its stage folders are "
-                        "replaced; any other folder is refused untouched)")
+                   help="working folder (default: ./vcap_demo): new, or one vcap demo wrote (its results are "
+                        "replaced, the generated videos kept; any other folder is refused untouched)")
     p.add_argument("--quick", action="store_true", help="smaller data and shorter training (smoke test)")
     p.add_argument("--seed", type=int, default=0, help="seed for data and training")
     p.add_argument("--config-path", action="store_true",
