@@ -68,3 +68,30 @@ def test_a_truncated_feature_file_is_named(tmp_path):
     store.path("v").write_bytes(store.path("v").read_bytes()[:40])
     with pytest.raises(FeatureStoreError, match=r"v\.npy: not a readable feature file"):
         store.load("v")
+
+
+def test_caption_pairs_read_a_video_once_and_give_the_same_items(tmp_path, monkeypatch):
+    """Stage 2's pairs keep a video's features after its first caption (up to the byte budget):
+    the items are the same as read from the store each time, and a video past the budget is read
+    from the store every time."""
+    from caption.data import CaptionPairs
+
+    store = FeatureStore(tmp_path)
+    store.init({"tower_fingerprint": "abc", "num_frames": 6, "dim": 3})
+    rng = np.random.default_rng(0)
+    for v in ("a", "b"):
+        store.write(v, rng.normal(size=(6, 3)))
+    pairs = [(v, [1, i]) for v in ("a", "b") for i in range(3)]
+    reads: list[str] = []
+    real_load = FeatureStore.load
+    monkeypatch.setattr(FeatureStore, "load", lambda self, vid, mmap=True: reads.append(vid) or real_load(self, vid, mmap))
+    one_video = 4 * 3 * 2  # 4 frames kept (max_frames) x 3 dims x fp16
+    cached = CaptionPairs(store, pairs, max_frames=4, cache_bytes=one_video)
+    items = [cached[k] for k in [0, 3, 1, 4, 2, 5, 6 + 0, 6 + 5]]  # keys of a later epoch wrap
+    assert reads == ["a", "b", "b", "b", "b"]  # "a" fits the budget and is read once; "b" does not
+    for key, item in zip([0, 3, 1, 4, 2, 5, 0, 5], items):
+        vid, ids = pairs[key]
+        assert item["video_id"] == vid and item["ids"] == ids
+        expected = store.load(vid)[[0, 2, 3, 5]]  # fit_frames' segment centres of 6 frames
+        assert item["features"].dtype == np.float16 and np.array_equal(item["features"], expected)
+    assert not isinstance(cached[0]["features"], np.memmap)  # held in memory, not a view of the file
