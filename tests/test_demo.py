@@ -58,6 +58,16 @@ def test_the_users_overrides_reach_the_demos_config(tmp_path):
     assert cfg.caption.epochs == demo_config(tmp_path, quick=True).caption.epochs
 
 
+
+@pytest.mark.parametrize("name", ["#x", "a: b", "[1]", "'q", "true", "{}", "x=y", "  spaced  "])
+def test_any_output_folder_name_is_the_demos_data_path_verbatim(tmp_path, name):
+    """The demo points its config at ``OUTPUT/data`` through overrides, which are YAML: a folder
+    named '#x' read as a comment (an empty path) and 'a: b' as a mapping, refused with a message
+    about an override the user never wrote (a hostile test's find)."""
+    data = tmp_path / name / "data"
+    cfg = demo_config(data)
+    assert (cfg.data.annotations, cfg.data.videos) == (str(data / "annotations.jsonl"), str(data))
+
 @pytest.mark.parametrize("caps, expected", [
     ({"avx512_bf16": True, "amx_bf16": False}, "bf16"),  # the 2-core AMD EPYC of BENCHMARKS.md
     ({"avx512_bf16": False, "amx_bf16": True}, "bf16"),  # a Xeon with AMX
@@ -146,6 +156,32 @@ for _ in range(2):  # the second run finds the first one's folder, with metrics.
     assert "unknown config key 'pretrain.no_such_key'" in proc.stderr and not bad.exists()
     assert "OpenMP threads wait actively" not in proc.stderr  # the refused run said nothing of threads
 
+
+def test_the_demo_gives_the_wait_policy_back_and_config_path_takes_no_overrides(tmp_path):
+    """After ``main(['demo', ...])`` returns - here refused after the policy was chosen - a later
+    call in the same process (library use) finds OMP_WAIT_POLICY as it was; and ``--config-path``
+    with a key=value refuses it in one line instead of ignoring it (both found by a hostile test)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = f"""
+import os
+from pathlib import Path
+import vcap_toolkit.cli.main as cli
+from caption.demo import demo_config
+from retrieval_pretrain.foundation.errors import ConfigError
+def fake_run_demo(output, before_torch, **_):
+    before_torch(demo_config(Path(output) / 'data'))
+    print(os.environ['OMP_WAIT_POLICY'])
+    raise ConfigError('stopped here')
+print(os.environ['OMP_WAIT_POLICY'])
+cli.run_demo = fake_run_demo
+print(cli.main(['demo', '--output', {str(tmp_path / 'd')!r}]), os.environ['OMP_WAIT_POLICY'])
+print(cli.main(['demo', '--config-path', 'noequals']))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["PASSIVE", "ACTIVE", "2", "PASSIVE", "2"]  # the toolkit's default, back
+    assert "stopped here" in proc.stderr
+    assert "vcap demo --config-path prints where the demo's config is and runs nothing; drop 'noequals'" in proc.stderr
 
 def test_the_demos_speed_settings_train_the_same_weights_run_after_run(tmp_path):
     """bf16 autocast (where native), channels-last frames, no workers: two stage-1 runs with one

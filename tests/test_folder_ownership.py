@@ -201,9 +201,13 @@ def test_legacy_and_recorded_folders_of_each_kind_are_accepted(made, tmp_path):
     other = FolderKind("search index", "vcap index")
     with pytest.raises(ConfigError, match="a vcap demo folder \\(its .vcap.json: made by vcap demo\\), not a search"):
         claim_folder(demo, other)
-    (demo / RECORD).write_text("[1, 2]")
-    with pytest.raises(ConfigError, match="not a record this version of vcap reads"):
-        claim_folder(demo, DEMO)
+    for unreadable in ("[1, 2]", '{"format": 99, "kind": "vcap demo folder"}', '{"format": "1", "kind": "vcap demo folder"}',
+                       '{"format": true, "kind": "vcap demo folder"}', '{"format": 0, "kind": "vcap demo folder"}'):
+        (demo / RECORD).write_text(unreadable)  # not JSON of a record, or a later release's (or no) format
+        with pytest.raises(ConfigError, match="not a record this version of vcap reads"):
+            claim_folder(demo, DEMO)
+    (demo / RECORD).write_text('{"format": 1, "kind": "vcap demo folder", "command": "vcap demo"}')
+    claim_folder(demo, DEMO)  # this version's format: the demo's again
     empty = tmp_path / "empty"
     (empty / ".lock").parent.mkdir()
     (empty / ".lock").write_text("vcap index, pid 1 on host, since ...\n")  # a killed run's lock only

@@ -50,7 +50,9 @@ DEMO = FolderKind("vcap demo folder", "vcap demo", lambda folder: holds_only(fol
 def demo_config(data_dir: Path, quick: bool = False, seed: int = 0, overrides: list[str] | None = None) -> Config:
     """The demo's config (``CONFIG_PATH``) pointed at a generated dataset in ``data_dir``, plus the
     user's ``overrides`` (applied last)."""
-    given = [f"data.annotations={data_dir / 'annotations.jsonl'}", f"data.videos={data_dir}",
+    # the paths as YAML double-quoted strings (a JSON string is one): '#x' or 'a: b' in a folder name
+    # would otherwise read as a comment or a mapping, and the refusal would name this internal override
+    given = [f"data.annotations={json.dumps(str(data_dir / 'annotations.jsonl'))}", f"data.videos={json.dumps(str(data_dir))}",
              f"run.seed={seed}", *SPEED_OVERRIDES] + (QUICK_OVERRIDES if quick else []) + list(overrides or [])
     return load(CONFIG_PATH, given)
 

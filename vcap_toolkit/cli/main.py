@@ -79,11 +79,21 @@ def _demo_wait_policy(cfg: Config) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     if args.config_path:
+        if args.overrides:
+            raise ConfigError(f"vcap demo --config-path prints where the demo's config is and runs nothing; "
+                              f"drop '{args.overrides[0]}' (key=value changes go to a run: vcap demo key=value)")
         print(CONFIG_PATH)
         return 0
     output = Path(args.output)
-    metrics = run_demo(output, quick=args.quick, seed=args.seed, overrides=args.overrides,
-                       before_torch=_demo_wait_policy)
+    before = os.environ.get("OMP_WAIT_POLICY")
+    try:
+        metrics = run_demo(output, quick=args.quick, seed=args.seed, overrides=args.overrides,
+                           before_torch=_demo_wait_policy)
+    finally:  # OpenMP read it when torch loaded; later calls in this process (library use) get theirs back
+        if before is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        else:
+            os.environ["OMP_WAIT_POLICY"] = before
     print((output / "examples.txt").read_text(), end="")
     print_json(metrics)
     return 0
