@@ -38,12 +38,49 @@ def shared_data() -> Path:
 
 def pytest_collection_modifyitems(config, items) -> None:
     """Start the non-editable install (and the quick demo from it, when that test is selected) in
-    the background now: minutes of subprocess work that then overlap the rest of the suite."""
+    the background now: minutes of subprocess work that then overlap the rest of the suite. (Under
+    pytest-xdist the controller has started them already, see ``pytest_sessionstart``; every
+    worker collects every test, and must not start them again.)"""
+    if hasattr(config, "workerinput"):
+        return
     wanted = [item for item in items if item.nodeid.startswith("tests/test_install.py::")]
     if wanted:
         import test_install
 
         test_install.start_in_background(demo=any("test_demo_quick" in item.nodeid for item in wanted))
+
+
+def _selects_install_tests(config) -> bool:
+    """Whether the command line may select tests/test_install.py (the xdist controller collects nothing)."""
+    target = (ROOT / "tests" / "test_install.py").resolve()
+    for arg in config.args or [str(ROOT / "tests")]:
+        path = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if path == target or target.is_relative_to(path):
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session) -> None:
+    """The xdist controller (README's ``-n 2``) starts the install and the quick demo before the
+    workers exist, and tells them (an environment variable they inherit) where the results will be."""
+    config = session.config
+    if hasattr(config, "workerinput") or getattr(config.option, "dist", "no") == "no":
+        return
+    if not _selects_install_tests(config):
+        return
+    import tempfile
+
+    import test_install
+
+    share = Path(tempfile.mkdtemp(prefix="vcap-install-share-"))
+    os.environ[test_install.SHARED_ENV] = str(share)
+    demo = "not slow" not in (config.option.markexpr or "").replace("  ", " ")
+    test_install.start_in_background(demo=demo, share=share)
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, share, True)
 MOTION_TINY = ["video.num_frames=4", "pretrain.batch_size=8", "pretrain.epochs=30", "run.num_workers=0",
                "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}",
                "clip.custom.text_cfg.layers=1", "pretrain.head_layers=1", "pretrain.save_every=0", "pretrain.loss=kl"]
