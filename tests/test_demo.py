@@ -87,7 +87,7 @@ def test_channels_last_frames_are_the_same_frames_in_the_faster_layout():
     cfg = demo_config(Path("unused"))
     torch.manual_seed(0)
     model = build_video_text_model(cfg).eval()
-    frames = torch.randn(3, 4, 3, 64, 64)  # (B, T, 3, H, W)
+    frames = torch.randn(3, cfg.video.num_frames, 3, 64, 64)  # (B, T, 3, H, W)
     laid = channels_last_frames(frames)
     assert torch.equal(laid, frames) and laid.shape == frames.shape
     assert laid.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
