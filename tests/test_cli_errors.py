@@ -204,7 +204,7 @@ class _RunsCode:
 def _bad_inputs(root: Path, ann: Path) -> dict[str, str]:
     """The bad files that need no model."""
     bad_key = root / "typo.yaml"
-    bad_key.write_text(CONFIG_PATH.read_text().replace("  num_frames: 4", "  num_frame: 4"))
+    bad_key.write_text(CONFIG_PATH.read_text().replace("  num_frames:", "  num_frame:"))
     assert "num_frame:" in bad_key.read_text()
     msrvtt = root / "videodatainfo.json"
     msrvtt.write_text('{"videos": [{"video_id": "video0", "split": "train"}], "sentences": [{"video_id": "vid')
