@@ -114,3 +114,32 @@ def test_cached_training_takes_the_same_steps(clips, tmp_path, capsys):
 
     with pytest.raises(ValueError, match=r"video.cache_frames=1000000000: 6 videos x 1000000000 frames .* GB"):
         train(load(CONFIG, base + ["video.cache_frames=1000000000"]), tmp_path / "huge")
+
+
+def test_each_caption_is_tokenised_once_and_items_keep_its_tokens(clips):
+    entries = _entries(clips)
+    calls: list[str] = []
+
+    def counting(texts: list[str]) -> torch.Tensor:
+        calls.extend(texts)
+        return _tokenize(texts)
+
+    data = ContrastiveTrainSet(entries, Preprocess(4, 64, MEAN, STD), counting, method="tsn", seed=7)
+    items = [data[epoch * len(entries) + i] for epoch in range(6) for i in range(len(entries))]
+    assert all(torch.equal(it["tokens"], _tokenize([it["caption"]])[0]) for it in items)
+    drawn = {it["caption"] for it in items}
+    assert len(drawn) > len(entries)  # epochs drew other captions of a video
+    assert sorted(calls) == sorted(drawn)  # each once, however often it was drawn
+
+
+def test_normalised_frames_equal_the_plain_formula_bit_for_bit():
+    from retrieval_pretrain.reading.transforms import normalise_frames
+
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, 3, 7, 9), dtype=np.uint8))
+    for mean, std in [(MEAN, STD), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.1, 0.2, 0.3), (0.9, 0.01, 0.33))]:
+        m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        got = normalise_frames(x, mean, std)
+        assert got.dtype == torch.float32 and got.is_contiguous()
+        assert torch.equal(got, (x.float() - m) / s)
+    assert torch.equal(normalise_frames(x, list(MEAN), list(STD)), normalise_frames(x, MEAN, STD))

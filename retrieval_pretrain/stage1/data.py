@@ -253,6 +253,9 @@ class _CacheFill(Dataset):
             return index, None, _failure_reason(path, e)
 
 
+TOKEN_CACHE_CAPTIONS = 65_536  # captions whose tokens a training set keeps (~40 MB at CLIP's 77 tokens)
+
+
 class ContrastiveTrainSet(Dataset):
     """Training pairs for stage 1. The sampler passes ``epoch * len(self) + i``; the item is video
     ``i`` with TSN-sampled frames and one of its captions, both drawn from ``(seed, epoch, i)``; a
@@ -284,9 +287,20 @@ class ContrastiveTrainSet(Dataset):
                 raise ConfigError(f"frames cached in memory work with video.train_sampling tsn or uniform, not "
                                   f"{method!r} (fps sampling needs the file's own frame rate); {fix}")
         self.cache = cache
+        # each caption's tokens, made once: an epoch draws one caption per video, so a caption comes
+        # back every few epochs, and the BPE tokenizer (ftfy, regex) was a quarter of an item's cost
+        self._tokens: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def _tokens_of(self, caption: str) -> torch.Tensor:
+        tokens = self._tokens.get(caption)
+        if tokens is None:
+            tokens = self.tokenize([caption])[0]
+            if len(self._tokens) < TOKEN_CACHE_CAPTIONS:
+                self._tokens[caption] = tokens
+        return tokens
 
     def __getitem__(self, key: int) -> dict[str, Any]:
         epoch, index = divmod(int(key), len(self.entries))
@@ -301,7 +315,7 @@ class ContrastiveTrainSet(Dataset):
         clip = entry.clip if hasattr(entry, "clip") else Path(entry.path)
         item = _load(self.pre, clip, self.method, rng, cached, getattr(self.cache, "frame_shape", None))
         item.update(video_id=entry.video_id, path=str(clip), caption=caption,
-                    tokens=self.tokenize([caption])[0])
+                    tokens=self._tokens_of(caption))
         return item
 
 
