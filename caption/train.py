@@ -197,7 +197,7 @@ def _train(cfg: Config, features: Path, output: Path, acc: Accelerator, resume: 
             run.model.train()
             batches_done, batches = skip, epoch_batches(acc, run.loader, skip)
             skip = 0
-            timer.reset()
+            timer.restart()  # not reset: the last epoch's steps after its last record go in the next
             for batch in batches:
                 timer.data_ready()
                 batches_done += 1

@@ -145,6 +145,12 @@ class StepTimer:
         self._t = now
 
     def reset(self) -> tuple[float, float]:
+        """The sums since the last reset (a log record's), cleared."""
         d, c = self.data, self.compute
         self.data = self.compute = 0.0
         return d, c
+
+    def restart(self) -> None:
+        """Start the clock now, keeping the sums: between epochs (evaluation, checkpoints) is neither
+        data nor compute, and the steps after an epoch's last log record still count in the next."""
+        self._t = time.perf_counter()
