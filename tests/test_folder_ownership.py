@@ -206,6 +206,14 @@ def test_legacy_and_recorded_folders_of_each_kind_are_accepted(made, tmp_path):
         (demo / RECORD).write_text(unreadable)  # not JSON of a record, or a later release's (or no) format
         with pytest.raises(ConfigError, match="not a record this version of vcap reads"):
             claim_folder(demo, DEMO)
+    (demo / RECORD).write_text('{"format": 1, "kind": "vcap demo folder", "command": "vcap demo"}' + " " * 70_000)
+    with pytest.raises(ConfigError, match="not a record this version of vcap reads"):
+        claim_folder(demo, DEMO)  # larger than any record: not read whole (a link to /dev/zero never ends)
+    (demo / RECORD).unlink()
+    os.mkfifo(demo / RECORD)  # opening a FIFO to read would block until someone writes: never opened
+    with pytest.raises(ConfigError, match="not a record this version of vcap reads"):
+        claim_folder(demo, DEMO)
+    (demo / RECORD).unlink()
     (demo / RECORD).write_text('{"format": 1, "kind": "vcap demo folder", "command": "vcap demo"}')
     claim_folder(demo, DEMO)  # this version's format: the demo's again
     empty = tmp_path / "empty"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +42,7 @@ from retrieval_pretrain.foundation.errors import ConfigError
 RECORD = ".vcap.json"
 LOCK_FILE = ".lock"
 RECORD_FORMAT = 1
+RECORD_BYTES = 64 * 1024  # a larger file is not a record (vcap writes ~200 bytes)
 _OURS = frozenset({RECORD, LOCK_FILE})
 
 
@@ -93,7 +95,15 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     if not os.path.lexists(path):
         return None
     try:
-        record = json.loads(path.read_text())
+        # a regular file of at most RECORD_BYTES only: a FIFO would block the read forever, a link to
+        # /dev/zero fill the memory (a hostile test's finds); what vcap writes is ~200 bytes
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return {"kind": None}
+        with open(path, "rb") as f:
+            raw = f.read(RECORD_BYTES + 1)
+        if len(raw) > RECORD_BYTES:
+            return {"kind": None}
+        record = json.loads(raw.decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return {"kind": None}
     if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
