@@ -63,6 +63,7 @@ class CaptionPairs(Dataset):
             feats = fit_frames(self.store.load(vid), self.max_frames)
             if feats.nbytes <= self.cache_left:
                 feats = np.array(feats)  # read into memory (the store's arrays are memory-mapped)
+                feats.flags.writeable = False  # shared by the video's captions: read-only, as the mapped file was
                 self._cache[vid], self.cache_left = feats, self.cache_left - feats.nbytes
         return feats
 

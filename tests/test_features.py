@@ -95,3 +95,5 @@ def test_caption_pairs_read_a_video_once_and_give_the_same_items(tmp_path, monke
         expected = store.load(vid)[[0, 2, 3, 5]]  # fit_frames' segment centres of 6 frames
         assert item["features"].dtype == np.float16 and np.array_equal(item["features"], expected)
     assert not isinstance(cached[0]["features"], np.memmap)  # held in memory, not a view of the file
+    with pytest.raises(ValueError, match="read-only"):  # shared by the video's captions, as read-only as the file
+        cached[0]["features"][0, 0] = 1

@@ -130,6 +130,9 @@ def test_each_caption_is_tokenised_once_and_items_keep_its_tokens(clips):
     drawn = {it["caption"] for it in items}
     assert len(drawn) > len(entries)  # epochs drew other captions of a video
     assert sorted(calls) == sorted(drawn)  # each once, however often it was drawn
+    first = data[0]["tokens"]
+    first[0] = 999  # an item's tokens are its own
+    assert not torch.equal(data[0]["tokens"], first)
 
 
 def test_normalised_frames_equal_the_plain_formula_bit_for_bit():
@@ -143,3 +146,18 @@ def test_normalised_frames_equal_the_plain_formula_bit_for_bit():
         assert got.dtype == torch.float32 and got.is_contiguous()
         assert torch.equal(got, (x.float() - m) / s)
     assert torch.equal(normalise_frames(x, list(MEAN), list(STD)), normalise_frames(x, MEAN, STD))
+    floats = x.float()  # a float input is left as it is (the constants are shared, the input never written)
+    assert torch.equal(normalise_frames(floats, MEAN, STD), normalise_frames(x, MEAN, STD))
+    assert torch.equal(floats, x.float())
+    assert normalise_frames(x[0], MEAN, STD).shape == (1, 3, 7, 9)  # one frame broadcasts, as before
+
+
+def test_normalising_first_under_inference_mode_leaves_the_constants_usable_with_autograd():
+    from retrieval_pretrain.reading import transforms
+
+    odd = (0.3, 0.3, 0.3)  # a pair no other test made first
+    with torch.inference_mode():
+        transforms.normalise_frames(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), odd, odd)
+    x = torch.rand(1, 3, 2, 2, requires_grad=True)
+    transforms.normalise_frames(x, odd, odd).sum().backward()  # dividing by the cached std saves it for backward
+    assert torch.allclose(x.grad, torch.full_like(x, 1 / (0.3 * 255)))

@@ -69,12 +69,12 @@ def resize_crop_frames(frames_uint8: np.ndarray | torch.Tensor, image_size: int)
 def _scaled(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """``mean`` and ``std`` times 255 as (1, 3, 1, 1) float32, made once per pair: stage 1 normalises
     every training item's frames, and building these each time was a third of that cost (cProfile)."""
-    return (torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
-            torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+    with torch.inference_mode(False):  # made under inference mode, they could not be used with autograd later
+        return (torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
+                torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
 
 def normalise_frames(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(N, 3, S, S) uint8 -> float32 CLIP input: scale to [0, 1] and normalise with ``mean`` / ``std``."""
     mean_t, std_t = _scaled(tuple(float(m) for m in mean), tuple(float(s) for s in std))
-    # in place on the fresh float copy: the same two IEEE operations per value as (x - mean) / std
-    return x_uint8.float().sub_(mean_t).div_(std_t).contiguous()
+    return ((x_uint8.float() - mean_t) / std_t).contiguous()  # not in place: a float input is not copied by .float()

@@ -253,7 +253,7 @@ class _CacheFill(Dataset):
             return index, None, _failure_reason(path, e)
 
 
-TOKEN_CACHE_CAPTIONS = 65_536  # captions whose tokens a training set keeps (~40 MB at CLIP's 77 tokens)
+TOKEN_CACHE_CAPTIONS = 16_384  # captions whose tokens a training set keeps (~30 MB at CLIP's 77 tokens, measured)
 
 
 class ContrastiveTrainSet(Dataset):
@@ -288,7 +288,10 @@ class ContrastiveTrainSet(Dataset):
                                   f"{method!r} (fps sampling needs the file's own frame rate); {fix}")
         self.cache = cache
         # each caption's tokens, made once: an epoch draws one caption per video, so a caption comes
-        # back every few epochs, and the BPE tokenizer (ftfy, regex) was a quarter of an item's cost
+        # back every few epochs, and the BPE tokenizer (ftfy, regex) was a quarter of an item's cost.
+        # Without loader workers (the demo) that is the time the step waits; loader workers, started
+        # again each epoch, each begin with what the main process holds (nothing), and tokenise
+        # beside the step anyway.
         self._tokens: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -300,7 +303,7 @@ class ContrastiveTrainSet(Dataset):
             tokens = self.tokenize([caption])[0]
             if len(self._tokens) < TOKEN_CACHE_CAPTIONS:
                 self._tokens[caption] = tokens
-        return tokens
+        return tokens.clone()  # an item's own: a caller writing into it must not change the next item
 
     def __getitem__(self, key: int) -> dict[str, Any]:
         epoch, index = divmod(int(key), len(self.entries))
