@@ -63,7 +63,8 @@ def test_the_users_overrides_reach_the_demos_config(tmp_path):
 
 
 
-@pytest.mark.parametrize("name", ["#x", "a: b", "[1]", "'q", "true", "{}", "x=y", "  spaced  "])
+@pytest.mark.parametrize("name", ["#x", "a: b", "[1]", "'q", "true", "{}", "x=y", "  spaced  ", "emo\U0001F600",
+                                  "\\ud83d\\ude00", "\\\U0001F600", "\udcff", "a\u2028b", "x\x85"])
 def test_any_output_folder_name_is_the_demos_data_path_verbatim(tmp_path, name):
     """The demo points its config at ``OUTPUT/data`` through overrides, which are YAML: a folder
     named '#x' read as a comment (an empty path) and 'a: b' as a mapping, refused with a message
@@ -111,16 +112,20 @@ def test_channels_last_frames_are_the_same_frames_in_the_faster_layout():
     (None, ["run.num_workers=2"], "PASSIVE"),  # loader workers would compete with spinning threads
     (None, ["run={num_workers: 2}"], "PASSIVE"),  # the same, given as a section
     (None, ["run.num_workers=2", "run.num_workers=0"], "ACTIVE"),  # the last value counts, as in the config
+    ("later:passive", [], "passive"),  # library use: set after vcap_toolkit loaded, still the user's
+    ("later:ACTIVE", [], "ACTIVE"),
 ])
 def test_vcap_demo_waits_actively_unless_the_user_chose(user, overrides, expected):
     """OMP_WAIT_POLICY is read once, when torch loads: vcap demo sets ACTIVE before that (a step
     1.5-1.6x faster on an idle 2-core Xeon, BENCHMARKS.md) unless the user chose or the config has
     loader workers."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if user:
+    later = user.split(":")[1] if user and user.startswith("later:") else None
+    if user and not later:
         env["OMP_WAIT_POLICY"] = user
     code = ("import os; from pathlib import Path; from vcap_toolkit.cli.main import _demo_wait_policy; "
             "from caption.demo import demo_config; "
+            + (f"os.environ['OMP_WAIT_POLICY'] = {later!r}; " if later else "") +
             f"_demo_wait_policy(demo_config(Path('unused'), overrides={overrides!r})); print(os.environ['OMP_WAIT_POLICY'])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -8,4 +8,5 @@ import os as _os
 # Passive OpenMP waits for every entry point, set before torch loads (see caption/__init__.py); what
 # the user had set is kept (vcap demo chooses active waits when the user set nothing: cli.main).
 USER_OMP_WAIT_POLICY = _os.environ.get("OMP_WAIT_POLICY")
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+DEFAULT_OMP_WAIT_POLICY = "PASSIVE"
+_os.environ.setdefault("OMP_WAIT_POLICY", DEFAULT_OMP_WAIT_POLICY)

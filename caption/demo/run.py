@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -47,12 +48,32 @@ DEMO = FolderKind("vcap demo folder", "vcap demo", lambda folder: holds_only(fol
     (folder / data / demo_data.MANIFEST).is_file() for data in ("data", "data_quick")))
 
 
+# an escaped backslash (kept as it is, so that a literal backslash before "ud83d" is not read as an
+# escape), or a JSON surrogate pair
+_SURROGATE_PAIR = re.compile(r"\\\\|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def _yaml_string(text: str) -> str:
+    """``text`` as a YAML double-quoted scalar that reads back verbatim. An ASCII JSON string is one
+    (line breaks YAML knows beyond JSON's, U+0085 and U+2028, stay escaped), but for a character
+    beyond U+FFFF (an emoji) it writes two surrogates, which YAML decodes one by one: those pairs
+    become YAML's ``\\UXXXXXXXX``."""
+    def astral(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return m.group(0)
+        high, low = int(m.group(1), 16), int(m.group(2), 16)
+        return f"\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08X}"
+
+    return _SURROGATE_PAIR.sub(astral, json.dumps(text))
+
+
 def demo_config(data_dir: Path, quick: bool = False, seed: int = 0, overrides: list[str] | None = None) -> Config:
     """The demo's config (``CONFIG_PATH``) pointed at a generated dataset in ``data_dir``, plus the
     user's ``overrides`` (applied last)."""
-    # the paths as YAML double-quoted strings (a JSON string is one): '#x' or 'a: b' in a folder name
-    # would otherwise read as a comment or a mapping, and the refusal would name this internal override
-    given = [f"data.annotations={json.dumps(str(data_dir / 'annotations.jsonl'))}", f"data.videos={json.dumps(str(data_dir))}",
+    # the paths as YAML double-quoted strings: '#x' or 'a: b' in a folder name would otherwise read as
+    # a comment or a mapping, and the refusal would name this internal override
+    given = [f"data.annotations={_yaml_string(str(data_dir / 'annotations.jsonl'))}",
+             f"data.videos={_yaml_string(str(data_dir))}",
              f"run.seed={seed}", *SPEED_OVERRIDES] + (QUICK_OVERRIDES if quick else []) + list(overrides or [])
     return load(CONFIG_PATH, given)
 

@@ -70,8 +70,13 @@ def _demo_wait_policy(cfg: Config) -> None:
     faster than with passive waits on an idle 2-core Xeon, 2.4x slower in stage 2 beside one busy
     process (BENCHMARKS.md, "Demo speed"). Active waits unless the user set OMP_WAIT_POLICY or the
     config gives loader workers (they would compete with the spinning); called by ``run_demo`` once
-    the config is valid and the folder claimed, before torch loads (it reads the variable once)."""
-    if cfg.run.num_workers == 0 and vcap_toolkit.USER_OMP_WAIT_POLICY is None and "torch" not in sys.modules:
+    the config is valid and the folder claimed, before torch loads (it reads the variable once). The
+    user set it when it was set before ``vcap_toolkit`` loaded, or holds anything but the ``PASSIVE``
+    that loading put there (library use setting it later; exactly ``PASSIVE`` set later cannot be told
+    from the default, and is taken for it)."""
+    now = os.environ.get("OMP_WAIT_POLICY")
+    chosen = vcap_toolkit.USER_OMP_WAIT_POLICY is not None or now not in (None, vcap_toolkit.DEFAULT_OMP_WAIT_POLICY)
+    if cfg.run.num_workers == 0 and not chosen and "torch" not in sys.modules:
         os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
         print("vcap demo: OpenMP threads wait actively, fastest on an otherwise idle machine (on a busy one, "
               "OMP_WAIT_POLICY=PASSIVE vcap demo)", file=sys.stderr)
