@@ -131,3 +131,14 @@ def run_gloo_pair(code: str, tmp_path: Path, timeout: int = 120) -> list:
         pytest.fail(f"the two gloo processes did not finish within {timeout} s")
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for ``accelerate launch --main_process_port``: under
+    pytest-xdist two launches at once on accelerate's default port (29500) joined each other's
+    rendezvous and one crashed (a red .ci/run)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

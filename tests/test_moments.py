@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from conftest import free_port
 
 from benchmarks.long_video import concatenate
 from caption.windows import segment_windows
@@ -166,6 +167,7 @@ def test_a_bad_window_option_is_one_line(long_video, tmp_path, capsys):
 def _launch(args: list[str]) -> subprocess.Popen:
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", str(free_port()),
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vcap_toolkit.cli.main", "index", *args]
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

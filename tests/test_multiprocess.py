@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 
 from caption.config import load
 from caption.demo import CONFIG_PATH
@@ -34,6 +35,7 @@ STAGE2 = ["caption.epochs=2", "caption.vocab_size=120", "caption.max_length=40",
 def _launch(command: str, *args: str) -> subprocess.CompletedProcess:
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", str(free_port()),
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vcap_toolkit.cli.main", command,
            "--config", str(CONFIG_PATH), *args]
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
