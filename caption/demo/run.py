@@ -57,7 +57,7 @@ def _yaml_string(text: str) -> str:
     """``text`` as a YAML double-quoted scalar that reads back verbatim. An ASCII JSON string is one
     (line breaks YAML knows beyond JSON's, U+0085 and U+2028, stay escaped), but for a character
     beyond U+FFFF (an emoji) it writes two surrogates, which YAML decodes one by one: those pairs
-    become YAML's ``\\UXXXXXXXX``."""
+    become YAML's eight-hex-digit ``\\U`` escapes."""
     def astral(m: re.Match[str]) -> str:
         if m.group(1) is None:
             return m.group(0)
