@@ -15,6 +15,7 @@ import torch
 from caption.config import load
 from caption.demo import CONFIG_PATH
 from caption.demo import data as demo_data
+from retrieval_pretrain.reading.clips import Clip
 from retrieval_pretrain.reading.video import read_frames
 from retrieval_pretrain.stage1.data import ContrastiveTrainSet, FrameCache, Preprocess, collate_videos
 
@@ -91,6 +92,31 @@ def test_cache_refuses_fps_sampling_and_a_mismatched_entry_list(clips):
         ContrastiveTrainSet(entries[:1], pre, _tokenize, cache=cache)
 
 
+def test_frames_are_handed_on_only_where_they_are_exactly_what_decoding_gives(clips, tmp_path):
+    entries = _entries(clips)
+    pre = Preprocess(4, 64, MEAN, STD)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00not a video" * 50)
+    whole = FrameCache([e.path for e in entries[:2]] + [bad], max_frames=8, image_size=64, progress=False)
+    assert whole.whole == [True, True, False]  # 8 frames of 8-frame clips: all of them
+    for e in entries[:2]:
+        got = whole.decoded(e.path, pre, "uniform")
+        want = pre(e.path, "uniform")
+        assert got is not None and torch.equal(got("uniform", None)["frames"], want["frames"])
+        assert torch.equal(got("uniform", None)["mask"], want["mask"])
+        assert whole.decoded(str(e.path), Preprocess(8, 64, MEAN, STD), "uniform") is not None  # a str path
+        assert whole.decoded(e.path, pre, "tsn") is None  # random offsets: the decoder's own draw
+        assert whole.decoded(e.path, Preprocess(4, 48, MEAN, STD), "uniform") is None  # another size
+    assert whole.decoded(bad, pre, "uniform") is None  # decoded again, and reported there
+    assert whole.decoded(entries[3].path, pre, "uniform") is None  # not a video of this cache
+    part = FrameCache([entries[0].path], max_frames=4, image_size=64, progress=False)  # 4 of 8 frames
+    assert part.whole == [False] and part.decoded(entries[0].path, Preprocess(4, 64, MEAN, STD), "uniform") is None
+    seconds = Clip(entries[0].path, 0.0, 0.5)  # a range holding 4 of the 8 frames (8 fps): kept whole
+    ranged = FrameCache([seconds, Clip(entries[1].path, 0.0, 0.5)], max_frames=4, image_size=64, progress=False)
+    assert ranged.whole == [False, False]  # exactly 4 kept of a range: whether there were more is unknown
+    assert FrameCache([seconds], max_frames=8, image_size=64, progress=False).whole == [True]
+
+
 TINY = ["video.num_frames=4", "pretrain.batch_size=3", "pretrain.epochs=2", "run.num_workers=0", "run.log_every=1",
         "clip.custom.vision_cfg={layers: 1, width: 64, head_width: 32, patch_size: 8, image_size: 64}",
         "clip.custom.text_cfg.layers=1", "pretrain.head_layers=1", "pretrain.save_every=0"]
@@ -100,17 +126,41 @@ def _losses(run: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-def test_cached_training_takes_the_same_steps(clips, tmp_path, capsys):
+def test_cached_training_takes_the_same_steps(clips, tmp_path, capsys, monkeypatch):
     from retrieval_pretrain.stage1.train import train
 
     base = [f"data.annotations={clips / 'annotations.jsonl'}", f"data.videos={clips}", *TINY]
     train(load(CONFIG, base + ["video.cache_frames=0"]), tmp_path / "decode")  # the yaml caches: turn it off
     assert "decoded once" not in capsys.readouterr().err
-    train(load(CONFIG, base + ["video.cache_frames=16"]), tmp_path / "cache")
+    kept: list[FrameCache] = []
+    model = train(load(CONFIG, base + ["video.cache_frames=16"]), tmp_path / "cache", keep_frames=kept)
     assert "6 training videos decoded once into memory (1 MB)" in capsys.readouterr().err
     decoded, cached = _losses(tmp_path / "decode"), _losses(tmp_path / "cache")
     assert len(decoded) == 4 and np.allclose(decoded, cached, rtol=1e-5, atol=1e-6), (decoded, cached)
     assert decoded[0] != pytest.approx(decoded[-1], rel=1e-3)
+
+    # extraction reading the kept frames writes the features decoding writes, bit for bit
+    from retrieval_pretrain.reading.features import FeatureStore
+    from retrieval_pretrain.stage1.extract import extract_features
+
+    assert len(kept) == 1 and sum(kept[0].whole) == 6  # 8-frame clips, 16 kept: every frame of each
+    cfg = load(CONFIG, base)
+    decodes: list[str] = []  # a spy on the real decoding call: which videos were decoded
+    real_call = Preprocess.__call__
+    monkeypatch.setattr(Preprocess, "__call__", lambda self, path, *a, **k: decodes.append(str(path))
+                        or real_call(self, path, *a, **k))
+    plain = extract_features(model, cfg, tmp_path / "plain", batch_size=4)
+    assert len(decodes) == 8
+    decodes.clear()
+    reused = extract_features(model, cfg, tmp_path / "reused", batch_size=4, frames=kept[0])
+    assert plain["extracted"] == reused["extracted"] == 8
+    trained = {str(e.path) for e in _entries(clips)}
+    assert len(decodes) == 2 and not trained & set(decodes), decodes  # the 2 test clips; the 6 from memory
+    a, b = FeatureStore(tmp_path / "plain"), FeatureStore(tmp_path / "reused")
+    videos = [json.loads(x)["video"].removesuffix(".mp4") for x in (clips / "annotations.jsonl").read_text().splitlines()]
+    assert len(videos) == 8
+    for vid in videos:
+        assert np.array_equal(a.load(vid, mmap=False), b.load(vid, mmap=False)), vid
 
     with pytest.raises(ValueError, match=r"video.cache_frames=1000000000: 6 videos x 1000000000 frames .* GB"):
         train(load(CONFIG, base + ["video.cache_frames=1000000000"]), tmp_path / "huge")

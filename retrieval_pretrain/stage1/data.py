@@ -95,17 +95,20 @@ def _failure_reason(path: str | Path | Clip, e: BaseException) -> str:
 class VideoClipDataset(Dataset):
     """One item per video: ``{"video_id", "path", "frames" (T,3,S,S), "mask" (T,), "ok", "error"}``."""
 
-    def __init__(self, videos: Sequence[tuple[str, str | Path | Clip]], pre: Preprocess, method: str = "uniform"):
+    def __init__(self, videos: Sequence[tuple[str, str | Path | Clip]], pre: Preprocess, method: str = "uniform",
+                 frames: FrameCache | None = None):
         self.videos = [(vid, as_clip(p)) for vid, p in videos]
         self.pre = pre
         self.method = method
+        self.frames = frames  # stage 1's decoded training videos, used where they are exactly the decoder's
 
     def __len__(self) -> int:
         return len(self.videos)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         vid, path = self.videos[index]
-        item = _load(self.pre, path, self.method, rng=np.random.default_rng(index))
+        cached = self.frames.decoded(path, self.pre, self.method) if self.frames is not None else None
+        item = _load(self.pre, path, self.method, rng=np.random.default_rng(index), cached=cached)
         item.update(video_id=vid, path=str(path))  # a range: "a.mp4 [12-20 s]"
         return item
 
@@ -153,12 +156,16 @@ class FrameCache(_KeptPerVideo):
             raise ValueError(f"video.cache_frames must be >= 1 to cache, got {max_frames}")
         self.rows: list[torch.Tensor | None] = [None] * len(paths)  # (n_i, 3, S, S) uint8
         self.errors: list[str] = [""] * len(paths)
+        self.image_size = image_size
+        self.whole = [False] * len(paths)  # every frame of the video (or range) is kept: see ``decoded``
+        self._index = {str(as_clip(p)): i for i, p in enumerate(paths)}
         loader = DataLoader(_CacheFill(paths, max_frames, image_size), batch_size=1, num_workers=num_workers,
                             collate_fn=_only_item)
-        for index, frames, error in tqdm(loader, desc="decode once", unit="video", file=sys.stderr,
-                                         disable=not progress):
+        for index, frames, error, whole in tqdm(loader, desc="decode once", unit="video", file=sys.stderr,
+                                                disable=not progress):
             # clone: a tensor from a worker lives in shared memory, one open file per tensor otherwise
             self.rows[index], self.errors[index] = (frames.clone() if frames is not None else None), error
+            self.whole[index] = whole
 
     @property
     def frames(self) -> list[torch.Tensor | None]:
@@ -169,6 +176,15 @@ class FrameCache(_KeptPerVideo):
         """What ``Preprocess`` returns for video ``index``, its frames picked from memory."""
         frames, mask = self._draw(index, pre, method, rng)
         return {"frames": normalise_frames(frames, pre.mean, pre.std), "mask": mask}
+
+    def decoded(self, path: str | Path | Clip, pre: Preprocess, method: str) -> Callable[..., dict[str, Any]] | None:
+        """For another reader of these videos (extraction after stage 1): a function returning from
+        memory what ``pre(path, method)`` decodes, where that is bit for bit the same - the row holds
+        every frame of the video and the sampling is ``uniform`` at this cache's size; else None."""
+        index = self._index.get(str(as_clip(path)))
+        if index is None or not self.whole[index] or method != "uniform" or pre.image_size != self.image_size:
+            return None
+        return lambda method, rng: self.sample(index, pre, method, None)
 
 
 class FeatureCache(_KeptPerVideo):
@@ -196,8 +212,8 @@ class FeatureCache(_KeptPerVideo):
                             collate_fn=_only_item)
         pending: list[tuple[int, torch.Tensor]] = []
         waiting = 0  # frames in pending
-        for index, frames, error in tqdm(loader, desc="encode once", unit="video", file=sys.stderr,
-                                         disable=not progress):
+        for index, frames, error, _ in tqdm(loader, desc="encode once", unit="video", file=sys.stderr,
+                                            disable=not progress):
             if frames is None:
                 self.errors[index] = error
                 continue
@@ -243,14 +259,18 @@ class _CacheFill(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str, bool]:
+        """``(index, kept frames or None, error, whether they are all the video's frames)``."""
         path = self.paths[index]
         try:
             got = read_frames(path, self.max_frames, "uniform", short_side=self.image_size)
-            real = got.frames[: int(got.mask.sum())]  # padding repeats the last frame: keep real ones
-            return index, resize_crop_frames(real, self.image_size).contiguous(), ""
+            n_real = int(got.mask.sum())
+            real = got.frames[:n_real]  # padding repeats the last frame: keep real ones
+            # fewer than asked: all of them; exactly as many: all of them only if the file (not a range) has no more
+            whole = n_real < self.max_frames or (not path.is_range and got.num_video_frames == n_real)
+            return index, resize_crop_frames(real, self.image_size).contiguous(), "", whole
         except Exception as e:  # named and reported by every epoch that draws this video
-            return index, None, _failure_reason(path, e)
+            return index, None, _failure_reason(path, e), False
 
 
 TOKEN_CACHE_CAPTIONS = 16_384  # captions whose tokens a training set keeps (~30 MB at CLIP's 77 tokens, measured)

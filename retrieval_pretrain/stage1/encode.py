@@ -17,23 +17,24 @@ from tqdm.auto import tqdm
 
 from retrieval_pretrain.modeling.model import PairwiseScorer
 from retrieval_pretrain.modeling.parts import StageOneModel
-from retrieval_pretrain.stage1.data import Preprocess, VideoClipDataset, collate_videos
+from retrieval_pretrain.stage1.data import FrameCache, Preprocess, VideoClipDataset, collate_videos
 
 
 @torch.no_grad()
 def encode_video_batches(model: StageOneModel, videos: list[tuple[str, Path]], pre: Preprocess, device: torch.device,
                          batch_size: int, num_workers: int, method: str = "uniform", desc: str = "videos",
-                         timer: Any = None, progress: bool = True, encode: Callable[..., Any] | None = None
-                         ) -> Iterator[tuple[list[str], Any, torch.Tensor, list]]:
+                         timer: Any = None, progress: bool = True, encode: Callable[..., Any] | None = None,
+                         frames: FrameCache | None = None) -> Iterator[tuple[list[str], Any, torch.Tensor, list]]:
     """Decode videos in DataLoader workers and run the video tower on each batch.
 
     Yields ``(video_ids, seq (B, T, D), mask (B, T), failures)``; ``seq`` is the temporal head's
     per-frame output before pooling - or, with ``encode``, what ``encode(frames, mask)`` returns
     (e.g. a pairwise model's ``encode_video_state``). ``timer`` (a ``StepTimer``) splits data wait
-    from compute; ``progress``: show a progress bar on stderr.
+    from compute; ``progress``: show a progress bar on stderr; ``frames``: stage 1's decoded training
+    videos, read from memory where they are exactly what decoding would give (``FrameCache.decoded``).
     """
     encode = encode or model.encode_frames
-    loader = DataLoader(VideoClipDataset(videos, pre, method), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(VideoClipDataset(videos, pre, method, frames), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate_videos, shuffle=False, pin_memory=device.type == "cuda")
     model.eval()
     for batch in tqdm(loader, desc=desc, file=sys.stderr, unit="batch", disable=not progress):

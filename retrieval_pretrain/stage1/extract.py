@@ -40,7 +40,7 @@ from retrieval_pretrain.reading.annotation_table import normalize_split, splits_
 from retrieval_pretrain.reading.annotations import load_annotations
 from retrieval_pretrain.reading.features import FeatureStore
 from retrieval_pretrain.stage1.config import RetrievalConfig, check_batch_memory
-from retrieval_pretrain.stage1.data import Preprocess
+from retrieval_pretrain.stage1.data import FrameCache, Preprocess
 from retrieval_pretrain.stage1.encode import encode_video_batches
 
 
@@ -74,14 +74,14 @@ def _wanted_videos(cfg: RetrievalConfig, splits: list[str] | None) -> dict[str, 
 
 
 def _encode_share(model: StageOneModel, store: FeatureStore, share: list[tuple[str, Path]], cfg: RetrievalConfig,
-                  device: Any, batch_size: int, main: bool) -> dict[str, Any]:
+                  device: Any, batch_size: int, main: bool, frames: FrameCache | None = None) -> dict[str, Any]:
     """Encode this process's videos into ``store``: counts, failures and timings of the share."""
     pre = Preprocess.for_model(model.spec)
     failures: list[dict[str, str]] = []
     timer, extracted = StepTimer(), 0
     for ids, seq, mask, failed in encode_video_batches(model, share, pre, device, batch_size, cfg.run.num_workers,
                                                        method=model.spec.eval_sampling, desc="extract",
-                                                       timer=timer, progress=main):
+                                                       timer=timer, progress=main, frames=frames):
         for path, reason in failed:
             failures.append({"path": path, "reason": reason})
             print(f"warning: skipped unreadable video {reason}", file=sys.stderr)
@@ -94,21 +94,22 @@ def _encode_share(model: StageOneModel, store: FeatureStore, share: list[tuple[s
 
 
 def extract_features(model_dir: Path, cfg: RetrievalConfig, output: Path, splits: list[str] | None = None,
-                     batch_size: int = 8) -> dict[str, Any]:
+                     batch_size: int = 8, frames: FrameCache | None = None) -> dict[str, Any]:
     """Encode the dataset's videos (all splits, or ``splits``) into ``output``, skipping those already
     there. Returns a report: total, already done, extracted now, failed, seconds, videos/s, data wait
-    (summed over the processes of an ``accelerate launch``).
+    (summed over the processes of an ``accelerate launch``). ``frames``: stage 1's decoded training
+    videos (``train(..., keep_frames=)``), read instead of decoding where they are exactly the same.
     """
     spec = read_spec(model_dir)  # the frames and size it encodes: one batch must fit, checked before any work
     check_batch_memory(spec.num_frames, spec.image_size, batch_size, "--batch-size")
     state = process_state(cfg.run.device)
     claim_folder(output, FEATURES, write=state.is_main_process, wait=state.wait_for_everyone)  # before .lock exists
     with folder_lock(output, "vcap extract", state):
-        return _extract(Path(model_dir), cfg, FeatureStore(output), splits, batch_size, state)
+        return _extract(Path(model_dir), cfg, FeatureStore(output), splits, batch_size, state, frames)
 
 
 def _extract(model_dir: Path, cfg: RetrievalConfig, store: FeatureStore, splits: list[str] | None,
-             batch_size: int, state: PartialState) -> dict[str, Any]:
+             batch_size: int, state: PartialState, frames: FrameCache | None = None) -> dict[str, Any]:
     device = state.device if state.num_processes > 1 and cfg.run.device != "cpu" else pick_device(cfg.run.device)
     model, spec = from_pretrained(model_dir, device=device)
     if state.is_main_process:
@@ -126,7 +127,7 @@ def _extract(model_dir: Path, cfg: RetrievalConfig, store: FeatureStore, splits:
               + (f" by {state.num_processes} processes" if state.num_processes > 1 else ""), file=sys.stderr)
     t0 = time.perf_counter()
     with state.split_between_processes(pending) as share:
-        mine = _encode_share(model, store, list(share), cfg, device, batch_size, state.is_main_process)
+        mine = _encode_share(model, store, list(share), cfg, device, batch_size, state.is_main_process, frames)
     shares = gather_object([mine]) if state.num_processes > 1 else [mine]
     seconds = time.perf_counter() - t0
     failures = [f for s in shares for f in s["failures"]]

@@ -51,7 +51,7 @@ from retrieval_pretrain.stage1.config import (
     config_to_dict,
     configured_image_size,
 )
-from retrieval_pretrain.stage1.data import steps_per_epoch
+from retrieval_pretrain.stage1.data import FrameCache, steps_per_epoch
 from retrieval_pretrain.stage1.interpolate import InterpolationRegulariser, WeightAverage, load_base
 from retrieval_pretrain.stage1.training_set import train_loader, training_entries
 
@@ -283,18 +283,25 @@ def _finish(run: Stage1, cfg: RetrievalConfig, output: Path, step: int, seconds:
     return model_dir
 
 
-def train(cfg: RetrievalConfig, output: Path, resume: bool = False) -> Path:
-    """Run stage 1 and write ``output/model``; returns that folder. The folder is locked while it runs."""
+def train(cfg: RetrievalConfig, output: Path, resume: bool = False, keep_frames: list[FrameCache] | None = None
+          ) -> Path:
+    """Run stage 1 and write ``output/model``; returns that folder. The folder is locked while it runs.
+    ``keep_frames``: a list the training videos' decoded frames (``video.cache_frames``' ``FrameCache``)
+    are appended to, for feature extraction to read instead of decoding them again (``vcap demo``)."""
     check_batch_memory(cfg.video.num_frames, configured_image_size(cfg.clip), cfg.pretrain.batch_size,
                        "pretrain.batch_size", "video.num_frames")  # before any folder, download or video
     acc = make_accelerator(cfg.run.mixed_precision, cfg.pretrain.grad_accum, cfg.run.device, cfg.run.seed)
     with folder_lock(output, "vcap pretrain", acc):
-        return _train(cfg, Path(output), acc, resume)
+        return _train(cfg, Path(output), acc, resume, keep_frames)
 
 
-def _train(cfg: RetrievalConfig, output: Path, acc: Accelerator, resume: bool) -> Path:
+def _train(cfg: RetrievalConfig, output: Path, acc: Accelerator, resume: bool,
+           keep_frames: list[FrameCache] | None = None) -> Path:
     p = cfg.pretrain
     run = setup(cfg, output, acc, resume)
+    cache = getattr(getattr(run.loader, "dataset", None), "cache", None)
+    if keep_frames is not None and isinstance(cache, FrameCache):
+        keep_frames.append(cache)
     start_epoch, skip, step = _resume(run, output) if resume else (0, 0, 0)
     log, timer, t0, seen = JsonlLogger(output / "log.jsonl", enabled=acc.is_main_process), StepTimer(), time.perf_counter(), 0
     bar = tqdm(total=run.total_steps, initial=step, desc="stage 1", disable=not acc.is_main_process, file=sys.stderr)
