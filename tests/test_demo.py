@@ -21,6 +21,7 @@ from caption.demo import data as demo_data
 from caption.demo.run import SPEED_OVERRIDES
 from retrieval_pretrain.foundation import accelerate_setup
 from retrieval_pretrain.foundation.accelerate_setup import make_accelerator, resolve_precision
+from retrieval_pretrain.foundation.errors import ConfigError
 from retrieval_pretrain.modeling.parts import build_video_text_model
 from retrieval_pretrain.stage1.train import channels_last_frames
 from retrieval_pretrain.stage1.train import train as pretrain
@@ -60,6 +61,9 @@ def test_the_users_overrides_reach_the_demos_config(tmp_path):
     assert (cfg.pretrain.head, cfg.pretrain.epochs) == ("seqLSTM", 3)  # applied after --quick's own
     assert cfg.run.mixed_precision == "no"  # and after the speed settings
     assert cfg.caption.epochs == demo_config(tmp_path, quick=True).caption.epochs
+    # a refused value is quoted alone, not beside the demo's own setting of that key
+    with pytest.raises(ConfigError, match=r"^override 'run.num_workers=-1' \(over .*must be >= 0"):
+        demo_config(tmp_path, overrides=["run.num_workers=-1"])
 
 
 
@@ -185,12 +189,14 @@ print(os.environ['OMP_WAIT_POLICY'])
 cli.run_demo = fake_run_demo
 print(cli.main(['demo', '--output', {str(tmp_path / 'd')!r}]), os.environ['OMP_WAIT_POLICY'])
 print(cli.main(['demo', '--config-path', 'noequals']))
+print(cli.main(['demo', '--config-path', '--quick']), cli.main(['demo', '--config-path', '--seed', '3']))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["PASSIVE", "ACTIVE", "2", "PASSIVE", "2"]  # the toolkit's default, back
+    assert proc.stdout.split() == ["PASSIVE", "ACTIVE", "2", "PASSIVE", "2", "2", "2"]  # the default, back
     assert "stopped here" in proc.stderr
-    assert "vcap demo --config-path prints where the demo's config is and runs nothing; drop 'noequals'" in proc.stderr
+    for given in ("noequals", "--quick", "--seed"):  # a run's settings: refused, not silently ignored
+        assert f"vcap demo --config-path prints where the demo's config is and runs nothing; drop '{given}'" in proc.stderr
 
 def test_the_demos_speed_settings_train_the_same_weights_run_after_run(tmp_path):
     """bf16 autocast (where native), channels-last frames, no workers: two stage-1 runs with one

@@ -202,7 +202,8 @@ def test_legacy_and_recorded_folders_of_each_kind_are_accepted(made, tmp_path):
     with pytest.raises(ConfigError, match="a vcap demo folder \\(its .vcap.json: made by vcap demo\\), not a search"):
         claim_folder(demo, other)
     for unreadable in ("[1, 2]", '{"format": 99, "kind": "vcap demo folder"}', '{"format": "1", "kind": "vcap demo folder"}',
-                       '{"format": true, "kind": "vcap demo folder"}', '{"format": 0, "kind": "vcap demo folder"}'):
+                       '{"format": true, "kind": "vcap demo folder"}', '{"format": 0, "kind": "vcap demo folder"}',
+                       '{"kind": "vcap demo folder", "command": "vcap demo"}'):
         (demo / RECORD).write_text(unreadable)  # not JSON of a record, or a later release's (or no) format
         with pytest.raises(ConfigError, match="not a record this version of vcap reads"):
             claim_folder(demo, DEMO)

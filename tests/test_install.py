@@ -296,3 +296,13 @@ def test_demo_quick_runs_from_the_installed_package(installed):
     for key in ("shape", "motion"):
         assert metrics["attributes"][key] > chance[key], (key, metrics)
     assert metrics["caption"]["CIDEr"] >= 0.7, metrics
+
+
+def test_a_keyword_that_selects_no_install_test_starts_no_background_install():
+    """Under xdist the controller starts the install (and quick demo) before collecting; ``-k``
+    that can select none of this file's tests must not start minutes of work nobody waits for."""
+    from conftest import _keyword_may_select_install_tests as may_select
+
+    assert not may_select("frame_cache") and not may_select("test_optimizers or test_layers")
+    assert may_select("") and may_select("demo_quick") and may_select("not slow") and may_select("WHEEL or frame")
+    assert may_select("slow") and not may_select("slow and frame_cache")

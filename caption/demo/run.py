@@ -72,10 +72,13 @@ def demo_config(data_dir: Path, quick: bool = False, seed: int = 0, overrides: l
     user's ``overrides`` (applied last)."""
     # the paths as YAML double-quoted strings: '#x' or 'a: b' in a folder name would otherwise read as
     # a comment or a mapping, and the refusal would name this internal override
-    given = [f"data.annotations={_yaml_string(str(data_dir / 'annotations.jsonl'))}",
-             f"data.videos={_yaml_string(str(data_dir))}",
-             f"run.seed={seed}", *SPEED_OVERRIDES] + (QUICK_OVERRIDES if quick else []) + list(overrides or [])
-    return load(CONFIG_PATH, given)
+    own = [f"data.annotations={_yaml_string(str(data_dir / 'annotations.jsonl'))}",
+           f"data.videos={_yaml_string(str(data_dir))}",
+           f"run.seed={seed}", *SPEED_OVERRIDES] + (QUICK_OVERRIDES if quick else [])
+    users = list(overrides or [])
+    # a key the user sets is theirs alone: a refusal of their value then quotes only their override
+    theirs = {o.split("=", 1)[0].strip() for o in users}
+    return load(CONFIG_PATH, [o for o in own if o.split("=", 1)[0] not in theirs] + users)
 
 
 def _stage(name: str) -> float:

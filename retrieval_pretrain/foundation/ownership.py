@@ -89,8 +89,9 @@ def holds_only(folder: Path, names: set[str] | frozenset[str]) -> bool:
 
 def read_record(folder: Path) -> dict[str, Any] | None:
     """``folder``'s ownership record; None when there is none; ``{"kind": None}`` when the file is
-    not a record this version reads - not JSON, no kind, or a ``format`` newer than ``RECORD_FORMAT``
-    (a later release's record may mean more than this one knows) - then no kind is ever its owner."""
+    not a record this version reads - not JSON, no kind, no ``format`` (every release wrote one: a
+    record without is not vcap's) or one newer than ``RECORD_FORMAT`` (a later release's record may
+    mean more than this one knows) - then no kind is ever its owner."""
     path = Path(folder) / RECORD
     if not os.path.lexists(path):
         return None
@@ -108,7 +109,7 @@ def read_record(folder: Path) -> dict[str, Any] | None:
         return {"kind": None}
     if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
         return {"kind": None}
-    version = record.get("format", RECORD_FORMAT)
+    version = record.get("format")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= RECORD_FORMAT:
         return {"kind": None}
     return record

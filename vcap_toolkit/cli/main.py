@@ -84,15 +84,18 @@ def _demo_wait_policy(cfg: Config) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     if args.config_path:
-        if args.overrides:
+        given = [*args.overrides[:1], *(["--quick"] if args.quick else []),
+                 *(["--seed"] if args.seed is not None else []), *(["--output"] if args.output is not None else [])]
+        if given:
             raise ConfigError(f"vcap demo --config-path prints where the demo's config is and runs nothing; "
-                              f"drop '{args.overrides[0]}' (key=value changes go to a run: vcap demo key=value)")
+                              f"drop '{given[0]}' (settings go to a run: vcap demo --seed 1 key=value)")
         print(CONFIG_PATH)
         return 0
-    output = Path(args.output)
+    output = Path(args.output if args.output is not None else "vcap_demo")
+    check_output(str(output))  # the default too (a given one is checked with every command's)
     before = os.environ.get("OMP_WAIT_POLICY")
     try:
-        metrics = run_demo(output, quick=args.quick, seed=args.seed, overrides=args.overrides,
+        metrics = run_demo(output, quick=args.quick, seed=args.seed or 0, overrides=args.overrides,
                            before_torch=_demo_wait_policy)
     finally:  # OpenMP read it when torch loaded; later calls in this process (library use) get theirs back
         if before is None:

@@ -333,11 +333,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                  "ROUGE-L, CIDEr, and how often the captions name the right colour, shape and motion). About 6 "
                  "minutes on 2 idle Xeon cores (OpenMP threads spin unless OMP_WAIT_POLICY or loader workers are set; "
                  "on a busy machine OMP_WAIT_POLICY=PASSIVE is faster), longer on slower ones; --quick: less data.", config=False)
-    p.add_argument("--output", default="vcap_demo", metavar="DIR",
+    p.add_argument("--output", metavar="DIR",
                    help="working folder (default: ./vcap_demo): new, or one vcap demo wrote (its results are "
                         "replaced, the generated videos kept; any other folder is refused untouched)")
     p.add_argument("--quick", action="store_true", help="smaller data and shorter training (smoke test)")
-    p.add_argument("--seed", type=int, default=0, help="seed for data and training")
+    p.add_argument("--seed", type=int, help="seed for data and training (default 0)")
     p.add_argument("--config-path", action="store_true",
                    help="print where the demo's config (tiny_demo.yaml, shipped in the package) is, and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value",
