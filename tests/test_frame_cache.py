@@ -111,10 +111,40 @@ def test_frames_are_handed_on_only_where_they_are_exactly_what_decoding_gives(cl
     assert whole.decoded(entries[3].path, pre, "uniform") is None  # not a video of this cache
     part = FrameCache([entries[0].path], max_frames=4, image_size=64, progress=False)  # 4 of 8 frames
     assert part.whole == [False] and part.decoded(entries[0].path, Preprocess(4, 64, MEAN, STD), "uniform") is None
+    # a row is a clip's exact range: 0.0357 and 0.03572 s print alike ("[0.036-0.5 s]") but start on
+    # other frames at 28 fps (a hostile test's find); here both start before frame 1 (0.125 s at 8 fps)
+    near = FrameCache([Clip(entries[0].path, 0.0357, 0.5)], max_frames=8, image_size=64, progress=False)
+    assert near.decoded(Clip(entries[0].path, 0.03572, 0.5), pre, "uniform") is None
+    assert near.decoded(Clip(entries[0].path, 0.0357, 0.5), pre, "uniform") is not None
     seconds = Clip(entries[0].path, 0.0, 0.5)  # a range holding 4 of the 8 frames (8 fps): kept whole
     ranged = FrameCache([seconds, Clip(entries[1].path, 0.0, 0.5)], max_frames=4, image_size=64, progress=False)
     assert ranged.whole == [False, False]  # exactly 4 kept of a range: whether there were more is unknown
     assert FrameCache([seconds], max_frames=8, image_size=64, progress=False).whole == [True]
+
+
+def test_frames_of_a_file_changed_since_or_of_another_decoder_are_not_handed_on(clips, tmp_path, monkeypatch):
+    """The cache remembers which file it read (device, inode, size, mtime) and with which decoder:
+    a file replaced, deleted or reached through a re-pointed link since is decoded again (and a
+    missing one reported), as is every file once another decoder reads (a hostile test's finds)."""
+    import shutil
+
+    from retrieval_pretrain.reading.decoding import choice
+
+    entries = _entries(clips)
+    pre = Preprocess(4, 64, MEAN, STD)
+    copies = [shutil.copy(e.path, tmp_path / f"v{i}.mp4") for i, e in enumerate(entries[:3])]
+    link = tmp_path / "link.mp4"
+    link.symlink_to(copies[2])
+    cache = FrameCache([*copies, link], max_frames=8, image_size=64, progress=False)
+    assert all(cache.decoded(p, pre, "uniform") is not None for p in [*copies, link])
+    shutil.copy(entries[4].path, copies[0])  # replaced: other content under the same name
+    Path(copies[1]).unlink()
+    link.unlink()
+    link.symlink_to(copies[0])
+    assert [cache.decoded(p, pre, "uniform") for p in [copies[0], copies[1], link]] == [None, None, None]
+    assert cache.decoded(copies[2], pre, "uniform") is not None  # untouched
+    monkeypatch.setenv(choice.ENV, "pyav")
+    assert cache.decoded(copies[2], pre, "uniform") is None  # another decoder may return other pixels
 
 
 TINY = ["video.num_frames=4", "pretrain.batch_size=3", "pretrain.epochs=2", "run.num_workers=0", "run.log_every=1",

@@ -134,7 +134,8 @@ def test_feature_cache_equals_the_image_tower_on_decoded_frames(clips, tmp_path)
     import numpy as np
 
     from retrieval_pretrain.modeling.parts import build_video_text_model
-    from retrieval_pretrain.stage1.data import FeatureCache, Preprocess, _load
+    from retrieval_pretrain.stage1.data import FeatureCache, Preprocess
+    from retrieval_pretrain.stage1.preprocess import load_item as _load
 
     data, _, args = clips
     model = build_video_text_model(load(CONFIG_PATH, args)).eval()

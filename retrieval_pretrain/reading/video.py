@@ -180,6 +180,16 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(lambda: setattr(_LAST, "value", None))
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int, int, int, int] | None:
+    """What tells one file's content from another's without reading it - (device, inode, size,
+    mtime in ns) of whatever ``path`` names now (a link followed) - or None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _opened(p: str, num_threads: int, backend: str, reuse: bool) -> Decoder:
     """A checked decoder of ``p``. With ``reuse`` (reads by time range) the thread's last decoder is
     kept, so the many windows of one long video open and index it once per process, not once per
@@ -187,8 +197,7 @@ def _opened(p: str, num_threads: int, backend: str, reuse: bool) -> Decoder:
     at most."""
     if not reuse:
         return _open_checked(p, num_threads, backend)
-    st = os.stat(p)
-    key = (p, st.st_ino, st.st_size, st.st_mtime_ns, num_threads, backend)
+    key = (p, file_stamp(p), num_threads, backend)
     last = getattr(_LAST, "value", None)
     if last is not None and last[0] == key:
         return last[1]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -31,65 +30,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from retrieval_pretrain.foundation.errors import ConfigError
-from retrieval_pretrain.modeling.spec import ModelSpec
 from retrieval_pretrain.reading.clips import Clip, as_clip
+from retrieval_pretrain.reading.decoding.choice import current
 from retrieval_pretrain.reading.label_lists import TEMPLATES
-from retrieval_pretrain.reading.transforms import normalise_frames, preprocess_frames, resize_crop_frames
-from retrieval_pretrain.reading.video import read_frames, sample_indices
-
-
-@dataclass
-class Preprocess:
-    """How frames become model input: ``num_frames`` sampled by ``method`` and resized/cropped
-    to ``image_size`` with CLIP's mean/std."""
-
-    num_frames: int
-    image_size: int
-    mean: Sequence[float]
-    std: Sequence[float]
-
-    @classmethod
-    def for_model(cls, spec: ModelSpec) -> "Preprocess":
-        """The input a trained stage-1 model takes (``spec`` as ``from_pretrained`` returns it, or
-        ``model.spec``): its frame count, image size and normalisation. Sample with
-        ``spec.eval_sampling``."""
-        return cls(spec.num_frames, spec.image_size, spec.image_mean, spec.image_std)
-
-    def __call__(self, path: str | Path | Clip, method: str, rng: np.random.Generator | None = None) -> dict[str, Any]:
-        sampled = read_frames(path, self.num_frames, method=method, short_side=self.image_size, rng=rng)
-        frames = preprocess_frames(sampled.frames, self.image_size, self.mean, self.std)  # (T, 3, S, S)
-        return {"frames": frames, "mask": torch.from_numpy(np.asarray(sampled.mask, dtype=bool))}
-
-
-def _load(pre: Preprocess, path: Path | Clip, method: str, rng: np.random.Generator | None,
-          cached: Callable[[str, np.random.Generator | None], dict[str, Any]] | None = None,
-          frame_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Decode one video (or take its frames from ``cached``); on any failure return a placeholder
-    with ``ok=False`` and the reason (frames of ``frame_shape`` each, default (3, S, S))."""
-    try:
-        item = cached(method, rng) if cached is not None else pre(path, method, rng)
-        item["ok"] = True
-        item["error"] = ""
-    except Exception as e:  # a bad file must never kill a run: name it and move on
-        reason = _failure_reason(path, e)
-        s = pre.image_size
-        item = {
-            "frames": torch.zeros(pre.num_frames, *(frame_shape or (3, s, s))),
-            "mask": torch.zeros(pre.num_frames, dtype=torch.bool),
-            "ok": False,
-            "error": reason,
-        }
-    return item
-
-
-def _failure_reason(path: str | Path | Clip, e: BaseException) -> str:
-    """The error's message, prefixed with the file unless it already names it; a time range's
-    file is named with its range (``a.mp4 [12-20 s]``)."""
-    clip = as_clip(path)
-    text = str(e)
-    if str(clip.path) not in text:
-        return f"{clip}: {type(e).__name__}: {e}"
-    return text.replace(str(clip.path), str(clip), 1) if clip.is_range and str(clip) not in text else text
+from retrieval_pretrain.reading.transforms import normalise_frames, resize_crop_frames
+from retrieval_pretrain.reading.video import file_stamp, read_frames, sample_indices
+from retrieval_pretrain.stage1.preprocess import Preprocess, failure_reason, load_item
 
 
 class VideoClipDataset(Dataset):
@@ -108,7 +54,7 @@ class VideoClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         vid, path = self.videos[index]
         cached = self.frames.decoded(path, self.pre, self.method) if self.frames is not None else None
-        item = _load(self.pre, path, self.method, rng=np.random.default_rng(index), cached=cached)
+        item = load_item(self.pre, path, self.method, rng=np.random.default_rng(index), cached=cached)
         item.update(video_id=vid, path=str(path))  # a range: "a.mp4 [12-20 s]"
         return item
 
@@ -156,9 +102,11 @@ class FrameCache(_KeptPerVideo):
             raise ValueError(f"video.cache_frames must be >= 1 to cache, got {max_frames}")
         self.rows: list[torch.Tensor | None] = [None] * len(paths)  # (n_i, 3, S, S) uint8
         self.errors: list[str] = [""] * len(paths)
-        self.image_size = image_size
-        self.whole = [False] * len(paths)  # every frame of the video (or range) is kept: see ``decoded``
-        self._index = {str(as_clip(p)): i for i, p in enumerate(paths)}
+        # for ``decoded``: the image size and decoder, each row's clip (its path and exact range), and
+        # the file it read (taken before decoding, so a file changed since no longer matches)
+        self.image_size, self.backend, clips = image_size, current(), [as_clip(p) for p in paths]
+        self.whole = [False] * len(paths)  # every frame of the video (or range) is kept
+        self._index, self._stamps = {c: i for i, c in enumerate(clips)}, [file_stamp(c.path) for c in clips]
         loader = DataLoader(_CacheFill(paths, max_frames, image_size), batch_size=1, num_workers=num_workers,
                             collate_fn=_only_item)
         for index, frames, error, whole in tqdm(loader, desc="decode once", unit="video", file=sys.stderr,
@@ -179,10 +127,14 @@ class FrameCache(_KeptPerVideo):
 
     def decoded(self, path: str | Path | Clip, pre: Preprocess, method: str) -> Callable[..., dict[str, Any]] | None:
         """For another reader of these videos (extraction after stage 1): a function returning from
-        memory what ``pre(path, method)`` decodes, where that is bit for bit the same - the row holds
-        every frame of the video and the sampling is ``uniform`` at this cache's size; else None."""
-        index = self._index.get(str(as_clip(path)))
-        if index is None or not self.whole[index] or method != "uniform" or pre.image_size != self.image_size:
+        memory what ``pre(path, method)`` decodes - where the row holds every frame of that clip, read
+        from the file still there, by the decoder this process uses, and the sampling is ``uniform`` at
+        this cache's size (bit for bit the same, as long as the decoder returns the same frames for the
+        same request: decord does not on two of ../shared/data's clips, BENCHMARKS.md); else None."""
+        clip = as_clip(path)
+        index = self._index.get(clip)
+        if (index is None or not self.whole[index] or method != "uniform" or pre.image_size != self.image_size
+                or self.backend != current() or self._stamps[index] is None or file_stamp(clip.path) != self._stamps[index]):
             return None
         return lambda method, rng: self.sample(index, pre, method, None)
 
@@ -270,7 +222,7 @@ class _CacheFill(Dataset):
             whole = n_real < self.max_frames or (not path.is_range and got.num_video_frames == n_real)
             return index, resize_crop_frames(real, self.image_size).contiguous(), "", whole
         except Exception as e:  # named and reported by every epoch that draws this video
-            return index, None, _failure_reason(path, e), False
+            return index, None, failure_reason(path, e), False
 
 
 TOKEN_CACHE_CAPTIONS = 16_384  # captions whose tokens a training set keeps (~30 MB at CLIP's 77 tokens, measured)
@@ -336,7 +288,7 @@ class ContrastiveTrainSet(Dataset):
         if self.cache is not None:
             cached = functools.partial(self.cache.sample, index, self.pre)
         clip = entry.clip if hasattr(entry, "clip") else Path(entry.path)
-        item = _load(self.pre, clip, self.method, rng, cached, getattr(self.cache, "frame_shape", None))
+        item = load_item(self.pre, clip, self.method, rng, cached, getattr(self.cache, "frame_shape", None))
         item.update(video_id=entry.video_id, path=str(clip), caption=caption,
                     tokens=self._tokens_of(caption))
         return item
