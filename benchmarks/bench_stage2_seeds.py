@@ -49,4 +49,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    from retrieval_pretrain.foundation.errors import VcapError
+
+    try:
+        main()
+    except VcapError as e:  # e.g. --out holding an earlier run's stage 2: one line, as vcap says it
+        raise SystemExit(f"bench_stage2_seeds: {e}") from None
