@@ -123,6 +123,13 @@ def _rest(reader: Any) -> None:
     reader.seek(0)
 
 
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 frames resized to ``size`` ``(H, W)``, bilinear (as the pyav backend's)."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(f).resize((size[1], size[0]), Image.BILINEAR)) for f in frames])
+
+
 class DecordDecoder(Decoder):
     """A decord ``VideoReader`` per output size (the native one opened first)."""
 
@@ -176,6 +183,11 @@ class DecordDecoder(Decoder):
             return out
         except Exception as e:
             detail = decord_detail(e)
+        if size is not None and size != self._native and "size must exactly match" in detail:
+            # decord's own resizing fails at some output sizes of some files (48 px of a 128x128 clip,
+            # of a rotated .mov: DECORDArrayCopyFromTo) though the file decodes: resize here instead
+            self._readers.pop(size, None)
+            return resize_frames(self.frames(indices, None), size)
         bad = None
         try:  # error path only
             probe = open_reader(self.path, self.num_threads, *((size[1], size[0]) if size else (-1, -1)))
