@@ -31,6 +31,7 @@ import re
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from retrieval_pretrain.foundation.errors import VideoReadError
 from retrieval_pretrain.reading.decoding.base import CodecNotSupported, Decoder, decode_failure, timing
@@ -125,8 +126,6 @@ def _rest(reader: Any) -> None:
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``(N, H, W, 3)`` uint8 frames resized to ``size`` ``(H, W)``, bilinear (as the pyav backend's)."""
-    from PIL import Image
-
     return np.stack([np.asarray(Image.fromarray(f).resize((size[1], size[0]), Image.BILINEAR)) for f in frames])
 
 
