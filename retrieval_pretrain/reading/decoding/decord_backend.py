@@ -148,6 +148,7 @@ class DecordDecoder(Decoder):
         self.num_threads = num_threads
         self._readers: dict[tuple[int, int] | None, Any] = {None: reader}
         self._native: tuple[int, int] | None = None
+        self._resize_here: set[tuple[int, int]] = set()  # sizes decord's resizing failed at (``frames``)
 
     def native_size(self) -> tuple[int, int]:
         """decord has no shape query: decode frame 0 (once)."""
@@ -175,6 +176,8 @@ class DecordDecoder(Decoder):
     def frames(self, indices: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
         """``get_batch``; on failure decode the wanted frames one at a time with a fresh reader to
         name the first that fails."""
+        if size in self._resize_here:
+            return resize_frames(self.frames(indices, None), size)
         reader = self._reader(size)
         try:
             out = to_numpy(reader.get_batch(np.asarray(indices).tolist()))
@@ -186,6 +189,7 @@ class DecordDecoder(Decoder):
             # decord's own resizing fails at some output sizes of some files (48 px of a 128x128 clip,
             # of a rotated .mov: DECORDArrayCopyFromTo) though the file decodes: resize here instead
             self._readers.pop(size, None)
+            self._resize_here.add(size)  # a reader kept for a file's time ranges: not opened again to fail
             return resize_frames(self.frames(indices, None), size)
         bad = None
         try:  # error path only
