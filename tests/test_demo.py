@@ -218,3 +218,19 @@ def _without_times(log: str) -> list[dict]:
     """The log's records without what depends on the clock."""
     clock = ("time", "data_s", "compute_s", "videos_per_s")
     return [{k: v for k, v in json.loads(line).items() if k not in clock} for line in log.splitlines()]
+
+
+def test_a_symbolic_link_in_the_demo_folder_is_refused_before_anything_is_written(tmp_path):
+    """``data_quick`` replaced by a link to a user's folder: the demo generated its dataset in there
+    (a hostile test's find); now it refuses in one line, the linked folder untouched."""
+    from caption.demo.run import DEMO, run_demo
+    from retrieval_pretrain.foundation.ownership import claim_folder
+
+    demo, victim = tmp_path / "d", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    claim_folder(demo, DEMO)  # a demo folder of its own (recorded)
+    (demo / "data_quick").symlink_to(victim)
+    with pytest.raises(ConfigError, match=r"data_quick is a symbolic link \(to .*victim\); vcap demo writes only inside"):
+        run_demo(demo, quick=True)
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]

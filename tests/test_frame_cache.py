@@ -5,6 +5,7 @@ a cached training run takes exactly the steps of a decoding one."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -143,6 +144,13 @@ def test_frames_of_a_file_changed_since_or_of_another_decoder_are_not_handed_on(
     link.symlink_to(copies[0])
     assert [cache.decoded(p, pre, "uniform") for p in [copies[0], copies[1], link]] == [None, None, None]
     assert cache.decoded(copies[2], pre, "uniform") is not None  # untouched
+    st, other = os.stat(copies[2]), Path(entries[5].path).read_bytes()
+    with open(copies[2], "r+b") as f:  # rewritten in place at its size, its mtime set back (cp -p, rsync -t)
+        f.write((other * 2)[: st.st_size])
+    os.utime(copies[2], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.decoded(copies[2], pre, "uniform") is None  # the ctime tells
+    shutil.copy(entries[2].path, copies[2])
+    cache = FrameCache([copies[2]], max_frames=8, image_size=64, progress=False)
     monkeypatch.setenv(choice.ENV, "pyav")
     assert cache.decoded(copies[2], pre, "uniform") is None  # another decoder may return other pixels
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -22,6 +23,7 @@ from typing import Any, Callable
 from caption.config import Config, load
 from caption.demo import data as demo_data
 from retrieval_pretrain.foundation.atomic import write_file, write_json
+from retrieval_pretrain.foundation.errors import ConfigError
 from retrieval_pretrain.foundation.ownership import FolderKind, claim_folder, holds_only
 from retrieval_pretrain.reading.annotations import load_annotations
 
@@ -151,7 +153,12 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[s
 def _fresh_start(output: Path) -> None:
     """Remove what an earlier run in this (claimed) demo folder wrote, but the cached data: runs start
     fresh so two runs with one seed give the same numbers, and an earlier run's metrics never sit
-    beside a run that was stopped half-way."""
+    beside a run that was stopped half-way. A symbolic link among its names is refused: the demo would
+    write its data (or runs) into wherever it points (a hostile test's find)."""
+    linked = [name for name in sorted(DEMO_NAMES) if (output / name).is_symlink()]
+    if linked:
+        raise ConfigError(f"{output / linked[0]} is a symbolic link (to {os.readlink(output / linked[0])}); "
+                          "vcap demo writes only inside its own folder: remove the link, or give another --output")
     for sub in ("stage1", "features", "stage2", "eval_retrieval", "eval_caption"):
         shutil.rmtree(output / sub, ignore_errors=True)
     for name in ("metrics.json", "examples.txt"):

@@ -180,14 +180,16 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(lambda: setattr(_LAST, "value", None))
 
 
-def file_stamp(path: str | os.PathLike) -> tuple[int, int, int, int] | None:
+def file_stamp(path: str | os.PathLike) -> tuple[int, int, int, int, int] | None:
     """What tells one file's content from another's without reading it - (device, inode, size,
-    mtime in ns) of whatever ``path`` names now (a link followed) - or None when it cannot be read."""
+    mtime and ctime in ns) of whatever ``path`` names now (a link followed) - or None when it cannot
+    be read. The ctime: a file rewritten in place at its size, its mtime set back (``cp -p``,
+    ``rsync --inplace -t``), keeps the rest (a hostile test's find); no process can set ctime back."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _opened(p: str, num_threads: int, backend: str, reuse: bool) -> Decoder:

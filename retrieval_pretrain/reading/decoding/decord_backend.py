@@ -125,7 +125,8 @@ def _rest(reader: Any) -> None:
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``(N, H, W, 3)`` uint8 frames resized to ``size`` ``(H, W)``, bilinear (as the pyav backend's)."""
+    """``(N, H, W, 3)`` uint8 frames resized to ``size`` ``(H, W)``, PIL's bilinear: within a few levels
+    of the other backends' resizing, not the same pixels (tests/test_backends.py states the bound)."""
     return np.stack([np.asarray(Image.fromarray(f).resize((size[1], size[0]), Image.BILINEAR)) for f in frames])
 
 
