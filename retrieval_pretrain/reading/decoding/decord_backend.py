@@ -193,8 +193,9 @@ class DecordDecoder(Decoder):
             self._resize_here.add(size)  # a reader kept for a file's time ranges: not opened again to fail
             return resize_frames(self.frames(indices, None), size)
         bad = None
-        try:  # error path only
-            probe = open_reader(self.path, self.num_threads, *((size[1], size[0]) if size else (-1, -1)))
+        try:  # error path only; one decoding thread: with several, a frame decoded ahead in another
+            # thread can fail first and be reported at an earlier frame (27 for 31, under load)
+            probe = open_reader(self.path, 1, *((size[1], size[0]) if size else (-1, -1)))
             for i in sorted(set(np.asarray(indices).tolist())):
                 try:
                     probe.get_batch([i])
