@@ -17,9 +17,9 @@ Java runs both the PTB tokenizer and METEOR. Without ``java`` on the PATH, ``sco
 warns, leaves METEOR out of the result, and tokenises ``"ptb"`` with ``ptb_tokenize_approx``, a
 pure-Python approximation (see there). Scores then differ slightly from the papers' protocol.
 
-METEOR starts a Java process that first loads its paraphrase tables (~15 s); it is always closed
+METEOR starts a Java process that first loads its paraphrase tables (7-15 s); it is always closed
 after scoring, or, inside ``with meteor_session():``, reused by every call in the block and closed
-at its end. Its stderr is drained by a thread so a chatty JVM can never fill the pipe and hang the
+at its end (``meteor_session(start=True)`` starts it on entering the block). Its stderr is drained by a thread so a chatty JVM can never fill the pipe and hang the
 request/response protocol (checked on 3,000 and 10,000 items x 20 references; MSR-VTT's test
 split has 2,990 videos x 20).
 
@@ -182,10 +182,19 @@ _sessions: list[_MeteorProcess | None] = []  # one slot per open ``meteor_sessio
 
 
 @contextlib.contextmanager
-def meteor_session() -> Iterator[None]:
+def meteor_session(start: bool = False) -> Iterator[None]:
     """Reuse one METEOR Java process for every ``score_captions`` call in the block (started on first
-    use, closed on exit). Without a session each call starts and closes its own."""
-    _sessions.append(None)
+    use, closed on exit). Without a session each call starts and closes its own.
+
+    ``start``: start the process on entering (where ``java`` is on the PATH), so that its start-up -
+    seconds of loading the paraphrase table, in its own process - overlaps whatever the block does
+    before its first score (``vcap demo`` enters before it loads torch). If that start fails, the
+    first score starts it again and reports the failure."""
+    started = None
+    if start and shutil.which("java") is not None:
+        with contextlib.suppress(OSError):
+            started = _MeteorProcess()
+    _sessions.append(started)
     try:
         yield
     finally:

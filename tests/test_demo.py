@@ -140,32 +140,40 @@ def test_vcap_demo_waits_actively_unless_the_user_chose(user, overrides, expecte
 def test_the_demo_decides_after_claiming_its_folder_and_before_torch_loads(tmp_path):
     """run_demo checks the overrides first (a bad one: one line, nothing created, no word about
     threads), then claims the folder and removes an earlier run's results (a run stopped half-way
-    must not sit beside old metrics), then calls ``before_torch`` - with torch not yet loaded."""
+    must not sit beside old metrics), starts METEOR's Java process (closed when the run ends, here
+    stopped), then calls ``before_torch`` - with torch not yet loaded."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     bad, good = tmp_path / "bad", tmp_path / "good"
     code = f"""
+import shutil
 import sys
 from pathlib import Path
 from vcap_toolkit.cli.main import main
+from caption import metrics as M
 from caption.demo import run_demo
 print(main(['demo', '--output', {str(bad)!r}, 'pretrain.no_such_key=1']))
 class Stop(Exception):
     pass
+started = []
 def hook(cfg):
     print('torch' in sys.modules, (Path({str(good)!r}) / '.vcap.json').is_file(), cfg.run.num_workers,
           (Path({str(good)!r}) / 'metrics.json').exists())
+    # METEOR's Java process already starting (where there is Java), to be ready by the last stage
+    meteor = M._sessions[-1] if M._sessions else None
+    print((meteor is not None and meteor.proc.poll() is None) == (shutil.which('java') is not None))
+    started.append(meteor)
     raise Stop
 for _ in range(2):  # the second run finds the first one's folder, with metrics.json from an earlier run
     try:
         run_demo(Path({str(good)!r}), quick=True, before_torch=hook)
     except Stop:
-        print('stopped')
+        print('stopped', M._sessions == [] and all(m.proc.poll() is not None for m in started if m))
     (Path({str(good)!r}) / 'metrics.json').write_text('{{"old": 1}}')
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     # torch not loaded, folder claimed, no workers; an earlier run's metrics gone before anything runs
-    assert proc.stdout.split() == ["2"] + ["False", "True", "0", "False", "stopped"] * 2
+    assert proc.stdout.split() == ["2"] + ["False", "True", "0", "False", "True", "stopped", "True"] * 2
     assert "unknown config key 'pretrain.no_such_key'" in proc.stderr and not bad.exists()
     assert "OpenMP threads wait actively" not in proc.stderr  # the refused run said nothing of threads
 

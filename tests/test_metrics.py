@@ -67,9 +67,12 @@ def nlg(corpus, tmp_path_factory) -> dict:
     (out_dir / "p.json").write_text(json.dumps(preds))
     (out_dir / "r.json").write_text(json.dumps(refs))
     result: dict = {}
-    with meteor_session():
+    with meteor_session(start=True):  # started on entering: the published values from that process
+        started = M._sessions[-1]
+        result["running_on_entry"] = started is not None and started.proc.poll() is None
         result["two"] = score_captions(preds, refs, tokenize="none")
         result["one"] = score_captions(ONE_PRED, ONE_REFS, tokenize="none")
+        result["the_started_one"] = M._sessions[-1] is started
         proc = M._sessions[-1].proc
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
@@ -84,6 +87,17 @@ def nlg(corpus, tmp_path_factory) -> dict:
     return result
 
 
+def test_a_session_starts_java_on_first_use_unless_asked_to_start_at_once(monkeypatch, tmp_path):
+    """``meteor_session()`` starts nothing until a score needs METEOR; ``start=True`` without Java on
+    the PATH starts nothing either (the scores then leave METEOR out, with their warning)."""
+    with meteor_session():
+        assert M._sessions == [None]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java here
+    with meteor_session(start=True):
+        assert M._sessions == [None]
+    assert M._sessions == []
+
+
 def test_two_line_corpus_matches_published_values(nlg):
     _assert_close(nlg["two"], TWO_LINE)
 
@@ -93,6 +107,7 @@ def test_one_hypothesis_matches_published_values(nlg):
 
 
 def test_meteor_java_process_is_reused_then_closed(nlg):
+    assert nlg["running_on_entry"] and nlg["the_started_one"]
     assert nlg["alive_in_session"]
     assert nlg["exit_code_after"] is not None, "METEOR's java process outlived its session"
     assert M._sessions == []

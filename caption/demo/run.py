@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from caption.config import Config, load
 from caption.demo import data as demo_data
+from caption.metrics import meteor_session
 from retrieval_pretrain.foundation.atomic import write_file, write_json
 from retrieval_pretrain.foundation.errors import ConfigError
 from retrieval_pretrain.foundation.ownership import FolderKind, claim_folder, holds_only
@@ -97,7 +98,16 @@ def run_demo(output: Path, quick: bool = False, seed: int = 0, overrides: list[s
     checked = demo_config(Path(output) / "data", quick=quick, seed=seed, overrides=overrides)  # refused first
     output = claim_folder(Path(output), DEMO)  # it removes its stage folders below: only in a demo folder
     _fresh_start(output)
-    before_torch(checked)
+    # METEOR's Java scorer (the last stage's) starts now: its seconds of start-up run in their own
+    # process while this one loads torch (one core) and generates the data, not after stage 2.
+    with meteor_session(start=True):
+        before_torch(checked)
+        return _pipeline(output, quick, seed, overrides, spec)
+
+
+def _pipeline(output: Path, quick: bool, seed: int, overrides: list[str] | None,
+              spec: demo_data.DemoSpec | None) -> dict[str, Any]:
+    """``run_demo``'s stages, in a claimed and emptied ``output``."""
     # The stages load torch (seconds); caption.demo is often imported for CONFIG_PATH or the data alone.
     from caption.evaluate import evaluate  # deferred: torch stage
     from caption.train import train as train_captioner  # deferred: torch stage
