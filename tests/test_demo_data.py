@@ -12,8 +12,6 @@ import av
 import decord
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from caption.demo import data as dd
 from caption.demo import render as demo_render
@@ -323,19 +321,3 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     w = (idx - i0)[:, None]
     rows = img[i0] * (1 - w) + img[i1] * w
     return rows[:, i0] * (1 - w.T) + rows[:, i1] * w.T
-
-
-@settings(max_examples=60, deadline=None)
-@given(frames=st.integers(1, 5), half_h=st.integers(1, 12), half_w=st.integers(1, 12), seed=st.integers(0, 2**32 - 1))
-def test_a_clip_converts_to_yuv420p_as_its_frames_one_by_one(frames, half_h, half_w, seed):
-    """``write_mp4`` converts a whole clip at once: the same bytes as each frame alone (the files of
-    the demo's data stay byte for byte those of earlier releases), and the limited-range planes."""
-    rgb = np.random.default_rng(seed).integers(0, 256, (frames, 2 * half_h, 2 * half_w, 3), dtype=np.uint8)
-    clip = demo_render.rgb_to_yuv420p(rgb)
-    assert clip.shape == (frames, 3 * half_h, 2 * half_w) and clip.dtype == np.uint8
-    for t in range(frames):
-        assert np.array_equal(clip[t], demo_render.rgb_to_yuv420p(rgb[t]))
-    luma = clip[:, :2 * half_h]
-    assert luma.min() >= 16 and luma.max() <= 235  # BT.601 limited range
-    grey = demo_render.rgb_to_yuv420p(np.full((2, 2, 3), 255, np.uint8))
-    assert grey.tolist() == [[235, 235], [235, 235], [128, 128]]  # white: Y 235, Cb = Cr = 128

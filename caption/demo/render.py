@@ -169,23 +169,22 @@ def object_colour(colour: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
-    """(..., H, W, 3) uint8 RGB -> (..., H * 3 / 2, W) uint8 planar yuv420p, BT.601 limited range (what
-    decoders assume for untagged video), chroma averaged over 2x2 blocks. A whole clip at once gives
-    each frame's bytes alone (elementwise arithmetic; a block's sum of 4 whole numbers is exact).
+    """(H, W, 3) uint8 RGB -> (H * 3 / 2, W) uint8 planar yuv420p, BT.601 limited range (what decoders
+    assume for untagged video), chroma averaged over 2x2 blocks.
 
     Done here rather than by PyAV's ``VideoFrame.reformat``: swscale's RGB->YUV path gave slightly
     different bytes from one call to the next (measured with PyAV 18), which broke "same seed, same
     files"."""
-    *lead, h, w, _ = rgb.shape
+    h, w, _ = rgb.shape
     x = rgb.astype(np.float32)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
-    sub = x.reshape(*lead, h // 2, 2, w // 2, 2, 3).mean(axis=(-4, -2))
+    sub = x.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
     r, g, b = sub[..., 0], sub[..., 1], sub[..., 2]
     cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
     cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
-    planes = [p.reshape(*lead, -1) for p in (y, cb, cr)]
-    return np.clip(np.rint(np.concatenate(planes, axis=-1)), 0, 255).astype(np.uint8).reshape(*lead, h * 3 // 2, w)
+    planes = [y.ravel(), cb.ravel(), cr.ravel()]
+    return np.clip(np.rint(np.concatenate(planes)), 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18) -> None:
@@ -203,8 +202,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18) -> 
             # 250 encodes, PyAV 18); without it the output is byte-for-byte reproducible.
             stream.options = {"crf": str(crf), "preset": "medium", "x264-params": "mbtree=0"}
             stream.codec_context.time_base = Fraction(1, fps)
-            for i, yuv in enumerate(rgb_to_yuv420p(frames)):
-                frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            for i, rgb in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
                 frame.pts = i  # explicit timestamps: x264's rate control reads them
                 frame.time_base = Fraction(1, fps)
                 container.mux(stream.encode(frame))
