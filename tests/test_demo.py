@@ -123,18 +123,24 @@ def test_vcap_demo_waits_actively_unless_the_user_chose(user, overrides, expecte
     """OMP_WAIT_POLICY is read once, when torch loads: vcap demo sets ACTIVE before that (a step
     1.5-1.6x faster on an idle 2-core Xeon, BENCHMARKS.md) unless the user chose or the config has
     loader workers."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     later = user.split(":")[1] if user and user.startswith("later:") else None
     if user and not later:
         env["OMP_WAIT_POLICY"] = user
     code = ("import os; from pathlib import Path; from vcap_toolkit.cli.main import _demo_wait_policy; "
             "from caption.demo import demo_config; "
             + (f"os.environ['OMP_WAIT_POLICY'] = {later!r}; " if later else "") +
-            f"_demo_wait_policy(demo_config(Path('unused'), overrides={overrides!r})); print(os.environ['OMP_WAIT_POLICY'])")
+            f"_demo_wait_policy(demo_config(Path('unused'), overrides={overrides!r})); "
+            "print(os.environ['OMP_WAIT_POLICY'], os.environ.get('GOMP_SPINCOUNT'))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [expected]
-    assert ("OpenMP threads wait actively" in proc.stderr) == (user is None and expected == "ACTIVE")
+    ours = user is None and expected == "ACTIVE"  # the demo chose: active waits, spinning ~3 ms
+    assert proc.stdout.split() == [expected, "300000" if ours else "None"]
+    assert ("OpenMP threads wait actively" in proc.stderr) == ours
+    # a spin count the user set stays theirs
+    code = code.replace("import os;", "import os; os.environ['GOMP_SPINCOUNT'] = '7';")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stdout.split() == [expected, "7"]
 
 
 def test_the_demo_decides_after_claiming_its_folder_and_before_torch_loads(tmp_path):
@@ -180,9 +186,10 @@ for _ in range(2):  # the second run finds the first one's folder, with metrics.
 
 def test_the_demo_gives_the_wait_policy_back_and_config_path_takes_no_overrides(tmp_path):
     """After ``main(['demo', ...])`` returns - here refused after the policy was chosen - a later
-    call in the same process (library use) finds OMP_WAIT_POLICY as it was; and ``--config-path``
-    with a key=value refuses it in one line instead of ignoring it (both found by a hostile test)."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    call in the same process (library use) finds OMP_WAIT_POLICY and GOMP_SPINCOUNT as they were;
+    and ``--config-path`` with a key=value refuses it in one line instead of ignoring it (both found
+    by a hostile test)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     code = f"""
 import os
 from pathlib import Path
@@ -191,17 +198,18 @@ from caption.demo import demo_config
 from retrieval_pretrain.foundation.errors import ConfigError
 def fake_run_demo(output, before_torch, **_):
     before_torch(demo_config(Path(output) / 'data'))
-    print(os.environ['OMP_WAIT_POLICY'])
+    print(os.environ['OMP_WAIT_POLICY'], os.environ['GOMP_SPINCOUNT'])
     raise ConfigError('stopped here')
 print(os.environ['OMP_WAIT_POLICY'])
 cli.run_demo = fake_run_demo
-print(cli.main(['demo', '--output', {str(tmp_path / 'd')!r}]), os.environ['OMP_WAIT_POLICY'])
+print(cli.main(['demo', '--output', {str(tmp_path / 'd')!r}]), os.environ['OMP_WAIT_POLICY'],
+      os.environ.get('GOMP_SPINCOUNT'))
 print(cli.main(['demo', '--config-path', 'noequals']))
 print(cli.main(['demo', '--config-path', '--quick']), cli.main(['demo', '--config-path', '--seed', '3']))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["PASSIVE", "ACTIVE", "2", "PASSIVE", "2", "2", "2"]  # the default, back
+    assert proc.stdout.split() == ["PASSIVE", "ACTIVE", "300000", "2", "PASSIVE", "None", "2", "2", "2"]  # back
     assert "stopped here" in proc.stderr
     for given in ("noequals", "--quick", "--seed"):  # a run's settings: refused, not silently ignored
         assert f"vcap demo --config-path prints where the demo's config is and runs nothing; drop '{given}'" in proc.stderr

@@ -78,8 +78,15 @@ def _demo_wait_policy(cfg: Config) -> None:
     chosen = vcap_toolkit.USER_OMP_WAIT_POLICY is not None or now not in (None, vcap_toolkit.DEFAULT_OMP_WAIT_POLICY)
     if cfg.run.num_workers == 0 and not chosen and "torch" not in sys.modules:
         os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
+        # spinning for ~3 ms (300,000 spins) instead of minutes: as fast within a step, but between
+        # steps and while frames are decoded the spinning thread sleeps instead of taking the core the
+        # work needs (stage 1's frame cache filled 1.4x faster; BENCHMARKS.md) - unless the user set it
+        os.environ.setdefault("GOMP_SPINCOUNT", DEMO_SPINCOUNT)
         print("vcap demo: OpenMP threads wait actively, fastest on an otherwise idle machine (on a busy one, "
               "OMP_WAIT_POLICY=PASSIVE vcap demo)", file=sys.stderr)
+
+
+DEMO_SPINCOUNT = "300000"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -93,15 +100,16 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     output = Path(args.output if args.output is not None else "vcap_demo")
     check_output(str(output))  # the default too (a given one is checked with every command's)
-    before = os.environ.get("OMP_WAIT_POLICY")
+    before = {name: os.environ.get(name) for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     try:
         metrics = run_demo(output, quick=args.quick, seed=args.seed or 0, overrides=args.overrides,
                            before_torch=_demo_wait_policy)
-    finally:  # OpenMP read it when torch loaded; later calls in this process (library use) get theirs back
-        if before is None:
-            os.environ.pop("OMP_WAIT_POLICY", None)
-        else:
-            os.environ["OMP_WAIT_POLICY"] = before
+    finally:  # OpenMP read them when torch loaded; later calls in this process (library use) get theirs back
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     print((output / "examples.txt").read_text(), end="")
     print_json(metrics)
     return 0
