@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_decode_once --data vcap_demo/data --policy ACTIVE --workers 0 2 0 2
     python -m benchmarks.bench_decode_once --data vcap_demo/data --policy PASSIVE --workers 0 2 0 2
+    python -m benchmarks.bench_decode_once --data vcap_demo/data --policy ACTIVE --spincount 300000 --workers 0 0
 
 One process per policy (OpenMP reads ``OMP_WAIT_POLICY`` once, when torch loads): the demo's stage-1
 model is built and runs one forward pass over 128 frames - so torch's OpenMP threads exist and, with
@@ -25,10 +26,14 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
     p.add_argument("--data", required=True, help="a folder `vcap demo` generated (OUTPUT/data)")
     p.add_argument("--policy", choices=("ACTIVE", "PASSIVE"), required=True, help="OMP_WAIT_POLICY of this process")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2, 0, 2], help="worker counts, filled in this order")
+    p.add_argument("--spincount", type=int, default=None,
+                   help="GOMP_SPINCOUNT of this process (vcap demo's active waits: 300000; unset: libgomp's default)")
     args = p.parse_args(argv)
     if "torch" in sys.modules:
         p.error("torch is loaded already: the wait policy would not apply (run this module as a new process)")
     os.environ["OMP_WAIT_POLICY"] = args.policy
+    if args.spincount is not None:
+        os.environ["GOMP_SPINCOUNT"] = str(args.spincount)
     import torch
 
     from caption.demo.run import demo_config
@@ -48,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
         t = time.perf_counter()
         FrameCache(clips, cfg.video.cache_frames, size, num_workers=workers, progress=False)
         seconds.setdefault(workers, []).append(round(time.perf_counter() - t, 2))
-        print(f"{args.policy} waits, {workers} workers: {seconds[workers][-1]} s for {len(clips)} clips", flush=True)
+        spin = f" (GOMP_SPINCOUNT={args.spincount})" if args.spincount is not None else ""
+        print(f"{args.policy} waits{spin}, {workers} workers: {seconds[workers][-1]} s for {len(clips)} clips", flush=True)
     return seconds
 
 

@@ -57,8 +57,10 @@ LADDER = {
     "+ channels-last": "run.num_workers=0,run.mixed_precision='no',run.channels_last=true",
     "+ bf16 where native": "run.num_workers=0,run.mixed_precision=auto,run.channels_last=true",
     # vcap demo's own wait policy (vcap_toolkit/cli/main.py); only shows with --threads 2
-    "+ OpenMP active waits (now)": "run.num_workers=0,run.mixed_precision=auto,run.channels_last=true,"
-                                   "env.OMP_WAIT_POLICY=ACTIVE",
+    "+ OpenMP active waits": "run.num_workers=0,run.mixed_precision=auto,run.channels_last=true,"
+                             "env.OMP_WAIT_POLICY=ACTIVE",
+    "+ spinning ~3 ms (now)": "run.num_workers=0,run.mixed_precision=auto,run.channels_last=true,"
+                              "env.OMP_WAIT_POLICY=ACTIVE,env.GOMP_SPINCOUNT=300000",
 }
 BEFORE = ["run.mixed_precision='no'", "run.channels_last=false"]
 
