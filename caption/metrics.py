@@ -197,6 +197,12 @@ def meteor_session(start: bool = False) -> Iterator[None]:
     _sessions.append(started)
     try:
         yield
+    except BaseException:
+        # an error or Ctrl-C in the block: no score is coming, so the process is killed rather than
+        # waited for (a JVM still loading its tables reads its closed input only once loaded, seconds)
+        if _sessions[-1] is not None:
+            _sessions[-1].proc.kill()
+        raise
     finally:
         proc = _sessions.pop()
         if proc is not None:

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -88,10 +89,17 @@ def nlg(corpus, tmp_path_factory) -> dict:
 
 
 def test_a_session_starts_java_on_first_use_unless_asked_to_start_at_once(monkeypatch, tmp_path):
-    """``meteor_session()`` starts nothing until a score needs METEOR; ``start=True`` without Java on
-    the PATH starts nothing either (the scores then leave METEOR out, with their warning)."""
+    """``meteor_session()`` starts nothing until a score needs METEOR; with ``start=True`` an error or
+    Ctrl-C in the block kills the process at once (it would finish loading first, seconds); without
+    Java on the PATH it starts nothing (the scores then leave METEOR out, with their warning)."""
     with meteor_session():
         assert M._sessions == [None]
+    if HAVE_JAVA:  # an error in the block ends a process still loading at once, not once it has loaded
+        t = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt), meteor_session(start=True):
+            proc = M._sessions[-1].proc
+            raise KeyboardInterrupt
+        assert proc.poll() is not None and M._sessions == [] and time.perf_counter() - t < 3
     monkeypatch.setenv("PATH", str(tmp_path))  # no java here
     with meteor_session(start=True):
         assert M._sessions == [None]
