@@ -36,7 +36,7 @@ import subprocess
 import threading
 import warnings
 from collections import deque
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -109,7 +109,7 @@ def _split_word(word: str) -> list[str]:
     return head + core + tail
 
 
-def _tokenize(captions: Mapping[Any, Sequence[str]], tokenize: str, java: bool) -> dict[Any, list[str]]:
+def _tokenize(captions: Mapping[str, Sequence[str]], tokenize: str, java: bool) -> dict[str, list[str]]:
     """``{id: [tokenised caption, ...]}`` (tokens joined by single spaces)."""
     if tokenize == "none":
         return {k: [" ".join(c.split()) for c in v] for k, v in captions.items()}
@@ -119,7 +119,7 @@ def _tokenize(captions: Mapping[Any, Sequence[str]], tokenize: str, java: bool) 
     todo = {k: [{"caption": " ".join(c.split())} for c in v if c.strip()] for k, v in captions.items()}
     todo = {k: v for k, v in todo.items() if v}
     done = PTBTokenizer().tokenize(todo) if todo else {}
-    out: dict[Any, list[str]] = {}
+    out: dict[str, list[str]] = {}
     for k, v in captions.items():
         it = iter(done.get(k, []))
         out[k] = [next(it) if c.strip() else "" for c in v]
@@ -268,11 +268,8 @@ def _score(predictions: Mapping[str, str], references: Mapping[str, Sequence[str
                       "standard numbers.", RuntimeWarning, stacklevel=3)
         wanted.discard("METEOR")
     ids = list(references)
-    # references and predictions in one tokenizer call (one Java start, not two); -preserveLines
-    # tokenises every line on its own, so together or apart gives the same tokens
-    both = _tokenize({**{(0, k): references[k] for k in ids}, **{(1, k): [predictions[k]] for k in ids}},
-                     tokenize, java)
-    gts, res = {k: both[(0, k)] for k in ids}, {k: both[(1, k)] for k in ids}
+    gts = _tokenize({k: references[k] for k in ids}, tokenize, java)
+    res = _tokenize({k: [predictions[k]] for k in ids}, tokenize, java)
     corpus: dict[str, float] = {}
     per_item: dict[str, list[float]] = {}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap's Bleu prints its statistics

@@ -175,23 +175,6 @@ def test_ptb_approximation_matches_java_on_caption_text():
         assert ptb_tokenize_approx(c) == java[str(i)][0], c
 
 
-@pytest.mark.skipif(not HAVE_JAVA, reason="java is not on the PATH: the reference is Java's PTBTokenizer")
-def test_references_and_predictions_tokenised_in_one_java_call_as_apart():
-    """``score_captions`` tokenises references and predictions in one Java call: the same tokens as
-    the two calls it made before (every line on its own, even after an unbalanced quote), so the
-    same scores."""
-    odd = ['a man says "hello to', "it's a 'test", *CAPTIONS]
-    preds = {str(i): c for i, c in enumerate(odd)}
-    refs = {str(i): [odd[(i + 1) % len(odd)], odd[(i + 3) % len(odd)], "a man is cooking"] for i in range(len(odd))}
-    alone = {k: v[0] for k, v in tokenize_captions({k: [c] for k, c in preds.items()}, "ptb").items()}
-    refs_apart = tokenize_captions(refs, "ptb")  # the two calls scoring made before
-    subset = ("BLEU-4", "ROUGE-L", "CIDEr")
-    assert score_captions(preds, refs, "ptb", subset) == score_captions(alone, refs_apart, "none", subset)
-    assert per_caption_cider(preds, refs, "ptb") == per_caption_cider(alone, refs_apart, "none")
-    assert M._tokenize({(0, "a"): ['a "b'], (1, "a"): ["c's dog."]}, "ptb", True) == \
-        {(0, "a"): ["a b"], (1, "a"): ["c 's dog"]}
-
-
 def test_ptb_approximation_examples():
     assert ptb_tokenize_approx("A man (in red) isn't cooking, he's singing!") == \
         "a man -lrb- in red -rrb- is n't cooking he 's singing"
