@@ -164,8 +164,15 @@ class _MeteorProcess:
         return float(score), [float(s) for s in scores]
 
     def close(self) -> None:
-        """End the Java process (EOF on stdin, then kill if it lingers) and release the pipes."""
-        with self.scorer.lock:
+        """End the Java process (EOF on stdin, then kill if it lingers) and release the pipes.
+
+        pycocoevalcap's ``compute_score`` keeps its lock when it raises (a dead JVM, Ctrl-C while
+        scoring): a lock not free within a second is taken for that one - the process is killed,
+        and the lock released at the end, so that neither this nor the scorer's ``__del__`` (which
+        takes it too) waits for ever (a hostile test's hang)."""
+        if not self.scorer.lock.acquire(timeout=1):
+            self.proc.kill()  # the lock stays held by the scoring that raised: it is ours now
+        try:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
             try:
@@ -176,6 +183,8 @@ class _MeteorProcess:
             self._drain.join(timeout=5)
             self.proc.stdout.close()
             self.proc.stderr.close()
+        finally:
+            self.scorer.lock.release()
 
 
 _sessions: list[_MeteorProcess | None] = []  # one slot per open ``meteor_session`` block, innermost last

@@ -12,6 +12,8 @@ import contextlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -104,6 +106,27 @@ def test_a_session_starts_java_on_first_use_unless_asked_to_start_at_once(monkey
     with meteor_session(start=True):
         assert M._sessions == [None]
     assert M._sessions == []
+
+
+@pytest.mark.skipif(not HAVE_JAVA, reason="java is not on the PATH: the case is a Java process dying")
+def test_a_meteor_process_that_died_is_one_error_not_a_hang():
+    """The JVM killed under a started session (as an out-of-memory kill would, with 1.2 GB held for
+    a whole demo): the score raises RuntimeError naming METEOR and the session ends, where
+    pycocoevalcap's lock, kept by its failed ``compute_score``, used to hang both for ever."""
+    code = """
+import time
+from caption import metrics as M
+with M.meteor_session(start=True):
+    M._sessions[-1].proc.kill()
+    time.sleep(0.5)
+    try:
+        M.score_captions({"1": "a dog runs"}, {"1": ["a dog runs fast"]}, tokenize="none", metrics=("METEOR",))
+    except RuntimeError as e:
+        print("raised", str(e).splitlines()[0][:40])
+print("ended")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+    assert proc.stdout.split("\n")[:2] == ["raised METEOR (java -jar meteor-1.5.jar) failed", "ended"], proc.stderr
 
 
 def test_two_line_corpus_matches_published_values(nlg):
