@@ -19,8 +19,8 @@ pure-Python approximation (see there). Scores then differ slightly from the pape
 
 METEOR starts a Java process that first loads its paraphrase tables (7-15 s); it is always closed
 after scoring, or, inside ``with meteor_session():``, reused by every call in the block and closed
-at its end (``meteor_session(start=True)`` starts it on entering the block). Its stderr is drained by a thread so a chatty JVM can never fill the pipe and hang the
-request/response protocol (checked on 3,000 and 10,000 items x 20 references; MSR-VTT's test
+at its end (``meteor_session(start=True)`` starts it on entering the block). Its stderr is drained
+by a thread so a chatty JVM can never fill the pipe and hang the request/response protocol (checked on 3,000 and 10,000 items x 20 references; MSR-VTT's test
 split has 2,990 videos x 20).
 
 The files ``vcap score`` reads are ``caption.caption_files``'.
@@ -157,22 +157,21 @@ class _MeteorProcess:
         res = {k: [clean(v[0])] for k, v in res.items()}
         try:
             score, scores = self.scorer.compute_score(gts, res)
-        except (ValueError, OSError) as err:
+        except BaseException as err:
+            # pycocoevalcap's compute_score raises (a dead JVM, Ctrl-C) still holding its lock, which
+            # close() and the scorer's __del__ take: released here, or both would wait for ever
+            if self.scorer.lock.locked():
+                self.scorer.lock.release()
+            if not isinstance(err, (ValueError, OSError)):
+                raise
             self.close()
             tail = "\n".join(self.stderr_tail) or "(nothing on stderr)"
             raise RuntimeError(f"METEOR (java -jar meteor-1.5.jar) failed: {err}\n{tail}") from err
         return float(score), [float(s) for s in scores]
 
     def close(self) -> None:
-        """End the Java process (EOF on stdin, then kill if it lingers) and release the pipes.
-
-        pycocoevalcap's ``compute_score`` keeps its lock when it raises (a dead JVM, Ctrl-C while
-        scoring): a lock not free within a second is taken for that one - the process is killed,
-        and the lock released at the end, so that neither this nor the scorer's ``__del__`` (which
-        takes it too) waits for ever (a hostile test's hang)."""
-        if not self.scorer.lock.acquire(timeout=1):
-            self.proc.kill()  # the lock stays held by the scoring that raised: it is ours now
-        try:
+        """End the Java process (EOF on stdin, then kill if it lingers) and release the pipes."""
+        with self.scorer.lock:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
             try:
@@ -183,8 +182,6 @@ class _MeteorProcess:
             self._drain.join(timeout=5)
             self.proc.stdout.close()
             self.proc.stderr.close()
-        finally:
-            self.scorer.lock.release()
 
 
 _sessions: list[_MeteorProcess | None] = []  # one slot per open ``meteor_session`` block, innermost last

@@ -80,7 +80,7 @@ def _demo_wait_policy(cfg: Config) -> None:
         os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
         # spinning for ~3 ms (300,000 spins) instead of minutes: as fast within a step, but between
         # steps and while frames are decoded the spinning thread sleeps instead of taking the core the
-        # work needs (stage 1's frame cache filled 1.4x faster; BENCHMARKS.md) - unless the user set it
+        # work needs (stage 1's frame cache filled 1.5x faster; BENCHMARKS.md) - unless the user set it
         os.environ.setdefault("GOMP_SPINCOUNT", DEMO_SPINCOUNT)
         print("vcap demo: OpenMP threads wait actively, fastest on an otherwise idle machine (on a busy one, "
               "OMP_WAIT_POLICY=PASSIVE vcap demo)", file=sys.stderr)
