@@ -249,3 +249,29 @@ def test_normalising_first_under_inference_mode_leaves_the_constants_usable_with
     x = torch.rand(1, 3, 2, 2, requires_grad=True)
     transforms.normalise_frames(x, odd, odd).sum().backward()  # dividing by the cached std saves it for backward
     assert torch.allclose(x.grad, torch.full_like(x, 1 / (0.3 * 255)))
+
+
+def test_a_batch_drawn_at_once_equals_its_items_decoded_one_by_one(clips, tmp_path):
+    """``__getitems__`` (how a DataLoader fetches a batch) gathers and normalises the batch's cached
+    frames in one go: each item, the failing one in the middle included, as decoded alone."""
+    entries = _entries(clips)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00not a video" * 50)
+    entries.insert(2, SimpleNamespace(video_id="broken", path=bad, captions=["nothing", "at all"]))
+    pre = Preprocess(4, 64, MEAN, STD)
+    cache = FrameCache([e.path for e in entries], max_frames=8, image_size=64, progress=False)
+    plain = ContrastiveTrainSet(entries, pre, _tokenize, method="tsn", seed=3)
+    cached = ContrastiveTrainSet(entries, pre, _tokenize, method="tsn", seed=3, cache=cache)
+    keys = [5, 2, 0, 7 * 4 + 1, 7 * 4 + 2, 7 * 11 + 6]
+    batch = cached.__getitems__(keys)
+    assert [it["video_id"] for it in batch] == [entries[k % 7].video_id for k in keys]
+    for key, got in zip(keys, batch):
+        want = plain[key]
+        assert got["ok"] == want["ok"] and got["caption"] == want["caption"] and got["path"] == want["path"]
+        assert torch.equal(got["frames"], want["frames"]) and torch.equal(got["mask"], want["mask"])
+        assert torch.equal(got["tokens"], want["tokens"]) and got["error"] == want["error"]
+    assert [it["ok"] for it in batch] == [True, False, True, True, False, True] and str(bad) in batch[1]["error"]
+    loader = torch.utils.data.DataLoader(cached, batch_size=4, collate_fn=collate_videos)
+    first = next(iter(loader))
+    assert torch.equal(first["frames"], torch.stack([plain[k]["frames"] for k in (0, 1, 3)]))
+    assert first["failures"] == [(str(bad), plain[2]["error"])]
