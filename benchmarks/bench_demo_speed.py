@@ -16,7 +16,8 @@ contiguous frames) and then as it runs now (the config's ``run.mixed_precision``
 epoch) and ``vcap train`` loop (``--stage2-epochs`` over features of a short stage-1 run) under
 each configuration: ``NAME=key=value,key=value`` (default: the ladder of issue 29's kept changes,
 each adding one to the previous; an item ``env.NAME=value`` sets an environment variable of the
-run's process instead, e.g. ``env.OMP_WAIT_POLICY=ACTIVE``). Every run is a process of its own, and
+run's process instead, e.g. ``env.OMP_WAIT_POLICY=ACTIVE``; ``malloc=keep`` runs it after
+``keep_freed_memory()``, as ``vcap demo`` does). Every run is a process of its own, and
 the configurations are interleaved round by round (A B C A B C), so load from other processes falls
 on all of them alike; a run's CPU time (user+sys of its process and children) is the
 contention-robust figure, its wall time is printed beside it (with ``--threads 2`` on an idle
@@ -59,8 +60,11 @@ LADDER = {
     # vcap demo's own wait policy (vcap_toolkit/cli/main.py); only shows with --threads 2
     "+ OpenMP active waits": "run.num_workers=0,run.mixed_precision=auto,run.channels_last=true,"
                              "env.OMP_WAIT_POLICY=ACTIVE",
-    "+ spinning ~3 ms (now)": "run.num_workers=0,run.mixed_precision=auto,run.channels_last=true,"
-                              "env.OMP_WAIT_POLICY=ACTIVE,env.GOMP_SPINCOUNT=300000",
+    "+ spinning ~3 ms": "run.num_workers=0,run.mixed_precision=auto,run.channels_last=true,"
+                        "env.OMP_WAIT_POLICY=ACTIVE,env.GOMP_SPINCOUNT=300000",
+    # vcap demo's keep_freed_memory (glibc's malloc keeps freed memory for reuse)
+    "+ malloc keeps freed memory (now)": "run.num_workers=0,run.mixed_precision=auto,run.channels_last=true,"
+                                         "env.OMP_WAIT_POLICY=ACTIVE,env.GOMP_SPINCOUNT=300000,malloc=keep",
 }
 BEFORE = ["run.mixed_precision='no'", "run.channels_last=false"]
 
@@ -189,8 +193,11 @@ def _cpu_name() -> str:
 def one_run(args: argparse.Namespace) -> dict[str, Any]:
     """A child process: one stage's training loop under ``args.overrides``; prints its JSON."""
     from caption.train import train as train_captioner
+    from retrieval_pretrain.foundation.machine import keep_freed_memory
     from retrieval_pretrain.stage1.train import train as pretrain
 
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     cfg = demo_config(Path(args.data), overrides=["run.log_every=1", f"pretrain.epochs={args.epochs}",
                                                   f"caption.epochs={args.epochs}", *args.overrides])
@@ -208,9 +215,10 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _child(stage: int, epochs: int, data: Path, features: Path, threads: int, overrides: list[str]) -> dict[str, Any]:
     env = {**os.environ, **dict(o[len("env."):].split("=", 1) for o in overrides if o.startswith("env."))}
-    overrides = [o for o in overrides if not o.startswith("env.")]
+    keep = ["--keep-freed-memory"] if "malloc=keep" in overrides else []
+    overrides = [o for o in overrides if not o.startswith("env.") and o != "malloc=keep"]
     cmd = [sys.executable, "-m", "benchmarks.bench_demo_speed", "_one", "--stage", str(stage), "--epochs", str(epochs),
-           "--data", str(data), "--features", str(features), "--threads", str(threads), *overrides]
+           "--data", str(data), "--features", str(features), "--threads", str(threads), *keep, *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -295,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     o.add_argument("--data", required=True)
     o.add_argument("--features", required=True)
     o.add_argument("--threads", type=int, default=1)
+    o.add_argument("--keep-freed-memory", action="store_true", help="glibc's malloc keeps freed memory (vcap demo's)")
     o.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     return {"profile": profile, "compare": compare, "_one": one_run}[args.command](args)

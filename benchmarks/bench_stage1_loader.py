@@ -1,6 +1,6 @@
 """How long stage 1's training loader takes for an epoch of the demo, without the model's steps.
 
-    python -m benchmarks.bench_stage1_loader --data vcap_demo/data [--epochs 4]
+    python -m benchmarks.bench_stage1_loader --data vcap_demo/data [--epochs 4] [--keep-freed-memory]
 
 Builds stage 1 as ``vcap pretrain`` does with the demo's config (``train.setup``: the frame cache
 is filled first) in a scratch folder, then iterates the training loader for ``--epochs`` epochs and
@@ -25,8 +25,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data", required=True, help="a folder `vcap demo` generated (OUTPUT/data)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--keep-freed-memory", action="store_true", help="glibc's malloc keeps freed memory (vcap demo's)")
     args = p.parse_args(argv)
     import torch
+
+    from retrieval_pretrain.foundation.machine import keep_freed_memory
+
+    if args.keep_freed_memory:
+        keep_freed_memory()
 
     from caption.demo.run import demo_config
     from retrieval_pretrain.stage1 import train as stage1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -250,3 +251,34 @@ def test_a_symbolic_link_in_the_demo_folder_is_refused_before_anything_is_writte
     with pytest.raises(ConfigError, match=r"data_quick is a symbolic link \(to .*victim\); vcap demo writes only inside"):
         run_demo(demo, quick=True)
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_demo_has_malloc_keep_freed_memory_for_reuse():
+    """``vcap demo`` asks glibc's malloc to keep freed memory for reuse (``keep_freed_memory``): blocks
+    of 1 to 30 MB, each allocated, written and freed in turn - as a training step's activations are -
+    fault in a fraction of the pages they do with glibc's defaults, which map each new larger block
+    afresh (119,071 vs 9,217 page faults, measured); what is computed stays the same."""
+    code = """
+import resource, sys
+from pathlib import Path
+from caption.demo import demo_config
+from vcap_toolkit.cli.main import _demo_settings
+if sys.argv[1] == 'demo':
+    _demo_settings(demo_config(Path('unused')))
+import torch
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+total = 0
+for mb in range(1, 31):
+    t = torch.empty(mb << 20, dtype=torch.uint8).fill_(1)
+    total += int(t[::4096].sum())
+    del t
+print(total, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+    faults = {}
+    for how in ("plain", "demo"):
+        proc = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        total, faults[how] = map(int, proc.stdout.split())
+        assert total == sum(mb * 256 for mb in range(1, 31))  # every block written: the same bytes either way
+    assert faults["demo"] * 5 < faults["plain"], faults

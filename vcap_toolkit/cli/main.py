@@ -30,6 +30,7 @@ from caption.config import Config
 from caption.demo import CONFIG_PATH, run_demo
 from retrieval_pretrain.foundation.errors import ConfigError, StorageError, VcapError
 from retrieval_pretrain.foundation.hub import parse_model_id, resolve_model_folder
+from retrieval_pretrain.foundation.machine import keep_freed_memory
 from vcap_toolkit.cli import library_commands, push_command, stage_commands
 from vcap_toolkit.cli.command_io import print_json
 from vcap_toolkit.cli.parser import build_parser
@@ -89,6 +90,14 @@ def _demo_wait_policy(cfg: Config) -> None:
 DEMO_SPINCOUNT = "300000"
 
 
+def _demo_settings(cfg: Config) -> None:
+    """What ``vcap demo`` sets before torch loads: its OpenMP waits (``_demo_wait_policy``) and glibc's
+    malloc keeping freed memory for reuse (``keep_freed_memory``: the same numbers; stage 1's steps
+    and loader faster, BENCHMARKS.md "Demo speed")."""
+    _demo_wait_policy(cfg)
+    keep_freed_memory()
+
+
 def _demo(args: argparse.Namespace) -> int:
     if args.config_path:
         given = [*args.overrides[:1], *(["--quick"] if args.quick else []),
@@ -103,7 +112,7 @@ def _demo(args: argparse.Namespace) -> int:
     before = {name: os.environ.get(name) for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     try:
         metrics = run_demo(output, quick=args.quick, seed=args.seed or 0, overrides=args.overrides,
-                           before_torch=_demo_wait_policy)
+                           before_torch=_demo_settings)
     finally:  # OpenMP read them when torch loaded; later calls in this process (library use) get theirs back
         for name, value in before.items():
             if value is None:
