@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from retrieval_pretrain.foundation.errors import ConfigError
 
@@ -66,14 +67,29 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
     every step; with glibc's defaults many of them are new mappings, each page faulted in and zeroed
     again (2 million minor page faults in one ``vcap demo``). Changes where memory comes from, never a
     value computed. True where it was applied (Linux with glibc); elsewhere nothing happens."""
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def release_freed_memory() -> None:
+    """Hand the freed memory glibc's malloc keeps back to the system (``malloc_trim``): between the
+    stages of a run under ``keep_freed_memory``, where one stage's freed heap would otherwise stay
+    resident under the next stage's own (the demo's peak 2.1 -> 3.1 GB without it, measured).
+    Elsewhere nothing happens."""
+    trim = _glibc("malloc_trim")
+    if trim is not None:
+        trim(0)
+
+
+def _glibc(function: str) -> Any:
+    """``function`` of the C library where it is glibc on Linux, else None."""
     import ctypes  # deferred: only where asked for
     import ctypes.util  # deferred: only where asked for
 
     name = ctypes.util.find_library("c") if sys.platform == "linux" else None
-    if not name:
-        return False
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        return getattr(ctypes.CDLL(name), function) if name else None
     except (OSError, AttributeError):  # not glibc (musl has no mallopt to speak of)
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+        return None
