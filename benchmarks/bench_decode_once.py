@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict[int, list[float]]:
     from retrieval_pretrain.modeling.parts import build_video_text_model
     from retrieval_pretrain.reading.annotations import load_annotations
     from retrieval_pretrain.stage1.config import configured_image_size
-    from retrieval_pretrain.stage1.data import FrameCache
+    from retrieval_pretrain.stage1.kept_frames import FrameCache
 
     cfg = demo_config(Path(args.data))
     size = configured_image_size(cfg.clip)

@@ -282,3 +282,6 @@ print(total, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         total, faults[how] = map(int, proc.stdout.split())
         assert total == sum(mb * 256 for mb in range(1, 31))  # every block written: the same bytes either way
     assert faults["demo"] * 5 < faults["plain"], faults
+    from retrieval_pretrain.foundation.machine import keep_freed_memory  # deferred: this test's own
+    with pytest.raises(ValueError, match="0 to 2"):  # C ints: 4 GB would wrap to 0 (a hostile test's find)
+        keep_freed_memory(trim_threshold=4 << 30)

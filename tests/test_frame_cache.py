@@ -18,7 +18,8 @@ from caption.demo import CONFIG_PATH
 from caption.demo import data as demo_data
 from retrieval_pretrain.reading.clips import Clip
 from retrieval_pretrain.reading.video import read_frames
-from retrieval_pretrain.stage1.data import ContrastiveTrainSet, FrameCache, Preprocess, collate_videos
+from retrieval_pretrain.stage1.data import ContrastiveTrainSet, Preprocess, collate_videos
+from retrieval_pretrain.stage1.kept_frames import FrameCache
 
 CONFIG = CONFIG_PATH  # the demo's config, shipped in the package
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -275,3 +276,18 @@ def test_a_batch_drawn_at_once_equals_its_items_decoded_one_by_one(clips, tmp_pa
     first = next(iter(loader))
     assert torch.equal(first["frames"], torch.stack([plain[k]["frames"] for k in (0, 1, 3)]))
     assert first["failures"] == [(str(bad), plain[2]["error"])]
+
+
+def test_a_normalisation_that_fits_no_frame_fails_each_item_as_decoding_does(clips):
+    """A batch normalised at once that cannot be (mean/std of 2 channels): every item fails with its
+    own file named, as decoding one by one reports it - not one error for the whole batch (a hostile
+    test's find)."""
+    entries = _entries(clips)[:3]
+    pre = Preprocess(4, 64, (0.5, 0.5), (0.2, 0.2))
+    cache = FrameCache([e.path for e in entries], max_frames=8, image_size=64, progress=False)
+    plain = ContrastiveTrainSet(entries, pre, _tokenize, seed=1)
+    cached = ContrastiveTrainSet(entries, pre, _tokenize, seed=1, cache=cache)
+    got, want = cached.__getitems__([0, 1, 2]), [plain[k] for k in (0, 1, 2)]
+    assert [it["ok"] for it in got] == [it["ok"] for it in want] == [False, False, False]
+    for it, entry in zip(got, entries):
+        assert it["error"].startswith(f"{entry.path}: RuntimeError:")

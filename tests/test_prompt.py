@@ -134,7 +134,8 @@ def test_feature_cache_equals_the_image_tower_on_decoded_frames(clips, tmp_path)
     import numpy as np
 
     from retrieval_pretrain.modeling.parts import build_video_text_model
-    from retrieval_pretrain.stage1.data import FeatureCache, Preprocess
+    from retrieval_pretrain.stage1.data import Preprocess
+    from retrieval_pretrain.stage1.kept_frames import FeatureCache
     from retrieval_pretrain.stage1.preprocess import load_item as _load
 
     data, _, args = clips
@@ -173,13 +174,13 @@ def test_prompt_mode_end_to_end_no_decoding_after_the_cache(clips, tmp_path, mon
     from open_clip.model import CLIP
 
     from retrieval_pretrain.modeling.model_folder import from_pretrained
-    from retrieval_pretrain.stage1 import data as data_module
+    from retrieval_pretrain.stage1 import kept_frames as kept_module
     from retrieval_pretrain.stage1.train import train
 
     _, ckpt, args = clips
     decoded, encoded = [], []
-    read, encode_image = data_module.read_frames, CLIP.encode_image
-    monkeypatch.setattr(data_module, "read_frames", lambda path, *a, **k: decoded.append(path) or read(path, *a, **k))
+    read, encode_image = kept_module.read_frames, CLIP.encode_image
+    monkeypatch.setattr(kept_module, "read_frames", lambda path, *a, **k: decoded.append(path) or read(path, *a, **k))
     monkeypatch.setattr(CLIP, "encode_image", lambda self, x, **k: encoded.append(len(x)) or encode_image(self, x, **k))
     from retrieval_pretrain.modeling import parts
 

@@ -5,6 +5,8 @@ than half of it), and how its C library hands out memory (``keep_freed_memory``,
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import sys
 from typing import Any
@@ -67,9 +69,12 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
     every step; with glibc's defaults many of them are new mappings, each page faulted in and zeroed
     again (2 million minor page faults in one ``vcap demo``). Changes where memory comes from, never a
     value computed. True where it was applied (Linux with glibc); elsewhere nothing happens."""
+    if not (0 <= mmap_threshold < 2**31 and 0 <= trim_threshold < 2**31):  # mallopt takes C ints
+        raise ValueError(f"malloc thresholds must be 0 to 2**31 - 1 bytes, got {mmap_threshold} and {trim_threshold}")
     mallopt = _glibc("mallopt")
     if mallopt is None:
         return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
@@ -85,9 +90,6 @@ def release_freed_memory() -> None:
 
 def _glibc(function: str) -> Any:
     """``function`` of the C library where it is glibc on Linux, else None."""
-    import ctypes  # deferred: only where asked for
-    import ctypes.util  # deferred: only where asked for
-
     name = ctypes.util.find_library("c") if sys.platform == "linux" else None
     try:
         return getattr(ctypes.CDLL(name), function) if name else None

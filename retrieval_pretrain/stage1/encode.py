@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from retrieval_pretrain.modeling.model import PairwiseScorer
 from retrieval_pretrain.modeling.parts import StageOneModel
-from retrieval_pretrain.stage1.data import FrameCache, Preprocess, VideoClipDataset, collate_videos
+from retrieval_pretrain.stage1.data import Preprocess, VideoClipDataset, collate_videos
+from retrieval_pretrain.stage1.kept_frames import FrameCache
 
 
 @torch.no_grad()

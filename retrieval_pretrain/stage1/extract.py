@@ -40,8 +40,9 @@ from retrieval_pretrain.reading.annotation_table import normalize_split, splits_
 from retrieval_pretrain.reading.annotations import load_annotations
 from retrieval_pretrain.reading.features import FeatureStore
 from retrieval_pretrain.stage1.config import RetrievalConfig, check_batch_memory
-from retrieval_pretrain.stage1.data import FrameCache, Preprocess
+from retrieval_pretrain.stage1.data import Preprocess
 from retrieval_pretrain.stage1.encode import encode_video_batches
+from retrieval_pretrain.stage1.kept_frames import FrameCache
 
 
 def _legacy_features(folder: Path) -> bool:

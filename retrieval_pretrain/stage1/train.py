@@ -51,8 +51,9 @@ from retrieval_pretrain.stage1.config import (
     config_to_dict,
     configured_image_size,
 )
-from retrieval_pretrain.stage1.data import FrameCache, steps_per_epoch
+from retrieval_pretrain.stage1.data import steps_per_epoch
 from retrieval_pretrain.stage1.interpolate import InterpolationRegulariser, WeightAverage, load_base
+from retrieval_pretrain.stage1.kept_frames import FrameCache
 from retrieval_pretrain.stage1.training_set import train_loader, training_entries
 
 

@@ -20,15 +20,8 @@ from retrieval_pretrain.reading.annotation_table import file_problem, splits_fou
 from retrieval_pretrain.reading.annotations import Annotations
 from retrieval_pretrain.reading.label_formats import novel_labels
 from retrieval_pretrain.stage1.config import RetrievalConfig
-from retrieval_pretrain.stage1.data import (
-    ContrastiveTrainSet,
-    EpochShuffleSampler,
-    FeatureCache,
-    FrameCache,
-    Preprocess,
-    collate_videos,
-    estimate_cache_bytes,
-)
+from retrieval_pretrain.stage1.data import ContrastiveTrainSet, EpochShuffleSampler, Preprocess, collate_videos
+from retrieval_pretrain.stage1.kept_frames import FeatureCache, FrameCache, estimate_cache_bytes
 
 
 class SplitOverlapError(DatasetError):
