@@ -126,7 +126,8 @@ class ContrastiveTrainSet(Dataset):
     def __getitems__(self, keys: Sequence[int]) -> list[dict[str, Any]]:
         """The items of ``keys`` (a DataLoader fetches a batch this way when the dataset has it). With a
         cache, the batch's rows are gathered and normalised in one go (``sample_many``: each item the
-        same, bit for bit, as alone): the demo's loader 1.3x faster (BENCHMARKS.md)."""
+        same, bit for bit, as alone): the demo's loader 1.45x faster with ``vcap demo``'s allocator setting
+        (BENCHMARKS.md)."""
         picks = [self._pick(k) for k in keys]
         drawn = (self.cache.sample_many([(i, rng) for i, _, rng in picks], self.pre, self.method)
                  if self.cache is not None else [None] * len(picks))

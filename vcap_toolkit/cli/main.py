@@ -93,7 +93,8 @@ DEMO_SPINCOUNT = "300000"
 def _demo_settings(cfg: Config) -> None:
     """What ``vcap demo`` sets before torch loads: its OpenMP waits (``_demo_wait_policy``) and glibc's
     malloc keeping freed memory for reuse (``keep_freed_memory``: the same numbers; stage 1's steps
-    and loader faster, BENCHMARKS.md "Demo speed")."""
+    and loader faster, BENCHMARKS.md "Demo speed"). The allocator setting lasts as long as the process
+    (glibc has no way back to its adaptive thresholds); it changes no value computed."""
     _demo_wait_policy(cfg)
     keep_freed_memory()
 
