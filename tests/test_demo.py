@@ -251,6 +251,15 @@ def test_a_symbolic_link_in_the_demo_folder_is_refused_before_anything_is_writte
     with pytest.raises(ConfigError, match=r"data_quick is a symbolic link \(to .*victim\); vcap demo writes only inside"):
         run_demo(demo, quick=True)
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    # one level down: data_quick/videos a link to the user's folder, whose clip-like file the clean-up
+    # of stale clips deleted (a hostile test's find); refused, the folder untouched
+    (demo / "data_quick").unlink()
+    (demo / "data_quick").mkdir()
+    (demo / "data_quick" / "videos").symlink_to(victim)
+    (victim / "my_holiday_video_0001.mp4").write_text("holiday")
+    with pytest.raises(ConfigError, match=r"videos is a symbolic link \(to .*victim\); the demo's videos are written only"):
+        run_demo(demo, quick=True)
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt", "my_holiday_video_0001.mp4"]
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")

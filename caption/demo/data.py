@@ -64,6 +64,7 @@ from caption.demo.render import (  # noqa: F401  (re-exported: the demo's render
     write_mp4,
 )
 from retrieval_pretrain.foundation.atomic import write_file
+from retrieval_pretrain.foundation.errors import ConfigError
 
 # Bump when the rendering or caption generation changes, so cached folders are regenerated.
 GENERATOR_VERSION = 3
@@ -266,7 +267,11 @@ def generate_dataset(folder: str | Path, spec: DemoSpec | None = None, progress:
     if is_complete(folder, spec):
         return annotations
     clips = plan_splits(spec)
-    (folder / "videos").mkdir(parents=True, exist_ok=True)
+    videos = folder / "videos"
+    if videos.is_symlink():  # it would write (and clear stale clips) wherever the link points: a hostile test's find
+        raise ConfigError(f"{videos} is a symbolic link (to {os.readlink(videos)}); the demo's videos are written "
+                          "only inside its own data folder: remove the link, or give another folder")
+    videos.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)  # from here on the folder is incomplete
 
     workers = max(1, min(os.cpu_count() or 1, 4)) if workers is None else max(1, workers)
